@@ -1,0 +1,80 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read CRIU's own logs: did the action finish, and which errors explain a failure.
+
+CRIU prints harmless ``Error`` lines (e.g. RLIMIT_NOFILE without CAP_SYS_RESOURCE), so
+success is judged by the success line, never by the absence of errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing as t
+
+SUCCESS_LINES = {
+    "dump": "Dumping finished successfully",
+    "restore": "Restore finished successfully",
+}
+_ERROR_RE = re.compile(r"Error \(")
+_HARMLESS = (re.compile(r"rlimit: Can't setup RLIMIT_NOFILE for self"),)
+_TAIL_BYTES = 512 * 1024
+
+# Known CRIU failures, translated into what the operator should do about them.
+_HINTS = (
+    (re.compile(r"Can't fork for (\d+): File exists"),
+     "PID {0} is already in use on this host and the checkpointed tree needs it back. Wait for the original "
+     "process to exit, or checkpoint a workload started in its own PID namespace (unshare --pid --fork), "
+     "which restores anywhere."),
+    (re.compile(r"Iptables configuration failed|iptables-restore"),
+     "CRIU could not lock the network with iptables. Use network_lock=nftables (the default)."),
+    (re.compile(r"Can't dump half of stream unix connection"),
+     "The process holds a unix stream socket connected to a process outside the tree; CRIU cannot dump it. "
+     "Checkpoint the peer in the same tree, or close the connection first."),
+    (re.compile(r"unix.*[Ee]xternal socket|ext-unix-sk"),
+     "The process holds a unix socket connected outside the tree: set ext_unix_sk=true if the peer is a datagram socket."),
+    (re.compile(r"Connected TCP socket, consider using --tcp-established"),
+     "The process holds an established TCP connection: set tcp_established=true."),
+    (re.compile(r"A session leader of \d+\(\d+\) is outside of its pid namespace|shell-job"),
+     "The process belongs to a session or terminal outside the tree: set shell_job=true."),
+    (re.compile(r"Can't restore pid namespace|CLONE_NEWPID"),
+     "The pid namespace of the checkpoint could not be recreated on this host."),
+)
+
+
+def read_tail(path: str, max_bytes: int = _TAIL_BYTES) -> str:
+    """Return the last ``max_bytes`` of a log; a verbose log can be large, and only its end explains a failure."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - max_bytes))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def succeeded(text: str, action: str) -> bool:
+    """True when the log holds CRIU's success line for ``action``."""
+    return SUCCESS_LINES[action] in text
+
+
+def error_lines(text: str, limit: int = 5) -> t.List[str]:
+    """The last ``limit`` real ``Error (...)`` lines, harmless ones left out."""
+    found = [
+        line.strip() for line in text.splitlines()
+        if _ERROR_RE.search(line) and not any(h.search(line) for h in _HARMLESS)
+    ]
+    return found[-limit:]
+
+
+def hints(lines: t.Iterable[str]) -> t.List[str]:
+    """Remedies for the known failures among ``lines``, each given once."""
+    found: t.List[str] = []
+    for line in lines:
+        for pattern, hint in _HINTS:
+            match = pattern.search(line)
+            if match:
+                text = hint.format(*match.groups())
+                if text not in found:
+                    found.append(text)
+    return found

@@ -1,0 +1,85 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Can THIS host checkpoint, and can it restore a given checkpoint?"""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime
+
+CAP_SYS_PTRACE = 19
+CAP_SYS_ADMIN = 21
+CAP_CHECKPOINT_RESTORE = 40
+PRIVILEGE_HINT = "Run the task as root (become: true); CRIU needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE plus CAP_SYS_PTRACE."
+
+
+def effective_caps() -> int:
+    for line in open("/proc/self/status").read().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def can_checkpoint() -> t.Tuple[bool, str]:
+    """Whether the caller holds what CRIU needs, and if not, why."""
+    caps = effective_caps()
+    has_ptrace = caps >> CAP_SYS_PTRACE & 1
+    has_cr = caps >> CAP_SYS_ADMIN & 1 or caps >> CAP_CHECKPOINT_RESTORE & 1
+    if has_ptrace and has_cr:
+        return True, ""
+    return False, "uid %d lacks the capabilities to checkpoint. %s" % (os.geteuid(), PRIVILEGE_HINT)
+
+
+def require_privileges() -> None:
+    ok, reason = can_checkpoint()
+    if not ok:
+        raise CriuError(reason)
+
+
+def criu_facts(criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
+    """criu's path, version and ``criu check`` verdict; ``usable`` only when all of them are good."""
+    facts: t.Dict[str, t.Any] = {"path": None, "version": None, "usable": False, "check": False, "problems": []}
+    try:
+        runtime = CriuRuntime.load(criu_path)
+    except CriuError as exc:
+        facts["path"] = exc.details.get("path")
+        facts["version"] = exc.details.get("version")
+        facts["problems"].append(exc.msg)
+        return facts
+    facts["path"], facts["version"] = runtime.path, runtime.version_string
+    facts["check"], facts["check_output"] = runtime.check()
+    if not facts["check"]:
+        facts["problems"].append("criu check failed on this kernel: %s" % facts["check_output"][-500:])
+    facts["lazy_pages"] = runtime.feature("uffd-noncoop")
+    facts["dirty_tracking"] = runtime.feature("mem_dirty_track")
+    facts["usable"] = facts["check"]
+    return facts
+
+
+def busy_pids(metadata: t.Mapping[str, t.Any]) -> t.List[int]:
+    """PIDs a restore of this tree needs that are taken here; a tree in its own pid namespace needs none."""
+    process = metadata["process"]
+    if process.get("pid_namespace_init"):
+        return []
+    return [pid for pid in process.get("tree", []) if isinstance(pid, int) and procfs.read_stat(pid) is not None]
+
+
+def restore_problems(metadata: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Why this host cannot restore ``metadata``'s checkpoint (empty when it can)."""
+    problems = []
+    arch = os.uname().machine
+    source_arch = metadata["source"].get("arch")
+    if source_arch != arch:
+        problems.append("the checkpoint was made on %s but this host is %s: restore it on a %s host" % (source_arch, arch, source_arch))
+    busy = busy_pids(metadata)
+    if busy:
+        problems.append(
+            "PIDs %s of the checkpointed tree are in use on this host: wait for the original processes to exit, restore on "
+            "another host, or checkpoint workloads started in their own PID namespace (unshare --pid --fork)"
+            % ", ".join(map(str, busy))
+        )
+    return problems

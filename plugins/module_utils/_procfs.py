@@ -1,0 +1,228 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Facts about processes and the host, read from /proc.
+
+A pid alone does not name a process (pids are reused), so identity here is always
+(pid, start time, boot id).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+
+PF_KTHREAD = 0x00200000
+
+
+class ProcStat(t.NamedTuple):
+    """The fields of /proc/PID/stat this collection relies on."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    tty_nr: int
+    flags: int
+    starttime: int
+
+
+def parse_stat(text: str) -> ProcStat:
+    """Parse /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')'."""
+    head, _, rest = text.rpartition(")")
+    pid_text, _, comm = head.partition(" (")
+    fields = rest.split()
+    return ProcStat(
+        pid=int(pid_text), comm=comm, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]),
+        sid=int(fields[3]), tty_nr=int(fields[4]), flags=int(fields[6]), starttime=int(fields[19]),
+    )
+
+
+def read_stat(pid: int) -> t.Optional[ProcStat]:
+    """The stat of ``pid``, or None when no such process exists."""
+    try:
+        with open("/proc/%d/stat" % pid, "r") as handle:
+            return parse_stat(handle.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def parse_pidfile(text: str) -> t.Optional[int]:
+    """A pid from a pidfile holding only digits (and surrounding whitespace); anything else is None.
+
+    Strict on purpose: an error message such as "Error code: 255" must never be read as pid 255.
+    """
+    stripped = text.strip()
+    if not stripped or not stripped.isascii() or not stripped.isdigit():
+        return None
+    pid = int(stripped)
+    return pid if 0 < pid < 2 ** 22 + 1 else None
+
+
+def read_pidfile(path: str) -> int:
+    """Read a pidfile strictly, refusing a symlink, a missing or an ill-formed file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CriuError("Cannot read pidfile %s: %s. Give an existing pidfile (not a symlink) or use pid." % (path, exc.strerror), path=path) from exc
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(64)
+    pid = parse_pidfile(data.decode("ascii", "replace"))
+    if pid is None:
+        raise CriuError(
+            "Pidfile %s does not hold a pid (it must contain only digits, found %r). Fix the pidfile or use pid." % (path, data[:32]),
+            path=path,
+        )
+    return pid
+
+
+def is_alive(pid: int, starttime: t.Optional[int] = None) -> bool:
+    """True when ``pid`` exists, is not a zombie, and (if given) started at ``starttime``."""
+    st = read_stat(pid)
+    if st is None or st.state in ("Z", "X"):
+        return False
+    return starttime is None or st.starttime == starttime
+
+
+def ancestors(pid: int) -> t.List[int]:
+    """``pid`` and every ancestor up to init: the chain that runs this module."""
+    chain = []
+    while pid > 0:
+        chain.append(pid)
+        st = read_stat(pid)
+        if st is None:
+            break
+        pid = st.ppid
+    return chain
+
+
+def children_map() -> t.Dict[int, t.List[int]]:
+    """parent pid -> child pids, for every process visible now."""
+    result: t.Dict[int, t.List[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = read_stat(int(name))
+            if st is not None:
+                result.setdefault(st.ppid, []).append(st.pid)
+    return result
+
+
+def descendants(pid: int, children: t.Optional[t.Dict[int, t.List[int]]] = None) -> t.List[int]:
+    """Every process below ``pid`` (not ``pid`` itself), parents before children."""
+    children = children_map() if children is None else children
+    found: t.List[int] = []
+    queue = list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
+
+def _readlink(path: str) -> t.Optional[str]:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _read_text(path: str, default: str = "") -> str:
+    try:
+        with open(path, "r") as handle:
+            return handle.read().strip()
+    except OSError:
+        return default
+
+
+def ns_pids(pid: int) -> t.List[int]:
+    """The NSpid line of /proc/PID/status: the pid in every pid namespace, outermost first."""
+    for line in _read_text("/proc/%d/status" % pid).splitlines():
+        if line.startswith("NSpid:"):
+            return [int(x) for x in line.split()[1:]]
+    return [pid]
+
+
+def require_checkpointable(pid: int) -> ProcStat:
+    """Refuse a pid that must never be checkpointed, naming why and what to do instead."""
+    if pid <= 1:
+        raise CriuError("Refusing to checkpoint pid %d: it is init (or not a process). Give the pid of a workload." % pid, pid=pid)
+    st = read_stat(pid)
+    if st is None:
+        raise CriuError("No process with pid %d exists on this host. Check the pid or pidfile." % pid, pid=pid)
+    if st.flags & PF_KTHREAD or st.ppid == 2 or pid == 2:
+        raise CriuError("Refusing to checkpoint pid %d (%s): it is a kernel thread. Give the pid of a user-space workload." % (pid, st.comm), pid=pid)
+    if st.state in ("Z", "X"):
+        raise CriuError("Refusing to checkpoint pid %d (%s): it is a zombie that has already exited. Restart the workload." % (pid, st.comm), pid=pid)
+    if pid in ancestors(os.getpid()):
+        raise CriuError(
+            "Refusing to checkpoint pid %d (%s): it is this module or one of its ancestors (e.g. the ssh session or ansible "
+            "itself). Give the pid of a separate workload." % (pid, st.comm),
+            pid=pid,
+        )
+    return st
+
+
+def process_facts(pid: int, st: ProcStat) -> t.Dict[str, t.Any]:
+    """What metadata.json records about the root of the dumped tree."""
+    cmdline = _read_text("/proc/%d/cmdline" % pid).split("\0")
+    nspids = ns_pids(pid)
+    tree = [pid] + descendants(pid)
+    return {
+        "pid": pid,
+        "starttime": st.starttime,
+        "comm": st.comm,
+        "cmdline": [arg for arg in cmdline if arg],
+        "exe": _readlink("/proc/%d/exe" % pid),
+        "cwd": _readlink("/proc/%d/cwd" % pid),
+        "pid_namespace_init": len(nspids) > 1 and nspids[-1] == 1,
+        "tree": tree,
+    }
+
+
+def needs_shell_job(pid: int, st: ProcStat, tree: t.Iterable[int]) -> bool:
+    """CRIU needs --shell-job when the tree's session or process group leader is outside it, or it has a tty."""
+    members = set(tree)
+    return st.tty_nr != 0 or st.sid not in members or st.pgid not in members
+
+
+def host_facts() -> t.Dict[str, str]:
+    """Where a checkpoint was made: used to spot a restore on a different host or boot."""
+    uname = os.uname()
+    return {
+        "hostname": socket.gethostname(),
+        "machine_id": _read_text("/etc/machine-id"),
+        "boot_id": boot_id(),
+        "kernel": uname.release,
+        "arch": uname.machine,
+    }
+
+
+def boot_id() -> str:
+    return _read_text("/proc/sys/kernel/random/boot_id")
+
+
+def kill_tree(root: int, sig: int = signal.SIGKILL) -> t.List[int]:
+    """Send ``sig`` to ``root`` and every descendant (children first), returning those signalled."""
+    victims = [root] + descendants(root)
+    for pid in reversed(victims):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return victims
+
+
+def wait_gone(pids: t.Iterable[int], timeout: float) -> t.List[int]:
+    """Wait until none of ``pids`` is alive; return those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    remaining = [p for p in pids if is_alive(p)]
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.02)
+        remaining = [p for p in remaining if is_alive(p)]
+    return remaining

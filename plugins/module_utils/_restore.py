@@ -1,0 +1,113 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a checkpoint directory: verify first, restore detached, and prove the task lives."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime
+
+
+def live_restore(src: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """restored.json, when it names a process that is still alive on this boot (the restore already happened)."""
+    try:
+        raw = store.read_small_file(src, store.RESTORED)
+        record = json.loads(raw.decode("utf-8")) if raw else None
+    except (CriuError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int):
+        return None
+    return record if procfs.is_alive(record["pid"], record.get("starttime")) else None
+
+
+def load_checked(src: str, key: t.Optional[bytes], verify: bool, require_signature: bool) -> t.Dict[str, t.Any]:
+    """Metadata of a checkpoint that may be restored here, or a refusal listing every problem."""
+    if verify:
+        metadata, problems = integrity.verify(src, key, require_signature)
+    else:
+        # Even unverified, a configured key is always enforced and the metadata must parse.
+        store.inspect_dir(src)
+        raw = store.read_small_file(src, store.METADATA)
+        if raw is None:
+            raise CriuError("%s holds no checkpoint (metadata.json is missing). Check src." % src, path=src)
+        metadata, problems = integrity.parse_metadata(raw)
+        if metadata is not None:
+            problems = integrity.check_signature(src, metadata, key, require_signature)
+    if metadata is None or problems:
+        raise CriuError(
+            "Refusing to restore %s: %s. Nothing was restored; re-create the checkpoint or transfer it again."
+            % (src, "; ".join(problems)),
+            path=src, problems=problems,
+        )
+    problems = host.restore_problems(metadata)
+    if problems:
+        raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
+    return metadata
+
+
+def _write_pidfile(path: str, pid: int) -> None:
+    directory, name = os.path.split(os.path.abspath(path))
+    store.write_file(directory, name, b"%d\n" % pid, replace=True)
+
+
+def _confirm_alive(pid: int, log_path: str, src: str) -> procfs.ProcStat:
+    """A restore can report success for a task that dies at once (e.g. an edited core image)."""
+    time.sleep(HEALTH_DELAY)
+    st = procfs.read_stat(pid)
+    if st is None or st.state in ("Z", "X"):
+        if st is not None:
+            procfs.kill_tree(pid)
+        raise CriuError(
+            "criu restore reported success but the restored process %d %s within %.1fs. The images in %s were not changed; "
+            "see %s and verify the checkpoint." % (pid, "became a zombie" if st else "exited", HEALTH_DELAY, src, log_path),
+            path=src, log=log_path, pid=pid,
+        )
+    return st
+
+
+def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+    """The criu_restore module's work: returns the module result."""
+    require_timeout(params["timeout"])
+    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
+    src = os.path.normpath(params["src"])
+    if store.inspect_dir(src) is None:
+        raise CriuError("No checkpoint at %s: the directory does not exist. Check src." % src, path=src)
+    previous = live_restore(src)
+    if previous and not params["force"]:
+        return {"changed": False, "src": src, "pid": previous["pid"], "restored": previous, "actions": []}
+    metadata = load_checked(src, key, params["verify"], params["require_signature"])
+    host.require_privileges()
+    runtime = CriuRuntime.load(params["criu_path"])
+    action = "restore %s (checkpoint of pid %s)" % (src, metadata["process"].get("pid"))
+    if check_mode:
+        return {"changed": True, "src": src, "pid": None, "checkpoint": metadata, "actions": ["would " + action]}
+    with store.DestLock(src, params["timeout"]):
+        pid, run = runtime.restore(os.path.join(src, store.IMAGES), src, metadata["options"], params["timeout"])
+        st = _confirm_alive(pid, run.log_path, src)
+        record = {
+            "pid": pid,
+            "starttime": st.starttime,
+            "boot_id": procfs.boot_id(),
+            "host": socket.gethostname(),
+            "checkpoint_id": metadata["id"],
+            "restored_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        store.write_file(src, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+    if params["pidfile"]:
+        _write_pidfile(params["pidfile"], pid)
+    return {
+        "changed": True, "src": src, "pid": pid, "checkpoint": metadata, "restored": record,
+        "stats": {"restore_seconds": round(run.duration, 3)}, "actions": [action],
+    }

@@ -1,0 +1,31 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only verdict on a checkpoint directory, and optionally on this host's ability to restore it."""
+
+from __future__ import annotations
+
+import os
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+
+
+def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The criu_verify module's work: returns the module result, or raises with every problem found."""
+    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
+    path = os.path.normpath(params["path"])
+    metadata, problems = integrity.verify(path, key, params["require_signature"])
+    if metadata is not None and params["check_host"]:
+        criu = host.criu_facts(params["criu_path"])
+        problems += criu["problems"]
+        problems += host.restore_problems(metadata)
+    if problems:
+        raise CriuError("Checkpoint %s is not valid: %s." % (path, "; ".join(problems)), path=path, problems=problems, valid=False)
+    signed = os.path.lexists(os.path.join(path, store.SIGNATURE))
+    return {
+        "changed": False, "path": path, "valid": True, "checkpoint": metadata,
+        "signed": signed, "signature_checked": signed and key is not None,
+    }

@@ -1,0 +1,118 @@
+#!/usr/bin/python
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: criu_info
+short_description: Report whether a host can checkpoint and restore with CRIU
+version_added: 0.1.0
+description:
+  - Finds and validates the C(criu) binary, runs C(criu check), and reports the kernel, the architecture and
+    whether the caller has the privileges CRIU needs.
+  - Never changes anything.
+author:
+  - nucleus.criu maintainers
+extends_documentation_fragment:
+  - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.ATTRIBUTES
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+notes:
+  - C(criu.usable) is true only when the binary passes the trust policy, is version 4.2 or newer and C(criu check) passes.
+"""
+
+EXAMPLES = r"""
+- name: Find out whether this host can checkpoint
+  nucleus.criu.criu_info:
+  register: criu_host
+
+- name: Stop early when it cannot
+  ansible.builtin.assert:
+    that: criu_host.criu.usable and criu_host.can_checkpoint
+    fail_msg: "{{ criu_host.criu.problems + [criu_host.privilege_problem] }}"
+"""
+
+RETURN = r"""
+criu:
+  description: The criu binary and its verdict on this kernel.
+  returned: always
+  type: dict
+  contains:
+    path:
+      description: Path of the binary that would be run, or null when none was found.
+      type: str
+      sample: /usr/local/sbin/criu
+    version:
+      description: Version reported by C(criu --version).
+      type: str
+      sample: 4.2.1
+    usable:
+      description: Whether checkpoint and restore can run here.
+      type: bool
+    check:
+      description: Whether C(criu check) passed.
+      type: bool
+    check_output:
+      description: Output of C(criu check).
+      type: str
+      returned: when criu was found and is new enough
+    lazy_pages:
+      description: Whether the kernel supports lazy (post-copy) restore (C(criu check --feature uffd-noncoop)).
+      type: bool
+      returned: when criu was found and is new enough
+    dirty_tracking:
+      description: Whether soft-dirty memory tracking (iterative pre-copy) is available (C(criu check --feature mem_dirty_track)).
+      type: bool
+      returned: when criu was found and is new enough
+    problems:
+      description: Why criu is not usable, each with its remedy.
+      type: list
+      elements: str
+kernel:
+  description: Kernel release.
+  returned: always
+  type: str
+  sample: 6.18.44
+arch:
+  description: Machine architecture; a checkpoint restores only on the same one.
+  returned: always
+  type: str
+  sample: x86_64
+can_checkpoint:
+  description: Whether the caller holds the capabilities CRIU needs.
+  returned: always
+  type: bool
+privilege_problem:
+  description: Why the caller cannot checkpoint, empty when it can.
+  returned: always
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils._module import CRIU_PATH_ARG, run_module
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=dict(CRIU_PATH_ARG), supports_check_mode=True)
+
+    def action():
+        can, why = host.can_checkpoint()
+        return {
+            "changed": False, "criu": host.criu_facts(module.params["criu_path"]),
+            "kernel": os.uname().release, "arch": os.uname().machine,
+            "can_checkpoint": can, "privilege_problem": why,
+        }
+
+    run_module(module, action)
+
+
+if __name__ == "__main__":
+    main()
