@@ -1,0 +1,183 @@
+#!/usr/bin/python
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: criu_checkpoint
+short_description: Checkpoint a running process tree with CRIU
+version_added: 0.1.0
+description:
+  - Dumps the process tree rooted at O(pid) (or the pid in O(pidfile)) into the checkpoint directory O(dest),
+    with a C(metadata.json) that lists the size and SHA-256 of every image file, and a C(checkpoint.hmac)
+    signature when a key is given.
+  - The dump is written to a staging directory beside O(dest) and renamed into place only when complete,
+    so O(dest) never holds half a checkpoint. A failed dump leaves no O(dest) and resumes a process it left stopped.
+  - Idempotent. A valid checkpoint of the same process (same pid, start time and boot) already at O(dest)
+    means nothing to do; a checkpoint of another process there is an error unless O(force=true).
+author:
+  - nucleus.criu maintainers
+extends_documentation_fragment:
+  - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.TIMEOUT
+  - nucleus.criu.common.HMAC
+  - nucleus.criu.common.ATTRIBUTES
+attributes:
+  check_mode:
+    support: full
+    details: Validates the process, the destination and criu, and predicts whether a dump would happen.
+options:
+  pid:
+    description:
+      - Pid of the root of the process tree to checkpoint.
+      - For a workload in its own PID namespace, the pid (as seen from this host) of the namespace's init.
+      - Exactly one of O(pid) and O(pidfile) is required.
+    type: int
+  pidfile:
+    description:
+      - File holding the pid to checkpoint. It must contain only digits (and whitespace) and must not be a symlink.
+    type: path
+  dest:
+    description:
+      - Checkpoint directory to create. Its parent must exist and must not be writable by other users
+        unless it has the sticky bit.
+    type: path
+    required: true
+  name:
+    description:
+      - Label recorded in C(metadata.json). Defaults to the basename of O(dest).
+    type: str
+  leave_running:
+    description:
+      - Keep the process running after the dump. By default CRIU ends it once it is dumped.
+      - Mutually exclusive with O(leave_stopped).
+    type: bool
+    default: false
+  leave_stopped:
+    description:
+      - Leave the process stopped (frozen) after the dump, for a two-phase migration; C(kill -CONT) resumes it.
+    type: bool
+    default: false
+  tcp_established:
+    description:
+      - Checkpoint established TCP connections (C(--tcp-established)). Needed when the process holds one.
+    type: bool
+    default: false
+  ext_unix_sk:
+    description:
+      - Allow unix sockets connected to processes outside the tree (C(--ext-unix-sk)).
+    type: bool
+    default: false
+  file_locks:
+    description:
+      - Checkpoint file locks (C(--file-locks)).
+    type: bool
+    default: false
+  shell_job:
+    description:
+      - Allow a tree whose session or process group leader is outside it, or that has a terminal (C(--shell-job)).
+      - When omitted, detected from the process.
+    type: bool
+  network_lock:
+    description:
+      - How CRIU blocks the network while it dumps TCP connections. V(nftables) works where iptables is absent.
+    type: str
+    choices: [nftables, iptables, skip]
+    default: nftables
+  force:
+    description:
+      - Replace whatever checkpoint is at O(dest).
+    type: bool
+    default: false
+seealso:
+  - module: nucleus.criu.criu_verify
+  - module: nucleus.criu.criu_restore
+"""
+
+EXAMPLES = r"""
+- name: Checkpoint a job and keep it running
+  nucleus.criu.criu_checkpoint:
+    pid: 4242
+    dest: /var/lib/criu/job
+    leave_running: true
+
+- name: Freeze a server with open TCP connections for migration, signing the checkpoint
+  nucleus.criu.criu_checkpoint:
+    pidfile: /run/game.pid
+    dest: /var/lib/criu/game
+    leave_stopped: true
+    tcp_established: true
+    hmac_key_file: /etc/nucleus-criu/hmac.key
+"""
+
+RETURN = r"""
+dest:
+  description: The checkpoint directory.
+  returned: always
+  type: str
+  sample: /var/lib/criu/job
+pid:
+  description: The pid that was (or would be) checkpointed.
+  returned: always
+  type: int
+  sample: 4242
+checkpoint:
+  description: The checkpoint's C(metadata.json) (schema_version, id, name, created_at, source, criu, process, options, manifest).
+  returned: when a checkpoint exists at dest after the task
+  type: dict
+stats:
+  description: Dump statistics.
+  returned: when a dump happened
+  type: dict
+  contains:
+    dump_seconds:
+      description: Time criu dump took.
+      type: float
+    image_bytes:
+      description: Total size of the image files.
+      type: int
+    image_files:
+      description: Number of image files.
+      type: int
+actions:
+  description: What was done, or would be done in check mode.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint
+from ansible_collections.nucleus.criu.plugins.module_utils._module import (
+    CRIU_PATH_ARG, HMAC_ARGS, HMAC_EXCLUSIVE, TIMEOUT_ARG, run_module)
+
+
+def main() -> None:
+    argument_spec = dict(
+        pid=dict(type="int"),
+        pidfile=dict(type="path"),
+        dest=dict(type="path", required=True),
+        name=dict(type="str"),
+        leave_running=dict(type="bool", default=False),
+        leave_stopped=dict(type="bool", default=False),
+        tcp_established=dict(type="bool", default=False),
+        ext_unix_sk=dict(type="bool", default=False),
+        file_locks=dict(type="bool", default=False),
+        shell_job=dict(type="bool"),
+        network_lock=dict(type="str", default="nftables", choices=["nftables", "iptables", "skip"]),
+        force=dict(type="bool", default=False),
+        **CRIU_PATH_ARG, **TIMEOUT_ARG, **HMAC_ARGS,
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        mutually_exclusive=[("pid", "pidfile"), ("leave_running", "leave_stopped")] + HMAC_EXCLUSIVE,
+        required_one_of=[("pid", "pidfile")],
+        supports_check_mode=True,
+    )
+    run_module(module, lambda: _checkpoint.checkpoint(module.params, module.check_mode))
+
+
+if __name__ == "__main__":
+    main()

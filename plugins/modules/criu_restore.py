@@ -1,0 +1,125 @@
+#!/usr/bin/python
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: criu_restore
+short_description: Restore a process tree from a CRIU checkpoint
+version_added: 0.1.0
+description:
+  - Verifies the checkpoint directory O(src) (every image byte against the manifest, and the signature),
+    then restores it detached with the options it was dumped with, and confirms the restored process
+    is still alive (not a zombie) shortly after.
+  - The restore runs under O(timeout); if it fires, criu and the tree it was restoring are killed.
+  - A failed restore never modifies the images.
+  - Idempotent. When C(restored.json) in O(src) names a process that is still alive on this boot,
+    nothing is done unless O(force=true).
+author:
+  - nucleus.criu maintainers
+extends_documentation_fragment:
+  - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.TIMEOUT
+  - nucleus.criu.common.HMAC
+  - nucleus.criu.common.ATTRIBUTES
+attributes:
+  check_mode:
+    support: full
+    details: Verifies the checkpoint and the host and predicts whether a restore would happen.
+options:
+  src:
+    description:
+      - Checkpoint directory written by M(nucleus.criu.criu_checkpoint).
+    type: path
+    required: true
+  verify:
+    description:
+      - Verify the manifest (size and SHA-256 of every image) before restoring.
+      - CRIU does not notice corrupted or truncated images itself; turn this off only for images you just verified.
+      - A configured key is enforced even when this is off.
+    type: bool
+    default: true
+  require_signature:
+    description:
+      - Refuse a checkpoint without a valid C(checkpoint.hmac). Implied whenever a key is given.
+    type: bool
+    default: false
+  pidfile:
+    description:
+      - Write the pid of the restored process to this file.
+    type: path
+  force:
+    description:
+      - Restore again even if a previous restore from O(src) is still running.
+    type: bool
+    default: false
+seealso:
+  - module: nucleus.criu.criu_checkpoint
+  - module: nucleus.criu.criu_verify
+"""
+
+EXAMPLES = r"""
+- name: Restore a job and record its new pid
+  nucleus.criu.criu_restore:
+    src: /var/lib/criu/job
+    pidfile: /run/job.pid
+  register: restored
+
+- name: Restore only a checkpoint signed with our key
+  nucleus.criu.criu_restore:
+    src: /var/lib/criu/game
+    hmac_key_file: /etc/nucleus-criu/hmac.key
+"""
+
+RETURN = r"""
+src:
+  description: The checkpoint directory.
+  returned: always
+  type: str
+pid:
+  description: Pid (on this host) of the restored root process; null in check mode when a restore would happen.
+  returned: always
+  type: int
+  sample: 4242
+checkpoint:
+  description: The checkpoint's metadata.
+  returned: when a restore happened or would happen
+  type: dict
+restored:
+  description: The record written to C(restored.json) (pid, starttime, boot_id, host, checkpoint_id, restored_at).
+  returned: when the process is restored
+  type: dict
+stats:
+  description: Restore statistics (C(restore_seconds)).
+  returned: when a restore happened
+  type: dict
+actions:
+  description: What was done, or would be done in check mode.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _restore
+from ansible_collections.nucleus.criu.plugins.module_utils._module import (
+    CRIU_PATH_ARG, HMAC_ARGS, HMAC_EXCLUSIVE, TIMEOUT_ARG, run_module)
+
+
+def main() -> None:
+    argument_spec = dict(
+        src=dict(type="path", required=True),
+        verify=dict(type="bool", default=True),
+        require_signature=dict(type="bool", default=False),
+        pidfile=dict(type="path"),
+        force=dict(type="bool", default=False),
+        **CRIU_PATH_ARG, **TIMEOUT_ARG, **HMAC_ARGS,
+    )
+    module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=HMAC_EXCLUSIVE, supports_check_mode=True)
+    run_module(module, lambda: _restore.restore(module.params, module.check_mode))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+#!/usr/bin/python
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: criu_verify
+short_description: Verify a CRIU checkpoint directory, and whether this host can restore it
+version_added: 0.1.0
+description:
+  - Checks C(metadata.json) (schema and shape), every file under C(images/) against the manifest
+    (no file missing, extra, resized, altered, or not a regular file), and the C(checkpoint.hmac) signature.
+  - With O(check_host=true), also checks that this host can restore it, a usable criu 4.2 or newer,
+    the same architecture, and every pid of a tree outside its own PID namespace free.
+  - Read-only. Fails with a C(problems) list when the checkpoint is not valid.
+author:
+  - nucleus.criu maintainers
+extends_documentation_fragment:
+  - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.HMAC
+  - nucleus.criu.common.ATTRIBUTES
+attributes:
+  check_mode:
+    support: full
+    details: The module never changes anything.
+options:
+  path:
+    description:
+      - The checkpoint directory.
+    type: path
+    required: true
+    aliases: [src]
+  require_signature:
+    description:
+      - Fail when the checkpoint has no valid signature. Implied whenever a key is given.
+    type: bool
+    default: false
+  check_host:
+    description:
+      - Also check that this host can restore the checkpoint.
+    type: bool
+    default: false
+seealso:
+  - module: nucleus.criu.criu_restore
+"""
+
+EXAMPLES = r"""
+- name: Verify a checkpoint after transferring it
+  nucleus.criu.criu_verify:
+    path: /var/lib/criu/job
+    hmac_key_file: /etc/nucleus-criu/hmac.key
+    check_host: true
+"""
+
+RETURN = r"""
+path:
+  description: The checkpoint directory.
+  returned: always
+  type: str
+valid:
+  description: Whether the checkpoint passed every check.
+  returned: always
+  type: bool
+checkpoint:
+  description: The checkpoint's metadata.
+  returned: success
+  type: dict
+signed:
+  description: Whether the checkpoint carries a C(checkpoint.hmac).
+  returned: success
+  type: bool
+signature_checked:
+  description: Whether that signature was checked against a key.
+  returned: success
+  type: bool
+problems:
+  description: Every problem found, each naming the file, what was expected and what was found.
+  returned: failure
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _verify
+from ansible_collections.nucleus.criu.plugins.module_utils._module import CRIU_PATH_ARG, HMAC_ARGS, HMAC_EXCLUSIVE, run_module
+
+
+def main() -> None:
+    argument_spec = dict(
+        path=dict(type="path", required=True, aliases=["src"]),
+        require_signature=dict(type="bool", default=False),
+        check_host=dict(type="bool", default=False),
+        **CRIU_PATH_ARG, **HMAC_ARGS,
+    )
+    module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=HMAC_EXCLUSIVE, supports_check_mode=True)
+    run_module(module, lambda: _verify.verify(module.params))
+
+
+if __name__ == "__main__":
+    main()
