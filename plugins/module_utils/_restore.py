@@ -70,8 +70,9 @@ def _confirm_alive(pid: int, log_path: str, src: str) -> procfs.ProcStat:
         if st is not None:
             procfs.kill_tree(pid)
         raise CriuError(
-            "criu restore reported success but the restored process %d %s within %.1fs. The images in %s were not changed; "
-            "see %s and verify the checkpoint." % (pid, "became a zombie" if st else "exited", HEALTH_DELAY, src, log_path),
+            "criu restore reported success but the restored process %d %s within %.1fs. The images in %s were not changed. "
+            "Causes seen: a corrupted image restored with verify=false, or a parent-death signal (e.g. unshare --kill-child) "
+            "that fires when criu exits. See %s." % (pid, "became a zombie" if st else "exited", HEALTH_DELAY, src, log_path),
             path=src, log=log_path, pid=pid,
         )
     return st

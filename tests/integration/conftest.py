@@ -1,0 +1,169 @@
+"""Fixtures for integration tests: real ansible, real criu, real processes this test started.
+
+Every module call goes through the ``ansible`` command line, exactly as an operator runs it
+ad hoc, and every workload is one the test started (never PID 1, never a process it did not
+create); whatever is still running at teardown is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
+COUNTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads", "counter.py")
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="integration tests checkpoint real processes and need root")
+        for item in items:
+            if "integration" in str(item.fspath):
+                item.add_marker(skip)
+
+
+def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False) -> t.Dict[str, t.Any]:
+    """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` and return the task result."""
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
+    argv = [ANSIBLE, "localhost", "-m", "nucleus.criu.%s" % module, "-a", json.dumps(dict(args))]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    try:
+        # The ad-hoc output is "localhost | CHANGED => {json}".
+        return json.loads(proc.stdout.split(" => ", 1)[1])
+    except (ValueError, IndexError) as exc:
+        raise AssertionError("ansible gave no JSON result (rc %d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
+
+
+def read_state(path: str) -> t.Tuple[str, int]:
+    with open(path) as handle:
+        token, count = handle.read().split()
+    return token, int(count)
+
+
+def wait_for(predicate: t.Callable[[], t.Any], timeout: float = 10, what: str = "condition") -> t.Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, ValueError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def proc_state(pid: int) -> t.Optional[str]:
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Workload:
+    """A counter process (optionally a tree, a TCP server, in its own PID namespace) started by the test."""
+
+    def __init__(self, state_file: str, args: t.Sequence[str], pid_namespace: bool) -> None:
+        self.state_file = state_file
+        argv = [sys.executable, COUNTER, state_file] + list(args)
+        if pid_namespace:
+            argv = ["unshare", "--pid", "--fork", "setsid"] + argv
+        # A session of its own: no shell job, and our own session is never part of the dump.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        if pid_namespace:
+            self.pid = wait_for(lambda: self._only_child(self.proc.pid), what="namespace init")
+        self.extra_pids: t.List[int] = []
+
+    @staticmethod
+    def _only_child(pid: int) -> t.Optional[int]:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+            children = handle.read().split()
+        return int(children[0]) if children else None
+
+    def state(self, suffix: str = "") -> t.Tuple[str, int]:
+        return read_state(self.state_file + suffix)
+
+    def wait_count(self, minimum: int, suffix: str = "") -> t.Tuple[str, int]:
+        return wait_for(lambda: self.state(suffix)[1] >= minimum and self.state(suffix), what="count %d" % minimum)
+
+    def reap(self) -> None:
+        """Collect the original process once it is gone, so its PID is free for a same-host restore."""
+        self.proc.wait(timeout=30)
+
+    def adopt(self, pid: int) -> None:
+        """Track a restored copy so teardown kills it."""
+        self.extra_pids.append(pid)
+
+    def stop(self) -> None:
+        for pid in self.extra_pids + [self.pid, self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in self.extra_pids:
+            wait_for(lambda pid=pid: not alive(pid), what="pid %d to exit" % pid)
+
+
+@pytest.fixture
+def workloads(tmp_path):
+    """Start workloads with ``workloads(*args, pid_namespace=False)``; all are killed at teardown."""
+    started: t.List[Workload] = []
+
+    def start(*args: str, pid_namespace: bool = False, minimum: int = 5) -> Workload:
+        workload = Workload(str(tmp_path / ("state-%d" % len(started))), args, pid_namespace)
+        started.append(workload)
+        workload.wait_count(minimum)
+        return workload
+
+    yield start
+    for workload in started:
+        workload.stop()
+
+
+@pytest.fixture
+def ckpt_dir(tmp_path):
+    """A private (0700) parent for checkpoint directories."""
+    path = tmp_path / "ckpts"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def tree_digest(path: str) -> t.Dict[str, bytes]:
+    """Every file under ``path`` with its bytes, to prove a failed operation changed nothing."""
+    found = {}
+    for current, _dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(current, name)
+            with open(full, "rb") as handle:
+                found[os.path.relpath(full, path)] = handle.read()
+    return found

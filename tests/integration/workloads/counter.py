@@ -1,0 +1,91 @@
+"""A stateful test workload: everything it reports lives only in its memory.
+
+It picks a random token at start and counts; every tick it rewrites STATE_FILE with
+"token count". A restore that really carried its memory continues the same token from
+the same count; a restart would show a new token and count from 1.
+
+Options: --children N (a process tree: N children, each with its own token and file
+STATE_FILE.N), --tcp PORT (serve "next\\n" -> "token count\\n" on 127.0.0.1:PORT),
+--mem MIB (hold MIB of touched random memory), --unix-connect PATH (hold a unix stream
+connection, which CRIU cannot dump).
+"""
+
+import argparse
+import os
+import socket
+import sys
+import time
+
+
+def write_state(path, token, count):
+    # A restored twin may run beside the original: never share a temporary name with it.
+    tmp = "%s.tmp.%d.%d" % (path, os.getpid(), time.monotonic_ns())
+    with open(tmp, "w") as handle:
+        handle.write("%s %d\n" % (token, count))
+    os.rename(tmp, path)
+
+
+def count_forever(path, tick, server=None):
+    token = os.urandom(8).hex()
+    count = 0
+    conns = []
+    while True:
+        count += 1
+        write_state(path, token, count)
+        deadline = time.monotonic() + tick
+        while time.monotonic() < deadline:
+            if server is None:
+                time.sleep(tick)
+                break
+            server.settimeout(0.01)
+            try:
+                conn, _ = server.accept()
+                conns.append(conn)
+            except OSError:
+                pass
+            for conn in list(conns):
+                conn.settimeout(0.01)
+                try:
+                    data = conn.recv(64)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    conns.remove(conn)
+                    continue
+                if not data:
+                    conns.remove(conn)
+                    continue
+                conn.sendall(("%s %d\n" % (token, count)).encode())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("state_file")
+    parser.add_argument("--children", type=int, default=0)
+    parser.add_argument("--tcp", type=int)
+    parser.add_argument("--mem", type=int, default=0)
+    parser.add_argument("--unix-connect")
+    parser.add_argument("--tick", type=float, default=0.05)
+    args = parser.parse_args()
+    ballast = bytearray(os.urandom(args.mem * 1024 * 1024)) if args.mem else None  # noqa: F841 (held on purpose)
+    keep = None
+    if args.unix_connect:
+        keep = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        keep.connect(args.unix_connect)
+    for index in range(1, args.children + 1):
+        if os.fork() == 0:
+            count_forever("%s.%d" % (args.state_file, index), args.tick)
+            os._exit(0)
+    server = None
+    if args.tcp:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", args.tcp))
+        server.listen(8)
+    sys.stdin.close()
+    count_forever(args.state_file, args.tick, server)
+    return keep
+
+
+if __name__ == "__main__":
+    main()
