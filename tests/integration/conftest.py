@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,21 +37,27 @@ def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False) -> t.Dict[str, t.Any]:
     """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` and return the task result."""
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
-    argv = [ANSIBLE, "localhost", "-m", "nucleus.criu.%s" % module, "-a", json.dumps(dict(args))]
+    argv = [ANSIBLE, "localhost", "-m", "nucleus.criu.%s" % module] + (["-a", json.dumps(dict(args))] if args else [])
     if check:
         argv.append("--check")
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    # The ad-hoc output is "localhost | CHANGED => {json}" (SUCCESS, FAILED!, ...).
+    match = re.search(r"^localhost \| ([A-Z]+)!? => ", proc.stdout, re.MULTILINE)
     try:
-        # The ad-hoc output is "localhost | CHANGED => {json}".
-        return json.loads(proc.stdout.split(" => ", 1)[1])
-    except (ValueError, IndexError) as exc:
+        result = json.loads(proc.stdout[match.end():])
+        result["failed"] = match.group(1) == "FAILED"
+        return result
+    except (AttributeError, ValueError) as exc:
         raise AssertionError("ansible gave no JSON result (rc %d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
 
 
 def read_state(path: str) -> t.Tuple[str, int]:
-    with open(path) as handle:
-        token, count = handle.read().split()
-    return token, int(count)
+    """The workload's "token count", retried while a write is in flight."""
+    def parse() -> t.Tuple[str, int]:
+        with open(path) as handle:
+            token, count = handle.read().split()
+        return token, int(count)
+    return wait_for(parse, timeout=5, what="a complete state line in %s" % path)
 
 
 def wait_for(predicate: t.Callable[[], t.Any], timeout: float = 10, what: str = "condition") -> t.Any:

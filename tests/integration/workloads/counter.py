@@ -18,11 +18,10 @@ import time
 
 
 def write_state(path, token, count):
-    # A restored twin may run beside the original: never share a temporary name with it.
-    tmp = "%s.tmp.%d.%d" % (path, os.getpid(), time.monotonic_ns())
-    with open(tmp, "w") as handle:
+    # Written in place, never via a renamed temporary: a dump may catch the file open, and a
+    # restore needs that path to still exist. Readers retry on a partial line.
+    with open(path, "w") as handle:
         handle.write("%s %d\n" % (token, count))
-    os.rename(tmp, path)
 
 
 def count_forever(path, tick, server=None):

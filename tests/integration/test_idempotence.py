@@ -1,0 +1,119 @@
+"""Check mode predicts and changes nothing; a second run changes nothing; force redoes the work.
+
+The quartet of community.crypto's integration tests: check mode, for real, again in check
+mode, again for real, asserting changed / not changed each time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from conftest import alive, run_module, tree_digest, wait_for
+
+
+def test_checkpoint_quartet_and_force(workloads, ckpt_dir):
+    workload = workloads(minimum=5)
+    dest = ckpt_dir / "job"
+    args = dict(pid=workload.pid, dest=str(dest), leave_running=True)
+
+    predicted = run_module("criu_checkpoint", args, check=True)
+    assert predicted["changed"] is True, predicted
+    assert not dest.exists() and os.listdir(ckpt_dir) == []
+
+    first = run_module("criu_checkpoint", args)
+    assert first["changed"] is True, first
+    assert (dest / "metadata.json").is_file()
+
+    assert run_module("criu_checkpoint", args, check=True)["changed"] is False
+    second = run_module("criu_checkpoint", args)
+    assert second["changed"] is False, second
+    assert second["checkpoint"]["id"] == first["checkpoint"]["id"]
+
+    forced = run_module("criu_checkpoint", dict(args, force=True))
+    assert forced["changed"] is True, forced
+    assert forced["checkpoint"]["id"] != first["checkpoint"]["id"]
+    assert sorted(os.listdir(ckpt_dir)) == ["job"], "force must leave no staging or old copy behind"
+    assert alive(workload.pid)
+
+
+def test_checkpoint_of_another_process_needs_force(workloads, ckpt_dir):
+    one, two = workloads(), workloads()
+    dest = ckpt_dir / "shared"
+    assert run_module("criu_checkpoint", dict(pid=one.pid, dest=str(dest), leave_running=True))["changed"]
+    before = tree_digest(str(dest))
+    refused = run_module("criu_checkpoint", dict(pid=two.pid, dest=str(dest), leave_running=True))
+    assert refused.get("failed") and "another process" in refused["msg"] and "force" in refused["msg"], refused
+    assert tree_digest(str(dest)) == before
+
+
+def test_restore_quartet_and_force(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=5)
+    dest = ckpt_dir / "ns"
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest)))["changed"]
+    workload.reap()
+
+    predicted = run_module("criu_restore", dict(src=str(dest)), check=True)
+    assert predicted["changed"] is True and predicted["pid"] is None, predicted
+    assert not (dest / "restored.json").exists()
+
+    first = run_module("criu_restore", dict(src=str(dest)))
+    assert first["changed"] is True, first
+    workload.adopt(first["pid"])
+
+    assert run_module("criu_restore", dict(src=str(dest)), check=True)["changed"] is False
+    second = run_module("criu_restore", dict(src=str(dest)))
+    assert second["changed"] is False and second["pid"] == first["pid"], second
+
+    forced = run_module("criu_restore", dict(src=str(dest), force=True))
+    assert forced["changed"] is True and forced["pid"] != first["pid"], forced
+    workload.adopt(forced["pid"])
+    assert alive(first["pid"]) and alive(forced["pid"])
+
+
+def test_restore_writes_pidfile(workloads, ckpt_dir, tmp_path):
+    workload = workloads(pid_namespace=True)
+    dest = ckpt_dir / "pidfile"
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest)))["changed"]
+    pidfile = tmp_path / "restored.pid"
+    restored = run_module("criu_restore", dict(src=str(dest), pidfile=str(pidfile)))
+    workload.adopt(restored["pid"])
+    assert pidfile.read_text().strip() == str(restored["pid"])
+
+
+def test_verify_and_info_never_change(workloads, ckpt_dir):
+    workload = workloads()
+    dest = ckpt_dir / "ro"
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), leave_running=True))["changed"]
+    before = tree_digest(str(dest))
+    for check in (True, False):
+        verified = run_module("criu_verify", dict(path=str(dest)), check=check)
+        assert verified["changed"] is False and verified["valid"] is True, verified
+        info = run_module("criu_info", {}, check=check)
+        assert info["changed"] is False and info["criu"]["usable"] is True, info
+    assert tree_digest(str(dest)) == before
+
+
+def test_leave_running_keeps_the_process(workloads, ckpt_dir):
+    workload = workloads(minimum=5)
+    start = workload.state()
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "lr"), leave_running=True))["changed"]
+    assert alive(workload.pid)
+    wait_for(lambda: workload.state()[1] > start[1] + 3, what="the counter to keep going")
+
+
+def test_default_dump_ends_the_process(workloads, ckpt_dir):
+    workload = workloads()
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "end")))["changed"]
+    workload.reap()
+    assert not alive(workload.pid)
+
+
+def test_leave_stopped_freezes_until_sigcont(workloads, ckpt_dir):
+    workload = workloads(minimum=5)
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ls"), leave_stopped=True))["changed"]
+    frozen = workload.state()
+    assert open("/proc/%d/stat" % workload.pid).read().rpartition(")")[2].split()[0] == "T"
+    wait_for(lambda: True, timeout=0.5)
+    assert workload.state() == frozen, "a stopped process must not count"
+    os.kill(workload.pid, 18)  # SIGCONT
+    wait_for(lambda: workload.state()[1] > frozen[1] and workload.state()[0] == frozen[0], what="the counter to resume")
