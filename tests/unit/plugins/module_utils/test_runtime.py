@@ -1,0 +1,303 @@
+"""CriuRuntime against a fake criu script (_runtime); never the real criu."""
+
+import os
+import time
+
+import pytest
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _runtime as runtime
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, State
+from mu_helpers import wait_for, write_exe
+
+RLIMIT = "(00.000100) Error (criu/rlimit.c:24): rlimit: Can't setup RLIMIT_NOFILE for self"
+DUMP_OK = "(00.500000) Dumping finished successfully"
+RESTORE_OK = "(00.500000) Restore finished successfully"
+
+# The fake parses criu's argv the way _run builds it, records it, writes $FAKE_DIR/log.txt
+# as the log, creates inventory.img / the pidfile when told to, then exits with $(cat rc).
+# hang=N: sleep N seconds with a background child (its pid in $FAKE_DIR/child) that
+# inherits criu's stdio; hang_exec=N: become `sleep N` (no child).
+FAKE = r"""#!/bin/sh
+fake=%(fake)s
+printf '%%s\n' "$@" > "$fake/argv"
+action=$1; shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --work-dir) wd=$2; shift ;;
+    --log-file) log=$2; shift ;;
+    --images-dir) images=$2; shift ;;
+    --pidfile) pidfile=$2; shift ;;
+  esac
+  shift
+done
+cat "$fake/log.txt" > "$wd/$log"
+[ -f "$fake/inventory" ] && : > "$images/inventory.img"
+[ -f "$fake/pid" ] && [ -n "$pidfile" ] && cat "$fake/pid" > "$pidfile"
+[ -f "$fake/hang_exec" ] && exec sleep "$(cat "$fake/hang_exec")"
+if [ -f "$fake/hang" ]; then
+  sleep "$(cat "$fake/hang")" &
+  echo $! > "$fake/child"
+  sleep "$(cat "$fake/hang")"
+fi
+echo "stderr from fake criu" >&2
+exit $(cat "$fake/rc")
+"""
+
+
+class Fake:
+    def __init__(self, root):
+        self.dir = str(root / "fake")
+        os.makedirs(self.dir)
+        self.path = write_exe(root / "bin" / "criu", FAKE % {"fake": self.dir})
+        self.work = str(root / "work")
+        self.images = os.path.join(self.work, "images")
+        os.makedirs(self.images)
+        self.set(rc=0, log=[])
+
+    def set(self, rc=None, log=None, **flags):
+        if rc is not None:
+            self._write("rc", str(rc))
+        if log is not None:
+            self._write("log.txt", "".join(line + "\n" for line in log))
+        for name, value in flags.items():
+            if value is None or value is False:
+                if os.path.exists(os.path.join(self.dir, name)):
+                    os.unlink(os.path.join(self.dir, name))
+            else:
+                self._write(name, "" if value is True else str(value))
+        return self
+
+    def _write(self, name, text):
+        with open(os.path.join(self.dir, name), "w") as handle:
+            handle.write(text)
+
+    def argv(self):
+        return open(os.path.join(self.dir, "argv")).read().splitlines()
+
+    def runtime(self):
+        return CriuRuntime(self.path, (4, 2, 0))
+
+
+@pytest.fixture
+def fake(tmp_path):
+    return Fake(tmp_path)
+
+
+# --- state machine (the seed's test_checkpoint_state_transitions) ------------
+
+@pytest.mark.parametrize("current, target, allowed", [
+    (State.NONE, State.DUMPING, True),
+    (State.DUMPING, State.DUMPED, True),
+    (State.NONE, State.RESTORING, True),
+    (State.RESTORING, State.RESTORED, True),
+    (State.DUMPING, State.NONE, True),  # abort
+    (State.RESTORING, State.NONE, True),  # abort
+    (State.NONE, State.DUMPED, False),
+    (State.NONE, State.RESTORED, False),
+    (State.DUMPED, State.RESTORING, False),
+    (State.RESTORED, State.DUMPING, False),
+    (State.DUMPING, State.RESTORED, False),
+    (State.RESTORING, State.DUMPED, False),
+    (State.DUMPED, State.NONE, False),
+    (State.NONE, State.NONE, False),
+])
+def test_state_transitions(current, target, allowed):
+    assert runtime.can_transition(current, target) is allowed
+
+
+def test_invalid_transition_raises():
+    rt = CriuRuntime("/usr/sbin/criu", (4, 2, 0))
+    with pytest.raises(CriuError, match="cannot go from none to dumped"):
+        rt._transition(State.DUMPED)
+    assert rt.state is State.NONE
+
+
+@pytest.mark.parametrize("options, flags, expected", [
+    ({}, runtime.SHARED_FLAGS, []),
+    ({"shell_job": True, "tcp_established": False}, runtime.SHARED_FLAGS, ["--shell-job"]),
+    ({"tcp_established": True, "ext_unix_sk": True, "file_locks": True, "shell_job": True}, runtime.SHARED_FLAGS,
+     ["--tcp-established", "--ext-unix-sk", "--file-locks", "--shell-job"]),
+    ({"leave_running": True, "shell_job": True}, runtime.SHARED_FLAGS, ["--shell-job"]),  # restore ignores dump-only
+    ({"leave_stopped": True}, dict(runtime.DUMP_ONLY_FLAGS, **runtime.SHARED_FLAGS), ["--leave-stopped"]),
+    ({"network_lock": "nftables", "file_locks": True}, runtime.SHARED_FLAGS, ["--file-locks", "--network-lock", "nftables"]),
+    ({"network_lock": None}, runtime.SHARED_FLAGS, []),
+])
+def test_option_argv(options, flags, expected):
+    assert runtime.option_argv(options, flags) == expected
+
+
+# --- _run: success is exit code AND success line --------------------------------
+
+def test_run_success_despite_harmless_error_line(fake):
+    fake.set(rc=0, log=[RLIMIT, DUMP_OK])
+    run = fake.runtime()._run("dump", ["--tree", "1"], fake.work, 10, lambda pid: None)
+    assert run.log_path == os.path.join(fake.work, "dump.log") and run.duration >= 0
+    assert fake.argv() == ["dump", "--work-dir", fake.work, "--log-file", "dump.log", "-v4", "--tree", "1"]
+
+
+def test_run_rc0_without_success_line_fails(fake):
+    fake.set(rc=0, log=[RLIMIT, "(00.1) Warn: nothing"])
+    with pytest.raises(CriuError, match="criu dump failed \\(exit code 0\\)") as err:
+        fake.runtime()._run("dump", [], fake.work, 10, lambda pid: None)
+    assert err.value.details["rc"] == 0 and err.value.details["errors"] == []
+    assert "stderr from fake criu" in err.value.msg  # no Error line: stderr explains
+
+
+def test_run_nonzero_exit_fails_even_with_success_line(fake):
+    fake.set(rc=1, log=[RLIMIT, "(00.2) Error (criu/a.c:1): first", "(00.3) Error (criu/b.c:2): Can't fork for 4242: File exists", DUMP_OK])
+    with pytest.raises(CriuError) as err:
+        fake.runtime()._run("dump", [], fake.work, 10, lambda pid: None)
+    log = os.path.join(fake.work, "dump.log")
+    assert "exit code 1" in err.value.msg and log in err.value.msg
+    assert "Can't fork for 4242: File exists" in err.value.msg and "PID 4242 is already in use" in err.value.msg
+    assert "RLIMIT" not in err.value.msg
+    assert err.value.details["log"] == log and err.value.details["rc"] == 1
+    assert err.value.details["errors"][-1].endswith("Can't fork for 4242: File exists")
+
+
+def test_run_missing_binary(tmp_path):
+    rt = CriuRuntime(str(tmp_path / "nope"), (4, 2, 0))
+    with pytest.raises(CriuError, match="Cannot execute"):
+        rt._run("dump", [], str(tmp_path), 10, lambda pid: None)
+
+
+def test_restore_timeout_kills_criu_and_its_tree(fake):
+    fake.set(rc=0, log=["(00.1) Error (criu/x.c:1): stuck"], hang=30)
+    rt = fake.runtime()
+    started = time.monotonic()
+    with pytest.raises(CriuError, match="did not finish within 0.5s and was killed") as err:
+        rt.restore(fake.images, fake.work, {}, timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert err.value.details["timed_out"] is True
+    assert err.value.details["log"] == os.path.join(fake.work, "restore.log")
+    assert err.value.details["errors"] == ["(00.1) Error (criu/x.c:1): stuck"]
+    child = int(open(os.path.join(fake.dir, "child")).read())
+    assert wait_for(lambda: not procfs.is_alive(child), timeout=2), "the restored tree survived the timeout"
+    assert rt.state is State.NONE
+
+
+def test_dump_timeout(fake):
+    fake.set(rc=0, log=[], hang_exec=30)
+    rt = fake.runtime()
+    started = time.monotonic()
+    with pytest.raises(CriuError, match="criu dump did not finish within 0.5s") as err:
+        rt.dump(4242, fake.images, fake.work, {}, timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert err.value.details["timed_out"] is True and rt.state is State.NONE
+
+
+def _kill_recorded_child(fake):
+    """The fake's background sleep, which this test started, if it is still running."""
+    path = os.path.join(fake.dir, "child")
+    if os.path.exists(path):
+        pid = int(open(path).read())
+        st = procfs.read_stat(pid)
+        if st is not None and st.comm == "sleep":
+            os.kill(pid, 9)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: on a dump timeout _run only SIGKILLs criu itself (on_timeout is a no-op, its session is not killpg'd); "
+                   "a child still holding criu's stderr makes proc.communicate() wait for it, so timeout does not bound the dump")
+def test_dump_timeout_is_bounded_when_criu_has_a_child(fake):
+    fake.set(rc=0, log=[], hang=3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CriuError):
+            fake.runtime().dump(4242, fake.images, fake.work, {}, timeout=0.5)
+        child = int(open(os.path.join(fake.dir, "child")).read())
+        assert time.monotonic() - started < 2 and not procfs.is_alive(child)
+    finally:
+        _kill_recorded_child(fake)
+
+
+# --- dump() and restore() -------------------------------------------------------
+
+def test_dump_success(fake):
+    fake.set(rc=0, log=[DUMP_OK], inventory=True)
+    rt = fake.runtime()
+    run = rt.dump(4242, fake.images, fake.work, {"shell_job": True, "leave_running": True, "network_lock": "nftables"}, timeout=10)
+    assert rt.state is State.DUMPED and run.log_path.endswith("dump.log")
+    argv = fake.argv()
+    assert argv[:6] == ["dump", "--work-dir", fake.work, "--log-file", "dump.log", "-v4"]
+    assert argv[6:10] == ["--tree", "4242", "--images-dir", fake.images]
+    assert set(argv[10:]) == {"--leave-running", "--shell-job", "--network-lock", "nftables"}
+    with pytest.raises(CriuError, match="cannot go from dumped to dumping"):
+        rt.dump(4242, fake.images, fake.work, {}, timeout=10)
+
+
+def test_dump_without_inventory_is_a_failure(fake):
+    fake.set(rc=0, log=[DUMP_OK], inventory=False)
+    rt = fake.runtime()
+    with pytest.raises(CriuError, match="wrote no inventory.img"):
+        rt.dump(4242, fake.images, fake.work, {}, timeout=10)
+    assert rt.state is State.NONE
+
+
+def test_dump_failure_resets_state(fake):
+    fake.set(rc=1, log=["Error (x): boom"], inventory=True)
+    rt = fake.runtime()
+    with pytest.raises(CriuError, match="boom"):
+        rt.dump(4242, fake.images, fake.work, {}, timeout=10)
+    assert rt.state is State.NONE
+
+
+def _pidfile_dirs():
+    import tempfile
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nucleus-criu-restore-")}
+
+
+def test_restore_reads_pidfile(fake):
+    before = _pidfile_dirs()
+    fake.set(rc=0, log=[RLIMIT, RESTORE_OK], pid="31337\n")
+    rt = fake.runtime()
+    pid, run = rt.restore(fake.images, fake.work, {"shell_job": True, "leave_running": True}, timeout=10)
+    assert pid == 31337 and rt.state is State.RESTORED
+    argv = fake.argv()
+    assert argv[:6] == ["restore", "--work-dir", fake.work, "--log-file", "restore.log", "-v4"]
+    assert argv[6:9] == ["--images-dir", fake.images, "--restore-detached"]
+    assert argv[9] == "--pidfile" and os.path.isabs(argv[10])
+    assert argv[11:] == ["--shell-job"]  # leave_running is dump-only
+    assert not os.path.exists(argv[10]) and _pidfile_dirs() == before  # temp pidfile dir cleaned up
+
+
+@pytest.mark.parametrize("pid, message", [
+    (None, "wrote no pidfile"),
+    ("", "wrote no valid pidfile"),
+    ("Error code: 255", "wrote no valid pidfile"),
+    ("0", "wrote no valid pidfile"),
+])
+def test_restore_bad_pidfile(fake, pid, message):
+    fake.set(rc=0, log=[RESTORE_OK], pid=pid)
+    rt = fake.runtime()
+    with pytest.raises(CriuError, match=message):
+        rt.restore(fake.images, fake.work, {}, timeout=10)
+    assert rt.state is State.NONE
+
+
+def test_restore_failure(fake):
+    fake.set(rc=1, log=["(0.1) Error (criu/cr-restore.c:1): Can't fork for 77: File exists"], pid="31337")
+    rt = fake.runtime()
+    with pytest.raises(CriuError, match="PID 77 is already in use"):
+        rt.restore(fake.images, fake.work, {}, timeout=10)
+    assert rt.state is State.NONE
+
+
+def test_check_and_feature(tmp_path):
+    path = write_exe(tmp_path / "bin" / "criu", '#!/bin/sh\n[ "$1" = check ] || exit 5\n'
+                     '[ "$2" = --feature ] && { [ "$3" = mem_dirty_track ]; exit $?; }\necho "Looks good."\n')
+    rt = CriuRuntime(path, (4, 2, 0))
+    assert rt.check() == (True, "Looks good.")
+    assert rt.feature("mem_dirty_track") is True and rt.feature("uffd-noncoop") is False
+    assert CriuRuntime(str(tmp_path / "nope"), (4, 2, 0)).check()[0] is False
+    assert CriuRuntime(str(tmp_path / "nope"), (4, 2, 0)).feature("x") is False
+
+
+def test_load_validates_and_checks_version(tmp_path, monkeypatch):
+    good = write_exe(tmp_path / "good" / "criu", "#!/bin/sh\necho 'Version: 4.2.1'\n")
+    rt = CriuRuntime.load(good)
+    assert rt.path == good and rt.version == (4, 2, 1) and rt.version_string == "4.2.1" and rt.state is State.NONE
+    old = write_exe(tmp_path / "old" / "criu", "#!/bin/sh\necho 'Version: 4.1.1'\n")
+    with pytest.raises(CriuError, match="criu 4.1.1 .* is too old"):
+        CriuRuntime.load(old)
