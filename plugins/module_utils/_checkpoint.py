@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import typing as t
@@ -71,10 +70,6 @@ def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, t
     }
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
     """After a failed dump, make sure the workload runs as it did before; say what happened to it."""
     now = procfs.read_stat(pid)
@@ -107,7 +102,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
             "schema_version": integrity.SCHEMA_VERSION,
             "id": str(uuid.uuid4()),
             "name": params["name"] or os.path.basename(os.path.normpath(dest)),
-            "created_at": _now(),
+            "created_at": procfs.utc_now(),
             "source": procfs.host_facts(),
             "criu": {"path": runtime.path, "version": runtime.version_string},
             "process": facts,

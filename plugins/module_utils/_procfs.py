@@ -8,6 +8,7 @@ A pid alone does not name a process (pids are reused), so identity here is alway
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -35,8 +36,8 @@ class ProcStat(t.NamedTuple):
 
 def parse_stat(text: str) -> ProcStat:
     """Parse /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')'."""
-    head, _, rest = text.rpartition(")")
-    pid_text, _, comm = head.partition(" (")
+    head, rest = text.rsplit(")", 1)
+    pid_text, comm = head.split(" (", 1)
     fields = rest.split()
     return ProcStat(
         pid=int(pid_text), comm=comm, state=fields[0], ppid=int(fields[1]), pgid=int(fields[2]),
@@ -201,6 +202,11 @@ def host_facts() -> t.Dict[str, str]:
         "kernel": uname.release,
         "arch": uname.machine,
     }
+
+
+def utc_now() -> str:
+    """UTC ISO 8601 with microseconds, the timestamp format of every file nucleus.criu writes."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def boot_id() -> str:

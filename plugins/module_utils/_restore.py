@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import socket
@@ -103,7 +102,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             "boot_id": procfs.boot_id(),
             "host": socket.gethostname(),
             "checkpoint_id": metadata["id"],
-            "restored_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "restored_at": procfs.utc_now(),
         }
         store.write_file(src, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
     if params["pidfile"]:

@@ -113,7 +113,7 @@ class CriuRuntime:
         except OSError as exc:
             raise CriuError("Cannot execute %s: %s. %s" % (self.path, exc.strerror, binary.INSTALL_HINT), path=self.path) from exc
         try:
-            _, stderr = proc.communicate(timeout=timeout)
+            stderr = proc.communicate(timeout=timeout)[1]
         except subprocess.TimeoutExpired:
             on_timeout(proc.pid)
             proc.kill()

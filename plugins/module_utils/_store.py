@@ -42,7 +42,7 @@ def _parent_of(dest: str) -> t.Tuple[str, str]:
 
 def check_parent(dest: str) -> str:
     """Refuse a DEST whose parent lets other users swap entries in it (writable without sticky bit)."""
-    parent, _ = _parent_of(dest)
+    parent = _parent_of(dest)[0]
     try:
         st = os.stat(parent)
     except OSError as exc:

@@ -17,7 +17,7 @@ description:
   - Idempotent. A valid checkpoint of the same process (same pid, start time and boot) already at O(dest)
     means nothing to do; a checkpoint of another process there is an error unless O(force=true).
 author:
-  - nucleus.criu maintainers
+  - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.TIMEOUT

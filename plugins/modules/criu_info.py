@@ -13,7 +13,7 @@ description:
     whether the caller has the privileges CRIU needs.
   - Never changes anything.
 author:
-  - nucleus.criu maintainers
+  - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.ATTRIBUTES

@@ -17,7 +17,7 @@ description:
   - Idempotent. When C(restored.json) in O(src) names a process that is still alive on this boot,
     nothing is done unless O(force=true).
 author:
-  - nucleus.criu maintainers
+  - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.TIMEOUT

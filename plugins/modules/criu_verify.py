@@ -15,7 +15,7 @@ description:
     the same architecture, and every pid of a tree outside its own PID namespace free.
   - Read-only. Fails with a C(problems) list when the checkpoint is not valid.
 author:
-  - nucleus.criu maintainers
+  - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.HMAC

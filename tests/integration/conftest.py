@@ -174,3 +174,19 @@ def tree_digest(path: str) -> t.Dict[str, bytes]:
             with open(full, "rb") as handle:
                 found[os.path.relpath(full, path)] = handle.read()
     return found
+
+
+def processes_running(needle: str) -> t.List[int]:
+    """Live pids whose command line mentions ``needle`` (e.g. a workload's unique state file)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as handle:
+                cmdline = handle.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if needle in cmdline and alive(int(name)):
+            found.append(int(name))
+    return found

@@ -47,7 +47,7 @@ def test_process_tree(workloads, ckpt_dir):
     for suffix in (".1", ".2"):
         workload.wait_count(5, suffix)
     befores = {suffix: workload.state(suffix) for suffix in ("", ".1", ".2")}
-    _, restored = checkpoint_and_restore(workload, ckpt_dir / "tree")
+    restored = checkpoint_and_restore(workload, ckpt_dir / "tree")[1]
     assert len(restored["checkpoint"]["process"]["tree"]) == 3
     for suffix, before in befores.items():
         assert_continues(workload, before, suffix)
@@ -78,7 +78,7 @@ def test_tcp_connection_survives(workloads, ckpt_dir):
     with client:
         client.sendall(b"next\n")
         token, count = client.recv(128).decode().split()
-        _, restored = checkpoint_and_restore(workload, ckpt_dir / "tcp", tcp_established=True)
+        restored = checkpoint_and_restore(workload, ckpt_dir / "tcp", tcp_established=True)[1]
         assert restored["checkpoint"]["options"]["tcp_established"] is True
         client.sendall(b"next\n")
         reply = client.recv(128).decode().split()

@@ -38,7 +38,7 @@ def count_forever(path, tick, server=None):
                 break
             server.settimeout(0.01)
             try:
-                conn, _ = server.accept()
+                conn = server.accept()[0]
                 conns.append(conn)
             except OSError:
                 pass
