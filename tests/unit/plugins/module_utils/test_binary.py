@@ -8,6 +8,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _binary as bin
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from mu_helpers import IS_ROOT, NONROOT_EUID, needs_root, write_exe
 
+OWNER = os.geteuid()  # owns every file this test creates: 0 when run as root
+
 
 @pytest.fixture
 def trusted(tmp_path, monkeypatch):
@@ -25,7 +27,7 @@ def test_trusted_paths_search_usr_local_sbin_first():
 def test_discovery_order(trusted, present, expected):
     for index in present:
         write_exe(trusted[index])
-    assert binary.discover(euid=0, env_path="") == trusted[expected]
+    assert binary.discover(euid=OWNER, env_path="") == trusted[expected]
 
 
 def test_path_never_searched_as_root(trusted, tmp_path):
@@ -57,7 +59,7 @@ def test_first_existing_candidate_failing_is_an_error_not_skipped(trusted):
     write_exe(trusted[0], mode=0o775)
     write_exe(trusted[1])
     with pytest.raises(CriuError, match="writable by group/others") as err:
-        binary.discover(euid=0, env_path="")
+        binary.discover(euid=OWNER, env_path="")
     assert err.value.details["path"] == trusted[0]
 
 
@@ -65,7 +67,7 @@ def test_explicit_criu_path_is_validated(trusted, tmp_path):
     bad = write_exe(tmp_path / "mine" / "criu", mode=0o777)
     write_exe(trusted[0])
     with pytest.raises(CriuError, match="writable by group/others"):
-        binary.discover(criu_path=bad, euid=0)
+        binary.discover(criu_path=bad, euid=OWNER)
 
 
 @pytest.mark.parametrize("mode", [0o755, 0o700, 0o500])
