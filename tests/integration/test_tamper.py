@@ -1,0 +1,151 @@
+"""The tamper matrix: every altered checkpoint is named by criu_verify and refused by criu_restore.
+
+One real, signed checkpoint is made per module; each case alters a copy of it. A refused
+restore must start nothing and leave the copy exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import Workload, processes_running, run_module, tree_digest, wait_for
+
+KEY = "tamper-test-key-0123456789abcdef"
+
+
+def _largest(images, pattern):
+    return max(images.glob(pattern), key=lambda p: p.stat().st_size)
+
+
+def flip_byte(pattern):
+    def alter(dest):
+        path = _largest(dest / "images", pattern)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    return alter
+
+
+def truncate_pages(dest):
+    path = _largest(dest / "images", "pages-*.img")
+    os.truncate(path, path.stat().st_size // 2)
+
+
+def delete_image(dest):
+    _largest(dest / "images", "core-*.img").unlink()
+
+
+def add_extra_file(dest):
+    (dest / "images" / "extra.img").write_bytes(b"\0" * 16)
+
+
+def symlink_image(dest):
+    path = _largest(dest / "images", "core-*.img")
+    target = dest / "elsewhere.img"
+    shutil.copyfile(path, target)
+    path.unlink()
+    path.symlink_to(target)
+
+
+def edit_metadata(change):
+    def alter(dest):
+        metadata = json.loads((dest / "metadata.json").read_text())
+        change(metadata)
+        (dest / "metadata.json").write_text(json.dumps(metadata))
+    return alter
+
+
+def _set_first_path(value):
+    def change(metadata):
+        metadata["manifest"][0]["path"] = value
+    return change
+
+
+def _set_pid(metadata):
+    metadata["process"]["pid"] += 1
+
+
+def _newer_schema(metadata):
+    metadata["schema_version"] = 99
+
+
+def remove_signature(dest):
+    (dest / "checkpoint.hmac").unlink()
+
+
+# (case id, alteration, key used to verify, substring the problem must contain)
+CASES = [
+    ("pages-byte", flip_byte("pages-*.img"), KEY, "sha256 expected"),
+    ("core-byte", flip_byte("core-*.img"), KEY, "sha256 expected"),
+    ("pagemap-byte", flip_byte("pagemap-*.img"), KEY, "sha256 expected"),
+    ("inventory-byte", flip_byte("inventory.img"), KEY, "images/inventory.img: sha256 expected"),
+    ("pages-truncated", truncate_pages, KEY, "size expected"),
+    ("image-deleted", delete_image, KEY, "missing"),
+    ("extra-file", add_extra_file, KEY, "images/extra.img: not in the manifest"),
+    ("image-symlink", symlink_image, KEY, "a symlink"),
+    ("path-dotdot", edit_metadata(_set_first_path("../metadata.json")), KEY, "not normalised or leaves images/"),
+    ("path-absolute", edit_metadata(_set_first_path("/etc/passwd")), KEY, "is absolute"),
+    ("metadata-edited", edit_metadata(_set_pid), KEY, "checkpoint.hmac does not match"),
+    ("newer-schema", edit_metadata(_newer_schema), KEY, "newer than the 1 this nucleus.criu understands"),
+    ("signature-removed", remove_signature, KEY, "checkpoint.hmac is missing"),
+    ("wrong-key", lambda dest: None, "not-the-key", "checkpoint.hmac does not match"),
+]
+
+
+@pytest.fixture(scope="module")
+def signed_checkpoint(tmp_path_factory):
+    """A real checkpoint of a (now ended) workload, signed with KEY."""
+    base = tmp_path_factory.mktemp("tamper")
+    os.chmod(base, 0o700)
+    workload = Workload(str(base / "state"), ["--mem", "4"], pid_namespace=False)
+    workload.wait_count(5)
+    dest = base / "pristine"
+    result = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), hmac_key=KEY))
+    assert result["changed"], result
+    workload.reap()
+    assert run_module("criu_verify", dict(path=str(dest), hmac_key=KEY))["valid"]
+    yield dest, workload
+    workload.stop()
+
+
+@pytest.mark.parametrize("alter, key, problem", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_tampered_checkpoint_is_named_and_refused(signed_checkpoint, tmp_path, alter, key, problem):
+    pristine, workload = signed_checkpoint
+    dest = tmp_path / "copy"
+    os.chmod(tmp_path, 0o700)
+    shutil.copytree(pristine, dest, symlinks=True)
+    alter(dest)
+    before = tree_digest(str(dest))
+
+    verdict = run_module("criu_verify", dict(path=str(dest), hmac_key=key))
+    assert verdict["failed"] and verdict["valid"] is False, verdict
+    assert any(problem in p for p in verdict["problems"]), verdict["problems"]
+
+    wait_for(lambda: not os.path.exists("/proc/%d" % workload.pid), what="the original pid to be free")
+    refused = run_module("criu_restore", dict(src=str(dest), hmac_key=key))
+    assert refused["failed"] and "Refusing to restore" in refused["msg"] and problem in refused["msg"], refused
+    assert processes_running(workload.state_file) == [], "a refused restore must start nothing"
+    assert tree_digest(str(dest)) == before, "a refused restore must not touch the checkpoint"
+
+
+def test_key_enforced_even_without_verification(signed_checkpoint, tmp_path):
+    pristine, _ = signed_checkpoint
+    dest = tmp_path / "copy"
+    os.chmod(tmp_path, 0o700)
+    shutil.copytree(pristine, dest, symlinks=True)
+    remove_signature(dest)
+    refused = run_module("criu_restore", dict(src=str(dest), hmac_key=KEY, verify=False))
+    assert refused["failed"] and "checkpoint.hmac is missing" in refused["msg"], refused
+
+
+def test_require_signature_refuses_unsigned(workloads, ckpt_dir):
+    workload = workloads()
+    dest = ckpt_dir / "unsigned"
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), leave_running=True))["changed"]
+    assert run_module("criu_verify", dict(path=str(dest)))["valid"] is True
+    verdict = run_module("criu_verify", dict(path=str(dest), require_signature=True))
+    assert verdict["failed"] and "unsigned" in verdict["msg"], verdict
