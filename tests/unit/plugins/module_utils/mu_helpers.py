@@ -31,3 +31,41 @@ def wait_for(predicate, timeout=5.0):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(0.02)
+
+
+def metadata_for(manifest, **changes):
+    """A metadata.json document with every required key, schema_version 1."""
+    metadata = {
+        "schema_version": 1, "id": "5b0c1f0e-3c51-4c1e-9d3c-3b1a0c5b6e11", "name": "job",
+        "created_at": "2025-01-01T00:00:00.000000Z",
+        "source": {"hostname": "a", "boot_id": "b", "arch": os.uname().machine},
+        "criu": {"path": "/usr/sbin/criu", "version": "4.2.0"},
+        "process": {"pid": 4242, "tree": [4242]}, "options": {"shell_job": False},
+        "manifest_algorithm": "sha256", "manifest": manifest,
+    }
+    metadata.update(changes)
+    return metadata
+
+
+def write_metadata(dest, metadata, key=None):
+    """Write metadata.json canonically, and checkpoint.hmac when ``key`` is given."""
+    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+
+    with open(os.path.join(dest, "metadata.json"), "wb") as handle:
+        handle.write(integrity.canonical(metadata))
+    if key is not None:
+        with open(os.path.join(dest, "checkpoint.hmac"), "w") as handle:
+            handle.write(integrity.sign(metadata, key) + "\n")
+
+
+def make_checkpoint(dest, key=None, **changes):
+    """A small valid checkpoint directory at ``dest``; returns its metadata."""
+    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+
+    images = os.path.join(str(dest), "images")
+    os.makedirs(images, mode=0o700)
+    with open(os.path.join(images, "inventory.img"), "wb") as handle:
+        handle.write(b"inventory")
+    metadata = metadata_for(integrity.build_manifest(images), **changes)
+    write_metadata(str(dest), metadata, key)
+    return metadata

@@ -11,30 +11,10 @@ from hypothesis import given, settings, strategies as st
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from mu_helpers import metadata_for, write_metadata
 
 KEY = b"0123456789abcdef0123456789abcdef"
 BIG = "pages-1.img"
-
-
-def metadata_for(manifest, **changes):
-    metadata = {
-        "schema_version": 1, "id": "5b0c1f0e-3c51-4c1e-9d3c-3b1a0c5b6e11", "name": "job",
-        "created_at": "2025-01-01T00:00:00.000000Z",
-        "source": {"hostname": "a", "boot_id": "b", "arch": "x86_64"},
-        "criu": {"path": "/usr/sbin/criu", "version": "4.2.0"},
-        "process": {"pid": 4242, "tree": [4242]}, "options": {"shell_job": False},
-        "manifest_algorithm": "sha256", "manifest": manifest,
-    }
-    metadata.update(changes)
-    return metadata
-
-
-def write_metadata(dest, metadata, key=None):
-    with open(os.path.join(dest, "metadata.json"), "wb") as handle:
-        handle.write(integrity.canonical(metadata))
-    if key is not None:
-        with open(os.path.join(dest, "checkpoint.hmac"), "w") as handle:
-            handle.write(integrity.sign(metadata, key) + "\n")
 
 
 @pytest.fixture

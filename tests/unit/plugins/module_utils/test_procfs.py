@@ -2,9 +2,7 @@
 
 import os
 import re
-import signal
 import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
