@@ -1,4 +1,4 @@
-"""A stateful test workload: everything it reports lives only in its memory.
+"""A stateful workload for the demo and the tests: everything it reports lives only in its memory.
 
 It picks a random token at start and counts; every tick it rewrites STATE_FILE with
 "token count". A restore that really carried its memory continues the same token from

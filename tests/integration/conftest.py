@@ -21,7 +21,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
-COUNTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workloads", "counter.py")
+COUNTER = os.path.join(REPO, "demo", "counter.py")
 
 pytestmark = pytest.mark.integration
 
