@@ -133,7 +133,7 @@ def test_tampered_checkpoint_is_named_and_refused(signed_checkpoint, tmp_path, a
 
 
 def test_key_enforced_even_without_verification(signed_checkpoint, tmp_path):
-    pristine, _ = signed_checkpoint
+    pristine = signed_checkpoint[0]
     dest = tmp_path / "copy"
     os.chmod(tmp_path, 0o700)
     shutil.copytree(pristine, dest, symlinks=True)
