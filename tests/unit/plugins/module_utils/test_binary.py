@@ -6,7 +6,7 @@ import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import IS_ROOT, NONROOT_EUID, needs_root, write_exe
+from .mu_helpers import IS_ROOT, NONROOT_EUID, needs_root, write_exe
 
 OWNER = os.geteuid()  # owns every file this test creates: 0 when run as root
 

@@ -7,7 +7,7 @@ import pytest
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import make_checkpoint, wait_for
+from .mu_helpers import make_checkpoint, wait_for
 
 PARAMS = {
     "pid": None, "pidfile": None, "dest": None, "name": None, "force": False, "timeout": 30,

@@ -6,7 +6,7 @@ import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import metadata_for, write_exe
+from .mu_helpers import metadata_for, write_exe
 
 PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import metadata_for, write_metadata
+from .mu_helpers import metadata_for, write_metadata
 
 KEY = b"0123456789abcdef0123456789abcdef"
 BIG = "pages-1.img"

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import wait_for
+from .mu_helpers import wait_for
 
 STAT = "4242 (%s) S 100 4242 4242 34817 4242 4194560 1 0 0 0 2 3 0 0 20 0 1 0 987654 1000 100 18446744073709551615"
 

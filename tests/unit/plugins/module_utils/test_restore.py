@@ -8,7 +8,7 @@ import pytest
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import make_checkpoint
+from .mu_helpers import make_checkpoint
 
 PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 

@@ -9,7 +9,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as pro
 from ansible_collections.nucleus.criu.plugins.module_utils import _runtime as runtime
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, State
-from mu_helpers import wait_for, write_exe
+from .mu_helpers import wait_for, write_exe
 
 RLIMIT = "(00.000100) Error (criu/rlimit.c:24): rlimit: Can't setup RLIMIT_NOFILE for self"
 DUMP_OK = "(00.500000) Dumping finished successfully"

@@ -8,7 +8,7 @@ import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import needs_root
+from .mu_helpers import needs_root
 
 
 @pytest.mark.parametrize("mode", [0o700, 0o755, 0o1777, 0o1770])

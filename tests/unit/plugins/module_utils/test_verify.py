@@ -6,7 +6,7 @@ import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _verify as verify
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from mu_helpers import make_checkpoint, write_exe
+from .mu_helpers import make_checkpoint, write_exe
 
 PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 PARAMS = {"hmac_key": None, "hmac_key_file": None, "require_signature": False, "check_host": False, "criu_path": None}
