@@ -76,8 +76,7 @@ def _resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
     if now is None or now.starttime != st.starttime or now.state in ("Z", "X"):
         return "The process %d is gone: CRIU killed it before failing; restart it from its own supervisor." % pid
     if now.state == "T" and st.state != "T":
-        for member in [pid] + procfs.descendants(pid):
-            os.kill(member, signal.SIGCONT)
+        procfs.kill_tree(pid, signal.SIGCONT)
         return "The process %d was left stopped by the failed dump and has been resumed (SIGCONT)." % pid
     return "The process %d is still running, untouched." % pid
 

@@ -64,7 +64,7 @@ def error_lines(text: str, limit: int = 5) -> t.List[str]:
         line.strip() for line in text.splitlines()
         if _ERROR_RE.search(line) and not any(h.search(line) for h in _HARMLESS)
     ]
-    return found[-limit:]
+    return found[-limit:] if limit > 0 else []
 
 
 def hints(lines: t.Iterable[str]) -> t.List[str]:

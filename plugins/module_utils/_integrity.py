@@ -159,6 +159,8 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
     """Load metadata.json and check its shape; returns (metadata or None, problems)."""
     try:
         metadata = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        return None, ["metadata.json is not valid JSON: nested too deeply"]
     except (UnicodeDecodeError, ValueError) as exc:
         return None, ["metadata.json is not valid JSON: %s" % exc]
     if not isinstance(metadata, dict):
@@ -178,6 +180,9 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
         return None, problems
     if version != SCHEMA_VERSION:
         return None, ["metadata.json has unsupported schema_version %r (expected %d)" % (version, SCHEMA_VERSION)]
+    if metadata.get("manifest_algorithm", ALGORITHM) != ALGORITHM:
+        return None, ["metadata.json: manifest_algorithm %r is not supported (expected %s): upgrade nucleus.criu"
+                      % (metadata.get("manifest_algorithm"), ALGORITHM)]
     for index, entry in enumerate(metadata["manifest"]):
         if not isinstance(entry, dict):
             problems.append("manifest entry %d is not an object" % index)

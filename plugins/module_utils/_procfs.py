@@ -18,6 +18,7 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 PF_KTHREAD = 0x00200000
+PIDFILE_MAX = 4096
 
 
 class ProcStat(t.NamedTuple):
@@ -73,8 +74,8 @@ def read_pidfile(path: str) -> int:
     except OSError as exc:
         raise CriuError("Cannot read pidfile %s: %s. Give an existing pidfile (not a symlink) or use pid." % (path, exc.strerror), path=path) from exc
     with os.fdopen(fd, "rb") as handle:
-        data = handle.read(64)
-    pid = parse_pidfile(data.decode("ascii", "replace"))
+        data = handle.read(PIDFILE_MAX + 1)
+    pid = parse_pidfile(data.decode("ascii", "replace")) if len(data) <= PIDFILE_MAX else None
     if pid is None:
         raise CriuError(
             "Pidfile %s does not hold a pid (it must contain only digits, found %r). Fix the pidfile or use pid." % (path, data[:32]),
@@ -156,7 +157,7 @@ def require_checkpointable(pid: int) -> ProcStat:
     st = read_stat(pid)
     if st is None:
         raise CriuError("No process with pid %d exists on this host. Check the pid or pidfile." % pid, pid=pid)
-    if st.flags & PF_KTHREAD or st.ppid == 2 or pid == 2:
+    if st.flags & PF_KTHREAD:
         raise CriuError("Refusing to checkpoint pid %d (%s): it is a kernel thread. Give the pid of a user-space workload." % (pid, st.comm), pid=pid)
     if st.state in ("Z", "X"):
         raise CriuError("Refusing to checkpoint pid %d (%s): it is a zombie that has already exited. Restart the workload." % (pid, st.comm), pid=pid)

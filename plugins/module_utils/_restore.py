@@ -19,20 +19,21 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime
 
 
-def live_restore(src: str) -> t.Optional[t.Dict[str, t.Any]]:
-    """restored.json, when it names a process that is still alive on this boot (the restore already happened)."""
+def live_restore(src: str, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+    """restored.json, when it names a live process restored from THIS checkpoint on this boot (nothing left to do)."""
     try:
         raw = store.read_small_file(src, store.RESTORED)
         record = json.loads(raw.decode("utf-8")) if raw else None
     except (CriuError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int):
+    if (not isinstance(record, dict) or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int)
+            or record.get("checkpoint_id") != metadata["id"]):
         return None
     return record if procfs.is_alive(record["pid"], record.get("starttime")) else None
 
 
-def load_checked(src: str, key: t.Optional[bytes], verify: bool, require_signature: bool) -> t.Dict[str, t.Any]:
-    """Metadata of a checkpoint that may be restored here, or a refusal listing every problem."""
+def load_verified(src: str, key: t.Optional[bytes], verify: bool, require_signature: bool) -> t.Dict[str, t.Any]:
+    """Metadata of a checkpoint that passed verification, or a refusal listing every problem."""
     if verify:
         metadata, problems = integrity.verify(src, key, require_signature)
     else:
@@ -50,9 +51,6 @@ def load_checked(src: str, key: t.Optional[bytes], verify: bool, require_signatu
             % (src, "; ".join(problems)),
             path=src, problems=problems,
         )
-    problems = host.restore_problems(metadata)
-    if problems:
-        raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
     return metadata
 
 
@@ -84,10 +82,13 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     src = os.path.normpath(params["src"])
     if store.inspect_dir(src) is None:
         raise CriuError("No checkpoint at %s: the directory does not exist. Check src." % src, path=src)
-    previous = live_restore(src)
+    metadata = load_verified(src, key, params["verify"], params["require_signature"])
+    previous = live_restore(src, metadata)
     if previous and not params["force"]:
-        return {"changed": False, "src": src, "pid": previous["pid"], "restored": previous, "actions": []}
-    metadata = load_checked(src, key, params["verify"], params["require_signature"])
+        return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": metadata, "restored": previous, "actions": []}
+    problems = host.restore_problems(metadata)
+    if problems:
+        raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
     host.require_privileges()
     runtime = CriuRuntime.load(params["criu_path"])
     action = "restore %s (checkpoint of pid %s)" % (src, metadata["process"].get("pid"))

@@ -70,8 +70,9 @@ class Run(t.NamedTuple):
     log_path: str
 
 
-def _kill_restoring(criu_pid: int) -> None:
-    """A restore that hangs (e.g. truncated pages) leaves a spinning task under criu: kill them all."""
+def _kill_criu_tree(criu_pid: int) -> None:
+    """Kill criu and everything under it: a hung restore (e.g. truncated pages) leaves a spinning task there,
+    and any helper still holding criu's stderr would keep us waiting."""
     procfs.wait_gone(procfs.kill_tree(criu_pid), timeout=5)
 
 
@@ -100,8 +101,7 @@ class CriuRuntime:
             raise CriuError("Internal error: CRIU state cannot go from %s to %s." % (self.state.value, target.value))
         self.state = target
 
-    def _run(self, action: str, argv: t.List[str], work_dir: str, timeout: float,
-             on_timeout: t.Callable[[int], None]) -> Run:
+    def _run(self, action: str, argv: t.List[str], work_dir: str, timeout: float) -> Run:
         """Run criu ``action``; raise CriuError with the log's explanation unless it succeeded."""
         log_name = "%s.log" % action
         log_path = os.path.join(work_dir, log_name)
@@ -115,7 +115,7 @@ class CriuRuntime:
         try:
             stderr = proc.communicate(timeout=timeout)[1]
         except subprocess.TimeoutExpired:
-            on_timeout(proc.pid)
+            _kill_criu_tree(proc.pid)
             proc.kill()
             proc.communicate()
             raise CriuError(
@@ -142,7 +142,7 @@ class CriuRuntime:
         argv = ["--tree", str(pid), "--images-dir", images_dir]
         argv += option_argv(options, dict(DUMP_ONLY_FLAGS, **SHARED_FLAGS))
         try:
-            run = self._run("dump", argv, work_dir, timeout, on_timeout=lambda criu_pid: None)
+            run = self._run("dump", argv, work_dir, timeout)
             if not os.path.isfile(os.path.join(images_dir, "inventory.img")):
                 raise CriuError("criu dump reported success but wrote no inventory.img. Log: %s" % run.log_path, log=run.log_path)
         except CriuError:
@@ -159,7 +159,7 @@ class CriuRuntime:
         argv = ["--images-dir", images_dir, "--restore-detached", "--pidfile", pidfile]
         argv += option_argv(options, SHARED_FLAGS)
         try:
-            run = self._run("restore", argv, work_dir, timeout, on_timeout=_kill_restoring)
+            run = self._run("restore", argv, work_dir, timeout)
             with open(pidfile, "r") as handle:
                 pid = procfs.parse_pidfile(handle.read())
             if pid is None:

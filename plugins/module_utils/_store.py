@@ -82,7 +82,7 @@ def inspect_dir(path: str, label: str = "Checkpoint directory") -> t.Optional[os
 
 def enclosing_checkpoint(dest: str) -> t.Optional[str]:
     """The checkpoint directory that ``dest`` would nest inside, if any (a dest inside images/ would corrupt it)."""
-    current = os.path.dirname(os.path.normpath(dest))
+    current = os.path.dirname(os.path.abspath(dest))
     while current != "/":
         if os.path.isfile(os.path.join(current, METADATA)) and os.path.isdir(os.path.join(current, IMAGES)):
             return current
@@ -106,7 +106,14 @@ class DestLock:
     def __enter__(self) -> "DestLock":
         deadline = time.monotonic() + self.timeout
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            except OSError as exc:
+                raise CriuError(
+                    "Cannot open the lock file %s: %s. Remove it if it is a symlink or not a regular file; "
+                    "nucleus.criu creates it itself." % (self.path, exc.strerror),
+                    path=self.path,
+                ) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -220,10 +227,11 @@ def read_small_file(directory: str, name: str) -> t.Optional[bytes]:
         if exc.errno == errno.ELOOP:
             raise CriuError("%s is a symlink; refusing to follow it." % path, path=path) from exc
         raise CriuError("Cannot read %s: %s." % (path, exc.strerror), path=path) from exc
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SMALL_FILE:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CriuError("%s is not a regular file." % path, path=path)
-        if st.st_size > MAX_SMALL_FILE:
-            raise CriuError("%s is %d bytes, larger than any file nucleus.criu writes." % (path, st.st_size), path=path)
+        raise CriuError("%s is %d bytes, larger than any file nucleus.criu writes." % (path, st.st_size), path=path)
+    with os.fdopen(fd, "rb") as handle:
         return handle.read(MAX_SMALL_FILE + 1)

@@ -117,3 +117,18 @@ def test_leave_stopped_freezes_until_sigcont(workloads, ckpt_dir):
     assert workload.state() == frozen, "a stopped process must not count"
     os.kill(workload.pid, 18)  # SIGCONT
     wait_for(lambda: workload.state()[1] > frozen[1] and workload.state()[0] == frozen[0], what="the counter to resume")
+
+
+def test_rerun_after_tampering_is_refused_not_reported_unchanged(workloads, ckpt_dir):
+    """The 'already restored' answer is only given for a checkpoint that still verifies."""
+    workload = workloads(pid_namespace=True)
+    dest = ckpt_dir / "tampered-later"
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest)))["changed"]
+    first = run_module("criu_restore", dict(src=str(dest)))
+    workload.adopt(first["pid"])
+    pages = max((dest / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    data = bytearray(pages.read_bytes())
+    data[0] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    again = run_module("criu_restore", dict(src=str(dest)))
+    assert again["failed"] and "sha256 expected" in again["msg"], again

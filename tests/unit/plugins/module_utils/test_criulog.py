@@ -45,7 +45,6 @@ def test_error_lines_returns_only_the_last_n():
     assert criulog.error_lines(text) == ["Error (x.c:%d): e%d" % (i, i) for i in range(15, 20)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _criulog.error_lines(limit=0) returns every error line (found[-0:] is the whole list)")
 def test_error_lines_limit_zero_returns_nothing():
     assert criulog.error_lines(LOG, limit=0) == []
 

@@ -59,6 +59,7 @@ def test_criu_facts_usable_and_too_old(tmp_path):
     facts = host.criu_facts(old)
     assert facts["usable"] is False and facts["version"] == "4.1.1" and facts["path"] == old
     assert "too old" in facts["problems"][0]
-    broken = write_exe(tmp_path / "broken" / "criu", '#!/bin/sh\n[ "$1" = --version ] && { echo "Version: 4.2"; exit 0; }\necho "no kernel support" >&2\nexit 1\n')
+    broken = write_exe(tmp_path / "broken" / "criu",
+                       '#!/bin/sh\n[ "$1" = --version ] && { echo "Version: 4.2"; exit 0; }\necho "no kernel support" >&2\nexit 1\n')
     facts = host.criu_facts(broken)
     assert facts["usable"] is False and facts["problems"] == ["criu check failed on this kernel: no kernel support"]

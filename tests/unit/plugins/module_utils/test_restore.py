@@ -25,43 +25,47 @@ def _restored(dest, **record):
 def test_live_restore(tmp_path, spawn):
     child = spawn(["sleep", "60"])
     st = procfs.read_stat(child.pid)
-    _free_ckpt(tmp_path / "c")
-    assert restore.live_restore(str(tmp_path / "c")) is None
-    record = {"pid": child.pid, "starttime": st.starttime, "boot_id": procfs.boot_id()}
-    _restored(tmp_path / "c", **record)
-    assert restore.live_restore(str(tmp_path / "c")) == record
-    for bad in ({"boot_id": "other"}, {"starttime": st.starttime + 1}, {"pid": "1"}, {"pid": PID_MAX + 1}):
-        _restored(tmp_path / "c", **dict(record, **bad))
-        assert restore.live_restore(str(tmp_path / "c")) is None, bad
-    (tmp_path / "c" / "restored.json").write_text("not json")
-    assert restore.live_restore(str(tmp_path / "c")) is None
-
-
-def test_load_checked_accepts_valid(tmp_path):
     metadata = _free_ckpt(tmp_path / "c")
-    assert restore.load_checked(str(tmp_path / "c"), None, True, False) == metadata
-    assert restore.load_checked(str(tmp_path / "c"), None, False, False) == metadata
+    assert restore.live_restore(str(tmp_path / "c"), metadata) is None
+    record = {"pid": child.pid, "starttime": st.starttime, "boot_id": procfs.boot_id(), "checkpoint_id": metadata["id"]}
+    _restored(tmp_path / "c", **record)
+    assert restore.live_restore(str(tmp_path / "c"), metadata) == record
+    for bad in ({"boot_id": "other"}, {"starttime": st.starttime + 1}, {"pid": "1"}, {"pid": PID_MAX + 1},
+                {"checkpoint_id": "another checkpoint"}):
+        _restored(tmp_path / "c", **dict(record, **bad))
+        assert restore.live_restore(str(tmp_path / "c"), metadata) is None, bad
+    (tmp_path / "c" / "restored.json").write_text("not json")
+    assert restore.live_restore(str(tmp_path / "c"), metadata) is None
+
+
+def test_load_verified_accepts_valid(tmp_path):
+    metadata = _free_ckpt(tmp_path / "c")
+    assert restore.load_verified(str(tmp_path / "c"), None, True, False) == metadata
+    assert restore.load_verified(str(tmp_path / "c"), None, False, False) == metadata
 
 
 @pytest.mark.parametrize("verify", [True, False])
-def test_load_checked_enforces_key_even_unverified(tmp_path, verify):
+def test_load_verified_enforces_key_even_unverified(tmp_path, verify):
     _free_ckpt(tmp_path / "c")
     with pytest.raises(CriuError, match="Refusing to restore .*checkpoint.hmac is missing") as err:
-        restore.load_checked(str(tmp_path / "c"), b"key", verify, False)
+        restore.load_verified(str(tmp_path / "c"), b"key", verify, False)
     assert err.value.details["problems"]
 
 
-def test_load_checked_refuses_corrupt_images_when_verifying(tmp_path):
+def test_load_verified_refuses_corrupt_images_when_verifying(tmp_path):
     _free_ckpt(tmp_path / "c")
     (tmp_path / "c" / "images" / "inventory.img").write_bytes(b"Inventory")
     with pytest.raises(CriuError, match="Refusing to restore .*inventory.img: sha256 expected"):
-        restore.load_checked(str(tmp_path / "c"), None, True, False)
+        restore.load_verified(str(tmp_path / "c"), None, True, False)
 
 
-def test_load_checked_refuses_busy_pids(tmp_path):
+def test_restore_refuses_busy_pids(tmp_path, monkeypatch):
     make_checkpoint(tmp_path / "c", process={"pid": os.getpid(), "tree": [os.getpid()]})
+    monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
+    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False,
+              "verify": True, "require_signature": False}
     with pytest.raises(CriuError, match="Cannot restore .*PIDs %d" % os.getpid()):
-        restore.load_checked(str(tmp_path / "c"), None, True, False)
+        restore.restore(params, False)
 
 
 def test_restore_refuses_missing_src_and_bad_timeout(tmp_path):
@@ -74,13 +78,15 @@ def test_restore_refuses_missing_src_and_bad_timeout(tmp_path):
 
 def test_restore_is_idempotent_when_restored_process_lives(tmp_path, spawn, monkeypatch):
     child = spawn(["sleep", "60"])
-    _free_ckpt(tmp_path / "c")
-    record = {"pid": child.pid, "starttime": procfs.read_stat(child.pid).starttime, "boot_id": procfs.boot_id()}
+    metadata = _free_ckpt(tmp_path / "c")
+    record = {"pid": child.pid, "starttime": procfs.read_stat(child.pid).starttime, "boot_id": procfs.boot_id(),
+              "checkpoint_id": metadata["id"]}
     _restored(tmp_path / "c", **record)
     monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False}
+    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False,
+              "verify": True, "require_signature": False}
     assert restore.restore(params, False) == {"changed": False, "src": str(tmp_path / "c"), "pid": child.pid,
-                                              "restored": record, "actions": []}
+                                              "checkpoint": metadata, "restored": record, "actions": []}
 
 
 def test_confirm_alive(spawn, tmp_path, monkeypatch):

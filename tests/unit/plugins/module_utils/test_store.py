@@ -118,7 +118,6 @@ def test_dest_lock_waiter_gets_it_after_release(tmp_path):
     assert not os.path.lexists(str(tmp_path / ".ckpt.lock"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DestLock raises a bare OSError (ELOOP) for a symlink at .NAME.lock; modules only turn CriuError into fail_json")
 def test_dest_lock_refuses_symlinked_lock_file_with_criu_error(tmp_path):
     (tmp_path / "elsewhere").write_text("")
     (tmp_path / ".ckpt.lock").symlink_to(tmp_path / "elsewhere")
@@ -232,7 +231,6 @@ def test_read_small_file(tmp_path, monkeypatch):
         store.read_small_file(str(tmp_path), "ok")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _store.read_small_file lets os.fdopen raise IsADirectoryError (and leaks the fd) for a directory instead of CriuError")
 def test_read_small_file_refuses_directory(tmp_path):
     (tmp_path / "dir").mkdir()
     with pytest.raises(CriuError, match="not a regular file"):
