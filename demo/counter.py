@@ -6,8 +6,10 @@ the same count; a restart would show a new token and count from 1.
 
 Options: --children N (a process tree: N children, each with its own token and file
 STATE_FILE.N), --tcp PORT (serve "next\\n" -> "token count\\n" on 127.0.0.1:PORT),
---mem MIB (hold MIB of touched random memory), --unix-connect PATH (hold a unix stream
-connection, which CRIU cannot dump).
+--tcp-client (with --tcp: a child holds one connection to that server and writes
+"connection-token server-token count" to STATE_FILE.client), --mem MIB (hold MIB of
+touched random memory), --unix-connect PATH (hold a unix stream connection, which CRIU
+cannot dump).
 """
 
 import argparse
@@ -57,12 +59,27 @@ def count_forever(path, tick, server=None):
                 conn.sendall(("%s %d\n" % (token, count)).encode())
 
 
+def client_forever(path, port, tick):
+    """One TCP connection for life: a broken connection ends this process, so a live client proves it survived."""
+    token = os.urandom(8).hex()
+    conn = socket.create_connection(("127.0.0.1", port), timeout=None)
+    while True:
+        conn.sendall(b"next\n")
+        reply = conn.recv(128).decode().strip()
+        if not reply:
+            os._exit(1)
+        with open(path, "w") as handle:
+            handle.write("%s %s\n" % (token, reply))
+        time.sleep(tick)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("state_file")
     parser.add_argument("--children", type=int, default=0)
     parser.add_argument("--tcp", type=int)
     parser.add_argument("--mem", type=int, default=0)
+    parser.add_argument("--tcp-client", action="store_true")
     parser.add_argument("--unix-connect")
     parser.add_argument("--tick", type=float, default=0.05)
     args = parser.parse_args()
@@ -81,6 +98,9 @@ def main():
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", args.tcp))
         server.listen(8)
+        if args.tcp_client and os.fork() == 0:
+            server.close()
+            client_forever(args.state_file + ".client", args.tcp, args.tick)
     sys.stdin.close()
     count_forever(args.state_file, args.tick, server)
     return keep

@@ -58,11 +58,8 @@ def can_transition(current: State, target: State) -> bool:
 
 
 def option_argv(options: t.Mapping[str, t.Any], flags: t.Mapping[str, str]) -> t.List[str]:
-    """criu flags for the boolean options that are on, plus the network lock method."""
-    argv = [flag for name, flag in flags.items() if options.get(name)]
-    if options.get("network_lock"):
-        argv += ["--network-lock", options["network_lock"]]
-    return argv
+    """criu flags for the boolean options that are on."""
+    return [flag for name, flag in flags.items() if options.get(name)]
 
 
 class Run(t.NamedTuple):
@@ -141,6 +138,9 @@ class CriuRuntime:
         self._transition(State.DUMPING)
         argv = ["--tree", str(pid), "--images-dir", images_dir]
         argv += option_argv(options, dict(DUMP_ONLY_FLAGS, **SHARED_FLAGS))
+        if options.get("network_lock"):
+            # Restore reuses the method recorded in the images, so only dump takes it.
+            argv += ["--network-lock", options["network_lock"]]
         try:
             run = self._run("dump", argv, work_dir, timeout)
             if not os.path.isfile(os.path.join(images_dir, "inventory.img")):

@@ -121,7 +121,7 @@ def test_invalid_transition_raises():
      ["--tcp-established", "--ext-unix-sk", "--file-locks", "--shell-job"]),
     ({"leave_running": True, "shell_job": True}, runtime.SHARED_FLAGS, ["--shell-job"]),  # restore ignores dump-only
     ({"leave_stopped": True}, dict(runtime.DUMP_ONLY_FLAGS, **runtime.SHARED_FLAGS), ["--leave-stopped"]),
-    ({"network_lock": "nftables", "file_locks": True}, runtime.SHARED_FLAGS, ["--file-locks", "--network-lock", "nftables"]),
+    ({"network_lock": "nftables", "file_locks": True}, runtime.SHARED_FLAGS, ["--file-locks"]),
     ({"network_lock": None}, runtime.SHARED_FLAGS, []),
 ])
 def test_option_argv(options, flags, expected):
