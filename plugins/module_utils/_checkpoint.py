@@ -17,10 +17,6 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime
 
 
-def resolve_pid(pid: t.Optional[int], pidfile: t.Optional[str]) -> int:
-    return pid if pid is not None else procfs.read_pidfile(t.cast(str, pidfile))
-
-
 def require_timeout(timeout: float) -> None:
     if timeout <= 0:
         raise CriuError("timeout must be a positive number of seconds, got %s." % timeout)
@@ -95,6 +91,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
     images = os.path.join(staging, store.IMAGES)
     failed_log = _failed_log_path(dest)
     try:
+        frozen_at = procfs.utc_now()
         run = runtime.dump(pid, images, staging, options, params["timeout"])
         manifest = integrity.build_manifest(images)
         metadata = {
@@ -129,6 +126,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
     return {
         "checkpoint": metadata,
         "stats": {
+            "frozen_at": frozen_at,
             "dump_seconds": round(run.duration, 3),
             "image_bytes": sum(entry["size"] for entry in manifest),
             "image_files": len(manifest),
@@ -142,7 +140,7 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     if params["leave_running"] and params["leave_stopped"]:
         raise CriuError("leave_running and leave_stopped are mutually exclusive: after the dump the process either runs or stays stopped.")
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
-    pid = resolve_pid(params["pid"], params["pidfile"])
+    pid = procfs.resolve_pid(params["pid"], params["pidfile"])
     dest = os.path.normpath(params["dest"])
     store.check_parent(dest)
     enclosing = store.enclosing_checkpoint(dest)

@@ -84,6 +84,11 @@ def read_pidfile(path: str) -> int:
     return pid
 
 
+def resolve_pid(pid: t.Optional[int], pidfile: t.Optional[str]) -> int:
+    """The pid given directly, or read strictly from ``pidfile``."""
+    return pid if pid is not None else read_pidfile(t.cast(str, pidfile))
+
+
 def is_alive(pid: int, starttime: t.Optional[int] = None) -> bool:
     """True when ``pid`` exists, is not a zombie, and (if given) started at ``starttime``."""
     st = read_stat(pid)
@@ -148,6 +153,15 @@ def ns_pids(pid: int) -> t.List[int]:
         if line.startswith("NSpid:"):
             return [int(x) for x in line.split()[1:]]
     return [pid]
+
+
+def process_state(pid: int) -> t.Dict[str, t.Any]:
+    """What a playbook needs to know about ``pid`` before touching it (it may be gone)."""
+    st = read_stat(pid)
+    if st is None:
+        return {"pid": pid, "exists": False, "alive": False}
+    return {"pid": pid, "exists": True, "alive": st.state not in ("Z", "X"), "state": st.state,
+            "starttime": st.starttime, "comm": st.comm}
 
 
 def require_checkpointable(pid: int) -> ProcStat:

@@ -96,6 +96,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         return {"changed": True, "src": src, "pid": None, "checkpoint": metadata, "actions": ["would " + action]}
     with store.DestLock(src, params["timeout"]):
         pid, run = runtime.restore(os.path.join(src, store.IMAGES), src, metadata["options"], params["timeout"])
+        restored_at = procfs.utc_now()
         st = _confirm_alive(pid, run.log_path, src)
         record = {
             "pid": pid,
@@ -103,7 +104,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             "boot_id": procfs.boot_id(),
             "host": socket.gethostname(),
             "checkpoint_id": metadata["id"],
-            "restored_at": procfs.utc_now(),
+            "restored_at": restored_at,
         }
         store.write_file(src, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
     if params["pidfile"]:

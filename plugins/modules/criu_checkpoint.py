@@ -131,6 +131,9 @@ stats:
   returned: when a dump happened
   type: dict
   contains:
+    frozen_at:
+      description: UTC time (ISO 8601) just before criu started freezing the tree; the start of the workload's downtime.
+      type: str
     dump_seconds:
       description: Time criu dump took.
       type: float

@@ -14,6 +14,16 @@ description:
   - Never changes anything.
 author:
   - nucleus.criu maintainers (@nucleus-criu)
+options:
+  pid:
+    description:
+      - Also report on this process (see RV(process)).
+      - Mutually exclusive with O(pidfile).
+    type: int
+  pidfile:
+    description:
+      - Also report on the process named by this pidfile, read as strictly as M(nucleus.criu.criu_checkpoint) reads it.
+    type: path
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.ATTRIBUTES
@@ -90,6 +100,32 @@ privilege_problem:
   description: Why the caller cannot checkpoint, empty when it can.
   returned: always
   type: str
+process:
+  description: The process given by O(pid) or O(pidfile).
+  returned: when O(pid) or O(pidfile) is given
+  type: dict
+  contains:
+    pid:
+      description: The pid.
+      type: int
+    exists:
+      description: Whether the pid exists (a zombie exists but is not alive).
+      type: bool
+    alive:
+      description: Whether it exists and is not a zombie.
+      type: bool
+    state:
+      description: Its state letter from /proc (R, S, T for stopped, ...).
+      type: str
+      returned: when it exists
+    starttime:
+      description: Its start time in clock ticks since boot; with the pid, it identifies the process.
+      type: int
+      returned: when it exists
+    comm:
+      description: Its command name.
+      type: str
+      returned: when it exists
 """
 
 import os
@@ -97,19 +133,27 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._module import CRIU_PATH_ARG, run_module
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=dict(CRIU_PATH_ARG), supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=dict(pid=dict(type="int"), pidfile=dict(type="path"), **CRIU_PATH_ARG),
+        mutually_exclusive=[("pid", "pidfile")],
+        supports_check_mode=True,
+    )
 
     def action():
         can, why = host.can_checkpoint()
-        return {
+        result = {
             "changed": False, "criu": host.criu_facts(module.params["criu_path"]),
             "kernel": os.uname().release, "arch": os.uname().machine,
             "can_checkpoint": can, "privilege_problem": why,
         }
+        if module.params["pid"] is not None or module.params["pidfile"]:
+            result["process"] = procfs.process_state(procfs.resolve_pid(module.params["pid"], module.params["pidfile"]))
+        return result
 
     run_module(module, action)
 

@@ -87,7 +87,9 @@ checkpoint:
   returned: when a restore happened or would happen
   type: dict
 restored:
-  description: The record written to C(restored.json) (pid, starttime, boot_id, host, checkpoint_id, restored_at).
+  description:
+    - The record written to C(restored.json) (pid, starttime, boot_id, host, checkpoint_id, restored_at).
+    - C(restored_at) is the UTC time criu restore returned with the tree running; the end of the workload's downtime.
   returned: when the process is restored
   type: dict
 stats:

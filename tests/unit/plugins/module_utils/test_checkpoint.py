@@ -35,12 +35,6 @@ def test_require_timeout(timeout):
         checkpoint.require_timeout(timeout)
 
 
-def test_resolve_pid(tmp_path):
-    assert checkpoint.resolve_pid(42, None) == 42
-    (tmp_path / "pid").write_text("77\n")
-    assert checkpoint.resolve_pid(None, str(tmp_path / "pid")) == 77
-
-
 def test_same_process(workload):
     pid, st = workload
     metadata = {"process": {"pid": pid, "starttime": st.starttime}, "source": {"boot_id": procfs.boot_id()}}

@@ -250,3 +250,16 @@ def test_host_facts_and_boot_id():
     assert facts["kernel"] == os.uname().release and facts["arch"] == os.uname().machine
     assert re.fullmatch(r"[0-9a-f-]{36}", procfs.boot_id())
     assert facts["boot_id"] == procfs.boot_id()
+
+
+def test_resolve_pid(tmp_path):
+    assert procfs.resolve_pid(42, None) == 42
+    (tmp_path / "pid").write_text("77\n")
+    assert procfs.resolve_pid(None, str(tmp_path / "pid")) == 77
+
+
+def test_process_state_of_self_and_of_a_missing_pid():
+    me = procfs.process_state(os.getpid())
+    assert me["alive"] and me["exists"] and me["starttime"] == procfs.read_stat(os.getpid()).starttime
+    missing = procfs.process_state(int(open("/proc/sys/kernel/pid_max").read()) + 1)
+    assert missing == {"pid": missing["pid"], "exists": False, "alive": False}
