@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job, end to end on this machine: set everything up, then checkpoint a live
-# stateful process, verify the checkpoint, restore it, and show it carrying on counting
-# from where it was -- using the modules ad hoc, exactly as an operator would.
+# The main job, end to end on this machine: set everything up, start two ssh hosts, run a
+# stateful workload on host-a, migrate it live to host-b with the nucleus.criu.migrate
+# playbook, and show it carrying on from where it was, with the measured downtime.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -9,53 +9,52 @@ readonly REPO
 bash "$REPO/scripts/setup.sh"
 cd "$REPO"
 
-readonly WORK=/var/tmp/nucleus-criu-demo
-readonly CKPT="$WORK/checkpoint"
-readonly STATE="$WORK/counter.state"
-ansible() { "$REPO/.venv/bin/ansible" localhost -o "$@" 2>/dev/null; }
+readonly STATE=/tmp/nucleus-criu-demo.state
+readonly PIDFILE=/var/lib/nucleus-criu/demo.pid
+readonly INVENTORY="$REPO/build/testhosts/inventory.ini"
+readonly KEY="$REPO/build/testhosts/id_ed25519"
+on_host() { ssh -q -p 2222 -i "$KEY" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "root@$1" "$2"; }
 say() { printf '\n== %s\n' "$*"; }
-state() { cat "$STATE"; }
+mount_ns() { readlink "/proc/$1/ns/mnt"; }
 
-restored_pid=
-workload_pid=
 cleanup() {
-    for pid in $restored_pid $workload_pid; do kill -KILL "$pid" 2>/dev/null || true; done
+    pkill -KILL -f "demo/counter.py $STATE" 2>/dev/null || true
+    bash "$REPO/scripts/testhosts.sh" down
 }
 trap cleanup EXIT
 
-rm -rf "$WORK"
-install -d -m 0700 "$WORK"
+say "Starting two ssh hosts: host-a (127.0.0.2:2222) and host-b (127.0.0.3:2222), each with its own mount namespace"
+bash scripts/testhosts.sh up
+echo "host-a: $(mount_ns "$(bash scripts/testhosts.sh pid a)")   host-b: $(mount_ns "$(bash scripts/testhosts.sh pid b)")"
 
-say "Starting a workload in its own PID namespace; its counter lives only in memory"
-setsid unshare --pid --fork setsid "$REPO/.venv/bin/python" "$REPO/demo/counter.py" "$STATE" --mem 64 \
-    </dev/null >/dev/null 2>&1 &
-for _ in $(seq 100); do [[ -s $STATE ]] && break; sleep 0.05; done
+say "Starting a workload on host-a, in its own PID namespace, holding 64 MiB and a counter in memory"
+rm -f "$STATE"
+on_host 127.0.0.2 "setsid unshare --pid --fork setsid $REPO/.venv/bin/python $REPO/demo/counter.py $STATE --mem 64 </dev/null >/dev/null 2>&1 &
+    for i in \$(seq 100); do pid=\$(pgrep -n -f 'demo/counter.py $STATE'); [ -s $STATE ] && [ -n \"\$pid\" ] && break; sleep 0.1; done
+    echo \$pid > $PIDFILE"
 sleep 2
-workload_pid=$(pgrep -f "^$REPO/.venv/bin/python $REPO/demo/counter.py $STATE" | head -n1)
-echo "pid $workload_pid, state (token count): $(state)"
+old_pid=$(on_host 127.0.0.2 "cat $PIDFILE")
+echo "host-a pid $old_pid ($(mount_ns "$old_pid")), state (token count): $(cat "$STATE")"
 
-say "ansible localhost -m nucleus.criu.criu_checkpoint -a 'pid=$workload_pid dest=$CKPT'"
-ansible -m nucleus.criu.criu_checkpoint -a "pid=$workload_pid dest=$CKPT" | cut -c1-200
-frozen=$(state)
-echo "state at checkpoint: $frozen (the process is gone now)"
-sleep 1
-echo "one second later:    $(state) (nothing counts)"
-
-say "ansible localhost -m nucleus.criu.criu_verify -a 'path=$CKPT check_host=true'"
-ansible -m nucleus.criu.criu_verify -a "path=$CKPT check_host=true" | grep -o '"valid": *true' || {
-    echo "verification failed"; exit 1; }
-
-say "ansible localhost -m nucleus.criu.criu_restore -a 'src=$CKPT'"
-result=$(ansible -m nucleus.criu.criu_restore -a "src=$CKPT")
-restored_pid=$(printf '%s' "$result" | grep -o '"pid": *[0-9]*' | head -n1 | grep -o '[0-9]*$')
-echo "restored as pid $restored_pid"
+say "ansible-playbook -i $INVENTORY nucleus.criu.migrate -e migrate_source=host-a -e migrate_target=host-b -e migrate_pidfile=$PIDFILE -e migrate_name=demo"
+before=$(cat "$STATE")
+"$REPO/.venv/bin/ansible-playbook" -i "$INVENTORY" nucleus.criu.migrate \
+    -e migrate_source=host-a -e migrate_target=host-b -e migrate_pidfile="$PIDFILE" -e migrate_name=demo \
+    | grep -E '"msg"|PLAY RECAP|host-a +:' || true
+record=$(on_host 127.0.0.2 "cat /var/lib/nucleus-criu/migrations/demo.migration.json")
+new_pid=$(grep -o '"target_pid": *"*[0-9]*' <<<"$record" | grep -o '[0-9]*$')
 sleep 2
-now=$(state)
-echo "state two seconds after restore: $now"
+after=$(cat "$STATE")
 
-if [[ ${now%% *} == "${frozen%% *}" && ${now##* } -gt ${frozen##* } ]]; then
-    say "OK: same token, and the count went on from ${frozen##* } to ${now##* }: the memory state survived"
+say "Result"
+echo "before migration: $before"
+echo "after migration:  $after"
+echo "now host-b pid $new_pid ($(mount_ns "$new_pid")); host-a pid $old_pid: $( [[ -d /proc/$old_pid ]] && echo 'STILL THERE' || echo 'gone')"
+echo "downtime (frozen on host-a -> running on host-b): $(grep -o '"downtime_seconds": *"*[0-9.]*' <<<"$record" | grep -o '[0-9.]*$') s"
+if [[ ${after%% *} == "${before%% *}" && ${after##* } -gt ${before##* } && ! -d /proc/$old_pid ]] \
+    && [[ $(mount_ns "$new_pid") == $(mount_ns "$(bash scripts/testhosts.sh pid b)") ]]; then
+    say "OK: same token on host-b, and the count went on from ${before##* } to ${after##* }: the workload moved with its memory"
 else
-    say "FAILED: expected token ${frozen%% *} counting past ${frozen##* }, found '$now'"
+    say "FAILED: expected token ${before%% *} counting past ${before##* } on host-b"
     exit 1
 fi
