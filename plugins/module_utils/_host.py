@@ -14,6 +14,14 @@ from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuR
 CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
 CAP_CHECKPOINT_RESTORE = 40
+# Optional kernel features, and what a host without them cannot do.
+FEATURES = {
+    "mem_dirty_track": "iterative pre-copy (soft-dirty memory tracking)",
+    "uffd-noncoop": "post-copy restore (lazy pages)",
+    "network_lock_nftables": "locking the network with nftables while dumping TCP connections",
+    "timens": "restoring the time namespace",
+    "tcp_half_closed": "dumping half-closed TCP connections",
+}
 PRIVILEGE_HINT = "Run the task as root (become: true); CRIU needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE plus CAP_SYS_PTRACE."
 
 
@@ -54,8 +62,9 @@ def criu_facts(criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
     facts["check"], facts["check_output"] = runtime.check()
     if not facts["check"]:
         facts["problems"].append("criu check failed on this kernel: %s" % facts["check_output"][-500:])
-    facts["lazy_pages"] = runtime.feature("uffd-noncoop")
-    facts["dirty_tracking"] = runtime.feature("mem_dirty_track")
+    facts["missing_features"] = [name for name in FEATURES if not runtime.feature(name)]
+    facts["lazy_pages"] = "uffd-noncoop" not in facts["missing_features"]
+    facts["dirty_tracking"] = "mem_dirty_track" not in facts["missing_features"]
     facts["usable"] = facts["check"]
     return facts
 

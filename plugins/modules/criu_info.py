@@ -70,6 +70,14 @@ criu:
       description: Output of C(criu check).
       type: str
       returned: when criu was found and is new enough
+    missing_features:
+      description:
+        - Optional features C(criu check --feature) reports missing, among C(mem_dirty_track) (iterative pre-copy),
+          C(uffd-noncoop) (post-copy), C(network_lock_nftables), C(timens) and C(tcp_half_closed).
+      type: list
+      elements: str
+      returned: when criu was found and is new enough
+      sample: [mem_dirty_track]
     lazy_pages:
       description: Whether the kernel supports lazy (post-copy) restore (C(criu check --feature uffd-noncoop)).
       type: bool

@@ -7,6 +7,7 @@ mode, again for real, asserting changed / not changed each time.
 from __future__ import annotations
 
 import os
+import subprocess
 
 from conftest import alive, run_module, tree_digest, wait_for
 
@@ -132,3 +133,12 @@ def test_rerun_after_tampering_is_refused_not_reported_unchanged(workloads, ckpt
     pages.write_bytes(bytes(data))
     again = run_module("criu_restore", dict(src=str(dest)))
     assert again["failed"] and "sha256 expected" in again["msg"], again
+
+
+def test_info_reports_what_criu_check_says():
+    info = run_module("criu_info", {})
+    for feature in ("mem_dirty_track", "uffd-noncoop", "network_lock_nftables"):
+        rc = subprocess.run([info["criu"]["path"], "check", "--feature", feature], capture_output=True, check=False).returncode
+        assert (feature in info["criu"]["missing_features"]) == (rc != 0), (feature, info["criu"])
+    assert info["criu"]["dirty_tracking"] == ("mem_dirty_track" not in info["criu"]["missing_features"])
+    assert info["kernel"] == os.uname().release and info["can_checkpoint"] is True

@@ -1,0 +1,242 @@
+"""Fleet migration between two real ssh hosts, and a fault injected at every step.
+
+host-a and host-b (scripts/testhosts.sh) are sshd instances in their own mount namespaces:
+what one writes under /var/lib/nucleus-criu the other cannot see, and a process's mount
+namespace tells which host it runs on. Each fault test asserts the promise of the role: the
+workload still runs on the source with its memory intact, and nothing of it is on the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+
+import pytest
+
+from conftest import REPO, alive, free_port, proc_state, processes_running, read_state, wait_for
+
+TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
+INVENTORY = os.path.join(REPO, "build", "testhosts", "inventory.ini")
+KEY = os.path.join(REPO, "build", "testhosts", "id_ed25519")
+PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
+MIGRATIONS = "/var/lib/nucleus-criu/migrations"
+
+
+def host_pid(name: str) -> int:
+    return int(subprocess.run(["bash", TESTHOSTS, "pid", name], capture_output=True, text=True, check=True).stdout)
+
+
+def mount_ns(pid: int) -> str:
+    return os.readlink("/proc/%d/ns/mnt" % pid)
+
+
+def host_path(name: str, path: str) -> str:
+    """``path`` as host ``name`` sees it, through its sshd's root in /proc."""
+    return "/proc/%d/root%s" % (host_pid(name), path)
+
+
+def on_host(name: str, command: str) -> str:
+    argv = ["ssh", "-q", "-p", "2222", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "root@%s" % ADDRESS[name], command]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def migrate(**extra: t.Any) -> subprocess.CompletedProcess:
+    argv = [PLAYBOOK, "-i", INVENTORY, "nucleus.criu.migrate", "-e", json.dumps(extra)]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def hosts():
+    subprocess.run(["bash", TESTHOSTS, "up"], check=True)
+    yield
+    subprocess.run(["bash", TESTHOSTS, "down"], check=True)
+
+
+class Remote:
+    """A workload started on host-a over ssh, in its own PID namespace."""
+
+    def __init__(self, name: str, tmp: str, args: str = "", netns: bool = False) -> None:
+        self.name = name
+        self.state_file = os.path.join(tmp, name + ".state")
+        self.pidfile = "/var/lib/nucleus-criu/%s.pid" % name
+        program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
+        if netns:
+            inner = "sh -c 'ip link set lo up; exec %s'" % program
+            namespaces = "--net --pid"
+        else:
+            inner, namespaces = program, "--pid"
+        on_host("a", "setsid unshare %s --fork setsid %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
+        self.pid = wait_for(self._find, what="workload %s to start" % name)
+        on_host("a", "echo %d > %s" % (self.pid, self.pidfile))
+        wait_for(lambda: read_state(self.state_file)[1] > 5, what="workload %s to count" % name)
+
+    def _find(self) -> t.Optional[int]:
+        for pid in processes_running(self.state_file):
+            with open("/proc/%d/status" % pid) as handle:
+                if any(line.startswith("NSpid:") and line.split()[-1] == "1" for line in handle):
+                    return pid
+        return None
+
+    def running(self) -> t.List[int]:
+        """Live copies of the workload itself (the unshare that started it on host-a is not one)."""
+        return [pid for pid in processes_running(self.state_file)
+                if open("/proc/%d/comm" % pid).read().strip() != "unshare"]
+
+    def stop(self) -> None:
+        for pid in processes_running(self.state_file):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def remote(hosts, tmp_path):
+    started: t.List[Remote] = []
+
+    def start(name: str, args: str = "", netns: bool = False) -> Remote:
+        workload = Remote(name, str(tmp_path), args, netns)
+        started.append(workload)
+        return workload
+
+    yield start
+    for workload in started:
+        workload.stop()
+        on_host("a", "rm -rf %s/%s %s/%s.migration.json" % (MIGRATIONS, workload.name, MIGRATIONS, workload.name))
+
+
+def assert_rolled_back(result: subprocess.CompletedProcess, workload: Remote, step: str) -> None:
+    """The play failed naming ``step``; the source runs on with its memory; nothing is left on host-b."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "failed at step %s" % step in output or "stopped at %s" % step in output, output
+    assert alive(workload.pid) and proc_state(workload.pid) != "T", "the source must run again, not stay frozen"
+    token, count = read_state(workload.state_file)
+    wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the source to keep counting")
+    assert read_state(workload.state_file)[0] == token, "the source must resume its own memory, not restart"
+    assert workload.running() == [workload.pid], "nothing of the workload may run elsewhere"
+    assert not os.path.exists(host_path("b", "%s/%s" % (MIGRATIONS, workload.name))), "the target must be cleared"
+
+
+def test_migrates_and_reruns_change_nothing(remote):
+    workload = remote("single", "--mem 16")
+    token, count = read_state(workload.state_file)
+    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="single")
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(on_host("a", "cat %s/single.migration.json" % MIGRATIONS))
+    new_pid = int(record["target_pid"])
+    assert mount_ns(new_pid) == mount_ns(host_pid("b")) != mount_ns(host_pid("a")), "it must run on host-b"
+    assert not os.path.exists("/proc/%d" % workload.pid) or not alive(workload.pid), "the source must be gone"
+    wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the migrated copy to count on")
+    assert read_state(workload.state_file)[0] == token
+    assert int(record["image_bytes"]) > 16 << 20 and 0 < float(record["downtime_seconds"]) < 60, record
+    assert "downtime" in result.stdout and "single: host-a pid %d -> host-b pid %d" % (workload.pid, new_pid) in result.stdout
+
+    again = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="single")
+    assert again.returncode == 0 and "changed=0" in again.stdout and "already" in again.stdout, again.stdout
+    assert workload.running() == [new_pid], "a rerun must not migrate twice"
+
+
+def test_list_form_migrates_two_workloads_in_one_run(remote):
+    one, two = remote("first", "--mem 8"), remote("second", "--mem 8")
+    tokens = {w.name: read_state(w.state_file)[0] for w in (one, two)}
+    result = migrate(migrate_workloads=[
+        {"name": w.name, "source": "host-a", "target": "host-b", "pidfile": w.pidfile} for w in (one, two)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    for workload in (one, two):
+        (pid,) = workload.running()
+        assert pid != workload.pid and mount_ns(pid) == mount_ns(host_pid("b"))
+        assert read_state(workload.state_file)[0] == tokens[workload.name]
+
+
+def test_preflight_failure_touches_nothing(remote):
+    """No usable criu on the target: stop before the workload is frozen."""
+    workload = remote("nocriu")
+    hide = ["nsenter", "-t", str(host_pid("b")), "-m", "mount", "-t", "tmpfs", "hidden-criu", "/usr/local/sbin"]
+    subprocess.run(hide, check=True)
+    try:
+        result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="nocriu")
+    finally:
+        subprocess.run(["nsenter", "-t", str(host_pid("b")), "-m", "umount", "/usr/local/sbin"], check=True)
+    assert "criu was not found" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "preflight")
+
+
+def test_transfer_failure_target_disk_full(remote):
+    workload = remote("diskfull", "--mem 16")
+    resize = ["nsenter", "-t", str(host_pid("b")), "-m", "mount", "-o", "remount,size=%s", "/var/lib/nucleus-criu"]
+    subprocess.run([arg.replace("%s", "4m") for arg in resize], check=True)
+    try:
+        result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="diskfull")
+    finally:
+        subprocess.run([arg.replace("%s", "4g") for arg in resize], check=True)
+    assert "No space left on device" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "transfer")
+
+
+def _when_path_appears(path: str, action: t.Callable[[str], None]) -> threading.Thread:
+    """Run ``action(path)`` as soon as ``path`` exists (a fault injected between two steps)."""
+    def watch() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                action(path)
+                return
+            time.sleep(0.002)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_verify_failure_image_corrupted_in_transit(remote):
+    workload = remote("corrupt", "--mem 8")
+
+    def flip(path: str) -> None:
+        with open(path, "r+b") as handle:
+            handle.seek(4096)
+            byte = handle.read(1)
+            handle.seek(4096)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+
+    watcher = _when_path_appears(host_path("b", "%s/corrupt/images/pages-1.img" % MIGRATIONS), flip)
+    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="corrupt")
+    watcher.join(timeout=5)
+    assert "pages-1.img: sha256 expected" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "verify")
+
+
+def test_restore_failure_port_taken_on_target(remote):
+    """The frozen source still holds its listening port, which is the target's too on this one-kernel setup."""
+    workload = remote("porttaken", "--tcp %d" % free_port())
+    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="porttaken")
+    assert "Address already in use" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "restore")
+
+
+def test_target_unreachable_after_checkpoint(remote):
+    workload = remote("unreachable", "--mem 8")
+    target_ns = mount_ns(host_pid("b"))
+
+    def cut_off_target(_path: str) -> None:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    if open("/proc/%s/comm" % name).read().strip() == "sshd" and mount_ns(int(name)) == target_ns:
+                        os.kill(int(name), signal.SIGKILL)
+                except OSError:
+                    pass
+
+    watcher = _when_path_appears(host_path("a", "%s/unreachable/metadata.json" % MIGRATIONS), cut_off_target)
+    try:
+        result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
+                         migrate_name="unreachable")
+        watcher.join(timeout=5)
+    finally:
+        subprocess.run(["bash", TESTHOSTS, "up"], check=True)
+    assert "UNREACHABLE" in result.stdout or "Connection refused" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "transfer")
