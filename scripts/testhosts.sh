@@ -9,12 +9,14 @@
 #   bash scripts/testhosts.sh up     start both (idempotent), write build/testhosts/inventory.ini
 #   bash scripts/testhosts.sh down   stop both; their namespaces go with them
 #   bash scripts/testhosts.sh pid A  print the sshd pid of host-a / host-b (for nsenter)
+# NUCLEUS_TESTHOSTS_PORT (default 2222) runs another, independent pair on that port,
+# with its files in build/testhosts-PORT.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 readonly REPO
-readonly DIR="$REPO/build/testhosts"
-readonly PORT=2222
+readonly PORT=${NUCLEUS_TESTHOSTS_PORT:-2222}
+if [[ $PORT == 2222 ]]; then readonly DIR="$REPO/build/testhosts"; else readonly DIR="$REPO/build/testhosts-$PORT"; fi
 readonly PRIVATE=/var/lib/nucleus-criu
 declare -A ADDRESS=([a]=127.0.0.2 [b]=127.0.0.3)
 
