@@ -1,0 +1,28 @@
+"""ansible-doc renders every module and role of the collection, with its options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
+
+
+@pytest.mark.parametrize("kind, name, expected", [
+    ("module", "criu_checkpoint", ["leave_stopped", "tcp_established", "hmac_key_file", "frozen_at"]),
+    ("module", "criu_restore", ["verify", "require_signature", "restored_at"]),
+    ("module", "criu_verify", ["check_host", "problems"]),
+    ("module", "criu_info", ["missing_features", "can_checkpoint"]),
+    ("role", "criu", ["criu_private_tree", "criu_wrapper_path"]),
+    ("role", "migrate", ["migrate_source", "migrate_pidfile", "migrate_workloads", "migrate_cleanup"]),
+])
+def test_ansible_doc_renders(kind, name, expected):
+    proc = subprocess.run([ANSIBLE_DOC, "-t", kind, "nucleus.criu.%s" % name], cwd=REPO, capture_output=True, text=True,
+                          check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+    assert proc.returncode == 0, proc.stderr
+    for word in expected:
+        assert word in proc.stdout, (word, proc.stdout[:2000])
