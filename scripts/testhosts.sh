@@ -87,14 +87,20 @@ ansible_python_interpreter=/usr/bin/python3
 EOF
 }
 
+# Everything that lives in the host's mount namespace: the listener, the sshd serving each
+# (possibly multiplexed, still open) connection, and whatever those started there.
 down() {
-    local name pid
+    local name pid ns proc
     for name in a b; do
         if pid=$(host_pid "$name"); then
-            pkill -KILL -s "$(ps -o sid= -p "$pid" | tr -d ' ')" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+            ns=$(readlink "/proc/$pid/ns/mnt")
+            for proc in /proc/[0-9]*; do
+                [[ $(readlink "$proc/ns/mnt" 2>/dev/null) == "$ns" ]] && kill -KILL "${proc#/proc/}" 2>/dev/null
+            done
         fi
         rm -f "$DIR/sshd-$name.pid"
     done
+    return 0
 }
 
 case ${1:-} in

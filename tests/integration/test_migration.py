@@ -240,3 +240,14 @@ def test_target_unreachable_after_checkpoint(remote):
         subprocess.run(["bash", TESTHOSTS, "up"], check=True)
     assert "UNREACHABLE" in result.stdout or "Connection refused" in result.stdout, result.stdout
     assert_rolled_back(result, workload, "transfer")
+
+
+def test_stale_pidfile_naming_a_reused_pid_is_refused(remote):
+    """After a migration the source pidfile still names the old pid; if that pid is reused, refuse it."""
+    workload = remote("reused")
+    record = {"name": "reused", "source": "host-a", "target": "host-b", "source_pid": workload.pid,
+              "source_starttime": 1, "target_pid": 1}
+    on_host("a", "mkdir -p %s && echo '%s' > %s/reused.migration.json" % (MIGRATIONS, json.dumps(record), MIGRATIONS))
+    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="reused")
+    assert result.returncode != 0 and "now belongs to another process" in result.stdout, result.stdout
+    assert alive(workload.pid) and proc_state(workload.pid) != "T" and workload.running() == [workload.pid]
