@@ -52,7 +52,7 @@ echo "after migration:  $after"
 echo "now host-b pid $new_pid ($(mount_ns "$new_pid")); host-a pid $old_pid: $( [[ -d /proc/$old_pid ]] && echo 'STILL THERE' || echo 'gone')"
 echo "downtime (frozen on host-a -> running on host-b): $(grep -o '"downtime_seconds": *"*[0-9.]*' <<<"$record" | grep -o '[0-9.]*$') s"
 if [[ ${after%% *} == "${before%% *}" && ${after##* } -gt ${before##* } && ! -d /proc/$old_pid ]] \
-    && [[ $(mount_ns "$new_pid") == $(mount_ns "$(bash scripts/testhosts.sh pid b)") ]]; then
+    && [[ $(mount_ns "$new_pid") == "$(mount_ns "$(bash scripts/testhosts.sh pid b)")" ]]; then
     say "OK: same token on host-b, and the count went on from ${before##* } to ${after##* }: the workload moved with its memory"
 else
     say "FAILED: expected token ${before%% *} counting past ${before##* } on host-b"

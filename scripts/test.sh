@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# The whole test suite on this machine: set up, then the sanity and lint gates, then
-# unit and integration tests (real CRIU, real processes, as root).
+# The whole test suite on this machine: set up, then the sanity and lint gates, a clean
+# build, the Molecule scenarios, a benchmark smoke run, and finally unit and integration
+# tests (real CRIU, real processes, real ssh hosts, as root). Extra arguments go to pytest.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 readonly REPO
 bash "$REPO/scripts/setup.sh"
 cd "$REPO"
+export PATH="$REPO/.venv/bin:$PATH"
+
+stop_test_hosts() {
+    for port in 2222 2233 2288; do NUCLEUS_TESTHOSTS_PORT=$port bash scripts/testhosts.sh down || true; done
+}
+trap stop_test_hosts EXIT
 
 bash scripts/sanity.sh
 bash scripts/lint.sh
 bash scripts/build.sh
-"$REPO/.venv/bin/python" -m pytest tests/unit tests/integration -p no:cacheprovider -ra "$@"
+molecule test -s default
+molecule test -s migration
+# Smoke only: the smallest size once, asserting nothing about time.
+.venv/bin/python scripts/bench.py --sizes 16 --runs 1 --json build/bench/smoke.json
+python -m pytest tests/unit tests/integration -p no:cacheprovider -ra "$@"
