@@ -11,7 +11,7 @@ cd "$REPO"
 export PATH="$REPO/.venv/bin:$PATH"
 
 stop_test_hosts() {
-    for port in 2222 2233 2288; do NUCLEUS_TESTHOSTS_PORT=$port bash scripts/testhosts.sh down || true; done
+    for port in 2222 2233 2277; do NUCLEUS_TESTHOSTS_PORT=$port bash scripts/testhosts.sh down || true; done
 }
 trap stop_test_hosts EXIT
 
@@ -20,6 +20,6 @@ bash scripts/lint.sh
 bash scripts/build.sh
 molecule test -s default
 molecule test -s migration
-# Smoke only: the smallest size once, asserting nothing about time.
-.venv/bin/python scripts/bench.py --sizes 16 --runs 1 --json build/bench/smoke.json
+# Smoke only: the smallest size once, asserting nothing about time, on a host pair of its own.
+NUCLEUS_BENCH_PORT=2277 .venv/bin/python scripts/bench.py --sizes 16 --runs 1 --json build/bench/smoke.json
 python -m pytest tests/unit tests/integration -p no:cacheprovider -ra "$@"
