@@ -251,14 +251,20 @@ class Hosts:
             subprocess.run(["bash", TESTHOSTS, "down"], env=env, check=False)
 
     def argv(self, name: str, command: t.Optional[str], extra: t.Sequence[str] = ()) -> t.List[str]:
-        argv = ["ssh", "-q", "-p", str(PORT), "-i", KEY] + SSH_HOST_OPTS + [
+        argv = ["ssh", "-p", str(PORT), "-i", KEY] + SSH_HOST_OPTS + [
             "-o", "ControlMaster=auto", "-o", "ControlPath=%s" % self.control, "-o", "ControlPersist=300"]
         argv += list(extra) + ["root@%s" % ADDRESS[name]]
         return argv + ([command] if command is not None else [])
 
-    def run(self, name: str, command: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.argv(name, command), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+    def run(self, name: str, command: str, check: bool = True, timeout: float = 600, retry: bool = True) -> subprocess.CompletedProcess:
+        """Run a shell command on host NAME; an ssh failure (rc 255) is retried unless the call is timed (retry=False)."""
+        for attempt in range(3 if retry else 1):
+            proc = subprocess.run(self.argv(name, command), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+            if proc.returncode != 255:
+                break
+            log("ssh to host-%s failed (rc 255, attempt %d): %s" % (name, attempt + 1, proc.stderr.strip()[-300:]))
+            time.sleep(1)
         if check and proc.returncode != 0:
             raise BenchError("on host-%s, `%s` failed (rc %d): %s" % (name, command, proc.returncode,
                                                                       (proc.stdout + proc.stderr).strip()[-1000:]))
@@ -274,7 +280,7 @@ class Remote:
         self.state_file = os.path.join(state_dir, name + ".state")
         self.mib = mib
         program = "%s %s %s --mem %d" % (PYTHON, COUNTER, self.state_file, mib)
-        hosts.run(host, "setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % program)
+        hosts.run(host, "setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % program, retry=False)
         self.pid = wait_for(lambda: next((p for p in pids_with(self.state_file) if ns_init(p)), None), 30,
                             "workload %s to start" % name)
 
@@ -526,11 +532,11 @@ def bare_pipeline(hosts: Hosts, workload: Remote, directory: str) -> t.Dict[str,
     restore = "%s restore --images-dir %s/images --work-dir %s --log-file restore.log -v4 --restore-detached --pidfile %s/restored.pid" % (
         CRIU, q(directory), q(directory), q(directory))
     t0 = time.monotonic()
-    hosts.run("a", dump)
+    hosts.run("a", dump, retry=False)
     t1 = time.monotonic()
-    hosts.run("a", rsync)
+    hosts.run("a", rsync, retry=False)
     t2 = time.monotonic()
-    hosts.run("b", restore)
+    hosts.run("b", restore, retry=False)
     t3 = time.monotonic()
     new_pid = int(hosts.run("b", "cat %s/restored.pid" % q(directory)).stdout)
     if not alive(new_pid) or proc_state(workload.pid) != "T":
@@ -702,7 +708,20 @@ def machine() -> t.Dict[str, t.Any]:
         "python": platform.python_version(),
         "cpu": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None),
         "checkpoint_fs": output(["findmnt", "-n", "-o", "FSTYPE", "-T", BENCH_ROOT]),
+        # What was measured: the collection is used from this working tree (build/collections links to it).
+        "commit": output(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]),
+        "uncommitted_changes": output(["git", "-C", REPO, "status", "--short", "--", "plugins", "roles", "playbooks"]).splitlines(),
     }
+
+
+def save(results: t.Dict[str, t.Any], path: str) -> None:
+    """Write the results so far (complete: false until the end), so a failure late in a long run loses nothing."""
+    results.setdefault("complete", False)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(results, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -763,6 +782,7 @@ def main() -> int:
                 run.update(migration_run(hosts, run_dir, mib, index))
                 runs.append(run)
             results["sizes"][str(mib)] = dict(summarise(runs), runs=runs)
+            save(results, args.json)
         for split in (False, True):
             if split and not args.split:
                 continue
@@ -776,6 +796,7 @@ def main() -> int:
                 data[str(count)] = {"runs": runs, "median_wall_s": median(r["wall_s"] for r in runs),
                                     "median_max_downtime_s": median(max(r["downtimes_s"]) for r in runs)}
             results["parallel"][kind] = data
+            save(results, args.json)
         one = results["parallel"]["list"]["1"]["runs"]
         for kind, data in results["parallel"].items():
             if "4" in data:
@@ -785,16 +806,19 @@ def main() -> int:
                 data["1"] = results["parallel"]["list"]["1"]
         results["targets"] = targets(results)
         results["elapsed_s"] = round(time.monotonic() - started, 1)
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        results["complete"] = True
+        save(results, args.json)
         print(table(results))
         print("\n%s, %s CPUs, %s GiB, kernel %s, Debian %s, %s, %s; %.0f s; JSON: %s" % (
             results["machine"]["date"], results["machine"]["nproc"], results["machine"]["memory_gib"],
             results["machine"]["kernel"], results["machine"]["debian"], " ".join(results["machine"]["criu"]),
             " ".join(results["machine"]["ansible_core"]), results["elapsed_s"], args.json))
         return 0
+    except BaseException as exc:
+        results["error"] = str(exc) or type(exc).__name__
+        save(results, args.json)
+        log("partial results in %s" % args.json)
+        raise
     finally:
         # Everything this run started mentions run_dir in its command line: workloads, restored copies, ssh masters.
         kill_pids(pids_with(os.path.join(run_dir, "state") + "/"))
