@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import typing as t
@@ -93,7 +94,11 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
     try:
         frozen_at = procfs.utc_now()
         run = runtime.dump(pid, images, staging, options, params["timeout"])
-        manifest = integrity.build_manifest(images)
+        # Flushing the images to disk (I/O) overlaps hashing them (CPU) instead of following it.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
+            flushed = flusher.submit(store.fsync_tree, images)
+            manifest = integrity.build_manifest(images)
+            flushed.result()
         metadata = {
             "schema_version": integrity.SCHEMA_VERSION,
             "id": str(uuid.uuid4()),

@@ -33,7 +33,7 @@ DUMP_ONLY_FLAGS = {
     "leave_running": "--leave-running",
     "leave_stopped": "--leave-stopped",
 }
-HEALTH_DELAY = 0.3
+HEALTH_DELAY = 0.1
 
 
 class State(enum.Enum):
