@@ -8,7 +8,7 @@ REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 readonly REPO
 bash "$REPO/scripts/setup.sh"
 cd "$REPO"
-export PATH="$REPO/.venv/bin:$PATH"
+export PATH="$REPO/.venv/bin:$PATH" NO_COLOR=1 PY_COLORS=0 ANSIBLE_NOCOLOR=1
 
 stop_test_hosts() {
     for port in 2222 2233 2277; do NUCLEUS_TESTHOSTS_PORT=$port bash scripts/testhosts.sh down || true; done
