@@ -128,7 +128,8 @@ class Workload:
         self.extra_pids.append(pid)
 
     def stop(self) -> None:
-        for pid in self.extra_pids + [self.pid, self.proc.pid]:
+        # Restored children are orphans of init, not ours: find every copy by its state file too.
+        for pid in self.extra_pids + [self.pid, self.proc.pid] + processes_running(self.state_file):
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
