@@ -89,7 +89,7 @@ for owner, attr, label in [
         (_runtime.CriuRuntime, "dump", "criu dump"), (_runtime.CriuRuntime, "restore", "criu restore"),
         (_procfs, "process_facts", "process facts"), (_checkpoint, "existing_checkpoint", "existing checkpoint"),
         (_integrity, "build_manifest", "manifest (hash)"), (_integrity, "check_images", "hash images (verify)"),
-        (_integrity, "verify", "verify total"), (_store, "fsync_tree", "fsync tree"), (_store, "publish", "publish"),
+        (_integrity, "verify", "verify total"), (_store, "fsync_dir_entries", "fsync"), (_store, "publish", "publish"),
         (_restore, "_confirm_alive", "health check"), (_store, "make_staging", "staging dir")]:
     timed(owner, attr, label)
 kind, params = sys.argv[2], json.loads(sys.argv[3])

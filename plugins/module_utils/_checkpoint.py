@@ -30,7 +30,7 @@ def same_process(metadata: t.Mapping[str, t.Any], pid: int) -> bool:
         return False
     st = procfs.read_stat(pid)
     # A dump without leave_running ends the process: its absence is what a finished checkpoint looks like.
-    return st is None or st.state in ("Z", "X") or st.starttime == recorded.get("starttime")
+    return st is None or st.exited or st.starttime == recorded.get("starttime")
 
 
 def existing_checkpoint(dest: str, pid: int, key: t.Optional[bytes]) -> t.Optional[t.Dict[str, t.Any]]:
@@ -70,7 +70,7 @@ def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, t
 def _resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
     """After a failed dump, make sure the workload runs as it did before; say what happened to it."""
     now = procfs.read_stat(pid)
-    if now is None or now.starttime != st.starttime or now.state in ("Z", "X"):
+    if now is None or now.starttime != st.starttime or now.exited:
         return "The process %d is gone: CRIU killed it before failing; restart it from its own supervisor." % pid
     if now.state == "T" and st.state != "T":
         procfs.kill_tree(pid, signal.SIGCONT)
@@ -96,7 +96,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
         run = runtime.dump(pid, images, staging, options, params["timeout"])
         # Flushing the images to disk (I/O) overlaps hashing them (CPU) instead of following it.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
-            flushed = flusher.submit(store.fsync_tree, images)
+            flushed = flusher.submit(store.fsync_dir_entries, images)
             manifest = integrity.build_manifest(images)
             flushed.result()
         metadata = {
@@ -114,7 +114,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
         store.write_file(staging, store.METADATA, integrity.canonical(metadata))
         if key is not None:
             store.write_file(staging, store.SIGNATURE, (integrity.sign(metadata, key) + "\n").encode("ascii"))
-        store.fsync_tree(staging)
+        store.fsync_dir_entries(staging)
         store.publish(staging, dest)
     except BaseException as exc:
         fate = _resume_if_we_stopped(pid, st)

@@ -62,7 +62,7 @@ def criu_facts(criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
     facts["check"], facts["check_output"] = runtime.check()
     if not facts["check"]:
         facts["problems"].append("criu check failed on this kernel: %s" % facts["check_output"][-500:])
-    facts["missing_features"] = [name for name in FEATURES if not runtime.feature(name)]
+    facts["missing_features"] = [name for name in FEATURES if not runtime.check(name)[0]]
     facts["lazy_pages"] = "uffd-noncoop" not in facts["missing_features"]
     facts["dirty_tracking"] = "mem_dirty_track" not in facts["missing_features"]
     facts["usable"] = facts["check"]

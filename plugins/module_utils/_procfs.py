@@ -34,6 +34,11 @@ class ProcStat(t.NamedTuple):
     flags: int
     starttime: int
 
+    @property
+    def exited(self) -> bool:
+        """A zombie (or dying task) still holds its pid but runs no more."""
+        return self.state in ("Z", "X")
+
 
 def parse_stat(text: str) -> ProcStat:
     """Parse /proc/PID/stat; comm may hold spaces and parentheses, so split at the last ')'."""
@@ -92,7 +97,7 @@ def resolve_pid(pid: t.Optional[int], pidfile: t.Optional[str]) -> int:
 def is_alive(pid: int, starttime: t.Optional[int] = None) -> bool:
     """True when ``pid`` exists, is not a zombie, and (if given) started at ``starttime``."""
     st = read_stat(pid)
-    if st is None or st.state in ("Z", "X"):
+    if st is None or st.exited:
         return False
     return starttime is None or st.starttime == starttime
 
@@ -160,7 +165,7 @@ def process_state(pid: int) -> t.Dict[str, t.Any]:
     st = read_stat(pid)
     if st is None:
         return {"pid": pid, "exists": False, "alive": False}
-    return {"pid": pid, "exists": True, "alive": st.state not in ("Z", "X"), "state": st.state,
+    return {"pid": pid, "exists": True, "alive": not st.exited, "state": st.state,
             "starttime": st.starttime, "comm": st.comm}
 
 
@@ -173,7 +178,7 @@ def require_checkpointable(pid: int) -> ProcStat:
         raise CriuError("No process with pid %d exists on this host. Check the pid or pidfile." % pid, pid=pid)
     if st.flags & PF_KTHREAD:
         raise CriuError("Refusing to checkpoint pid %d (%s): it is a kernel thread. Give the pid of a user-space workload." % (pid, st.comm), pid=pid)
-    if st.state in ("Z", "X"):
+    if st.exited:
         raise CriuError("Refusing to checkpoint pid %d (%s): it is a zombie that has already exited. Restart the workload." % (pid, st.comm), pid=pid)
     if pid in ancestors(os.getpid()):
         raise CriuError(

@@ -63,7 +63,7 @@ def _confirm_alive(pid: int, log_path: str, src: str) -> procfs.ProcStat:
     """A restore can report success for a task that dies at once (e.g. an edited core image)."""
     time.sleep(HEALTH_DELAY)
     st = procfs.read_stat(pid)
-    if st is None or st.state in ("Z", "X"):
+    if st is None or st.exited:
         if st is not None:
             procfs.kill_tree(pid)
         raise CriuError(

@@ -174,20 +174,12 @@ class CriuRuntime:
         self._transition(State.RESTORED)
         return pid, run
 
-    def check(self, timeout: float = 60) -> t.Tuple[bool, str]:
-        """``criu check``: rc 0 means this kernel supports what dump and restore need."""
+    def check(self, *feature: str, timeout: float = 60) -> t.Tuple[bool, str]:
+        """``criu check`` (rc 0: this kernel supports what dump and restore need), or with a feature name
+        (e.g. mem_dirty_track, uffd-noncoop) ``criu check --feature NAME``; returns (passed, output)."""
+        argv = [self.path, "check"] + (["--feature"] + list(feature) if feature else [])
         try:
-            proc = subprocess.run([self.path, "check"], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, str(exc)
-        output = (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()
-        return proc.returncode == 0, output
-
-    def feature(self, name: str, timeout: float = 60) -> bool:
-        """``criu check --feature NAME`` (e.g. mem_dirty_track, uffd-noncoop)."""
-        try:
-            proc = subprocess.run([self.path, "check", "--feature", name], stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return proc.returncode == 0
+        return proc.returncode == 0, (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()

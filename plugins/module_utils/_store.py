@@ -153,16 +153,17 @@ def make_staging(dest: str) -> str:
     return staging
 
 
-def fsync_tree(root: str) -> None:
-    """Flush every file and directory under ``root`` so a published checkpoint survives a crash."""
-    for current, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(current, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def fsync_dir_entries(directory: str) -> None:
+    """Flush the regular files directly in ``directory``, then the directory itself (subdirectories are
+    flushed by their own call), so a published checkpoint survives a crash."""
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fsync_dir(current)
+    fsync_dir(directory)
 
 
 def fsync_dir(path: str) -> None:

@@ -287,9 +287,9 @@ def test_check_and_feature(tmp_path):
                      '[ "$2" = --feature ] && { [ "$3" = mem_dirty_track ]; exit $?; }\necho "Looks good."\n')
     rt = CriuRuntime(path, (4, 2, 0))
     assert rt.check() == (True, "Looks good.")
-    assert rt.feature("mem_dirty_track") is True and rt.feature("uffd-noncoop") is False
+    assert rt.check("mem_dirty_track")[0] is True and rt.check("uffd-noncoop")[0] is False
     assert CriuRuntime(str(tmp_path / "nope"), (4, 2, 0)).check()[0] is False
-    assert CriuRuntime(str(tmp_path / "nope"), (4, 2, 0)).feature("x") is False
+    assert CriuRuntime(str(tmp_path / "nope"), (4, 2, 0)).check("x")[0] is False
 
 
 def test_load_validates_and_checks_version(tmp_path, monkeypatch):
