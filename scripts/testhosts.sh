@@ -20,9 +20,13 @@ if [[ $PORT == 2222 ]]; then readonly DIR="$REPO/build/testhosts"; else readonly
 readonly PRIVATE=/var/lib/nucleus-criu
 declare -A ADDRESS=([a]=127.0.0.2 [b]=127.0.0.3)
 
+# The host's sshd pid, if it runs. A killed sshd stays a zombie until init reaps it (here 1-2 s later),
+# and kill -0 succeeds on a zombie: read its state instead.
 host_pid() {
-    local pidfile="$DIR/sshd-$1.pid"
-    [[ -s $pidfile ]] && kill -0 "$(<"$pidfile")" 2>/dev/null && cat "$pidfile"
+    local pidfile="$DIR/sshd-$1.pid" state
+    [[ -s $pidfile ]] || return 1
+    state=$(ps -o stat= -p "$(<"$pidfile")" 2>/dev/null) || return 1
+    [[ $state != Z* ]] && cat "$pidfile"
 }
 
 write_config() {
