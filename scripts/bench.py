@@ -352,11 +352,14 @@ def adhoc(module: str, args: t.Mapping[str, t.Any]) -> t.Tuple[float, t.Dict[str
     return elapsed, json.loads(proc.stdout[match.end():])
 
 
+HASH_ALGORITHM = ["auto"]  # criu_checkpoint's hash_algorithm for every module run (set in main)
+
+
 def checkpoint_params(pid: int, dest: str) -> t.Dict[str, t.Any]:
     return {"pid": pid, "pidfile": None, "dest": dest, "name": None, "leave_running": False, "leave_stopped": False,
             "tcp_established": False, "ext_unix_sk": False, "file_locks": False, "shell_job": None,
             "network_lock": "nftables", "force": False, "criu_path": None, "timeout": 600, "hmac_key": None,
-            "hmac_key_file": None}
+            "hmac_key_file": None, "hash_algorithm": HASH_ALGORITHM[0]}
 
 
 def restore_params(src: str) -> t.Dict[str, t.Any]:
@@ -420,7 +423,7 @@ def local_run(run_dir: str, mib: int, index: int) -> t.Dict[str, t.Any]:
                 out["checkpoint_module_phases"] = result["phases"]
                 out["image_bytes"] = result["image_bytes"]
             else:
-                out["checkpoint_adhoc_s"] = adhoc("criu_checkpoint", {"pid": pid, "dest": dest})[0]
+                out["checkpoint_adhoc_s"] = adhoc("criu_checkpoint", {"pid": pid, "dest": dest, "hash_algorithm": HASH_ALGORITHM[0]})[0]
             workloads[variant].proc.wait(timeout=30)
             os.sync()  # untimed: no step pays for the previous step's write-back
         # Restore, same rotation; each variant restores its own checkpoint, then the copy is killed.
@@ -589,11 +592,19 @@ RATIOS = {
 }
 
 
+def _ratio_or_none(ratio: t.Callable[[t.Dict[str, t.Any]], float], run: t.Dict[str, t.Any]) -> t.Optional[float]:
+    """A ratio of this run, or None when a run skipped one side of it (--local-only)."""
+    try:
+        return ratio(run)
+    except KeyError:
+        return None
+
+
 def summarise(runs: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
     keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} - {"run", "size_mib"})
     summary = {"median": {k: median(r.get(k) for r in runs) for k in keys}, "ratios": {}}
     for name, ratio in RATIOS.items():
-        summary["ratios"][name] = median(ratio(r) for r in runs)
+        summary["ratios"][name] = median(_ratio_or_none(ratio, r) for r in runs)
     for field in ("checkpoint_module_phases", "restore_module_phases", "role_tasks"):
         labels = sorted({label for r in runs for label in r.get(field, {})})
         summary["median"][field] = {label: median(r.get(field, {}).get(label) for r in runs) for label in labels}
@@ -616,7 +627,7 @@ def targets(results: t.Dict[str, t.Any]) -> t.List[t.Dict[str, t.Any]]:
     for size, data in sizes.items():
         add("migration downtime <= bare + 1.0 s at %s MiB" % size, data["ratios"]["downtime_role_minus_bare_s"], 1.0, "s")
     add("migration downtime <= 1.5x bare at %s MiB" % big, ratios["downtime_role_vs_bare"], 1.5)
-    par = results["parallel"]["list"]
+    par = results["parallel"].get("list", {})
     if "4" in par and "1" in par:
         add("4 parallel migrations <= 1.5x one (list form, one source)", par["ratio_4_vs_1"], 1.5)
     split = results["parallel"].get("split", {})
@@ -732,6 +743,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; medians are reported (default 3)")
     parser.add_argument("--json", default=os.path.join(REPO, "build", "bench", "results.json"), help="where to write the results")
     parser.add_argument("--parallel-mib", type=int, help="size of each workload in the parallel runs (default: the smallest size)")
+    parser.add_argument("--hash-algorithm", default="auto", choices=["auto", "sha256", "blake3"],
+                        help="criu_checkpoint's hash_algorithm in the module rows (default auto: blake3 when installed)")
+    parser.add_argument("--local-only", action="store_true", help="only the module rows: no ssh hosts, no migrations")
     parser.add_argument("--split", action="store_true",
                         help="also time 2 and 4 parallel migrations split over both hosts as sources (a -> b and b -> a)")
     args = parser.parse_args()
@@ -767,24 +781,28 @@ def main() -> int:
     ANSIBLE_CP_DIR[0] = os.path.join(run_dir, "cp")
     os.makedirs(ANSIBLE_CP_DIR[0], mode=0o700)
     ANSIBLE_ENV["ANSIBLE_SSH_CONTROL_PATH_DIR"] = ANSIBLE_CP_DIR[0]
+    HASH_ALGORITHM[0] = args.hash_algorithm
     started = time.monotonic()
-    config = {"sizes": args.sizes, "runs": args.runs, "parallel_mib": args.parallel_mib, "port": PORT}
+    config = {"sizes": args.sizes, "runs": args.runs, "parallel_mib": args.parallel_mib, "port": PORT,
+              "hash_algorithm": args.hash_algorithm, "local_only": args.local_only}
     results: t.Dict[str, t.Any] = {"machine": machine(), "config": config, "sizes": {}, "parallel": {}}
     try:
-        log("ssh test hosts on port %d" % PORT)
-        hosts.up()
+        if not args.local_only:
+            log("ssh test hosts on port %d" % PORT)
+            hosts.up()
         for mib in args.sizes:
             runs = []
             for index in range(args.runs):
                 log("%d MiB, run %d/%d: checkpoint / restore / verify" % (mib, index + 1, args.runs))
                 run = local_run(run_dir, mib, index)
-                log("%d MiB, run %d/%d: migration" % (mib, index + 1, args.runs))
-                run.update(migration_run(hosts, run_dir, mib, index))
+                if not args.local_only:
+                    log("%d MiB, run %d/%d: migration" % (mib, index + 1, args.runs))
+                    run.update(migration_run(hosts, run_dir, mib, index))
                 runs.append(run)
             results["sizes"][str(mib)] = dict(summarise(runs), runs=runs)
             save(results, args.json)
         for split in (False, True):
-            if split and not args.split:
+            if args.local_only or (split and not args.split):
                 continue
             kind = "split" if split else "list"
             data: t.Dict[str, t.Any] = {}
@@ -802,7 +820,7 @@ def main() -> int:
                                     "median_max_downtime_s": median(max(r["downtimes_s"]) for r in runs)}
             results["parallel"][kind] = data
             save(results, args.json)
-        one = results["parallel"]["list"]["1"]["runs"]
+        one = results["parallel"].get("list", {}).get("1", {}).get("runs", [])
         for kind, data in results["parallel"].items():
             if "4" in data:
                 # Within one run index: the 4-workload wall time over the 1-workload one of the same index.

@@ -10,6 +10,7 @@ import signal
 import typing as t
 import uuid
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
@@ -84,7 +85,7 @@ def _failed_log_path(dest: str) -> str:
 
 
 def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params: t.Mapping[str, t.Any],
-          key: t.Optional[bytes]) -> t.Dict[str, t.Any]:
+          key: t.Optional[bytes], algorithm: str) -> t.Dict[str, t.Any]:
     """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename."""
     facts = procfs.process_facts(pid, st)
     options = dump_options(params, pid, st, facts["tree"])
@@ -92,12 +93,14 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
     images = os.path.join(staging, store.IMAGES)
     failed_log = _failed_log_path(dest)
     try:
-        frozen_at = procfs.utc_now()
-        run = runtime.dump(pid, images, staging, options, params["timeout"])
-        # Flushing the images to disk (I/O) overlaps hashing them (CPU) instead of following it.
+        with follow.ImageFollower(images, algorithm) as follower:
+            frozen_at = procfs.utc_now()
+            run = runtime.dump(pid, images, staging, options, params["timeout"])
+            hashed = follower.digests()
+        # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
             flushed = flusher.submit(store.fsync_dir_entries, images)
-            manifest = integrity.build_manifest(images)
+            manifest = integrity.build_manifest(images, algorithm, hashed)
             flushed.result()
         metadata = {
             "schema_version": integrity.SCHEMA_VERSION,
@@ -108,7 +111,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
             "criu": {"path": runtime.path, "version": runtime.version_string},
             "process": facts,
             "options": options,
-            "manifest_algorithm": integrity.ALGORITHM,
+            "manifest_algorithm": algorithm,
             "manifest": manifest,
         }
         store.write_file(staging, store.METADATA, integrity.canonical(metadata))
@@ -145,6 +148,7 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     if params["leave_running"] and params["leave_stopped"]:
         raise CriuError("leave_running and leave_stopped are mutually exclusive: after the dump the process either runs or stays stopped.")
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
+    algorithm = integrity.choose_algorithm(params["hash_algorithm"])
     pid = procfs.resolve_pid(params["pid"], params["pidfile"])
     dest = os.path.normpath(params["dest"])
     store.check_parent(dest)
@@ -167,5 +171,5 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
             existing = existing_checkpoint(dest, pid, key)
             if existing is not None:
                 return dict(result, changed=False, checkpoint=existing, actions=[])
-        result.update(_dump(runtime, pid, st, dest, params, key))
+        result.update(_dump(runtime, pid, st, dest, params, key, algorithm))
     return dict(result, changed=True, actions=[action[0].upper() + action[1:]])

@@ -14,18 +14,28 @@ import errno
 import hashlib
 import hmac
 import json
+import mmap
 import os
 import posixpath
 import stat
+import sys
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 
+try:
+    import blake3 as _blake3
+except ImportError:
+    _blake3 = None
+
 SCHEMA_VERSION = 1
-ALGORITHM = "sha256"
-BLOCK_SIZE = 1024 * 1024
+DEFAULT_ALGORITHM = "sha256"
+HASH_ALGORITHMS = ("sha256", "blake3")
+WINDOW = 8 * 1024 * 1024
 HASH_THREADS = 4
+BLAKE3_HINT = ("Install it for the Python that runs the modules on that host (Debian 13: apt install python3-blake3; "
+               "elsewhere: pip install blake3), or checkpoint with hash_algorithm=sha256.")
 _REQUIRED = {
     "schema_version": int, "id": str, "name": str, "created_at": str, "source": dict,
     "criu": dict, "process": dict, "options": dict, "manifest": list,
@@ -37,18 +47,36 @@ class FileDigest(t.NamedTuple):
     digest: str
 
 
-def hash_open_file(fd: int) -> FileDigest:
-    """Hash an open file in large blocks, reading it exactly once with a fixed buffer."""
-    digest = hashlib.new(ALGORITHM)
-    buf = bytearray(BLOCK_SIZE)
-    view = memoryview(buf)
-    size = 0
-    while True:
-        count = os.readv(fd, [buf])
-        if not count:
-            return FileDigest(size, digest.hexdigest())
-        digest.update(view[:count])
-        size += count
+def available_algorithms() -> t.List[str]:
+    """The manifest algorithms this Python can compute: sha256 always, blake3 when its module is installed."""
+    return [name for name in HASH_ALGORITHMS if name == "sha256" or _blake3 is not None]
+
+
+def choose_algorithm(requested: str) -> str:
+    """``auto`` picks blake3 when available (about 4x faster per core, and it uses every core), else sha256."""
+    if requested == "auto":
+        return "blake3" if _blake3 is not None else DEFAULT_ALGORITHM
+    if requested not in available_algorithms():
+        raise CriuError("hash_algorithm=%s needs the Python module blake3, which %s cannot import. %s"
+                        % (requested, sys.executable, BLAKE3_HINT))
+    return requested
+
+
+def new_digest(algorithm: str) -> t.Any:
+    if algorithm == "blake3":
+        return _blake3.blake3(max_threads=_blake3.blake3.AUTO)
+    return hashlib.sha256()
+
+
+def hash_open_file(fd: int, algorithm: str) -> FileDigest:
+    """Hash an open file through read-only mappings of WINDOW bytes: no copy, and the hash (which releases
+    the GIL) reads the page cache directly; unmapping each window keeps the RSS small whatever the size."""
+    digest = new_digest(algorithm)
+    size = os.fstat(fd).st_size
+    for offset in range(0, size, WINDOW):
+        with mmap.mmap(fd, min(WINDOW, size - offset), access=mmap.ACCESS_READ, offset=offset) as window:
+            digest.update(window)
+    return FileDigest(size, digest.hexdigest())
 
 
 def open_image(images_fd: int, relpath: str) -> int:
@@ -60,10 +88,10 @@ def open_image(images_fd: int, relpath: str) -> int:
     return fd
 
 
-def hash_image(images_fd: int, relpath: str) -> FileDigest:
+def hash_image(images_fd: int, relpath: str, algorithm: str) -> FileDigest:
     fd = open_image(images_fd, relpath)
     try:
-        return hash_open_file(fd)
+        return hash_open_file(fd, algorithm)
     finally:
         os.close(fd)
 
@@ -73,13 +101,13 @@ def list_images(images_dir: str) -> t.List[str]:
     return sorted(os.listdir(images_dir))
 
 
-def _hash_all(images_dir: str, names: t.Sequence[str]) -> t.Dict[str, t.Union[FileDigest, OSError]]:
-    """Hash files in parallel threads (hashlib releases the GIL), each result or its OSError by name."""
+def _hash_all(images_dir: str, names: t.Sequence[str], algorithm: str) -> t.Dict[str, t.Union[FileDigest, OSError]]:
+    """Hash files in parallel threads (the hashes release the GIL), each result or its OSError by name."""
     dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         def one(name: str) -> t.Union[FileDigest, OSError]:
             try:
-                return hash_image(dir_fd, name)
+                return hash_image(dir_fd, name, algorithm)
             except OSError as exc:
                 return exc
         with concurrent.futures.ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
@@ -88,14 +116,19 @@ def _hash_all(images_dir: str, names: t.Sequence[str]) -> t.Dict[str, t.Union[Fi
         os.close(dir_fd)
 
 
-def build_manifest(images_dir: str) -> t.List[t.Dict[str, t.Any]]:
-    """The manifest of a freshly dumped images/ directory: path, size and digest of every file."""
+def build_manifest(images_dir: str, algorithm: str,
+                   hashed: t.Optional[t.Mapping[str, FileDigest]] = None) -> t.List[t.Dict[str, t.Any]]:
+    """The manifest of a freshly dumped images/ directory: path, size and digest of every file.
+    ``hashed`` holds the files already hashed while criu wrote them; the rest are hashed now."""
+    hashed = dict(hashed or {})
     names = list_images(images_dir)
+    hashed.update(_hash_all(images_dir, [name for name in names if name not in hashed], algorithm))
     manifest = []
-    for name, result in _hash_all(images_dir, names).items():
+    for name in names:
+        result = hashed[name]
         if isinstance(result, OSError):
             raise CriuError("Cannot hash image %s/%s: %s." % (images_dir, name, result.strerror), path=images_dir)
-        manifest.append({"path": name, "size": result.size, ALGORITHM: result.digest})
+        manifest.append({"path": name, "size": result.size, algorithm: result.digest})
     return manifest
 
 
@@ -155,6 +188,11 @@ def manifest_path_problem(path: t.Any) -> t.Optional[str]:
     return None
 
 
+def manifest_algorithm(metadata: t.Mapping[str, t.Any]) -> t.Any:
+    """The algorithm the manifest's digests use; checkpoints older than the field are sha256."""
+    return metadata.get("manifest_algorithm", DEFAULT_ALGORITHM)
+
+
 def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List[str]]:
     """Load metadata.json and check its shape; returns (metadata or None, problems)."""
     try:
@@ -180,9 +218,12 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
         return None, problems
     if version != SCHEMA_VERSION:
         return None, ["metadata.json has unsupported schema_version %r (expected %d)" % (version, SCHEMA_VERSION)]
-    if metadata.get("manifest_algorithm", ALGORITHM) != ALGORITHM:
-        return None, ["metadata.json: manifest_algorithm %r is not supported (expected %s): upgrade nucleus.criu"
-                      % (metadata.get("manifest_algorithm"), ALGORITHM)]
+    algorithm = manifest_algorithm(metadata)
+    if algorithm not in HASH_ALGORITHMS:
+        return None, ["metadata.json: manifest_algorithm %r is not supported (expected one of %s): upgrade nucleus.criu"
+                      % (algorithm, ", ".join(HASH_ALGORITHMS))]
+    if algorithm not in available_algorithms():
+        return None, ["the checkpoint's manifest uses blake3, which %s cannot import. %s" % (sys.executable, BLAKE3_HINT)]
     for index, entry in enumerate(metadata["manifest"]):
         if not isinstance(entry, dict):
             problems.append("manifest entry %d is not an object" % index)
@@ -193,15 +234,15 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
         size = entry.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             problems.append("manifest entry %r has no valid size" % entry.get("path"))
-        if not isinstance(entry.get(ALGORITHM), str):
-            problems.append("manifest entry %r has no %s digest" % (entry.get("path"), ALGORITHM))
+        if not isinstance(entry.get(algorithm), str):
+            problems.append("manifest entry %r has no %s digest" % (entry.get("path"), algorithm))
     paths = [e.get("path") for e in metadata["manifest"] if isinstance(e, dict)]
     if len(set(map(str, paths))) != len(paths):
         problems.append("manifest lists a path more than once")
     return (None if problems else metadata), problems
 
 
-def check_images(images_dir: str, manifest: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
+def check_images(images_dir: str, manifest: t.Sequence[t.Mapping[str, t.Any]], algorithm: str) -> t.List[str]:
     """Compare images/ with the manifest: missing, extra, non-regular, resized or altered files."""
     try:
         store.inspect_dir(images_dir, "Images directory")
@@ -217,15 +258,15 @@ def check_images(images_dir: str, manifest: t.Sequence[t.Mapping[str, t.Any]]) -
     for missing in sorted(set(expected) - present):
         problems.append("images/%s: listed in the manifest but missing" % missing)
     names = sorted(present & set(expected))
-    for name, result in _hash_all(images_dir, names).items():
+    for name, result in _hash_all(images_dir, names, algorithm).items():
         entry = expected[name]
         if isinstance(result, OSError):
             reason = "a symlink" if result.errno == errno.ELOOP else ("not a regular file" if result.errno == errno.EINVAL else result.strerror)
             problems.append("images/%s: cannot be read as a regular file (%s)" % (name, reason))
         elif result.size != entry["size"]:
             problems.append("images/%s: size expected %d, found %d" % (name, entry["size"], result.size))
-        elif not hmac.compare_digest(result.digest, entry[ALGORITHM]):
-            problems.append("images/%s: %s expected %s, found %s" % (name, ALGORITHM, entry[ALGORITHM], result.digest))
+        elif not hmac.compare_digest(result.digest, entry[algorithm]):
+            problems.append("images/%s: %s expected %s, found %s" % (name, algorithm, entry[algorithm], result.digest))
     return problems
 
 
@@ -260,5 +301,5 @@ def verify(dest: str, key: t.Optional[bytes] = None, require_signature: bool = F
     if metadata is None:
         return None, problems
     problems = check_signature(dest, metadata, key, require_signature)
-    problems += check_images(os.path.join(dest, store.IMAGES), metadata["manifest"])
+    problems += check_images(os.path.join(dest, store.IMAGES), metadata["manifest"], manifest_algorithm(metadata))
     return metadata, problems

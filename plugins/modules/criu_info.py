@@ -108,6 +108,14 @@ privilege_problem:
   description: Why the caller cannot checkpoint, empty when it can.
   returned: always
   type: str
+hash_algorithms:
+  description:
+    - Manifest digests the interpreter running the modules can compute, for M(nucleus.criu.criu_checkpoint)'s
+      O(nucleus.criu.criu_checkpoint#module:hash_algorithm). V(sha256) always; V(blake3) when the Python module C(blake3) is installed.
+  returned: always
+  type: list
+  elements: str
+  sample: [sha256, blake3]
 process:
   description: The process given by O(pid) or O(pidfile).
   returned: when O(pid) or O(pidfile) is given
@@ -141,6 +149,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._module import CRIU_PATH_ARG, run_module
 
@@ -158,6 +167,7 @@ def main() -> None:
             "changed": False, "criu": host.criu_facts(module.params["criu_path"]),
             "kernel": os.uname().release, "arch": os.uname().machine,
             "can_checkpoint": can, "privilege_problem": why,
+            "hash_algorithms": integrity.available_algorithms(),
         }
         if module.params["pid"] is not None or module.params["pidfile"]:
             result["process"] = procfs.process_state(procfs.resolve_pid(module.params["pid"], module.params["pidfile"]))

@@ -35,7 +35,7 @@ options:
     required: true
   verify:
     description:
-      - Verify the manifest (size and SHA-256 of every image) before restoring.
+      - Verify the manifest (size and digest of every image) before restoring.
       - CRIU does not notice corrupted or truncated images itself; turn this off only for images you just verified.
       - A configured key is enforced even when this is off.
     type: bool

@@ -66,6 +66,6 @@ def make_checkpoint(dest, key=None, **changes):
     os.makedirs(images, mode=0o700)
     with open(os.path.join(images, "inventory.img"), "wb") as handle:
         handle.write(b"inventory")
-    metadata = metadata_for(integrity.build_manifest(images), **changes)
+    metadata = metadata_for(integrity.build_manifest(images, "sha256"), **changes)
     write_metadata(str(dest), metadata, key)
     return metadata

@@ -12,7 +12,7 @@ from .mu_helpers import make_checkpoint, wait_for
 PARAMS = {
     "pid": None, "pidfile": None, "dest": None, "name": None, "force": False, "timeout": 30,
     "leave_running": False, "leave_stopped": False, "tcp_established": False, "ext_unix_sk": False,
-    "file_locks": False, "shell_job": None, "network_lock": None,
+    "file_locks": False, "shell_job": None, "network_lock": None, "hash_algorithm": "sha256",
     "hmac_key": None, "hmac_key_file": None, "criu_path": None,
 }
 

@@ -27,7 +27,7 @@ def ckpt(tmp_path):
     (images / "core-4242.img").write_bytes(b"core" * 100)
     (images / "empty.img").write_bytes(b"")
     (images / BIG).write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-    metadata = metadata_for(integrity.build_manifest(str(images)))
+    metadata = metadata_for(integrity.build_manifest(str(images), "sha256"))
     write_metadata(str(dest), metadata)
     return str(dest), metadata
 
@@ -44,7 +44,7 @@ def test_build_manifest(ckpt):
 def test_build_manifest_refuses_non_regular(tmp_path):
     os.mkfifo(tmp_path / "fifo.img")
     with pytest.raises(CriuError, match="Cannot hash image .*fifo.img"):
-        integrity.build_manifest(str(tmp_path))
+        integrity.build_manifest(str(tmp_path), "sha256")
 
 
 def test_verify_round_trip(ckpt):
@@ -232,7 +232,7 @@ def test_signature_detects_rewritten_manifest(ckpt):
     dest, metadata = ckpt
     write_metadata(dest, metadata, KEY)
     _flip(dest)
-    forged = dict(metadata, manifest=integrity.build_manifest(os.path.join(dest, "images")))
+    forged = dict(metadata, manifest=integrity.build_manifest(os.path.join(dest, "images"), "sha256"))
     with open(os.path.join(dest, "metadata.json"), "wb") as handle:
         handle.write(integrity.canonical(forged))
     assert integrity.verify(dest) == (forged, [])  # without a key only accidents are caught
@@ -385,3 +385,68 @@ def test_parse_metadata_never_raises_on_bytes(raw):
 @given(_documents)
 def test_parse_metadata_never_raises_on_json(document):
     _check_parse(json.dumps(document).encode("utf-8"))
+
+
+def test_hash_windows_cover_every_byte(tmp_path, monkeypatch):
+    """Several mapping windows and a partial last one hash to the digest of the whole file."""
+    monkeypatch.setattr(integrity, "WINDOW", 3 * 4096)
+    data = os.urandom(10 * 4096 + 123)
+    (tmp_path / BIG).write_bytes(data)
+    (tmp_path / "empty.img").write_bytes(b"")
+    manifest = integrity.build_manifest(str(tmp_path), "sha256")
+    assert manifest == [{"path": "empty.img", "size": 0, "sha256": hashlib.sha256(b"").hexdigest()},
+                        {"path": BIG, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]
+
+
+def test_build_manifest_keeps_digests_hashed_during_the_dump(ckpt):
+    """Files hashed while criu wrote them are not read again; the rest are."""
+    dest, metadata = ckpt
+    already = {BIG: integrity.FileDigest(5, "f" * 64)}
+    manifest = integrity.build_manifest(os.path.join(dest, "images"), "sha256", already)
+    assert manifest[3] == {"path": BIG, "size": 5, "sha256": "f" * 64}
+    assert manifest[:3] == metadata["manifest"][:3]
+
+
+needs_blake3 = pytest.mark.skipif(integrity._blake3 is None, reason="the blake3 module is not installed (requirements/test.txt has it)")
+
+
+@needs_blake3
+def test_blake3_manifest_round_trip_and_tamper(ckpt):
+    dest, _ = ckpt
+    images = os.path.join(dest, "images")
+    metadata = metadata_for(integrity.build_manifest(images, "blake3"), manifest_algorithm="blake3")
+    write_metadata(dest, metadata)
+    big = open(os.path.join(images, BIG), "rb").read()
+    assert metadata["manifest"][3]["blake3"] == integrity._blake3.blake3(big).hexdigest()
+    assert "sha256" not in metadata["manifest"][3]
+    assert integrity.verify(dest) == (metadata, [])
+    _flip(dest)
+    assert integrity.verify(dest)[1][0].startswith("images/%s: blake3 expected" % BIG)
+
+
+@needs_blake3
+def test_blake3_checkpoint_on_a_host_without_blake3(ckpt, monkeypatch):
+    dest, _ = ckpt
+    write_metadata(dest, metadata_for(integrity.build_manifest(os.path.join(dest, "images"), "blake3"), manifest_algorithm="blake3"))
+    monkeypatch.setattr(integrity, "_blake3", None)
+    found, problems = integrity.verify(dest)
+    assert found is None
+    assert "uses blake3, which" in problems[0] and "apt install python3-blake3" in problems[0], problems
+    assert integrity.available_algorithms() == ["sha256"]
+    assert integrity.choose_algorithm("auto") == "sha256"
+    with pytest.raises(CriuError, match="hash_algorithm=blake3 needs the Python module blake3.*hash_algorithm=sha256"):
+        integrity.choose_algorithm("blake3")
+
+
+@needs_blake3
+def test_choose_algorithm_with_blake3():
+    assert integrity.available_algorithms() == ["sha256", "blake3"]
+    assert integrity.choose_algorithm("auto") == "blake3"
+    assert integrity.choose_algorithm("sha256") == "sha256"
+
+
+def test_unknown_manifest_algorithm_refused(ckpt):
+    dest, metadata = ckpt
+    write_metadata(dest, dict(metadata, manifest_algorithm="md5"))
+    found, problems = integrity.verify(dest)
+    assert found is None and "manifest_algorithm 'md5' is not supported" in problems[0], problems

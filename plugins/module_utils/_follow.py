@@ -1,0 +1,113 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Hash and flush CRIU's page images while ``criu dump`` is still writing them.
+
+Page images hold nearly every byte of a checkpoint and CRIU appends to them front to
+back, so reading each one as it grows overlaps hashing and disk write-back with the
+dump instead of running both after it. Should CRIU ever rewrite bytes behind the reader,
+the digest would not match at verification, which refuses the checkpoint: the failure
+is loud, never a silent restore of wrong memory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import threading
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+
+FOLLOWED = re.compile(r"pages-[0-9]+\.img\Z")
+CHUNK = 8 * 1024 * 1024
+FLUSH_EVERY = 64 * 1024 * 1024
+POLL_SECONDS = 0.005
+
+
+class _Image:
+    """One page image being followed: its fd, running digest, bytes hashed and bytes handed to write-back."""
+
+    def __init__(self, fd: int, algorithm: str) -> None:
+        self.fd = fd
+        self.digest = integrity.new_digest(algorithm)
+        self.size = 0
+        self.flushed = 0
+
+
+class ImageFollower:
+    """Context manager around a dump: follows page images in a thread; ``digests()`` after criu exited."""
+
+    def __init__(self, images_dir: str, algorithm: str) -> None:
+        self.images_dir = images_dir
+        self.algorithm = algorithm
+        self._images: t.Dict[str, _Image] = {}
+        self._buffer = bytearray(CHUNK)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="nucleus-criu-follow", daemon=True)
+        self._flusher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._flushing: t.Optional[concurrent.futures.Future] = None
+        self._error: t.Optional[OSError] = None
+        self._dir_fd = -1
+
+    def __enter__(self) -> "ImageFollower":
+        self._dir_fd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self._halt()
+        for image in self._images.values():
+            os.close(image.fd)
+        os.close(self._dir_fd)
+
+    def _halt(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._flusher.shutdown(wait=True)
+
+    def _follow(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._catch_up(write_back=True):
+                    self._stop.wait(POLL_SECONDS)
+        except OSError as exc:
+            self._error = exc
+
+    def _catch_up(self, write_back: bool) -> bool:
+        """Open new page images and hash what was appended to each; True if anything was read."""
+        for name in os.listdir(self._dir_fd):
+            if FOLLOWED.match(name) and name not in self._images:
+                self._images[name] = _Image(integrity.open_image(self._dir_fd, name), self.algorithm)
+        progressed = False
+        view = memoryview(self._buffer)
+        for image in self._images.values():
+            count = os.preadv(image.fd, [self._buffer], image.size)
+            while count:
+                image.digest.update(view[:count])
+                image.size += count
+                progressed = True
+                count = os.preadv(image.fd, [self._buffer], image.size)
+            if write_back:
+                self._start_write_back(image)
+        return progressed
+
+    def _start_write_back(self, image: _Image) -> None:
+        """Flush in the background what has been hashed, so the final fsync finds little left to write."""
+        if image.size - image.flushed < FLUSH_EVERY or (self._flushing is not None and not self._flushing.done()):
+            return
+        image.flushed = image.size
+        self._flushing = self._flusher.submit(os.fdatasync, image.fd)
+
+    def digests(self) -> t.Dict[str, integrity.FileDigest]:
+        """Call once criu has exited: read every page image to its end and return name -> (size, digest)."""
+        self._halt()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._catch_up(write_back=False)
+        except OSError as exc:
+            raise CriuError("Cannot hash the page images in %s as criu writes them: %s. Something else is writing there; "
+                            "use a dest no other process touches." % (self.images_dir, exc.strerror), path=self.images_dir) from exc
+        return {name: integrity.FileDigest(image.size, image.digest.hexdigest()) for name, image in self._images.items()}

@@ -1,0 +1,74 @@
+"""Hashing page images while criu dump writes them (_follow)."""
+
+import hashlib
+import os
+import threading
+import time
+
+import pytest
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+
+
+def _append_slowly(path, chunks, started):
+    """Write ``chunks`` one by one with pauses, as criu appends to a pages image."""
+    with open(path, "ab") as handle:
+        started.set()
+        for chunk in chunks:
+            handle.write(chunk)
+            handle.flush()
+            time.sleep(0.01)
+
+
+@pytest.mark.parametrize("algorithm", integrity.available_algorithms())
+def test_follower_hashes_a_growing_page_image(tmp_path, monkeypatch, algorithm):
+    monkeypatch.setattr(follow, "FLUSH_EVERY", 64 * 1024)
+    monkeypatch.setattr(follow, "CHUNK", 50 * 1024)
+    chunks = [os.urandom(40 * 1024 + n) for n in range(12)]
+    started = threading.Event()
+    with follow.ImageFollower(str(tmp_path), algorithm) as follower:
+        writer = threading.Thread(target=_append_slowly, args=(str(tmp_path / "pages-1.img"), chunks, started))
+        writer.start()
+        started.wait(5)
+        time.sleep(0.05)
+        assert follower._images["pages-1.img"].size > 0, "the follower read nothing while the file grew"
+        writer.join()
+        (tmp_path / "pagemap-1.img").write_bytes(b"not followed")
+        (tmp_path / "pages-2.img").write_bytes(b"written at the very end")
+        digests = follower.digests()
+    data = b"".join(chunks)
+    expected = integrity.new_digest(algorithm)
+    expected.update(data)
+    assert digests["pages-1.img"] == integrity.FileDigest(len(data), expected.hexdigest())
+    assert digests["pages-2.img"].size == len(b"written at the very end")
+    assert "pagemap-1.img" not in digests
+
+
+def test_follower_hashed_image_matches_the_manifest_of_the_same_file(tmp_path):
+    (tmp_path / "pages-7.img").write_bytes(os.urandom(300 * 1024))
+    with follow.ImageFollower(str(tmp_path), "sha256") as follower:
+        digests = follower.digests()
+    manifest = integrity.build_manifest(str(tmp_path), "sha256")
+    assert manifest == [{"path": "pages-7.img", "size": digests["pages-7.img"].size, "sha256": digests["pages-7.img"].digest}]
+    assert digests["pages-7.img"].digest == hashlib.sha256((tmp_path / "pages-7.img").read_bytes()).hexdigest()
+
+
+def test_follower_refuses_a_symlinked_page_image(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"secret")
+    images = tmp_path / "images"
+    images.mkdir()
+    os.symlink(str(target), str(images / "pages-1.img"))
+    with follow.ImageFollower(str(images), "sha256") as follower:
+        with pytest.raises(CriuError, match="Cannot hash the page images in .*images as criu writes them"):
+            follower.digests()
+
+
+def test_follower_closes_its_files(tmp_path):
+    (tmp_path / "pages-1.img").write_bytes(b"x" * 1000)
+    before = len(os.listdir("/proc/self/fd"))
+    with follow.ImageFollower(str(tmp_path), "sha256") as follower:
+        follower.digests()
+    assert len(os.listdir("/proc/self/fd")) == before
