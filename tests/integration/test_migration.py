@@ -28,6 +28,7 @@ KEY = os.path.join(REPO, "build", "testhosts", "id_ed25519")
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
 MIGRATIONS = "/var/lib/nucleus-criu/migrations"
+HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
 
 
 def host_pid(name: str) -> int:
@@ -136,6 +137,8 @@ def test_migrates_and_reruns_change_nothing(remote):
     wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the migrated copy to count on")
     assert read_state(workload.state_file)[0] == token
     assert int(record["image_bytes"]) > 16 << 20 and 0 < float(record["downtime_seconds"]) < 60, record
+    # auto: blake3 only when both hosts' interpreters have it.
+    assert record["hash_algorithm"] == ("blake3" if HOSTS_HAVE_BLAKE3 else "sha256"), record
     assert "downtime" in result.stdout and "single: host-a pid %d -> host-b pid %d" % (workload.pid, new_pid) in result.stdout
 
     again = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="single")
@@ -166,6 +169,24 @@ def test_preflight_failure_touches_nothing(remote):
     finally:
         subprocess.run(["nsenter", "-t", str(host_pid("b")), "-m", "umount", "/usr/local/sbin"], check=True)
     assert "criu was not found" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "preflight")
+
+
+def test_precopy_refused_at_preflight(remote):
+    """These kernels lack soft-dirty tracking: iterative pre-copy is refused before the workload is touched."""
+    workload = remote("precopy")
+    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
+                     migrate_name="precopy", migrate_mode="precopy")
+    assert "mem_dirty_track" in result.stdout and "host-a and host-b lack it" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "preflight")
+
+
+@pytest.mark.skipif(HOSTS_HAVE_BLAKE3, reason="the test hosts' python3 has blake3")
+def test_blake3_demanded_where_missing_refused_at_preflight(remote):
+    workload = remote("noblake3")
+    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
+                     migrate_name="noblake3", migrate_hash_algorithm="blake3")
+    assert "migrate_hash_algorithm=blake3 needs the Python module blake3 on both hosts" in result.stdout, result.stdout
     assert_rolled_back(result, workload, "preflight")
 
 

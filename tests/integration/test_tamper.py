@@ -149,3 +149,29 @@ def test_require_signature_refuses_unsigned(workloads, ckpt_dir):
     assert run_module("criu_verify", dict(path=str(dest)))["valid"] is True
     verdict = run_module("criu_verify", dict(path=str(dest), require_signature=True))
     assert verdict["failed"] and "unsigned" in verdict["msg"], verdict
+
+
+def test_blake3_checkpoint_restores_and_its_tampering_is_named(workloads, ckpt_dir, tmp_path):
+    """hash_algorithm=blake3: the manifest records it, verification uses it, and a flipped page byte is refused."""
+    info = run_module("criu_info", {})
+    assert info["hash_algorithms"] == ["sha256", "blake3"], info
+    workload = workloads("--mem", "8")
+    dest = ckpt_dir / "b3"
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), hmac_key=KEY, hash_algorithm="blake3"))
+    assert made["changed"] and made["checkpoint"]["manifest_algorithm"] == "blake3", made
+    assert all("blake3" in entry and "sha256" not in entry for entry in made["checkpoint"]["manifest"])
+    workload.reap()
+    token, count = workload.state()
+
+    copy = tmp_path / "b3-copy"
+    shutil.copytree(dest, copy)
+    flip_byte("pages-*.img")(copy)
+    verdict = run_module("criu_verify", dict(path=str(copy), hmac_key=KEY))
+    assert verdict["failed"] and any("blake3 expected" in p for p in verdict["problems"]), verdict
+    refused = run_module("criu_restore", dict(src=str(copy), hmac_key=KEY))
+    assert refused["failed"] and "blake3 expected" in refused["msg"], refused
+
+    restored = run_module("criu_restore", dict(src=str(dest), hmac_key=KEY))
+    assert restored["changed"], restored
+    workload.adopt(restored["pid"])
+    assert workload.wait_count(count + 3)[0] == token
