@@ -359,12 +359,12 @@ def checkpoint_params(pid: int, dest: str) -> t.Dict[str, t.Any]:
     return {"pid": pid, "pidfile": None, "dest": dest, "name": None, "leave_running": False, "leave_stopped": False,
             "tcp_established": False, "ext_unix_sk": False, "file_locks": False, "shell_job": None,
             "network_lock": "nftables", "force": False, "criu_path": None, "timeout": 600, "hmac_key": None,
-            "hmac_key_file": None, "hash_algorithm": HASH_ALGORITHM[0]}
+            "hmac_key_file": None, "hash_algorithm": HASH_ALGORITHM[0], "lazy_pages": False, "page_server_port": 0}
 
 
 def restore_params(src: str) -> t.Dict[str, t.Any]:
     return {"src": src, "verify": True, "require_signature": False, "pidfile": None, "force": False,
-            "criu_path": None, "timeout": 600, "hmac_key": None, "hmac_key_file": None}
+            "criu_path": None, "timeout": 600, "hmac_key": None, "hmac_key_file": None, "lazy_pages_port": None}
 
 
 def verify_params(path: str) -> t.Dict[str, t.Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import typing as t
 import uuid
 
@@ -16,7 +17,19 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import LOOPBACK, CriuRuntime
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback right now, for the page server (criu itself refuses port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def require_port(name: str, port: t.Optional[int]) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise CriuError("%s must be a TCP port (1-65535, or 0 where a free one may be picked), got %d." % (name, port))
 
 
 def require_timeout(timeout: float) -> None:
@@ -58,6 +71,7 @@ def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, t
     """The criu options recorded in metadata.json and re-applied at restore."""
     shell_job = params["shell_job"]
     return {
+        "lazy_pages": params["lazy_pages"],
         "leave_running": params["leave_running"],
         "leave_stopped": params["leave_stopped"],
         "tcp_established": params["tcp_established"],
@@ -85,17 +99,23 @@ def _failed_log_path(dest: str) -> str:
 
 
 def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params: t.Mapping[str, t.Any],
-          key: t.Optional[bytes], algorithm: str) -> t.Dict[str, t.Any]:
-    """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename."""
+          key: t.Optional[bytes], algorithm: str, port: int) -> t.Dict[str, t.Any]:
+    """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename. With lazy_pages the
+    memory stays in the frozen tree, served from 127.0.0.1:``port`` by a criu that outlives this module."""
     facts = procfs.process_facts(pid, st)
     options = dump_options(params, pid, st, facts["tree"])
     staging = store.make_staging(dest)
     images = os.path.join(staging, store.IMAGES)
     failed_log = _failed_log_path(dest)
+    page_server = None
     try:
         with follow.ImageFollower(images, algorithm) as follower:
             frozen_at = procfs.utc_now()
-            run = runtime.dump(pid, images, staging, options, params["timeout"])
+            if options["lazy_pages"]:
+                page_server = runtime.start_lazy_dump(pid, images, staging, options, port, params["timeout"])
+                dump_seconds = page_server.startup
+            else:
+                dump_seconds = runtime.dump(pid, images, staging, options, params["timeout"]).duration
             hashed = follower.digests()
         # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
@@ -120,6 +140,9 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
         store.fsync_dir_entries(staging)
         store.publish(staging, dest)
     except BaseException as exc:
+        if page_server is not None:
+            # Its tracer gone, the tree runs on by itself; _resume_if_we_stopped covers the rest.
+            procfs.wait_gone(procfs.kill_tree(page_server.proc.pid), timeout=5)
         fate = _resume_if_we_stopped(pid, st)
         log = os.path.join(staging, store.DUMP_LOG)
         if os.path.isfile(log):
@@ -131,15 +154,16 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
         raise
     if os.path.lexists(failed_log):
         os.unlink(failed_log)
-    return {
+    served = {"page_server": {"pid": page_server.proc.pid, "address": LOOPBACK, "port": port}} if page_server else {}
+    return dict(served, **{
         "checkpoint": metadata,
         "stats": {
             "frozen_at": frozen_at,
-            "dump_seconds": round(run.duration, 3),
+            "dump_seconds": round(dump_seconds, 3),
             "image_bytes": sum(entry["size"] for entry in manifest),
             "image_files": len(manifest),
         },
-    }
+    })
 
 
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
@@ -147,6 +171,10 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     require_timeout(params["timeout"])
     if params["leave_running"] and params["leave_stopped"]:
         raise CriuError("leave_running and leave_stopped are mutually exclusive: after the dump the process either runs or stays stopped.")
+    if params["lazy_pages"] and not params["leave_stopped"]:
+        raise CriuError("lazy_pages needs leave_stopped=true: CRIU reports success even when the target vanished mid-transfer, "
+                        "so only a source left stopped can be resumed if the post-copy restore fails.")
+    require_port("page_server_port", params["page_server_port"])
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     algorithm = integrity.choose_algorithm(params["hash_algorithm"])
     pid = procfs.resolve_pid(params["pid"], params["pidfile"])
@@ -162,14 +190,17 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
             return dict(result, changed=False, checkpoint=existing, actions=[])
     st = procfs.require_checkpointable(pid)
     host.require_privileges()
+    if params["lazy_pages"]:
+        host.require_page_server()
     runtime = CriuRuntime.load(params["criu_path"])
     action = "%s pid %d (%s) to %s" % ("replace the checkpoint with a dump of" if os.path.lexists(dest) else "dump", pid, st.comm, dest)
     if check_mode:
         return dict(result, changed=True, actions=["would " + action])
+    port = (params["page_server_port"] or free_port()) if params["lazy_pages"] else 0
     with store.DestLock(dest, params["timeout"]):
         if not params["force"]:
             existing = existing_checkpoint(dest, pid, key)
             if existing is not None:
                 return dict(result, changed=False, checkpoint=existing, actions=[])
-        result.update(_dump(runtime, pid, st, dest, params, key, algorithm))
+        result.update(_dump(runtime, pid, st, dest, params, key, algorithm, port))
     return dict(result, changed=True, actions=[action[0].upper() + action[1:]])

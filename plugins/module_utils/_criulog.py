@@ -23,6 +23,8 @@ _HARMLESS = (
     re.compile(r"ip6?tables(-legacy)?-(save|restore)"),
 )
 _TAIL_BYTES = 512 * 1024
+# criu lazy-pages, once per restored process that had lazy memory: pages fetched / pages it needed.
+_LAZY_COUNT_RE = re.compile(rb"UFFD transferred pages: \((\d+)/(\d+)\)")
 
 # Known CRIU failures, translated into what the operator should do about them.
 _HINTS = (
@@ -55,6 +57,16 @@ def read_tail(path: str, max_bytes: int = _TAIL_BYTES) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def lazy_page_counts(path: str) -> t.List[t.Tuple[int, int]]:
+    """Every (fetched, total) line of a lazy-pages log, read line by line: the lines of a tree's first
+    processes may lie far from the end of a verbose log."""
+    try:
+        with open(path, "rb") as handle:
+            return [(int(m.group(1)), int(m.group(2))) for m in map(_LAZY_COUNT_RE.search, handle) if m]
+    except OSError:
+        return []
 
 
 def succeeded(text: str, action: str) -> bool:

@@ -22,6 +22,9 @@ FEATURES = {
     "timens": "restoring the time namespace",
     "tcp_half_closed": "dumping half-closed TCP connections",
 }
+# CRIU's page server tees page pipes of up to 4 MiB; below that every page request fails with EPERM.
+POSTCOPY_PIPE_SIZE = 4 * 1024 * 1024
+PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
 PRIVILEGE_HINT = "Run the task as root (become: true); CRIU needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE plus CAP_SYS_PTRACE."
 
 
@@ -67,6 +70,27 @@ def criu_facts(criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
     facts["dirty_tracking"] = "mem_dirty_track" not in facts["missing_features"]
     facts["usable"] = facts["check"]
     return facts
+
+
+def pipe_max_size() -> int:
+    with open(PIPE_MAX_SIZE) as handle:
+        return int(handle.read().strip())
+
+
+def page_server_problem() -> str:
+    """Why this host cannot serve lazy pages (post-copy source), empty when it can."""
+    size = pipe_max_size()
+    if size >= POSTCOPY_PIPE_SIZE:
+        return ""
+    return ("fs.pipe-max-size is %d here, and CRIU's page server needs %d (smaller pipes fail every page request). "
+            "Run sysctl -w fs.pipe-max-size=%d (and persist it in /etc/sysctl.d/), or migrate without post-copy."
+            % (size, POSTCOPY_PIPE_SIZE, POSTCOPY_PIPE_SIZE))
+
+
+def require_page_server() -> None:
+    problem = page_server_problem()
+    if problem:
+        raise CriuError("Cannot checkpoint with lazy_pages: %s" % problem, path=PIPE_MAX_SIZE)
 
 
 def busy_pids(metadata: t.Mapping[str, t.Any]) -> t.List[int]:

@@ -14,9 +14,9 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
-from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
+from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_port, require_timeout
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime, Run
 
 
 def live_restore(src: str, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
@@ -75,14 +75,51 @@ def _confirm_alive(pid: int, log_path: str, src: str) -> procfs.ProcStat:
     return st
 
 
+def require_matching_mode(src: str, metadata: t.Mapping[str, t.Any], lazy_pages_port: t.Optional[int]) -> None:
+    """A post-copy checkpoint has no memory in its images, and a full one needs no page server."""
+    lazy = bool(metadata["options"].get("lazy_pages"))
+    if lazy and not lazy_pages_port:
+        raise CriuError("%s is a post-copy checkpoint (lazy_pages): its memory is still in the frozen source. Give "
+                        "lazy_pages_port, the local port that reaches the source's page server." % src, path=src)
+    if lazy_pages_port and not lazy:
+        raise CriuError("%s holds the full memory of its workload (not a lazy_pages checkpoint); drop lazy_pages_port." % src, path=src)
+
+
+def _restore_lazily(runtime: CriuRuntime, src: str, metadata: t.Mapping[str, t.Any], port: int,
+                    timeout: float) -> t.Tuple[int, Run, str, t.Dict[str, t.Any]]:
+    """Post-copy: restore at once with memory fetched on demand, then wait until every page arrived.
+    A page that never arrives is zero-filled by the kernel, so on any failure the restored tree is killed
+    at once: it must never run on with holes in its memory (the frozen source still has it all)."""
+    images = os.path.join(src, store.IMAGES)
+    fetcher = runtime.start_lazy_pages(images, src, port, timeout)
+    pid = None
+    try:
+        pid, run = runtime.restore(images, src, metadata["options"], timeout, lazy=True)
+        restored_at = procfs.utc_now()
+        started = time.monotonic()
+        pages = runtime.finish_lazy_pages(fetcher, timeout)
+        return pid, run, restored_at, {"lazy_pages": pages, "transfer_seconds": round(time.monotonic() - started, 3)}
+    except BaseException as exc:
+        if pid is not None:
+            procfs.wait_gone(procfs.kill_tree(pid), timeout=5)
+        if fetcher.proc.poll() is None:
+            procfs.wait_gone(procfs.kill_tree(fetcher.proc.pid), timeout=5)
+        fetcher.proc.wait()
+        if isinstance(exc, CriuError) and pid is not None:
+            exc.msg += " The restored copy (pid %d) was killed so it never runs with missing memory." % pid
+        raise
+
+
 def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_restore module's work: returns the module result."""
     require_timeout(params["timeout"])
+    require_port("lazy_pages_port", params["lazy_pages_port"])
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     src = os.path.normpath(params["src"])
     if store.inspect_dir(src) is None:
         raise CriuError("No checkpoint at %s: the directory does not exist. Check src." % src, path=src)
     metadata = load_verified(src, key, params["verify"], params["require_signature"])
+    require_matching_mode(src, metadata, params["lazy_pages_port"])
     previous = live_restore(src, metadata)
     if previous and not params["force"]:
         return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": metadata, "restored": previous, "actions": []}
@@ -95,8 +132,12 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     if check_mode:
         return {"changed": True, "src": src, "pid": None, "checkpoint": metadata, "actions": ["would " + action]}
     with store.DestLock(src, params["timeout"]):
-        pid, run = runtime.restore(os.path.join(src, store.IMAGES), src, metadata["options"], params["timeout"])
-        restored_at = procfs.utc_now()
+        stats: t.Dict[str, t.Any] = {}
+        if params["lazy_pages_port"]:
+            pid, run, restored_at, stats = _restore_lazily(runtime, src, metadata, params["lazy_pages_port"], params["timeout"])
+        else:
+            pid, run = runtime.restore(os.path.join(src, store.IMAGES), src, metadata["options"], params["timeout"])
+            restored_at = procfs.utc_now()
         st = _confirm_alive(pid, run.log_path, src)
         record = {
             "pid": pid,
@@ -111,5 +152,5 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         _write_pidfile(params["pidfile"], pid)
     return {
         "changed": True, "src": src, "pid": pid, "checkpoint": metadata, "restored": record,
-        "stats": {"restore_seconds": round(run.duration, 3)}, "actions": [action],
+        "stats": dict(stats, restore_seconds=round(run.duration, 3)), "actions": [action],
     }

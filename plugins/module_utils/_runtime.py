@@ -34,6 +34,11 @@ DUMP_ONLY_FLAGS = {
     "leave_stopped": "--leave-stopped",
 }
 HEALTH_DELAY = 0.1
+LOOPBACK = "127.0.0.1"
+PAGE_SERVER_READY = "Starting page server on port"
+LAZY_PAGES_READY = "Waiting for incoming connections"
+READY_TAIL_BYTES = 64 * 1024
+DAEMON_POLL = 0.005
 
 
 class State(enum.Enum):
@@ -64,6 +69,13 @@ def option_argv(options: t.Mapping[str, t.Any], flags: t.Mapping[str, str]) -> t
 
 class Run(t.NamedTuple):
     duration: float
+    log_path: str
+
+
+class Daemon(t.NamedTuple):
+    """A criu still running after it became ready: the post-copy page server or lazy-pages fetcher."""
+    proc: subprocess.Popen
+    startup: float
     log_path: str
 
 
@@ -98,66 +110,126 @@ class CriuRuntime:
             raise CriuError("Internal error: CRIU state cannot go from %s to %s." % (self.state.value, target.value))
         self.state = target
 
-    def _run(self, action: str, argv: t.List[str], work_dir: str, timeout: float) -> Run:
-        """Run criu ``action``; raise CriuError with the log's explanation unless it succeeded."""
-        log_name = "%s.log" % action
-        log_path = os.path.join(work_dir, log_name)
-        full = [self.path, action, "--work-dir", work_dir, "--log-file", log_name, "-v4"] + argv
-        started = time.monotonic()
+    def _command(self, action: str, argv: t.List[str], work_dir: str) -> t.List[str]:
+        return [self.path, action, "--work-dir", work_dir, "--log-file", "%s.log" % action, "-v4"] + argv
+
+    def _spawn(self, full: t.List[str], stderr: int) -> subprocess.Popen:
+        """Start criu in a session of its own, so neither a lost connection's SIGHUP nor our exit reaches it."""
         try:
-            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                                     close_fds=True, start_new_session=True)
         except OSError as exc:
             raise CriuError("Cannot execute %s: %s. %s" % (self.path, exc.strerror, binary.INSTALL_HINT), path=self.path) from exc
+
+    @staticmethod
+    def _failure(action: str, returncode: int, log_path: str, stderr: bytes = b"") -> CriuError:
+        """criu failed: its exit code, the log's real errors and the remedies we know for them."""
+        errors = criulog.error_lines(criulog.read_tail(log_path))
+        remedies = criulog.hints(errors)
+        return CriuError(
+            "criu %s failed (exit code %d). %s%sLog: %s. Last errors: %s"
+            % (action, returncode, " ".join(remedies), " " if remedies else "", log_path,
+               " | ".join(errors) or stderr.decode("utf-8", "replace").strip()[-500:] or "none"),
+            log=log_path, errors=errors, rc=returncode,
+        )
+
+    @staticmethod
+    def _timed_out(action: str, criu_pid: int, timeout: float, log_path: str) -> CriuError:
+        _kill_criu_tree(criu_pid)
+        return CriuError(
+            "criu %s did not finish within %ss and was killed. See %s; raise timeout if the workload is large."
+            % (action, timeout, log_path),
+            log=log_path, errors=criulog.error_lines(criulog.read_tail(log_path)), timed_out=True,
+        )
+
+    def _run(self, action: str, argv: t.List[str], work_dir: str, timeout: float) -> Run:
+        """Run criu ``action``; raise CriuError with the log's explanation unless it succeeded."""
+        log_path = os.path.join(work_dir, "%s.log" % action)
+        started = time.monotonic()
+        proc = self._spawn(self._command(action, argv, work_dir), subprocess.PIPE)
         try:
             stderr = proc.communicate(timeout=timeout)[1]
         except subprocess.TimeoutExpired:
-            _kill_criu_tree(proc.pid)
+            error = self._timed_out(action, proc.pid, timeout, log_path)
             proc.kill()
             proc.communicate()
-            raise CriuError(
-                "criu %s did not finish within %ss and was killed. See %s; raise timeout if the workload is large."
-                % (action, timeout, log_path),
-                log=log_path, errors=criulog.error_lines(criulog.read_tail(log_path)), timed_out=True,
-            )
+            raise error
         duration = time.monotonic() - started
-        text = criulog.read_tail(log_path)
-        if proc.returncode == 0 and criulog.succeeded(text, action):
+        if proc.returncode == 0 and criulog.succeeded(criulog.read_tail(log_path), action):
             return Run(duration, log_path)
-        errors = criulog.error_lines(text)
-        remedies = criulog.hints(errors)
-        raise CriuError(
-            "criu %s failed (exit code %d). %s%sLog: %s. Last errors: %s"
-            % (action, proc.returncode, " ".join(remedies), " " if remedies else "", log_path,
-               " | ".join(errors) or stderr.decode("utf-8", "replace").strip()[-500:] or "none"),
-            log=log_path, errors=errors, rc=proc.returncode,
-        )
+        raise self._failure(action, proc.returncode, log_path, stderr)
 
-    def dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float) -> Run:
-        """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said."""
-        self._transition(State.DUMPING)
+    def _start_daemon(self, action: str, argv: t.List[str], work_dir: str, ready: str, timeout: float) -> Daemon:
+        """Start a criu that keeps serving after this call (post-copy); return once its log shows ``ready``."""
+        log_path = os.path.join(work_dir, "%s.log" % action)
+        started = time.monotonic()
+        # No pipe: the daemon may outlive this module, and writing to a closed pipe would kill it.
+        proc = self._spawn(self._command(action, argv, work_dir), subprocess.DEVNULL)
+        deadline = started + timeout
+        while ready not in criulog.read_tail(log_path, READY_TAIL_BYTES):
+            if proc.poll() is not None:
+                raise self._failure(action, proc.returncode, log_path)
+            if time.monotonic() > deadline:
+                error = self._timed_out(action, proc.pid, timeout, log_path)
+                proc.wait()
+                raise error
+            time.sleep(DAEMON_POLL)
+        return Daemon(proc, time.monotonic() - started, log_path)
+
+    def _dump_argv(self, pid: int, images_dir: str, options: t.Mapping[str, t.Any]) -> t.List[str]:
         argv = ["--tree", str(pid), "--images-dir", images_dir]
         argv += option_argv(options, dict(DUMP_ONLY_FLAGS, **SHARED_FLAGS))
         if options.get("network_lock"):
             # Restore reuses the method recorded in the images, so only dump takes it.
             argv += ["--network-lock", options["network_lock"]]
+        return argv
+
+    @staticmethod
+    def _require_inventory(images_dir: str, log_path: str) -> None:
+        if not os.path.isfile(os.path.join(images_dir, "inventory.img")):
+            raise CriuError("criu dump reported success but wrote no inventory.img. Log: %s" % log_path, log=log_path)
+
+    def dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float) -> Run:
+        """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said."""
+        self._transition(State.DUMPING)
         try:
-            run = self._run("dump", argv, work_dir, timeout)
-            if not os.path.isfile(os.path.join(images_dir, "inventory.img")):
-                raise CriuError("criu dump reported success but wrote no inventory.img. Log: %s" % run.log_path, log=run.log_path)
+            run = self._run("dump", self._dump_argv(pid, images_dir, options), work_dir, timeout)
+            self._require_inventory(images_dir, run.log_path)
         except CriuError:
             self._transition(State.NONE)
             raise
         self._transition(State.DUMPED)
         return run
 
-    def restore(self, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float) -> t.Tuple[int, Run]:
-        """Restore detached; on timeout kill criu AND the tree it was restoring, so nothing is orphaned."""
+    def start_lazy_dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any],
+                        port: int, timeout: float) -> Daemon:
+        """Post-copy dump: write every image but the lazy pages, then serve those from 127.0.0.1:``port``.
+        Returns once the page server listens; criu keeps the tree frozen and serving after this module exits."""
+        self._transition(State.DUMPING)
+        argv = self._dump_argv(pid, images_dir, options) + ["--lazy-pages", "--address", LOOPBACK, "--port", str(port)]
+        try:
+            daemon = self._start_daemon("dump", argv, work_dir, PAGE_SERVER_READY, timeout)
+            self._require_inventory(images_dir, daemon.log_path)
+        except CriuError:
+            self._transition(State.NONE)
+            raise
+        self._transition(State.DUMPED)
+        return daemon
+
+    def start_lazy_pages(self, images_dir: str, work_dir: str, port: int, timeout: float) -> Daemon:
+        """The target's end of post-copy: fetch pages from the page server reachable at 127.0.0.1:``port``."""
+        argv = ["--page-server", "--address", LOOPBACK, "--port", str(port), "--images-dir", images_dir]
+        return self._start_daemon("lazy-pages", argv, work_dir, LAZY_PAGES_READY, timeout)
+
+    def restore(self, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float,
+                lazy: bool = False) -> t.Tuple[int, Run]:
+        """Restore detached (``lazy``: memory from a running lazy-pages daemon); on timeout kill criu AND
+        the tree it was restoring, so nothing is orphaned."""
         self._transition(State.RESTORING)
         pid_dir = tempfile.mkdtemp(prefix="nucleus-criu-restore-")
         pidfile = os.path.join(pid_dir, "pid")
         argv = ["--images-dir", images_dir, "--restore-detached", "--pidfile", pidfile]
-        argv += option_argv(options, SHARED_FLAGS)
+        argv += option_argv(options, SHARED_FLAGS) + (["--lazy-pages"] if lazy else [])
         try:
             run = self._run("restore", argv, work_dir, timeout)
             with open(pidfile, "r") as handle:
@@ -173,6 +245,28 @@ class CriuRuntime:
             shutil.rmtree(pid_dir, ignore_errors=True)
         self._transition(State.RESTORED)
         return pid, run
+
+    @staticmethod
+    def finish_lazy_pages(daemon: Daemon, timeout: float) -> int:
+        """Wait until lazy-pages has fetched every page of the restored tree; returns their number. Its exit code alone
+        proves nothing, since a page server that vanished looks like a clean end; only fetched == total does."""
+        try:
+            returncode = daemon.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            error = CriuRuntime._timed_out("lazy-pages", daemon.proc.pid, timeout, daemon.log_path)
+            daemon.proc.wait()
+            raise error
+        counts = criulog.lazy_page_counts(daemon.log_path)
+        fetched, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        if returncode == 0 and counts and all(done == wanted for done, wanted in counts):
+            return total
+        errors = criulog.error_lines(criulog.read_tail(daemon.log_path))
+        raise CriuError(
+            "Post-copy failed: criu lazy-pages fetched %d of %d pages (exit code %d); the source's page server or the "
+            "link to it went away. Log: %s. Last errors: %s"
+            % (fetched, total, returncode, daemon.log_path, " | ".join(errors) or "none"),
+            log=daemon.log_path, errors=errors, rc=returncode, pages_fetched=fetched, pages_total=total,
+        )
 
     def check(self, *feature: str, timeout: float = 60) -> t.Tuple[bool, str]:
         """``criu check`` (rc 0: this kernel supports what dump and restore need), or with a feature name

@@ -86,6 +86,23 @@ options:
     type: str
     choices: [nftables, iptables, skip]
     default: nftables
+  lazy_pages:
+    description:
+      - Post-copy. Write every image except the memory pages, then keep the tree frozen and serve its pages from a
+        CRIU page server on C(127.0.0.1:)O(page_server_port) until a lazy restore (M(nucleus.criu.criu_restore) with
+        O(nucleus.criu.criu_restore#module:lazy_pages_port)) has fetched them all. The module returns as soon as the
+        page server listens; the server (RV(page_server.pid)) outlives the task.
+      - Needs O(leave_stopped=true), because CRIU reports success even when the fetching side vanished, and
+        C(fs.pipe-max-size) of at least 4194304 on this host.
+      - The page server listens on the loopback only; reach it from the target through an ssh tunnel (the
+        C(nucleus.criu.migrate) role does). The pages are not in the manifest; the tunnel is what protects them.
+    type: bool
+    default: false
+  page_server_port:
+    description:
+      - Loopback port of the page server with O(lazy_pages=true). V(0) picks a free one.
+    type: int
+    default: 0
   hash_algorithm:
     description:
       - Digest of every image file in the manifest, recorded in C(metadata.json) so verification uses the same.
@@ -154,6 +171,22 @@ stats:
     image_files:
       description: Number of image files.
       type: int
+page_server:
+  description: The CRIU page server that keeps serving the frozen tree's memory after the task (O(lazy_pages=true)).
+  returned: when a dump with O(lazy_pages=true) happened
+  type: dict
+  contains:
+    pid:
+      description: Pid of the C(criu dump) serving the pages; it exits once every page was fetched.
+      type: int
+    address:
+      description: Address it listens on.
+      type: str
+      sample: 127.0.0.1
+    port:
+      description: Port it listens on.
+      type: int
+      sample: 41234
 actions:
   description: What was done, or would be done in check mode.
   returned: always
@@ -181,6 +214,8 @@ def main() -> None:
         file_locks=dict(type="bool", default=False),
         shell_job=dict(type="bool"),
         network_lock=dict(type="str", default="nftables", choices=["nftables", "iptables", "skip"]),
+        lazy_pages=dict(type="bool", default=False),
+        page_server_port=dict(type="int", default=0),
         hash_algorithm=dict(type="str", default="sha256", choices=["sha256", "blake3", "auto"]),
         force=dict(type="bool", default=False),
         **CRIU_PATH_ARG, **TIMEOUT_ARG, **HMAC_ARGS,

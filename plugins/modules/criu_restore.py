@@ -49,6 +49,16 @@ options:
     description:
       - Write the pid of the restored process to this file.
     type: path
+  lazy_pages_port:
+    description:
+      - Post-copy restore of a checkpoint made with O(nucleus.criu.criu_checkpoint#module:lazy_pages=true), whose memory
+        is still in the frozen source. The workload starts at once; its pages are fetched from the source's page server,
+        reachable at C(127.0.0.1:)O(lazy_pages_port) (for example the local end of an ssh tunnel to the source).
+      - The task returns only when every page has arrived. If the page server or the link goes away before that,
+        the restored copy is killed at once (the kernel would fill the missing memory with zeros) and the task fails;
+        the source still holds the whole workload, frozen.
+      - Required for a post-copy checkpoint, refused for a full one.
+    type: int
   force:
     description:
       - Restore again even if a previous restore from O(src) is still running.
@@ -93,9 +103,21 @@ restored:
   returned: when the process is restored
   type: dict
 stats:
-  description: Restore statistics (C(restore_seconds)).
+  description: Restore statistics.
   returned: when a restore happened
   type: dict
+  contains:
+    restore_seconds:
+      description: Time criu restore took (the workload runs from its end).
+      type: float
+    transfer_seconds:
+      description: With O(lazy_pages_port), time from the end of the restore until every page had arrived.
+      type: float
+      returned: with O(lazy_pages_port)
+    lazy_pages:
+      description: With O(lazy_pages_port), number of pages fetched from the source.
+      type: int
+      returned: with O(lazy_pages_port)
 actions:
   description: What was done, or would be done in check mode.
   returned: always
@@ -116,6 +138,7 @@ def main() -> None:
         verify=dict(type="bool", default=True),
         require_signature=dict(type="bool", default=False),
         pidfile=dict(type="path"),
+        lazy_pages_port=dict(type="int"),
         force=dict(type="bool", default=False),
         **CRIU_PATH_ARG, **TIMEOUT_ARG, **HMAC_ARGS,
     )

@@ -13,6 +13,7 @@ PARAMS = {
     "pid": None, "pidfile": None, "dest": None, "name": None, "force": False, "timeout": 30,
     "leave_running": False, "leave_stopped": False, "tcp_established": False, "ext_unix_sk": False,
     "file_locks": False, "shell_job": None, "network_lock": None, "hash_algorithm": "sha256",
+    "lazy_pages": False, "page_server_port": 0,
     "hmac_key": None, "hmac_key_file": None, "criu_path": None,
 }
 
@@ -53,7 +54,8 @@ def test_same_process(workload):
 def test_dump_options_shell_job(shell_job, st, expected):
     options = checkpoint.dump_options(dict(PARAMS, shell_job=shell_job, tcp_established=True), 10, st, [10])
     assert options["shell_job"] is expected and options["tcp_established"] is True
-    assert set(options) == {"leave_running", "leave_stopped", "tcp_established", "ext_unix_sk", "file_locks", "shell_job", "network_lock"}
+    assert set(options) == {"leave_running", "leave_stopped", "tcp_established", "ext_unix_sk", "file_locks", "shell_job", "network_lock",
+                            "lazy_pages"}
 
 
 def test_leave_running_and_stopped_exclusive(tmp_path):

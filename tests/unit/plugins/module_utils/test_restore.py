@@ -62,14 +62,14 @@ def test_load_verified_refuses_corrupt_images_when_verifying(tmp_path):
 def test_restore_refuses_busy_pids(tmp_path, monkeypatch):
     make_checkpoint(tmp_path / "c", process={"pid": os.getpid(), "tree": [os.getpid()]})
     monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False,
+    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False, "lazy_pages_port": None,
               "verify": True, "require_signature": False}
     with pytest.raises(CriuError, match="Cannot restore .*PIDs %d" % os.getpid()):
         restore.restore(params, False)
 
 
 def test_restore_refuses_missing_src_and_bad_timeout(tmp_path):
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "none")}
+    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "none"), "lazy_pages_port": None}
     with pytest.raises(CriuError, match="does not exist"):
         restore.restore(params, False)
     with pytest.raises(CriuError, match="positive"):
@@ -83,7 +83,7 @@ def test_restore_is_idempotent_when_restored_process_lives(tmp_path, spawn, monk
               "checkpoint_id": metadata["id"]}
     _restored(tmp_path / "c", **record)
     monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False,
+    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False, "lazy_pages_port": None,
               "verify": True, "require_signature": False}
     assert restore.restore(params, False) == {"changed": False, "src": str(tmp_path / "c"), "pid": child.pid,
                                               "checkpoint": metadata, "restored": record, "actions": []}
