@@ -261,10 +261,10 @@ class CriuRuntime:
         if returncode == 0 and counts and all(done == wanted for done, wanted in counts):
             return total
         errors = criulog.error_lines(criulog.read_tail(daemon.log_path))
+        progress = "fetched %d of %d pages" % (fetched, total) if counts else "stopped before every page had arrived"
         raise CriuError(
-            "Post-copy failed: criu lazy-pages fetched %d of %d pages (exit code %d); the source's page server or the "
-            "link to it went away. Log: %s. Last errors: %s"
-            % (fetched, total, returncode, daemon.log_path, " | ".join(errors) or "none"),
+            "Post-copy failed: criu lazy-pages %s (exit code %d); the source's page server or the link to it went away. "
+            "Log: %s. Last errors: %s" % (progress, returncode, daemon.log_path, " | ".join(errors) or "none"),
             log=daemon.log_path, errors=errors, rc=returncode, pages_fetched=fetched, pages_total=total,
         )
 

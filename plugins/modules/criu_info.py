@@ -108,6 +108,13 @@ privilege_problem:
   description: Why the caller cannot checkpoint, empty when it can.
   returned: always
   type: str
+page_server_problem:
+  description:
+    - Why this host cannot be the source of a post-copy migration (serve lazy pages), empty when it can.
+    - The target of one needs RV(criu.lazy_pages) instead.
+  returned: always
+  type: str
+  sample: "fs.pipe-max-size is 1048576 here, and CRIU's page server needs 4194304 ..."
 hash_algorithms:
   description:
     - Manifest digests the interpreter running the modules can compute, for M(nucleus.criu.criu_checkpoint)'s
@@ -167,6 +174,7 @@ def main() -> None:
             "changed": False, "criu": host.criu_facts(module.params["criu_path"]),
             "kernel": os.uname().release, "arch": os.uname().machine,
             "can_checkpoint": can, "privilege_problem": why,
+            "page_server_problem": host.page_server_problem(),
             "hash_algorithms": integrity.available_algorithms(),
         }
         if module.params["pid"] is not None or module.params["pidfile"]:

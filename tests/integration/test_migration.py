@@ -274,3 +274,95 @@ def test_stale_pidfile_naming_a_reused_pid_is_refused(remote):
     result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="reused")
     assert result.returncode != 0 and "now belongs to another process" in result.stdout, result.stdout
     assert alive(workload.pid) and proc_state(workload.pid) != "T" and workload.running() == [workload.pid]
+
+
+# --- post-copy ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def big_pipes():
+    """Post-copy needs fs.pipe-max-size >= 4 MiB on the source (see criu_info's page_server_problem)."""
+    path = "/proc/sys/fs/pipe-max-size"
+    original = open(path).read().strip()
+    with open(path, "w") as handle:
+        handle.write("4194304")
+    yield
+    with open(path, "w") as handle:
+        handle.write(original)
+
+
+def postcopy(workload: Remote) -> subprocess.CompletedProcess:
+    return migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
+                   migrate_name=workload.name, migrate_mode="postcopy")
+
+
+def _when_restored_lazily(name: str, action: t.Callable[[], None]) -> threading.Thread:
+    """Run ``action`` once criu restore finished on host-b: the workload runs there while its pages still travel."""
+    log = host_path("b", "%s/%s/restore.log" % (MIGRATIONS, name))
+
+    def restored(path: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with open(path, "rb") as handle:
+                if b"Restore finished successfully" in handle.read():
+                    action()
+                    return
+            time.sleep(0.002)
+    return _when_path_appears(log, restored)
+
+
+def _kill_processes_mentioning(*needles: str) -> None:
+    for pid in processes_running(needles[0]):
+        if all(needle in open("/proc/%d/cmdline" % pid).read() for needle in needles):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_postcopy_migrates_with_memory_following(remote, big_pipes):
+    workload = remote("lazy", "--mem 64")
+    token, count = read_state(workload.state_file)
+    result = postcopy(workload)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads(on_host("a", "cat %s/lazy.migration.json" % MIGRATIONS))
+    assert record["mode"] == "postcopy" and float(record["postcopy_transfer_seconds"]) > 0, record
+    # Only the images without the memory travelled before the restore.
+    assert int(record["image_bytes"]) < 8 << 20, record
+    new_pid = int(record["target_pid"])
+    assert mount_ns(new_pid) == mount_ns(host_pid("b")) and workload.running() == [new_pid]
+    wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the migrated copy to count on")
+    assert read_state(workload.state_file)[0] == token
+    assert not processes_running("%s/lazy" % MIGRATIONS), "the page server and its tunnel must be gone"
+
+
+def test_postcopy_link_dies_mid_transfer(remote, big_pipes):
+    """The ssh tunnel carrying the pages dies after the restore: the target's copy is killed, the source resumes."""
+    workload = remote("lazylink", "--mem 1024")
+    watcher = _when_restored_lazily("lazylink", lambda: _kill_processes_mentioning(".lazylink.tunnel", "-M"))
+    result = postcopy(workload)
+    watcher.join(timeout=5)
+    assert "Post-copy failed: criu lazy-pages" in result.stdout, result.stdout
+    assert "was killed so it never runs with missing memory" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "restore")
+
+
+def test_postcopy_page_server_dies_mid_transfer(remote, big_pipes):
+    """The source's criu dump dies while serving pages: the target's copy is killed, the source runs on."""
+    workload = remote("lazyserver", "--mem 1024")
+    watcher = _when_restored_lazily("lazyserver", lambda: _kill_processes_mentioning("%s/.lazyserver.staging" % MIGRATIONS, "--lazy-pages"))
+    result = postcopy(workload)
+    watcher.join(timeout=5)
+    assert "Post-copy failed: criu lazy-pages" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "restore")
+
+
+def test_postcopy_refused_when_pipes_are_too_small(remote):
+    path = "/proc/sys/fs/pipe-max-size"
+    original = open(path).read().strip()
+    with open(path, "w") as handle:
+        handle.write("1048576")
+    try:
+        workload = remote("lazysmall")
+        result = postcopy(workload)
+    finally:
+        with open(path, "w") as handle:
+            handle.write(original)
+    assert "fs.pipe-max-size is 1048576 here" in result.stdout and "sysctl -w fs.pipe-max-size=4194304" in result.stdout, result.stdout
+    assert_rolled_back(result, workload, "preflight")
