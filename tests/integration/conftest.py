@@ -7,6 +7,7 @@ create); whatever is still running at teardown is killed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -164,6 +165,28 @@ def ckpt_dir(tmp_path):
     path = tmp_path / "ckpts"
     path.mkdir(mode=0o700)
     return path
+
+
+@contextlib.contextmanager
+def pipe_max_size(size: int) -> t.Iterator[None]:
+    """fs.pipe-max-size set to ``size`` for the duration (it is system-wide: tests run one at a time)."""
+    path = "/proc/sys/fs/pipe-max-size"
+    with open(path) as handle:
+        original = handle.read().strip()
+    with open(path, "w") as handle:
+        handle.write(str(size))
+    try:
+        yield
+    finally:
+        with open(path, "w") as handle:
+            handle.write(original)
+
+
+@pytest.fixture
+def big_pipes():
+    """Post-copy needs fs.pipe-max-size >= 4 MiB on the source (see criu_info's page_server_problem)."""
+    with pipe_max_size(4194304):
+        yield
 
 
 def tree_digest(path: str) -> t.Dict[str, bytes]:

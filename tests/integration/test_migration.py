@@ -20,7 +20,7 @@ import typing as t
 
 import pytest
 
-from conftest import REPO, alive, free_port, proc_state, processes_running, read_state, wait_for
+from conftest import REPO, alive, free_port, pipe_max_size, proc_state, processes_running, read_state, wait_for
 
 TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
 INVENTORY = os.path.join(REPO, "build", "testhosts", "inventory.ini")
@@ -278,18 +278,6 @@ def test_stale_pidfile_naming_a_reused_pid_is_refused(remote):
 
 # --- post-copy ---------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def big_pipes():
-    """Post-copy needs fs.pipe-max-size >= 4 MiB on the source (see criu_info's page_server_problem)."""
-    path = "/proc/sys/fs/pipe-max-size"
-    original = open(path).read().strip()
-    with open(path, "w") as handle:
-        handle.write("4194304")
-    yield
-    with open(path, "w") as handle:
-        handle.write(original)
-
-
 def postcopy(workload: Remote) -> subprocess.CompletedProcess:
     return migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
                    migrate_name=workload.name, migrate_mode="postcopy")
@@ -354,15 +342,8 @@ def test_postcopy_page_server_dies_mid_transfer(remote, big_pipes):
 
 
 def test_postcopy_refused_when_pipes_are_too_small(remote):
-    path = "/proc/sys/fs/pipe-max-size"
-    original = open(path).read().strip()
-    with open(path, "w") as handle:
-        handle.write("1048576")
-    try:
+    with pipe_max_size(1048576):
         workload = remote("lazysmall")
         result = postcopy(workload)
-    finally:
-        with open(path, "w") as handle:
-            handle.write(original)
     assert "fs.pipe-max-size is 1048576 here" in result.stdout and "sysctl -w fs.pipe-max-size=4194304" in result.stdout, result.stdout
     assert_rolled_back(result, workload, "preflight")

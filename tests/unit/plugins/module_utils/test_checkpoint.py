@@ -63,6 +63,24 @@ def test_leave_running_and_stopped_exclusive(tmp_path):
         checkpoint.checkpoint(dict(PARAMS, pid=42, dest=str(tmp_path / "d"), leave_running=True, leave_stopped=True), False)
 
 
+def test_lazy_pages_needs_leave_stopped(tmp_path):
+    with pytest.raises(CriuError, match="lazy_pages needs leave_stopped=true"):
+        checkpoint.checkpoint(dict(PARAMS, pid=42, dest=str(tmp_path / "d"), lazy_pages=True), False)
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_page_server_port_must_be_a_port(tmp_path, port):
+    with pytest.raises(CriuError, match="page_server_port must be a TCP port .* got %d" % port):
+        checkpoint.checkpoint(dict(PARAMS, pid=42, dest=str(tmp_path / "d"), page_server_port=port), False)
+
+
+def test_free_port_is_free():
+    import socket
+    port = checkpoint.free_port()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
 def test_dest_inside_a_checkpoint_refused(tmp_path):
     make_checkpoint(tmp_path / "ckpt")
     with pytest.raises(CriuError, match="lies inside the checkpoint"):

@@ -98,3 +98,11 @@ def test_error_lines_property(lines, limit):
     assert len(found) <= limit
     assert RLIMIT.strip() not in found
     assert all("Error (" in line and "RLIMIT_NOFILE for self" not in line for line in found)
+
+
+def test_lazy_page_counts(tmp_path):
+    log = tmp_path / "lazy-pages.log"
+    log.write_bytes(b"(00.1) uffd: 1-1: UFFD transferred pages: (3/4)\n" + b"x" * 2000000 + b"\n"
+                    b"(00.9) uffd: 1-2: UFFD transferred pages: (66545/66545)\n\xff\xfe not utf-8\n")
+    assert criulog.lazy_page_counts(str(log)) == [(3, 4), (66545, 66545)]
+    assert criulog.lazy_page_counts(str(tmp_path / "missing.log")) == []

@@ -63,3 +63,19 @@ def test_criu_facts_usable_and_too_old(tmp_path):
                        '#!/bin/sh\n[ "$1" = --version ] && { echo "Version: 4.2"; exit 0; }\necho "no kernel support" >&2\nexit 1\n')
     facts = host.criu_facts(broken)
     assert facts["usable"] is False and facts["problems"] == ["criu check failed on this kernel: no kernel support"]
+
+
+@pytest.mark.parametrize("size, problem", [(1048576, True), (4194304, False), (8388608, False)])
+def test_page_server_problem_names_the_sysctl(tmp_path, monkeypatch, size, problem):
+    sysctl = tmp_path / "pipe-max-size"
+    sysctl.write_text("%d\n" % size)
+    monkeypatch.setattr(host, "PIPE_MAX_SIZE", str(sysctl))
+    found = host.page_server_problem()
+    assert bool(found) is problem
+    if problem:
+        assert "fs.pipe-max-size is 1048576 here" in found and "sysctl -w fs.pipe-max-size=4194304" in found
+        with pytest.raises(CriuError, match="Cannot checkpoint with lazy_pages: fs.pipe-max-size") as err:
+            host.require_page_server()
+        assert err.value.details["path"] == str(sysctl)
+    else:
+        host.require_page_server()

@@ -103,3 +103,17 @@ def test_write_pidfile_replaces_symlink_not_target(tmp_path):
     restore._write_pidfile(str(tmp_path / "app.pid"), 4242)
     assert (tmp_path / "victim").read_text() == "precious"
     assert (tmp_path / "app.pid").read_text() == "4242\n" and not (tmp_path / "app.pid").is_symlink()
+
+
+@pytest.mark.parametrize("lazy, port, message", [
+    (True, None, "is a post-copy checkpoint .*Give lazy_pages_port"),
+    (False, 4000, "holds the full memory .*drop lazy_pages_port"),
+])
+def test_lazy_checkpoint_and_lazy_restore_must_match(lazy, port, message):
+    with pytest.raises(CriuError, match=message):
+        restore.require_matching_mode("/c", {"options": {"lazy_pages": lazy}}, port)
+
+
+@pytest.mark.parametrize("lazy, port", [(True, 4000), (False, None), (False, 0)])
+def test_matching_modes_pass(lazy, port):
+    restore.require_matching_mode("/c", {"options": {"lazy_pages": lazy}}, port)

@@ -299,3 +299,79 @@ def test_load_validates_and_checks_version(tmp_path, monkeypatch):
     old = write_exe(tmp_path / "old" / "criu", "#!/bin/sh\necho 'Version: 4.1.1'\n")
     with pytest.raises(CriuError, match="criu 4.1.1 .* is too old"):
         CriuRuntime.load(old)
+
+
+# --- post-copy daemons ------------------------------------------------------------
+
+LISTENING = "(00.058874) Starting page server on port 4000"
+
+
+def test_start_lazy_dump_returns_once_the_page_server_listens(fake):
+    fake.set(rc=0, log=[LISTENING], inventory=True, hang_exec=30)
+    rt = fake.runtime()
+    daemon = rt.start_lazy_dump(4242, fake.images, fake.work, {"leave_stopped": True}, 4000, timeout=10)
+    try:
+        assert daemon.proc.poll() is None, "the page server must keep running after the call"
+        assert rt.state is State.DUMPED and daemon.log_path == os.path.join(fake.work, "dump.log")
+        argv = fake.argv()
+        assert argv[6:10] == ["--tree", "4242", "--images-dir", fake.images]
+        assert argv[10:] == ["--leave-stopped", "--lazy-pages", "--address", "127.0.0.1", "--port", "4000"]
+        assert os.getsid(daemon.proc.pid) == daemon.proc.pid, "a session of its own: no SIGHUP from a lost connection"
+    finally:
+        daemon.proc.kill()
+        daemon.proc.wait()
+
+
+def test_start_lazy_dump_that_exits_before_listening(fake):
+    fake.set(rc=1, log=["(00.1) Error (criu/page-pipe.c:418): page-pipe: tee: 65536: Operation not permitted"])
+    rt = fake.runtime()
+    with pytest.raises(CriuError, match="criu dump failed \\(exit code 1\\).*Operation not permitted"):
+        rt.start_lazy_dump(4242, fake.images, fake.work, {}, 4000, timeout=10)
+    assert rt.state is State.NONE
+
+
+def test_start_lazy_pages_that_never_gets_ready_is_killed(fake):
+    fake.set(rc=0, log=["(00.01) nothing yet"], hang_exec=30)
+    started = time.monotonic()
+    with pytest.raises(CriuError, match="criu lazy-pages did not finish within 0.3s") as err:
+        fake.runtime().start_lazy_pages(fake.images, fake.work, 4001, timeout=0.3)
+    assert time.monotonic() - started < 5 and err.value.details["timed_out"]
+    assert fake.argv()[6:] == ["--page-server", "--address", "127.0.0.1", "--port", "4001", "--images-dir", fake.images]
+
+
+def test_lazy_restore_asks_criu_for_lazy_pages(fake):
+    fake.set(rc=0, log=[RESTORE_OK], pid=4343)
+    pid, _run = fake.runtime().restore(fake.images, fake.work, {}, timeout=10, lazy=True)
+    assert pid == 4343 and fake.argv()[-1] == "--lazy-pages"
+
+
+def _lazy_daemon(tmp_path, argv, lines):
+    import subprocess
+    log = tmp_path / "lazy-pages.log"
+    log.write_text("".join(line + "\n" for line in lines))
+    return runtime.Daemon(subprocess.Popen(argv), 0.0, str(log))
+
+
+@pytest.mark.parametrize("argv, lines, message", [
+    (["true"], ["uffd: 1-1: UFFD transferred pages: (10/10)", "uffd: 1-2: UFFD transferred pages: (5/9)"],
+     "fetched 15 of 19 pages \\(exit code 0\\)"),
+    (["false"], ["uffd: 1-1: UFFD transferred pages: (10/10)"], "fetched 10 of 10 pages \\(exit code 1\\)"),
+    (["false"], ["(00.1) Error (criu/page-xfer.c:1660): page-xfer: Remote side closed connection"],
+     "stopped before every page had arrived \\(exit code 1\\).*Remote side closed connection"),
+    (["true"], [], "stopped before every page had arrived \\(exit code 0\\)"),
+])
+def test_finish_lazy_pages_failures(tmp_path, argv, lines, message):
+    with pytest.raises(CriuError, match="Post-copy failed: criu lazy-pages " + message):
+        CriuRuntime.finish_lazy_pages(_lazy_daemon(tmp_path, argv, lines), timeout=10)
+
+
+def test_finish_lazy_pages_success_counts_every_process(tmp_path):
+    lines = ["uffd: 1-1: UFFD transferred pages: (10/10)", "noise", "uffd: 1-7: UFFD transferred pages: (66545/66545)"]
+    assert CriuRuntime.finish_lazy_pages(_lazy_daemon(tmp_path, ["true"], lines), timeout=10) == 66555
+
+
+def test_finish_lazy_pages_timeout_kills_the_fetcher(tmp_path):
+    daemon = _lazy_daemon(tmp_path, ["sleep", "30"], [])
+    with pytest.raises(CriuError, match="criu lazy-pages did not finish within 0.2s"):
+        CriuRuntime.finish_lazy_pages(daemon, timeout=0.2)
+    assert daemon.proc.poll() is not None
