@@ -11,7 +11,8 @@ For each workload size (touched random memory, demo/counter.py --mem N) and each
   verify      criu_verify in-process (MiB/s) | one thread of hashlib sha256 over the same files
   migration   the downtime (source frozen -> target running) of `ansible-playbook nucleus.criu.migrate`
               between two ssh hosts | a bare pipeline over the same hosts (ssh dump --leave-stopped,
-              ssh rsync, ssh restore)
+              ssh rsync, ssh restore) | the same playbook with migrate_mode=postcopy (fs.pipe-max-size is
+              raised to 4 MiB for the run, then put back)
 
 then the wall time of one migrate run with 1, 2 and 4 workloads (list form, all from host-a; with --split
 also 2 and 4 split over host-a and host-b as sources). Medians of the runs; every ratio is computed within one run,
@@ -59,6 +60,8 @@ HOSTNAME = {"a": "host-a", "b": "host-b"}
 REMOTE_BASE = "/var/lib/nucleus-criu"
 MIGRATIONS = REMOTE_BASE + "/migrations"
 MIB = 1024 * 1024
+PIPE_MAX_SIZE = "/proc/sys/fs/pipe-max-size"
+POSTCOPY_PIPE_SIZE = 4 * MIB
 SSH_HOST_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                  "-o", "LogLevel=ERROR"]
 ANSIBLE_ENV = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
@@ -492,19 +495,20 @@ def read_record(hosts: Hosts, host: str, name: str) -> t.Dict[str, t.Any]:
 def migration_run(hosts: Hosts, run_dir: str, mib: int, index: int) -> t.Dict[str, t.Any]:
     """The migrate role's downtime vs a bare dump/rsync/restore pipeline over the same two ssh hosts."""
     state_dir = os.path.join(run_dir, "state")
-    bare_name, role_name = "bare-%d-r%d" % (mib, index), "role-%d-r%d" % (mib, index)
-    workloads = {"bare": Remote(hosts, "a", bare_name, state_dir, mib), "role": Remote(hosts, "a", role_name, state_dir, mib)}
+    bare_name, role_name, lazy_name = "bare-%d-r%d" % (mib, index), "role-%d-r%d" % (mib, index), "postcopy-%d-r%d" % (mib, index)
+    workloads = {"bare": Remote(hosts, "a", bare_name, state_dir, mib), "role": Remote(hosts, "a", role_name, state_dir, mib),
+                 "postcopy": Remote(hosts, "a", lazy_name, state_dir, mib)}
     bare_dir = "%s/bench-bare/%s" % (REMOTE_BASE, bare_name)
     out: t.Dict[str, t.Any] = {"size_mib": mib, "run": index}
     try:
         for workload in workloads.values():
             workload.ready()
-        order = rotate(("bare", "role"), index)
+        order = rotate(("bare", "role", "postcopy"), index)
         for variant in order:
             workload = workloads[variant]
             if variant == "bare":
                 out.update(bare_pipeline(hosts, workload, bare_dir))
-            else:
+            elif variant == "role":
                 # The list form with one item: the same run also serves as "1 migration" of the parallel table.
                 item = {"name": role_name, "source": "host-a", "target": "host-b", "pid": workload.pid}
                 elapsed, stdout = playbook({"migrate_workloads": [item]}, "ansible-playbook nucleus.criu.migrate (%s)" % role_name)
@@ -514,12 +518,23 @@ def migration_run(hosts: Hosts, run_dir: str, mib: int, index: int) -> t.Dict[st
                 out["role_tasks"] = profile(stdout, role_name)
                 if alive(workload.pid) or not workload.copies():
                     raise BenchError("after the migrate role, %s is not running on host-b alone" % role_name)
+            else:
+                item = {"name": lazy_name, "source": "host-a", "target": "host-b", "pid": workload.pid}
+                elapsed, _stdout = playbook({"migrate_workloads": [item], "migrate_mode": "postcopy"},
+                                            "ansible-playbook nucleus.criu.migrate postcopy (%s)" % lazy_name)
+                record = read_record(hosts, "a", lazy_name)
+                out["postcopy_downtime_s"] = float(record["downtime_seconds"])
+                out["postcopy_transfer_s"] = float(record["postcopy_transfer_seconds"])
+                out["postcopy_playbook_s"] = elapsed
+                if alive(workload.pid) or not workload.copies():
+                    raise BenchError("after the postcopy migration, %s is not running on host-b alone" % lazy_name)
             workload.stop()
     finally:
         for workload in workloads.values():
             workload.stop()
-        hosts.run("a", "rm -rf %s %s/%s %s/%s.migration.json" % (bare_dir, MIGRATIONS, role_name, MIGRATIONS, role_name), check=False)
-        hosts.run("b", "rm -rf %s %s/%s" % (bare_dir, MIGRATIONS, role_name), check=False)
+        for name in (role_name, lazy_name):
+            hosts.run("a", "rm -rf %s %s/%s %s/%s.migration.json" % (bare_dir, MIGRATIONS, name, MIGRATIONS, name), check=False)
+            hosts.run("b", "rm -rf %s %s/%s" % (bare_dir, MIGRATIONS, name), check=False)
     return out
 
 
@@ -589,6 +604,7 @@ RATIOS = {
     "verify_vs_sha256_1thread": lambda r: r["verify_module_mibps"] / r["sha256_1thread_mibps"],
     "downtime_role_vs_bare": lambda r: r["role_downtime_s"] / r["bare_downtime_s"],
     "downtime_role_minus_bare_s": lambda r: r["role_downtime_s"] - r["bare_downtime_s"],
+    "downtime_postcopy_vs_bare": lambda r: r["postcopy_downtime_s"] / r["bare_downtime_s"],
 }
 
 
@@ -671,6 +687,10 @@ def table(results: t.Dict[str, t.Any]) -> str:
         ("  ratio role / bare", lambda s: fmt(s["ratios"]["downtime_role_vs_bare"], "%.2fx")),
         ("  role - bare (s)", lambda s: fmt(s["ratios"]["downtime_role_minus_bare_s"], "%+.2f")),
         ("migrate playbook wall time (s)", lambda s: fmt(s["median"].get("role_playbook_s"), "%.1f")),
+        ("migration downtime, postcopy role (s)", lambda s: fmt(s["median"].get("postcopy_downtime_s"))),
+        ("  ratio postcopy / bare", lambda s: fmt(s["ratios"]["downtime_postcopy_vs_bare"], "%.2fx")),
+        ("  pages fetched after the restore (s)", lambda s: fmt(s["median"].get("postcopy_transfer_s"))),
+        ("postcopy playbook wall time (s)", lambda s: fmt(s["median"].get("postcopy_playbook_s"), "%.1f")),
         ("peak RSS checkpoint module (MiB)", lambda s: fmt((s["median"].get("checkpoint_module_rss_kib") or 0) / 1024, "%.1f")),
         ("peak RSS verify module (MiB)", lambda s: fmt((s["median"].get("verify_module_rss_kib") or 0) / 1024, "%.1f")),
         ("peak RSS restore module (MiB)", lambda s: fmt((s["median"].get("restore_module_rss_kib") or 0) / 1024, "%.1f")),
@@ -782,13 +802,17 @@ def main() -> int:
     os.makedirs(ANSIBLE_CP_DIR[0], mode=0o700)
     ANSIBLE_ENV["ANSIBLE_SSH_CONTROL_PATH_DIR"] = ANSIBLE_CP_DIR[0]
     HASH_ALGORITHM[0] = args.hash_algorithm
+    with open(PIPE_MAX_SIZE) as handle:
+        pipe_max_size = handle.read().strip()
     started = time.monotonic()
     config = {"sizes": args.sizes, "runs": args.runs, "parallel_mib": args.parallel_mib, "port": PORT,
               "hash_algorithm": args.hash_algorithm, "local_only": args.local_only}
     results: t.Dict[str, t.Any] = {"machine": machine(), "config": config, "sizes": {}, "parallel": {}}
     try:
         if not args.local_only:
-            log("ssh test hosts on port %d" % PORT)
+            log("ssh test hosts on port %d; fs.pipe-max-size %d for post-copy" % (PORT, POSTCOPY_PIPE_SIZE))
+            with open(PIPE_MAX_SIZE, "w") as handle:
+                handle.write(str(POSTCOPY_PIPE_SIZE))
             hosts.up()
         for mib in args.sizes:
             runs = []
@@ -843,6 +867,8 @@ def main() -> int:
         log("partial results in %s" % args.json)
         raise
     finally:
+        with open(PIPE_MAX_SIZE, "w") as handle:
+            handle.write(pipe_max_size)
         # Everything this run started mentions run_dir in its command line: workloads, restored copies, ssh masters.
         kill_pids(pids_with(os.path.join(run_dir, "state") + "/"))
         hosts.down()
