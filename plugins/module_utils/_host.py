@@ -79,7 +79,10 @@ def pipe_max_size() -> int:
 
 def page_server_problem() -> str:
     """Why this host cannot serve lazy pages (post-copy source), empty when it can."""
-    size = pipe_max_size()
+    try:
+        size = pipe_max_size()
+    except (OSError, ValueError) as exc:
+        return "%s cannot be read (%s), so the pipe size CRIU's page server needs cannot be checked." % (PIPE_MAX_SIZE, exc)
     if size >= POSTCOPY_PIPE_SIZE:
         return ""
     return ("fs.pipe-max-size is %d here, and CRIU's page server needs %d (smaller pipes fail every page request). "

@@ -108,7 +108,7 @@ options:
       - Digest of every image file in the manifest, recorded in C(metadata.json) so verification uses the same.
       - V(sha256) works everywhere. V(blake3) is several times faster, but every host that verifies or restores
         the checkpoint needs the Python module C(blake3) (Debian 13 C(python3-blake3), or C(pip install blake3))
-        for the interpreter that runs the modules; M(nucleus.criu.criu_info) reports it as RV(criu_info.hash_algorithms).
+        for the interpreter that runs the modules; M(nucleus.criu.criu_info) reports it as RV(nucleus.criu.criu_info#module:hash_algorithms).
       - V(auto) picks V(blake3) when this host has it, else V(sha256).
     type: str
     choices: [sha256, blake3, auto]
