@@ -236,7 +236,8 @@ class Hosts:
         self.started = False
 
     def up(self) -> None:
-        env = dict(os.environ, NUCLEUS_TESTHOSTS_PORT=str(PORT))
+        # The hosts run the modules with this venv's Python, which has blake3: migrate_hash_algorithm=auto uses it.
+        env = dict(os.environ, NUCLEUS_TESTHOSTS_PORT=str(PORT), NUCLEUS_TESTHOSTS_PYTHON=sys.executable)
         self.started = True
         subprocess.run(["bash", TESTHOSTS, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: set everything up, start two ssh hosts, run a
 # stateful workload on host-a, migrate it live to host-b with the nucleus.criu.migrate
-# playbook, and show it carrying on from where it was, with the measured downtime.
+# playbook, and back with post-copy, showing it carry on from where it was each time, with
+# the measured downtime.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -17,7 +18,12 @@ on_host() { ssh -q -p 2222 -i "$KEY" -o BatchMode=yes -o StrictHostKeyChecking=n
 say() { printf '\n== %s\n' "$*"; }
 mount_ns() { readlink "/proc/$1/ns/mnt"; }
 
+PIPE_MAX_SIZE=$(sysctl -n fs.pipe-max-size)
+readonly PIPE_MAX_SIZE
+addr() { case $1 in host-a) echo 127.0.0.2 ;; host-b) echo 127.0.0.3 ;; esac; }
+
 cleanup() {
+    sysctl -q -w fs.pipe-max-size="$PIPE_MAX_SIZE"
     pkill -KILL -f "demo/counter.py $STATE" 2>/dev/null || true
     bash "$REPO/scripts/testhosts.sh" down
 }
@@ -33,28 +39,39 @@ on_host 127.0.0.2 "setsid unshare --pid --fork setsid $REPO/.venv/bin/python $RE
     for i in \$(seq 100); do pid=\$(pgrep -n -f 'demo/counter.py $STATE'); [ -s $STATE ] && [ -n \"\$pid\" ] && break; sleep 0.1; done
     echo \$pid > $PIDFILE"
 sleep 2
-old_pid=$(on_host 127.0.0.2 "cat $PIDFILE")
-echo "host-a pid $old_pid ($(mount_ns "$old_pid")), state (token count): $(cat "$STATE")"
+echo "host-a pid $(on_host 127.0.0.2 "cat $PIDFILE") ($(mount_ns "$(on_host 127.0.0.2 "cat $PIDFILE")")), state (token count): $(cat "$STATE")"
 
-say "ansible-playbook -i $INVENTORY nucleus.criu.migrate -e migrate_source=host-a -e migrate_target=host-b -e migrate_pidfile=$PIDFILE -e migrate_name=demo"
-before=$(cat "$STATE")
-"$REPO/.venv/bin/ansible-playbook" -i "$INVENTORY" nucleus.criu.migrate \
-    -e migrate_source=host-a -e migrate_target=host-b -e migrate_pidfile="$PIDFILE" -e migrate_name=demo \
-    | grep -E '"msg"|PLAY RECAP|host-a +:' || true
-record=$(on_host 127.0.0.2 "cat /var/lib/nucleus-criu/migrations/demo.migration.json")
-new_pid=$(grep -o '"target_pid": *"*[0-9]*' <<<"$record" | grep -o '[0-9]*$')
-sleep 2
-after=$(cat "$STATE")
+# migrate NAME SOURCE TARGET MODE: run the playbook, then check the workload carries on, on TARGET only.
+migrate() {
+    local name=$1 source=$2 target=$3 mode=$4 record before after old_pid new_pid
+    old_pid=$(on_host "$(addr "$source")" "cat $PIDFILE")
+    say "ansible-playbook -i $INVENTORY nucleus.criu.migrate -e migrate_source=$source -e migrate_target=$target -e migrate_pidfile=$PIDFILE -e migrate_name=$name -e migrate_mode=$mode"
+    before=$(cat "$STATE")
+    "$REPO/.venv/bin/ansible-playbook" -i "$INVENTORY" nucleus.criu.migrate \
+        -e migrate_source="$source" -e migrate_target="$target" -e migrate_pidfile="$PIDFILE" -e migrate_name="$name" \
+        -e migrate_target_pidfile="$PIDFILE" -e migrate_mode="$mode" \
+        | grep -E '"msg"|PLAY RECAP|migration-' || true
+    record=$(on_host "$(addr "$source")" "cat /var/lib/nucleus-criu/migrations/$name.migration.json")
+    new_pid=$(grep -o '"target_pid": *"*[0-9]*' <<<"$record" | grep -o '[0-9]*$')
+    sleep 2
+    after=$(cat "$STATE")
+    say "Result ($mode)"
+    echo "before migration: $before"
+    echo "after migration:  $after"
+    echo "now $target pid $new_pid ($(mount_ns "$new_pid")); $source pid $old_pid: $( [[ -d /proc/$old_pid ]] && echo 'STILL THERE' || echo 'gone')"
+    echo "downtime (frozen on $source -> running on $target): $(grep -o '"downtime_seconds": *"*[0-9.]*' <<<"$record" | grep -o '[0-9.]*$') s"
+    if [[ ${after%% *} == "${before%% *}" && ${after##* } -gt ${before##* } && ! -d /proc/$old_pid ]] \
+        && [[ $(mount_ns "$new_pid") == "$(mount_ns "$(bash scripts/testhosts.sh pid "${target#host-}")")" ]]; then
+        say "OK: same token on $target, and the count went on from ${before##* } to ${after##* }: the workload moved with its memory"
+    else
+        say "FAILED: expected token ${before%% *} counting past ${before##* } on $target"
+        exit 1
+    fi
+}
 
-say "Result"
-echo "before migration: $before"
-echo "after migration:  $after"
-echo "now host-b pid $new_pid ($(mount_ns "$new_pid")); host-a pid $old_pid: $( [[ -d /proc/$old_pid ]] && echo 'STILL THERE' || echo 'gone')"
-echo "downtime (frozen on host-a -> running on host-b): $(grep -o '"downtime_seconds": *"*[0-9.]*' <<<"$record" | grep -o '[0-9.]*$') s"
-if [[ ${after%% *} == "${before%% *}" && ${after##* } -gt ${before##* } && ! -d /proc/$old_pid ]] \
-    && [[ $(mount_ns "$new_pid") == "$(mount_ns "$(bash scripts/testhosts.sh pid b)")" ]]; then
-    say "OK: same token on host-b, and the count went on from ${before##* } to ${after##* }: the workload moved with its memory"
-else
-    say "FAILED: expected token ${before%% *} counting past ${before##* } on host-b"
-    exit 1
-fi
+migrate demo host-a host-b copy
+
+say "And back with post-copy: restored on host-a at once, its 64 MiB fetched from the frozen copy on host-b over ssh"
+echo "(post-copy needs fs.pipe-max-size >= 4 MiB on the source; raised for the demo, put back at exit: was $PIPE_MAX_SIZE)"
+sysctl -q -w fs.pipe-max-size=4194304
+migrate demo-back host-b host-a postcopy

@@ -10,7 +10,8 @@
 #   bash scripts/testhosts.sh down   stop both; their namespaces go with them
 #   bash scripts/testhosts.sh pid A  print the sshd pid of host-a / host-b (for nsenter)
 # NUCLEUS_TESTHOSTS_PORT (default 2222) runs another, independent pair on that port,
-# with its files in build/testhosts-PORT.
+# with its files in build/testhosts-PORT. NUCLEUS_TESTHOSTS_PYTHON (default /usr/bin/python3)
+# is the interpreter the inventory gives Ansible for both hosts.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -87,7 +88,7 @@ ansible_port=$PORT
 ansible_user=root
 ansible_ssh_private_key_file=$DIR/id_ed25519
 ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
-ansible_python_interpreter=/usr/bin/python3
+ansible_python_interpreter=${NUCLEUS_TESTHOSTS_PYTHON:-/usr/bin/python3}
 EOF
 }
 

@@ -78,6 +78,8 @@ class Remote:
         on_host("a", "setsid unshare %s --fork setsid %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
         self.pid = wait_for(self._find, what="workload %s to start" % name)
         on_host("a", "echo %d > %s" % (self.pid, self.pidfile))
+        # It writes its state only once its memory is filled: a second or more per GiB.
+        wait_for(lambda: os.path.exists(self.state_file), timeout=120, what="workload %s to fill its memory" % name)
         wait_for(lambda: read_state(self.state_file)[1] > 5, what="workload %s to count" % name)
 
     def _find(self) -> t.Optional[int]:
@@ -317,13 +319,14 @@ def test_postcopy_migrates_with_memory_following(remote, big_pipes):
     assert mount_ns(new_pid) == mount_ns(host_pid("b")) and workload.running() == [new_pid]
     wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the migrated copy to count on")
     assert read_state(workload.state_file)[0] == token
-    assert not processes_running("%s/lazy" % MIGRATIONS), "the page server and its tunnel must be gone"
+    # Both name ".lazy." in their command lines: the page server its staging dir, the ssh master its socket.
+    assert wait_for(lambda: not processes_running("%s/.lazy." % MIGRATIONS), what="the page server and the ssh master to be gone")
 
 
 def test_postcopy_link_dies_mid_transfer(remote, big_pipes):
     """The ssh tunnel carrying the pages dies after the restore: the target's copy is killed, the source resumes."""
     workload = remote("lazylink", "--mem 1024")
-    watcher = _when_restored_lazily("lazylink", lambda: _kill_processes_mentioning(".lazylink.tunnel", "-M"))
+    watcher = _when_restored_lazily("lazylink", lambda: _kill_processes_mentioning(".lazylink.ssh", "-M"))
     result = postcopy(workload)
     watcher.join(timeout=5)
     assert "Post-copy failed: criu lazy-pages" in result.stdout, result.stdout
