@@ -106,7 +106,7 @@ def _restore_lazily(runtime: CriuRuntime, src: str, metadata: t.Mapping[str, t.A
             procfs.wait_gone(procfs.kill_tree(fetcher.proc.pid), timeout=5)
         fetcher.proc.wait()
         if isinstance(exc, CriuError) and pid is not None:
-            exc.msg += " The restored copy (pid %d) was killed so it never runs with missing memory." % pid
+            exc.msg += " The restored copy (pid %s) was killed so it never runs with missing memory." % pid
         raise
 
 

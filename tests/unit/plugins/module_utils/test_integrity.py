@@ -412,7 +412,7 @@ needs_blake3 = pytest.mark.skipif(integrity._blake3 is None, reason="the blake3 
 
 @needs_blake3
 def test_blake3_manifest_round_trip_and_tamper(ckpt):
-    dest, _ = ckpt
+    dest = ckpt[0]
     images = os.path.join(dest, "images")
     metadata = metadata_for(integrity.build_manifest(images, "blake3"), manifest_algorithm="blake3")
     write_metadata(dest, metadata)
@@ -426,7 +426,7 @@ def test_blake3_manifest_round_trip_and_tamper(ckpt):
 
 @needs_blake3
 def test_blake3_checkpoint_on_a_host_without_blake3(ckpt, monkeypatch):
-    dest, _ = ckpt
+    dest = ckpt[0]
     write_metadata(dest, metadata_for(integrity.build_manifest(os.path.join(dest, "images"), "blake3"), manifest_algorithm="blake3"))
     monkeypatch.setattr(integrity, "_blake3", None)
     found, problems = integrity.verify(dest)
