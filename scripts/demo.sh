@@ -50,7 +50,7 @@ migrate() {
     "$REPO/.venv/bin/ansible-playbook" -i "$INVENTORY" nucleus.criu.migrate \
         -e migrate_source="$source" -e migrate_target="$target" -e migrate_pidfile="$PIDFILE" -e migrate_name="$name" \
         -e migrate_target_pidfile="$PIDFILE" -e migrate_mode="$mode" \
-        | grep -E '"msg"|PLAY RECAP|migration-' || true
+        | grep -E '"msg"|PLAY RECAP|^migration-' || true
     record=$(on_host "$(addr "$source")" "cat /var/lib/nucleus-criu/migrations/$name.migration.json")
     new_pid=$(grep -o '"target_pid": *"*[0-9]*' <<<"$record" | grep -o '[0-9]*$')
     sleep 2
