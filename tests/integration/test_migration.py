@@ -350,3 +350,18 @@ def test_postcopy_refused_when_pipes_are_too_small(remote):
         result = postcopy(workload)
     assert "fs.pipe-max-size is 1048576 here" in result.stdout and "sysctl -w fs.pipe-max-size=4194304" in result.stdout, result.stdout
     assert_rolled_back(result, workload, "preflight")
+
+
+@pytest.mark.parametrize("request_vars", [
+    {"migrate_name": "has space", "migrate_pid": 4242},
+    {"migrate_name": "x" * 60, "migrate_pid": 4242},
+    {"migrate_name": "both", "migrate_pid": 4242, "migrate_pidfile": "/run/x.pid"},
+    {"migrate_name": "neither"},
+    {"migrate_name": "samehost", "migrate_pid": 4242, "migrate_target": "host-a"},
+    {"migrate_name": "mode", "migrate_pid": 4242, "migrate_mode": "teleport"},
+    {"migrate_name": "hash", "migrate_pid": 4242, "migrate_hash_algorithm": "md5"},
+], ids=["name", "name-too-long-for-the-ssh-socket", "pid-and-pidfile", "no-pid", "same-host", "mode", "hash"])
+def test_invalid_request_is_refused_before_any_host_is_touched(hosts, request_vars):
+    result = migrate(**dict({"migrate_source": "host-a", "migrate_target": "host-b"}, **request_vars))
+    assert result.returncode != 0 and "Invalid migration" in result.stdout, result.stdout
+    assert "Preflight" not in result.stdout, "the plan must stop before any task reaches a host"
