@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, pipe_max_size
 
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 TREE = "/opt/criu-roletest"
@@ -55,3 +55,26 @@ def test_role_installs_proves_and_is_idempotent(clean_prefix):
     assert subprocess.run([WRAPPER, "--version"], capture_output=True, text=True, check=True).stdout.startswith("Version: 4.")
     again = run_role()
     assert "changed=0" in again and "failed=0" in again, again
+
+
+def test_role_prepares_a_post_copy_source(tmp_path):
+    """criu_postcopy_source: fs.pipe-max-size raised now and kept in a sysctl.d file; check mode predicts it."""
+    sysctl_file = tmp_path / "60-nucleus-criu-postcopy.conf"
+    extra = json.dumps({"criu_postcopy_source": True, "criu_sysctl_file": str(sysctl_file)})
+
+    def role(*flags):
+        argv = [PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+                "-e", extra, "playbooks/criu.yml"] + list(flags)
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    with pipe_max_size(1048576):
+        predicted = role("--check")
+        assert "changed=0" not in predicted and not sysctl_file.exists()
+        assert open("/proc/sys/fs/pipe-max-size").read().strip() == "1048576", "check mode must not change the sysctl"
+        assert "changed=0" not in role()
+        assert open("/proc/sys/fs/pipe-max-size").read().strip() == "4194304"
+        assert "fs.pipe-max-size = 4194304" in sysctl_file.read_text()
+        again = role()
+        assert "changed=0" in again and "failed=0" in again, again
