@@ -22,10 +22,13 @@ WRAPPER = "/usr/local/sbin/criu-roletest"
 WORKDIR = "/var/cache/nucleus-criu-roletest"
 
 
-def run_role(*extra):
+PREFIX = {"criu_private_tree": TREE, "criu_wrapper_path": WRAPPER, "criu_workdir": WORKDIR}
+
+
+def run_role(*flags, role_vars=None):
+    """playbooks/criu.yml on localhost, by default into the test's own prefix; returns its output."""
     argv = [PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-            "-e", json.dumps({"criu_private_tree": TREE, "criu_wrapper_path": WRAPPER, "criu_workdir": WORKDIR}),
-            "playbooks/criu.yml"] + list(extra)
+            "-e", json.dumps(PREFIX if role_vars is None else role_vars), "playbooks/criu.yml"] + list(flags)
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -60,14 +63,11 @@ def test_role_installs_proves_and_is_idempotent(clean_prefix):
 def test_role_prepares_a_post_copy_source(tmp_path):
     """criu_postcopy_source: fs.pipe-max-size raised now and kept in a sysctl.d file; check mode predicts it."""
     sysctl_file = tmp_path / "60-nucleus-criu-postcopy.conf"
-    extra = json.dumps({"criu_postcopy_source": True, "criu_sysctl_file": str(sysctl_file)})
+    # The criu the rest of the suite uses (already installed): only the post-copy part has work to do.
+    role_vars = {"criu_postcopy_source": True, "criu_sysctl_file": str(sysctl_file)}
 
     def role(*flags):
-        argv = [PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-                "-e", extra, "playbooks/criu.yml"] + list(flags)
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
+        return run_role(*flags, role_vars=role_vars)
 
     with pipe_max_size(1048576):
         predicted = role("--check")
