@@ -157,11 +157,12 @@ def test_blake3_checkpoint_restores_and_its_tampering_is_named(workloads, ckpt_d
     assert info["hash_algorithms"] == ["sha256", "blake3"], info
     workload = workloads("--mem", "8")
     dest = ckpt_dir / "b3"
+    # Read before the dump: the dump ends the process wherever it is, possibly halfway through rewriting its state.
+    token, count = workload.state()
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), hmac_key=KEY, hash_algorithm="blake3"))
     assert made["changed"] and made["checkpoint"]["manifest_algorithm"] == "blake3", made
     assert all("blake3" in entry and "sha256" not in entry for entry in made["checkpoint"]["manifest"])
     workload.reap()
-    token, count = workload.state()
 
     copy = tmp_path / "b3-copy"
     shutil.copytree(dest, copy)
