@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import threading
 import time
 
 import pytest
@@ -12,14 +11,19 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as 
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 
-def _append_slowly(path, chunks, started):
-    """Write ``chunks`` one by one with pauses, as criu appends to a pages image."""
+def _append(path, chunks, follower):
+    """Write the first chunk, wait until the follower has read it, then append the rest, as criu appends."""
     with open(path, "ab") as handle:
-        started.set()
-        for chunk in chunks:
+        handle.write(chunks[0])
+        handle.flush()
+        deadline = time.monotonic() + 10
+        while follower._images.get("pages-1.img") is None or follower._images["pages-1.img"].size == 0:
+            assert time.monotonic() < deadline, "the follower read nothing while the file grew"
+            time.sleep(0.005)
+        for chunk in chunks[1:]:
             handle.write(chunk)
             handle.flush()
-            time.sleep(0.01)
+            time.sleep(0.005)
 
 
 @pytest.mark.parametrize("algorithm", integrity.available_algorithms())
@@ -27,14 +31,8 @@ def test_follower_hashes_a_growing_page_image(tmp_path, monkeypatch, algorithm):
     monkeypatch.setattr(follow, "FLUSH_EVERY", 64 * 1024)
     monkeypatch.setattr(follow, "CHUNK", 50 * 1024)
     chunks = [os.urandom(40 * 1024 + n) for n in range(12)]
-    started = threading.Event()
     with follow.ImageFollower(str(tmp_path), algorithm) as follower:
-        writer = threading.Thread(target=_append_slowly, args=(str(tmp_path / "pages-1.img"), chunks, started))
-        writer.start()
-        started.wait(5)
-        time.sleep(0.05)
-        assert follower._images["pages-1.img"].size > 0, "the follower read nothing while the file grew"
-        writer.join()
+        _append(str(tmp_path / "pages-1.img"), chunks, follower)
         (tmp_path / "pagemap-1.img").write_bytes(b"not followed")
         (tmp_path / "pages-2.img").write_bytes(b"written at the very end")
         digests = follower.digests()
