@@ -507,6 +507,17 @@ def read_record(hosts: Hosts, host: str, name: str) -> t.Dict[str, t.Any]:
     return record
 
 
+def role_migration(hosts: Hosts, workload: Remote, mode: str) -> t.Tuple[float, str, t.Dict[str, t.Any]]:
+    """One-item list-form run of the migrate role host-a -> host-b in ``mode``: wall time, output, its record."""
+    item = {"name": workload.name, "source": "host-a", "target": "host-b", "pid": workload.pid}
+    elapsed, stdout = playbook({"migrate_workloads": [item], "migrate_mode": mode},
+                               "ansible-playbook nucleus.criu.migrate %s (%s)" % (mode, workload.name))
+    record = read_record(hosts, "a", workload.name)
+    if alive(workload.pid) or not workload.copies():
+        raise BenchError("after the %s migration, %s is not running on host-b alone" % (mode, workload.name))
+    return elapsed, stdout, record
+
+
 def migration_run(hosts: Hosts, run_dir: str, mib: int, index: int) -> t.Dict[str, t.Any]:
     """The migrate role's downtime vs a bare dump/rsync/restore pipeline over the same two ssh hosts."""
     state_dir = os.path.join(run_dir, "state")
@@ -525,24 +536,15 @@ def migration_run(hosts: Hosts, run_dir: str, mib: int, index: int) -> t.Dict[st
                 out.update(bare_pipeline(hosts, workload, bare_dir))
             elif variant == "role":
                 # The list form with one item: the same run also serves as "1 migration" of the parallel table.
-                item = {"name": role_name, "source": "host-a", "target": "host-b", "pid": workload.pid}
-                elapsed, stdout = playbook({"migrate_workloads": [item]}, "ansible-playbook nucleus.criu.migrate (%s)" % role_name)
-                record = read_record(hosts, "a", role_name)
+                elapsed, stdout, record = role_migration(hosts, workload, "copy")
                 out["role_downtime_s"] = float(record["downtime_seconds"])
                 out["role_playbook_s"] = elapsed
                 out["role_tasks"] = profile(stdout, role_name)
-                if alive(workload.pid) or not workload.copies():
-                    raise BenchError("after the migrate role, %s is not running on host-b alone" % role_name)
             else:
-                item = {"name": lazy_name, "source": "host-a", "target": "host-b", "pid": workload.pid}
-                elapsed, _stdout = playbook({"migrate_workloads": [item], "migrate_mode": "postcopy"},
-                                            "ansible-playbook nucleus.criu.migrate postcopy (%s)" % lazy_name)
-                record = read_record(hosts, "a", lazy_name)
+                elapsed, _stdout, record = role_migration(hosts, workload, "postcopy")
                 out["postcopy_downtime_s"] = float(record["downtime_seconds"])
                 out["postcopy_transfer_s"] = float(record["postcopy_transfer_seconds"])
                 out["postcopy_playbook_s"] = elapsed
-                if alive(workload.pid) or not workload.copies():
-                    raise BenchError("after the postcopy migration, %s is not running on host-b alone" % lazy_name)
             workload.stop()
     finally:
         for workload in workloads.values():

@@ -142,7 +142,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params
     except BaseException as exc:
         if page_server is not None:
             # Its tracer gone, the tree runs on by itself; _resume_if_we_stopped covers the rest.
-            procfs.wait_gone(procfs.kill_tree(page_server.proc.pid), timeout=5)
+            page_server.stop()
         fate = _resume_if_we_stopped(pid, st)
         log = os.path.join(staging, store.DUMP_LOG)
         if os.path.isfile(log):

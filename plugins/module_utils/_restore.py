@@ -102,9 +102,7 @@ def _restore_lazily(runtime: CriuRuntime, src: str, metadata: t.Mapping[str, t.A
     except BaseException as exc:
         if pid is not None:
             procfs.wait_gone(procfs.kill_tree(pid), timeout=5)
-        if fetcher.proc.poll() is None:
-            procfs.wait_gone(procfs.kill_tree(fetcher.proc.pid), timeout=5)
-        fetcher.proc.wait()
+        fetcher.stop()
         if isinstance(exc, CriuError) and pid is not None:
             exc.msg += " The restored copy (pid %s) was killed so it never runs with missing memory." % pid
         raise

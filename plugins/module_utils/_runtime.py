@@ -9,6 +9,7 @@ log path and the last real ``Error`` lines.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import shutil
@@ -77,6 +78,13 @@ class Daemon(t.NamedTuple):
     proc: subprocess.Popen
     startup: float
     log_path: str
+
+    def stop(self) -> None:
+        """Kill it and everything under it, then reap it. Once reaped its pid may be reused, so it is only
+        signalled while poll() says it is ours (a child that exits meanwhile stays a zombie until waited for)."""
+        if self.proc.poll() is None:
+            _kill_criu_tree(self.proc.pid)
+        self.proc.wait()
 
 
 def _kill_criu_tree(criu_pid: int) -> None:
@@ -189,31 +197,32 @@ class CriuRuntime:
         if not os.path.isfile(os.path.join(images_dir, "inventory.img")):
             raise CriuError("criu dump reported success but wrote no inventory.img. Log: %s" % log_path, log=log_path)
 
-    def dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float) -> Run:
-        """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said."""
+    @contextlib.contextmanager
+    def _dumping(self) -> t.Iterator[None]:
+        """DUMPING while the block runs; DUMPED when it succeeds, back to NONE when it raises CriuError."""
         self._transition(State.DUMPING)
         try:
-            run = self._run("dump", self._dump_argv(pid, images_dir, options), work_dir, timeout)
-            self._require_inventory(images_dir, run.log_path)
+            yield
         except CriuError:
             self._transition(State.NONE)
             raise
         self._transition(State.DUMPED)
+
+    def dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float) -> Run:
+        """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said."""
+        with self._dumping():
+            run = self._run("dump", self._dump_argv(pid, images_dir, options), work_dir, timeout)
+            self._require_inventory(images_dir, run.log_path)
         return run
 
     def start_lazy_dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any],
                         port: int, timeout: float) -> Daemon:
         """Post-copy dump: write every image but the lazy pages, then serve those from 127.0.0.1:``port``.
         Returns once the page server listens; criu keeps the tree frozen and serving after this module exits."""
-        self._transition(State.DUMPING)
         argv = self._dump_argv(pid, images_dir, options) + ["--lazy-pages", "--address", LOOPBACK, "--port", str(port)]
-        try:
+        with self._dumping():
             daemon = self._start_daemon("dump", argv, work_dir, PAGE_SERVER_READY, timeout)
             self._require_inventory(images_dir, daemon.log_path)
-        except CriuError:
-            self._transition(State.NONE)
-            raise
-        self._transition(State.DUMPED)
         return daemon
 
     def start_lazy_pages(self, images_dir: str, work_dir: str, port: int, timeout: float) -> Daemon:
