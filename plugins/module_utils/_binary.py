@@ -4,7 +4,8 @@
 
 CRIU runs as root and restores code into memory, so the binary we execute must be
 one that only root (or the caller) could have put there: no PATH lookup as root, and
-no file or directory on the way to it that somebody else can write.
+no file, directory or symlink on the way to it (nor its loader or libraries) that
+somebody else can change.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import stat
 import subprocess
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _elf as elf
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 TRUSTED_PATHS = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu")
@@ -23,63 +26,65 @@ INSTALL_HINT = (
     "Install criu >= 4.2 with the nucleus.criu.criu role "
     "(ansible-playbook nucleus.criu.criu -i INVENTORY), or point criu_path at a trusted criu >= 4.2."
 )
+# criu reads no configuration file and none of the caller's environment: a ~/.criu/default.conf or a
+# CRIU_CONFIG_FILE could name an action script that would run as root.
+NO_DEFAULT_CONFIG = "--no-default-config"
+ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
 _VERSION_RE = re.compile(r"^Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", re.MULTILINE)
 
 
-def _check_entry(path: str, st: os.stat_result, euid: int, what: str) -> None:
-    """Refuse an entry that a user other than root or the caller could replace or rewrite."""
-    if st.st_uid not in (0, euid):
-        raise CriuError(
-            "Refusing to run criu: %s %s is owned by uid %d, not root or uid %d. "
-            "Install criu somewhere only root can write (e.g. with the nucleus.criu.criu role)." % (what, path, st.st_uid, euid),
-            path=path,
-        )
-    writable_by_others = st.st_mode & 0o022
-    sticky_root_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and st.st_uid == 0
-    if writable_by_others and not sticky_root_dir:
-        raise CriuError(
-            "Refusing to run criu: %s %s is writable by group/others (mode %04o). "
-            "Remove the write bits (chmod go-w %s) or use a criu installed by root."
-            % (what, path, stat.S_IMODE(st.st_mode), path),
-            path=path,
-        )
+def _check_file(path: str, what: str, euid: int) -> t.Tuple[int, str]:
+    """Open ``path`` through a checked chain and refuse it unless only root or ``euid`` can change it."""
+    fd, real = safepath.open_file(path, what, INSTALL_HINT, euid=euid)
+    try:
+        safepath.require_trusted(os.fstat(fd), real, what, INSTALL_HINT, euid)
+    except CriuError:
+        os.close(fd)
+        raise
+    return fd, real
 
 
-def _check_parents(path: str, euid: int) -> None:
-    """Every directory above ``path`` must be as trustworthy as the file itself."""
-    parent = os.path.dirname(path)
-    while True:
-        _check_entry(parent, os.stat(parent), euid, "directory")
-        if parent == "/":
-            return
-        parent = os.path.dirname(parent)
+def _check_library_dir(path: str, euid: int) -> None:
+    """Every entry of a directory the loader searches for criu's libraries, and the directory's chain."""
+    fd, real = safepath.open_dir(path, "Library directory of criu", INSTALL_HINT, euid=euid)
+    try:
+        for name in safepath.listdir(fd):
+            safepath.require_trusted(os.stat(name, dir_fd=fd, follow_symlinks=False), os.path.join(real, name),
+                                     "Library file of criu", INSTALL_HINT, euid)
+    finally:
+        os.close(fd)
 
 
 def validate_binary(path: str, euid: t.Optional[int] = None) -> str:
     """Return the real path of a criu binary that passes the trust policy, or raise.
 
-    A symlink (e.g. /usr/sbin/criu -> /usr/lib/criu/criu) is allowed only when both the
-    link's directories and the file it resolves to pass the same checks.
+    Every directory and symlink hop on the way, the file itself, the ELF loader it names and every file
+    of the library directories it names must be changeable by root or the caller only. The real path is
+    what gets executed: after these checks nobody else can change what it runs.
     """
     euid = os.geteuid() if euid is None else euid
     if not os.path.isabs(path):
         raise CriuError("criu_path %s is not absolute. Give the full path of a criu binary." % path, path=path)
     try:
-        _check_parents(path, euid)
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError as exc:
-        raise CriuError("Cannot inspect criu binary %s: %s. %s" % (path, exc.strerror, INSTALL_HINT), path=path) from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise CriuError("criu binary %s is not a regular file. %s" % (path, INSTALL_HINT), path=path)
-    if not st.st_mode & 0o111:
-        raise CriuError(
-            "criu binary %s is not executable (mode %04o). Run chmod 0755 %s as root." % (path, stat.S_IMODE(st.st_mode), path),
-            path=path,
-        )
-    _check_entry(real, st, euid, "criu binary")
-    if real != path:
-        _check_parents(real, euid)
+        fd, real = _check_file(path, "criu binary", euid)
+    except FileNotFoundError as exc:
+        raise CriuError("criu binary %s does not exist. %s" % (path, INSTALL_HINT), path=path) from exc
+    try:
+        st = os.fstat(fd)
+        if not st.st_mode & 0o111:
+            raise CriuError("criu binary %s is not executable (mode %04o). Run chmod 0755 %s as root."
+                            % (real, stat.S_IMODE(st.st_mode), real), path=real)
+        try:
+            program = elf.read_elf(fd, os.path.dirname(real))
+        except elf.NotElf as exc:
+            raise CriuError("criu binary %s is not an ELF executable (%s): a script or wrapper runs code that cannot be "
+                            "validated. Point criu_path at the criu ELF binary itself. %s" % (real, exc, INSTALL_HINT), path=real) from exc
+    finally:
+        os.close(fd)
+    if program.interpreter:
+        os.close(_check_file(program.interpreter, "Dynamic loader of criu", euid)[0])
+    for directory in program.library_dirs:
+        _check_library_dir(directory, euid)
     return real
 
 
@@ -92,20 +97,18 @@ def candidate_paths(euid: int, env_path: t.Optional[str]) -> t.List[str]:
 
 
 def discover(criu_path: t.Optional[str] = None, euid: t.Optional[int] = None, env_path: t.Optional[str] = None) -> str:
-    """Return the criu binary to run: ``criu_path`` if given, else the first existing candidate.
+    """Return the real path of the criu binary to run: ``criu_path`` if given, else the first existing candidate.
 
     The first candidate that exists is the one validated: a failing one is an error, not a
     reason to fall through to a later (possibly hostile) candidate.
     """
     euid = os.geteuid() if euid is None else euid
     if criu_path:
-        validate_binary(criu_path, euid)
-        return criu_path
+        return validate_binary(criu_path, euid)
     env_path = os.environ.get("PATH") if env_path is None else env_path
     for candidate in candidate_paths(euid, env_path):
         if os.path.lexists(candidate):
-            validate_binary(candidate, euid)
-            return candidate
+            return validate_binary(candidate, euid)
     where = ", ".join(TRUSTED_PATHS) + ("" if euid == 0 else " or PATH")
     raise CriuError("criu was not found in %s (PATH is never searched as root). %s" % (where, INSTALL_HINT))
 
@@ -136,7 +139,8 @@ def require_supported(version: t.Tuple[int, int, int], path: str) -> None:
 def probe_version(path: str, timeout: float = 30) -> t.Tuple[int, int, int]:
     """Run ``criu --version`` (argv only, no shell) and parse it."""
     try:
-        proc = subprocess.run([path, "--version"], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        proc = subprocess.run([path, NO_DEFAULT_CONFIG, "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, check=False, env=ENVIRONMENT)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CriuError("Cannot run %s --version: %s. %s" % (path, exc, INSTALL_HINT), path=path) from exc
     text = proc.stdout.decode("utf-8", "replace")

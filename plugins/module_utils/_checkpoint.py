@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
-import socket
 import typing as t
 import uuid
 
@@ -17,19 +16,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import LOOPBACK, CriuRuntime
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback right now, for the page server (criu itself refuses port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
-
-
-def require_port(name: str, port: t.Optional[int]) -> None:
-    if port is not None and not 0 <= port <= 65535:
-        raise CriuError("%s must be a TCP port (1-65535, or 0 where a free one may be picked), got %d." % (name, port))
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir
 
 
 def require_timeout(timeout: float) -> None:
@@ -47,22 +34,27 @@ def same_process(metadata: t.Mapping[str, t.Any], pid: int) -> bool:
     return st is None or st.exited or st.starttime == recorded.get("starttime")
 
 
-def existing_checkpoint(dest: str, pid: int, key: t.Optional[bytes]) -> t.Optional[t.Dict[str, t.Any]]:
+def existing_checkpoint(loc: store.Location, pid: int, key: t.Optional[bytes], timeout: float) -> t.Optional[t.Dict[str, t.Any]]:
     """The valid checkpoint of ``pid`` already at DEST, None when DEST is absent or empty; else a clear refusal."""
-    if store.inspect_dir(dest) is None or not os.listdir(dest):
+    opened = store.Checkpoint.open(loc)
+    if opened is None:
         return None
-    metadata, problems = integrity.verify(dest, key)
-    if metadata is None or problems:
+    with opened:
+        if not opened.entries():
+            return None
+        verdict = integrity.verify(opened, key, timeout=timeout)
+    if verdict.metadata is None or verdict.problems:
         raise CriuError(
             "%s already exists but does not hold a valid checkpoint (%s). Set force=true to replace it, or choose another dest."
-            % (dest, "; ".join(problems)),
-            path=dest, problems=problems,
+            % (loc.path, "; ".join(verdict.problems)),
+            path=loc.path, problems=verdict.problems,
         )
+    metadata = verdict.metadata
     if not same_process(metadata, pid):
         raise CriuError(
             "%s already holds a checkpoint of another process (pid %s, %s). Set force=true to replace it, or choose another dest."
-            % (dest, metadata["process"].get("pid"), " ".join(metadata["process"].get("cmdline", []))[:100]),
-            path=dest,
+            % (loc.path, metadata["process"].get("pid"), metadata["process"].get("comm")),
+            path=loc.path,
         )
     return metadata
 
@@ -71,7 +63,6 @@ def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, t
     """The criu options recorded in metadata.json and re-applied at restore."""
     shell_job = params["shell_job"]
     return {
-        "lazy_pages": params["lazy_pages"],
         "leave_running": params["leave_running"],
         "leave_stopped": params["leave_stopped"],
         "tcp_established": params["tcp_established"],
@@ -82,7 +73,7 @@ def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, t
     }
 
 
-def _resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
+def resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
     """After a failed dump, make sure the workload runs as it did before; say what happened to it."""
     now = procfs.read_stat(pid)
     if now is None or now.starttime != st.starttime or now.exited:
@@ -93,77 +84,87 @@ def _resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
     return "The process %d is still running, untouched." % pid
 
 
-def _failed_log_path(dest: str) -> str:
-    parent, name = os.path.split(os.path.normpath(dest))
-    return os.path.join(parent, ".%s.dump-failed.log" % name)
+def _keep_failed_log(staging: store.Staging) -> t.Optional[str]:
+    """Move a failed dump's log beside DEST as .NAME.dump-failed.log (the staging directory goes away)."""
+    name = ".%s.dump-failed.log" % staging.loc.name
+    try:
+        os.rename(store.DUMP_LOG, name, src_dir_fd=staging.fd, dst_dir_fd=staging.loc.parent_fd)
+    except FileNotFoundError:
+        return None
+    return os.path.join(staging.loc.parent, name)
 
 
-def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, dest: str, params: t.Mapping[str, t.Any],
-          key: t.Optional[bytes], algorithm: str, port: int) -> t.Dict[str, t.Any]:
-    """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename. With lazy_pages the
-    memory stays in the frozen tree, served from 127.0.0.1:``port`` by a criu that outlives this module."""
+def _forget_failed_log(loc: store.Location) -> None:
+    try:
+        os.unlink(".%s.dump-failed.log" % loc.name, dir_fd=loc.parent_fd)
+    except FileNotFoundError:
+        pass
+
+
+def describe(runtime: CriuRuntime, name: str, facts: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
+             algorithm: str, manifest: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
+    """metadata.json of a fresh dump."""
+    return {
+        "schema_version": integrity.SCHEMA_VERSION,
+        "id": str(uuid.uuid4()),
+        "name": name,
+        "created_at": procfs.utc_now(),
+        "source": procfs.host_facts(),
+        "criu": {"path": runtime.path, "version": runtime.version_string},
+        "process": dict(facts),
+        "options": dict(options),
+        "manifest_algorithm": algorithm,
+        "manifest": manifest,
+    }
+
+
+def seal(staging: store.Staging, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> None:
+    """Write metadata.json and the signature into the staging directory, then flush it whole."""
+    store.write_file(staging.fd, store.METADATA, integrity.canonical(metadata))
+    if key is not None:
+        store.write_file(staging.fd, store.SIGNATURE, (integrity.sign(metadata, key) + "\n").encode("ascii"))
+    store.fsync_dir_entries(staging.fd)
+
+
+def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Location, params: t.Mapping[str, t.Any],
+          key: t.Optional[bytes], algorithm: str) -> t.Dict[str, t.Any]:
+    """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename."""
     facts = procfs.process_facts(pid, st)
     options = dump_options(params, pid, st, facts["tree"])
-    staging = store.make_staging(dest)
-    images = os.path.join(staging, store.IMAGES)
-    failed_log = _failed_log_path(dest)
-    page_server = None
+    staging = store.Staging(loc)
+    images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
     try:
-        with follow.ImageFollower(images, algorithm) as follower:
+        with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
             frozen_at = procfs.utc_now()
-            if options["lazy_pages"]:
-                page_server = runtime.start_lazy_dump(pid, images, staging, options, port, params["timeout"])
-                dump_seconds = page_server.startup
-            else:
-                dump_seconds = runtime.dump(pid, images, staging, options, params["timeout"]).duration
+            dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path), options, params["timeout"]).duration
             hashed = follower.digests()
         # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
-            flushed = flusher.submit(store.fsync_dir_entries, images)
-            manifest = integrity.build_manifest(images, algorithm, hashed)
+            flushed = flusher.submit(store.fsync_dir_entries, images.fd)
+            manifest = integrity.build_manifest(images.fd, algorithm, hashed)
             flushed.result()
-        metadata = {
-            "schema_version": integrity.SCHEMA_VERSION,
-            "id": str(uuid.uuid4()),
-            "name": params["name"] or os.path.basename(os.path.normpath(dest)),
-            "created_at": procfs.utc_now(),
-            "source": procfs.host_facts(),
-            "criu": {"path": runtime.path, "version": runtime.version_string},
-            "process": facts,
-            "options": options,
-            "manifest_algorithm": algorithm,
-            "manifest": manifest,
-        }
-        store.write_file(staging, store.METADATA, integrity.canonical(metadata))
-        if key is not None:
-            store.write_file(staging, store.SIGNATURE, (integrity.sign(metadata, key) + "\n").encode("ascii"))
-        store.fsync_dir_entries(staging)
-        store.publish(staging, dest)
+        metadata = describe(runtime, params["name"] or loc.name, facts, options, algorithm, manifest)
+        seal(staging, metadata, key)
+        staging.publish()
     except BaseException as exc:
-        if page_server is not None:
-            # Its tracer gone, the tree runs on by itself; _resume_if_we_stopped covers the rest.
-            page_server.stop()
-        fate = _resume_if_we_stopped(pid, st)
-        log = os.path.join(staging, store.DUMP_LOG)
-        if os.path.isfile(log):
-            os.replace(log, failed_log)
-        store.remove_tree(staging)
+        fate = resume_if_we_stopped(pid, st)
+        failed_log = _keep_failed_log(staging)
+        staging.remove()
         if isinstance(exc, CriuError):
-            exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg.replace(log, failed_log), fate, dest)
-            exc.details.update(path=dest, log=failed_log if os.path.exists(failed_log) else None)
+            exc.msg = "%s %s No checkpoint was written to %s." % (
+                exc.msg.replace(os.path.join(staging.path, store.DUMP_LOG), failed_log or "(none kept)"), fate, loc.path)
+            exc.details.update(path=loc.path, log=failed_log)
         raise
-    if os.path.lexists(failed_log):
-        os.unlink(failed_log)
-    served = {"page_server": {"pid": page_server.proc.pid, "address": LOOPBACK, "port": port}} if page_server else {}
-    return dict(served, **{
-        "checkpoint": metadata,
+    _forget_failed_log(loc)
+    return {
+        "checkpoint": integrity.public(metadata),
         "stats": {
             "frozen_at": frozen_at,
             "dump_seconds": round(dump_seconds, 3),
             "image_bytes": sum(entry["size"] for entry in manifest),
             "image_files": len(manifest),
         },
-    })
+    }
 
 
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
@@ -171,36 +172,35 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     require_timeout(params["timeout"])
     if params["leave_running"] and params["leave_stopped"]:
         raise CriuError("leave_running and leave_stopped are mutually exclusive: after the dump the process either runs or stays stopped.")
-    if params["lazy_pages"] and not params["leave_stopped"]:
-        raise CriuError("lazy_pages needs leave_stopped=true: CRIU reports success even when the target vanished mid-transfer, "
-                        "so only a source left stopped can be resumed if the post-copy restore fails.")
-    require_port("page_server_port", params["page_server_port"])
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     algorithm = integrity.choose_algorithm(params["hash_algorithm"])
     pid = procfs.resolve_pid(params["pid"], params["pidfile"])
     dest = os.path.normpath(params["dest"])
-    store.check_parent(dest)
     enclosing = store.enclosing_checkpoint(dest)
     if enclosing:
         raise CriuError("dest %s lies inside the checkpoint %s; writing there would corrupt it. Choose a path outside it." % (dest, enclosing), path=dest)
-    result: t.Dict[str, t.Any] = {"dest": dest, "pid": pid}
-    if not params["force"]:
-        existing = existing_checkpoint(dest, pid, key)
-        if existing is not None:
-            return dict(result, changed=False, checkpoint=existing, actions=[])
-    st = procfs.require_checkpointable(pid)
-    host.require_privileges()
-    if params["lazy_pages"]:
-        host.require_page_server()
-    runtime = CriuRuntime.load(params["criu_path"])
-    action = "%s pid %d (%s) to %s" % ("replace the checkpoint with a dump of" if os.path.lexists(dest) else "dump", pid, st.comm, dest)
-    if check_mode:
-        return dict(result, changed=True, actions=["would " + action])
-    port = (params["page_server_port"] or free_port()) if params["lazy_pages"] else 0
-    with store.DestLock(dest, params["timeout"]):
+    with store.location(dest) as loc:
+        result: t.Dict[str, t.Any] = {"dest": loc.path, "pid": pid}
         if not params["force"]:
-            existing = existing_checkpoint(dest, pid, key)
+            existing = existing_checkpoint(loc, pid, key, params["timeout"])
             if existing is not None:
-                return dict(result, changed=False, checkpoint=existing, actions=[])
-        result.update(_dump(runtime, pid, st, dest, params, key, algorithm, port))
+                return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
+        else:
+            problem = store.replace_problem(loc)
+            if problem:
+                raise CriuError("Refusing force=true on %s: %s" % (loc.path, problem), path=loc.path)
+        st = procfs.require_checkpointable(pid)
+        host.require_privileges()
+        runtime = CriuRuntime.load(params["criu_path"])
+        exists = os.path.lexists(loc.path)
+        action = "%s pid %d (%s) to %s" % ("replace the checkpoint with a dump of" if exists else "dump", pid, st.comm, loc.path)
+        if check_mode:
+            return dict(result, changed=True, actions=["would " + action])
+        with store.Lock(loc, params["timeout"]):
+            store.remove_litter(loc)
+            if not params["force"]:
+                existing = existing_checkpoint(loc, pid, key, params["timeout"])
+                if existing is not None:
+                    return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
+            result.update(_dump(runtime, pid, st, loc, params, key, algorithm))
     return dict(result, changed=True, actions=[action[0].upper() + action[1:]])

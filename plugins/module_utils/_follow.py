@@ -18,6 +18,7 @@ import threading
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FOLLOWED = re.compile(r"pages-[0-9]+\.img\Z")
@@ -39,7 +40,8 @@ class _Image:
 class ImageFollower:
     """Context manager around a dump: follows page images in a thread; ``digests()`` after criu exited."""
 
-    def __init__(self, images_dir: str, algorithm: str) -> None:
+    def __init__(self, images_fd: int, images_dir: str, algorithm: str) -> None:
+        self.images_fd = images_fd
         self.images_dir = images_dir
         self.algorithm = algorithm
         self._images: t.Dict[str, _Image] = {}
@@ -52,7 +54,7 @@ class ImageFollower:
         self._dir_fd = -1
 
     def __enter__(self) -> "ImageFollower":
-        self._dir_fd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._dir_fd = safepath.reopen_dir(self.images_fd)
         self._thread.start()
         return self
 
@@ -77,7 +79,7 @@ class ImageFollower:
 
     def _catch_up(self, write_back: bool) -> bool:
         """Open new page images and hash what was appended to each; True if anything was read."""
-        for name in os.listdir(self._dir_fd):
+        for name in safepath.listdir(self._dir_fd):
             if FOLLOWED.match(name) and name not in self._images:
                 self._images[name] = _Image(integrity.open_image(self._dir_fd, name), self.algorithm)
         progressed = False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime
@@ -51,8 +52,8 @@ def require_privileges() -> None:
         raise CriuError(reason)
 
 
-def criu_facts(criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
-    """criu's path, version and ``criu check`` verdict; ``usable`` only when all of them are good."""
+def criu_facts(criu_path: t.Optional[str], timeout: float = 60) -> t.Dict[str, t.Any]:
+    """criu's path (the real one, which runs), version and ``criu check`` verdict; ``usable`` only when all of them are good."""
     facts: t.Dict[str, t.Any] = {"path": None, "version": None, "usable": False, "check": False, "problems": []}
     try:
         runtime = CriuRuntime.load(criu_path)
@@ -62,10 +63,10 @@ def criu_facts(criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
         facts["problems"].append(exc.msg)
         return facts
     facts["path"], facts["version"] = runtime.path, runtime.version_string
-    facts["check"], facts["check_output"] = runtime.check()
+    facts["check"], facts["check_output"] = runtime.check(timeout=timeout)
     if not facts["check"]:
         facts["problems"].append("criu check failed on this kernel: %s" % facts["check_output"][-500:])
-    facts["missing_features"] = [name for name in FEATURES if not runtime.check(name)[0]]
+    facts["missing_features"] = [name for name in FEATURES if not runtime.check(name, timeout=timeout)[0]]
     facts["lazy_pages"] = "uffd-noncoop" not in facts["missing_features"]
     facts["dirty_tracking"] = "mem_dirty_track" not in facts["missing_features"]
     facts["usable"] = facts["check"]
@@ -119,3 +120,30 @@ def restore_problems(metadata: t.Mapping[str, t.Any]) -> t.List[str]:
             % ", ".join(map(str, busy))
         )
     return problems
+
+
+def key_facts(hmac_key: t.Optional[str], hmac_key_file: t.Optional[str]) -> t.Dict[str, t.Any]:
+    """Whether the signing key the group defaults give can be used (never the key itself)."""
+    try:
+        key = integrity.load_key(hmac_key, hmac_key_file)
+    except CriuError as exc:
+        return {"given": True, "usable": False, "problem": exc.msg}
+    if key is None:
+        return {"given": False, "usable": False, "problem": ""}
+    return {"given": True, "usable": True, "bytes": len(key), "problem": ""}
+
+
+def info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The criu_info module's work: never changes anything."""
+    can, why = can_checkpoint()
+    result = {
+        "changed": False, "criu": criu_facts(params["criu_path"], params["timeout"]),
+        "kernel": os.uname().release, "arch": os.uname().machine,
+        "can_checkpoint": can, "privilege_problem": why,
+        "page_server_problem": page_server_problem(),
+        "hash_algorithms": integrity.available_algorithms(),
+        "signing_key": key_facts(params["hmac_key"], params["hmac_key_file"]),
+    }
+    if params["pid"] is not None or params["pidfile"]:
+        result["process"] = procfs.process_state(procfs.resolve_pid(params["pid"], params["pidfile"]))
+    return result

@@ -19,10 +19,12 @@ import os
 import posixpath
 import stat
 import sys
+import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 try:
     import blake3 as _blake3
@@ -68,12 +70,19 @@ def new_digest(algorithm: str) -> t.Any:
     return hashlib.sha256()
 
 
-def hash_open_file(fd: int, algorithm: str) -> FileDigest:
+class Timeout(Exception):
+    """Verification ran past its deadline."""
+
+
+def hash_open_file(fd: int, algorithm: str, deadline: t.Optional[float] = None) -> FileDigest:
     """Hash an open file through read-only mappings of WINDOW bytes: no copy, and the hash (which releases
-    the GIL) reads the page cache directly; unmapping each window keeps the RSS small whatever the size."""
+    the GIL) reads the page cache directly; unmapping each window keeps the RSS small whatever the size.
+    Raises Timeout once ``deadline`` (time.monotonic()) has passed."""
     digest = new_digest(algorithm)
     size = os.fstat(fd).st_size
     for offset in range(0, size, WINDOW):
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout()
         with mmap.mmap(fd, min(WINDOW, size - offset), access=mmap.ACCESS_READ, offset=offset) as window:
             digest.update(window)
     return FileDigest(size, digest.hexdigest())
@@ -88,46 +97,62 @@ def open_image(images_fd: int, relpath: str) -> int:
     return fd
 
 
-def hash_image(images_fd: int, relpath: str, algorithm: str) -> FileDigest:
-    fd = open_image(images_fd, relpath)
-    try:
-        return hash_open_file(fd, algorithm)
-    finally:
-        os.close(fd)
+def list_images(images_fd: int) -> t.List[str]:
+    """Every entry under images/ (sorted names); CRIU writes a flat directory."""
+    return sorted(safepath.listdir(images_fd))
 
 
-def list_images(images_dir: str) -> t.List[str]:
-    """Every entry under images/ (sorted relative paths); CRIU writes a flat directory."""
-    return sorted(os.listdir(images_dir))
+def image_problem(fd: int, name: str, expected_size: int) -> t.Optional[str]:
+    """What makes an open image untrustworthy before a byte of it is hashed: another user could change it, it has
+    other names (hard links) through which it could be changed, or its size is not the manifest's."""
+    st = os.fstat(fd)
+    problem = safepath.entry_problem(st, os.geteuid())
+    if problem:
+        return "images/%s %s: another user could change it" % (name, problem)
+    if st.st_nlink != 1:
+        return "images/%s has %d hard links: it could be changed through a name outside the checkpoint" % (name, st.st_nlink)
+    if st.st_size != expected_size:
+        return "images/%s: size expected %d, found %d" % (name, expected_size, st.st_size)
+    return None
 
 
-def _hash_all(images_dir: str, names: t.Sequence[str], algorithm: str) -> t.Dict[str, t.Union[FileDigest, OSError]]:
-    """Hash files in parallel threads (the hashes release the GIL), each result or its OSError by name."""
-    dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        def one(name: str) -> t.Union[FileDigest, OSError]:
-            try:
-                return hash_image(dir_fd, name, algorithm)
-            except OSError as exc:
-                return exc
-        with concurrent.futures.ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-            return dict(zip(names, pool.map(one, names)))
-    finally:
-        os.close(dir_fd)
+def _read_error(name: str, exc: OSError) -> str:
+    reason = "a symlink" if exc.errno == errno.ELOOP else ("not a regular file" if exc.errno == errno.EINVAL else exc.strerror)
+    return "images/%s: cannot be read as a regular file (%s)" % (name, reason)
 
 
-def build_manifest(images_dir: str, algorithm: str,
+def _hash_all(images_fd: int, names: t.Sequence[str], algorithm: str,
+              check: t.Callable[[int, str], t.Optional[str]] = lambda fd, name: None,
+              deadline: t.Optional[float] = None) -> t.Dict[str, t.Union[FileDigest, str]]:
+    """Hash files in parallel threads (the hashes release the GIL): each name's digest, or the problem that
+    ``check`` found in it (checked on the open file, before hashing) or that reading it met."""
+    def one(name: str) -> t.Union[FileDigest, str]:
+        try:
+            fd = open_image(images_fd, name)
+        except OSError as exc:
+            return _read_error(name, exc)
+        try:
+            return check(fd, name) or hash_open_file(fd, algorithm, deadline)
+        except OSError as exc:
+            return _read_error(name, exc)
+        finally:
+            os.close(fd)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        return dict(zip(names, pool.map(one, names)))
+
+
+def build_manifest(images_fd: int, algorithm: str,
                    hashed: t.Optional[t.Mapping[str, FileDigest]] = None) -> t.List[t.Dict[str, t.Any]]:
-    """The manifest of a freshly dumped images/ directory: path, size and digest of every file.
+    """The manifest of a freshly dumped images/ directory: name, size and digest of every file.
     ``hashed`` holds the files already hashed while criu wrote them; the rest are hashed now."""
-    hashed = dict(hashed or {})
-    names = list_images(images_dir)
-    hashed.update(_hash_all(images_dir, [name for name in names if name not in hashed], algorithm))
+    done: t.Dict[str, t.Union[FileDigest, str]] = dict(hashed or {})
+    names = list_images(images_fd)
+    done.update(_hash_all(images_fd, [name for name in names if name not in done], algorithm))
     manifest = []
     for name in names:
-        result = hashed[name]
-        if isinstance(result, OSError):
-            raise CriuError("Cannot hash image %s/%s: %s." % (images_dir, name, result.strerror), path=images_dir)
+        result = done[name]
+        if isinstance(result, str):
+            raise CriuError("Cannot hash the freshly dumped image: %s." % result)
         manifest.append({"path": name, "size": result.size, algorithm: result.digest})
     return manifest
 
@@ -141,38 +166,46 @@ def sign(metadata: t.Mapping[str, t.Any], key: bytes) -> str:
     return hmac.new(key, canonical(metadata), hashlib.sha256).hexdigest()
 
 
+MIN_KEY_BYTES = 16
+KEY_HINT = "Use a random key of at least 16 bytes (32 recommended), e.g. the output of: openssl rand -hex 32."
+
+
+def _require_key_length(key: bytes, source: str) -> bytes:
+    if len(key) < MIN_KEY_BYTES:
+        raise CriuError("%s is %d bytes long; a signing key must have at least %d bytes. %s" % (source, len(key), MIN_KEY_BYTES, KEY_HINT))
+    return key
+
+
 def load_key(hmac_key: t.Optional[str], hmac_key_file: t.Optional[str]) -> t.Optional[bytes]:
-    """The HMAC key from the option or from a file only the caller (or root) can read."""
-    if hmac_key and hmac_key_file:
+    """The HMAC key from the option or from a file only the caller (or root) can read and change. An empty
+    option is an error, never "no key": a template that renders empty must not turn signature checks off."""
+    if hmac_key is not None and hmac_key_file is not None:
         raise CriuError("hmac_key and hmac_key_file are mutually exclusive. Give only one of them.")
-    if hmac_key:
-        return hmac_key.encode("utf-8")
-    if not hmac_key_file:
+    if hmac_key is not None:
+        if not hmac_key:
+            raise CriuError("hmac_key is empty. Give the key, or omit hmac_key to work without a signature. %s" % KEY_HINT)
+        return _require_key_length(hmac_key.encode("utf-8"), "hmac_key")
+    if hmac_key_file is None:
         return None
+    if not hmac_key_file:
+        raise CriuError("hmac_key_file is empty. Give the path of the key file, or omit hmac_key_file to work without a signature.")
+    remedy = "Keep the key in a file owned by root with mode 0600, under directories only root can change."
     try:
-        fd = os.open(hmac_key_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise CriuError("Cannot open hmac_key_file %s: %s. Give a regular file (not a symlink)." % (hmac_key_file, exc.strerror), path=hmac_key_file) from exc
+        fd, real = safepath.open_file(hmac_key_file, "hmac_key_file", remedy)
+    except FileNotFoundError as exc:
+        raise CriuError("hmac_key_file %s does not exist. %s" % (hmac_key_file, remedy), path=hmac_key_file) from exc
     with os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise CriuError("hmac_key_file %s is not a regular file." % hmac_key_file, path=hmac_key_file)
         if st.st_uid not in (0, os.geteuid()):
-            raise CriuError(
-                "hmac_key_file %s is owned by uid %d, not root or uid %d. chown it to the user running the module."
-                % (hmac_key_file, st.st_uid, os.geteuid()),
-                path=hmac_key_file,
-            )
+            raise CriuError("hmac_key_file %s is owned by uid %d, not root or uid %d. chown it to the user running the module."
+                            % (real, st.st_uid, os.geteuid()), path=hmac_key_file)
         if st.st_mode & 0o077:
-            raise CriuError(
-                "hmac_key_file %s is readable or writable by group/others (mode %04o). Run chmod 0600 %s."
-                % (hmac_key_file, stat.S_IMODE(st.st_mode), hmac_key_file),
-                path=hmac_key_file,
-            )
+            raise CriuError("hmac_key_file %s is readable or writable by group/others (mode %04o). Run chmod 0600 %s."
+                            % (real, stat.S_IMODE(st.st_mode), real), path=hmac_key_file)
         key = handle.read(64 * 1024).rstrip(b"\r\n")
     if not key:
-        raise CriuError("hmac_key_file %s is empty. Put a secret (e.g. 32 random bytes, hex) in it." % hmac_key_file, path=hmac_key_file)
-    return key
+        raise CriuError("hmac_key_file %s is empty. %s" % (real, KEY_HINT), path=hmac_key_file)
+    return _require_key_length(key, "The key in hmac_key_file %s" % real)
 
 
 def manifest_path_problem(path: t.Any) -> t.Optional[str]:
@@ -239,41 +272,41 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
     paths = [e.get("path") for e in metadata["manifest"] if isinstance(e, dict)]
     if len(set(map(str, paths))) != len(paths):
         problems.append("manifest lists a path more than once")
+    if "inventory.img" not in paths:
+        problems.append("the manifest lists no inventory.img: it does not describe a CRIU checkpoint")
     return (None if problems else metadata), problems
 
 
-def check_images(images_dir: str, manifest: t.Sequence[t.Mapping[str, t.Any]], algorithm: str) -> t.List[str]:
-    """Compare images/ with the manifest: missing, extra, non-regular, resized or altered files."""
-    try:
-        store.inspect_dir(images_dir, "Images directory")
-        present = set(list_images(images_dir))
-    except CriuError as exc:
-        return [exc.msg]
-    except OSError as exc:
-        return ["images/ cannot be listed: %s" % exc.strerror]
-    problems = []
+def check_images(images_fd: int, manifest: t.Sequence[t.Mapping[str, t.Any]], algorithm: str,
+                 timeout: t.Optional[float] = None) -> t.List[str]:
+    """Compare images/ with the manifest: missing, extra, non-regular, multiply linked, changeable by others,
+    resized or altered files. Sizes and ownership are checked on the open file before any byte is hashed."""
+    if images_fd < 0:
+        return ["images/ is missing"]
+    present = set(list_images(images_fd))
     expected = {entry["path"]: entry for entry in manifest}
-    for extra in sorted(present - set(expected)):
-        problems.append("images/%s: not in the manifest (extra file)" % extra)
-    for missing in sorted(set(expected) - present):
-        problems.append("images/%s: listed in the manifest but missing" % missing)
+    problems = ["images/%s: not in the manifest (extra file)" % extra for extra in sorted(present - set(expected))]
+    problems += ["images/%s: listed in the manifest but missing" % missing for missing in sorted(set(expected) - present)]
     names = sorted(present & set(expected))
-    for name, result in _hash_all(images_dir, names, algorithm).items():
-        entry = expected[name]
-        if isinstance(result, OSError):
-            reason = "a symlink" if result.errno == errno.ELOOP else ("not a regular file" if result.errno == errno.EINVAL else result.strerror)
-            problems.append("images/%s: cannot be read as a regular file (%s)" % (name, reason))
-        elif result.size != entry["size"]:
-            problems.append("images/%s: size expected %d, found %d" % (name, entry["size"], result.size))
-        elif not hmac.compare_digest(result.digest, entry[algorithm]):
-            problems.append("images/%s: %s expected %s, found %s" % (name, algorithm, entry[algorithm], result.digest))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        results = _hash_all(images_fd, names, algorithm, lambda fd, name: image_problem(fd, name, expected[name]["size"]), deadline)
+    except Timeout:
+        return problems + ["verification did not finish within %ss; raise timeout for checkpoints this large" % timeout]
+    for name, result in results.items():
+        if isinstance(result, str):
+            problems.append(result)
+        elif not hmac.compare_digest(result.digest, expected[name][algorithm]):
+            problems.append("images/%s: %s expected %s, found %s" % (name, algorithm, expected[name][algorithm], result.digest))
     return problems
 
 
-def check_signature(dest: str, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes], require_signature: bool) -> t.List[str]:
-    """With a key, a checkpoint must carry a matching signature; without one, only require_signature can demand it."""
+def check_signature(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes],
+                    require_signature: bool, skip_signature_check: bool) -> t.List[str]:
+    """With a key, a checkpoint must carry a matching signature. Without one, a signed checkpoint is refused unless
+    the caller opted out (its signature then goes unchecked), and an unsigned one unless require_signature."""
     try:
-        raw = store.read_small_file(dest, store.SIGNATURE)
+        raw = checkpoint.read(store.SIGNATURE)
     except CriuError as exc:
         return [exc.msg]
     if raw is None:
@@ -281,25 +314,46 @@ def check_signature(dest: str, metadata: t.Mapping[str, t.Any], key: t.Optional[
             return ["%s is missing: the checkpoint is unsigned but a signature is required" % store.SIGNATURE]
         return []
     if key is None:
-        return ["the checkpoint is signed but no key was given: pass hmac_key or hmac_key_file"] if require_signature else []
+        if skip_signature_check and not require_signature:
+            return []
+        return ["the checkpoint is signed but no key was given: pass hmac_key or hmac_key_file, or set skip_signature_check=true "
+                "to accept it without checking its signature"]
     found = raw.decode("ascii", "replace").strip()
     if not hmac.compare_digest(found.encode("ascii", "replace"), sign(metadata, key).encode("ascii")):
         return ["%s does not match: the metadata or an image was altered, or the key is wrong" % store.SIGNATURE]
     return []
 
 
-def verify(dest: str, key: t.Optional[bytes] = None, require_signature: bool = False) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List[str]]:
-    """Check a checkpoint directory end to end; returns (metadata if readable, every problem found)."""
+class Verdict(t.NamedTuple):
+    metadata: t.Optional[t.Dict[str, t.Any]]
+    problems: t.List[str]
+    unexpected: t.List[str]
+
+
+def verify(checkpoint: store.Checkpoint, key: t.Optional[bytes] = None, require_signature: bool = False,
+           skip_signature_check: bool = False, timeout: t.Optional[float] = None,
+           hashed: bool = True) -> Verdict:
+    """Check an open checkpoint end to end: metadata, signature and (unless ``hashed`` is false) every image byte."""
+    unexpected = checkpoint.unexpected_entries()
     try:
-        store.inspect_dir(dest)
-        raw = store.read_small_file(dest, store.METADATA)
+        raw = checkpoint.read(store.METADATA)
     except CriuError as exc:
-        return None, [exc.msg]
+        return Verdict(None, [exc.msg], unexpected)
     if raw is None:
-        return None, ["%s: no checkpoint here (metadata.json is missing)" % dest]
+        return Verdict(None, ["%s: no checkpoint here (metadata.json is missing)" % checkpoint.path], unexpected)
     metadata, problems = parse_metadata(raw)
     if metadata is None:
-        return None, problems
-    problems = check_signature(dest, metadata, key, require_signature)
-    problems += check_images(os.path.join(dest, store.IMAGES), metadata["manifest"], manifest_algorithm(metadata))
-    return metadata, problems
+        return Verdict(None, problems, unexpected)
+    problems = check_signature(checkpoint, metadata, key, require_signature, skip_signature_check)
+    if hashed:
+        problems += check_images(checkpoint.images_fd, metadata["manifest"], manifest_algorithm(metadata), timeout)
+    return Verdict(metadata, problems, unexpected)
+
+
+def public(metadata: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The metadata as task results show it: the process's command name, never its arguments (they may hold
+    secrets; they stay in the root-only metadata.json)."""
+    shown = dict(metadata)
+    if isinstance(shown.get("process"), dict):
+        shown["process"] = {key: value for key, value in shown["process"].items() if key != "cmdline"}
+    return shown

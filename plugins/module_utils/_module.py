@@ -1,28 +1,34 @@
 # Copyright (c) nucleus.criu contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What every nucleus.criu module shares: common options, and CriuError turned into fail_json in one place."""
+"""What every nucleus.criu module shares: its AnsibleModule built from the one spec, and every exception
+turned into fail_json in one place."""
 
 from __future__ import annotations
 
+import traceback
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import Spec
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
-CRIU_PATH_ARG = {"criu_path": {"type": "path"}}
-TIMEOUT_ARG = {"timeout": {"type": "int", "default": 120}}
-HMAC_ARGS = {
-    "hmac_key": {"type": "str", "no_log": True},
-    "hmac_key_file": {"type": "path", "no_log": False},
-}
-HMAC_EXCLUSIVE = [("hmac_key", "hmac_key_file")]
+
+def create_module(spec: Spec) -> AnsibleModule:
+    return AnsibleModule(argument_spec=spec.argument_spec, mutually_exclusive=spec.mutually_exclusive,
+                         required_one_of=spec.required_one_of, supports_check_mode=True)
 
 
 def run_module(module: AnsibleModule, action: t.Callable[[], t.Dict[str, t.Any]]) -> None:
-    """Run ``action`` and exit with its result; a CriuError becomes fail_json with its details."""
+    """Run ``action`` and exit with its result. A CriuError becomes fail_json with its details; anything else
+    too, with its cause in ``msg`` and the traceback in ``exception``, never a bare errno."""
     try:
         result = action()
     except CriuError as exc:
         module.fail_json(msg=exc.msg, **exc.details)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        where = " (%s)" % exc.filename if isinstance(exc, OSError) and exc.filename else ""
+        module.fail_json(msg="Unexpected %s%s: %s. Nothing more is known about this failure; please report it to "
+                             "nucleus.criu with the traceback in `exception`." % (type(exc).__name__, where, exc),
+                         exception=traceback.format_exc())
     module.exit_json(**result)

@@ -15,6 +15,7 @@ import socket
 import time
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 PF_KTHREAD = 0x00200000
@@ -73,12 +74,18 @@ def parse_pidfile(text: str) -> t.Optional[int]:
 
 
 def read_pidfile(path: str) -> int:
-    """Read a pidfile strictly, refusing a symlink, a missing or an ill-formed file."""
+    """Read a pidfile strictly: reached through directories only root (or the caller) can change, itself owned
+    by root or the caller, and holding nothing but a pid. Whoever can rewrite a pidfile chooses which process
+    gets checkpointed, and a dump ends the process it names."""
+    remedy = "Give the pid directly, or keep the pidfile where only root can change it (e.g. /run)."
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise CriuError("Cannot read pidfile %s: %s. Give an existing pidfile (not a symlink) or use pid." % (path, exc.strerror), path=path) from exc
+        fd, real = safepath.open_file(path, "pidfile", remedy)
+    except FileNotFoundError as exc:
+        raise CriuError("Cannot read pidfile %s: it does not exist. Give an existing pidfile or use pid." % path, path=path) from exc
     with os.fdopen(fd, "rb") as handle:
+        problem = safepath.entry_problem(os.fstat(fd), os.geteuid())
+        if problem:
+            raise CriuError("pidfile %s %s: another user could point it at any process. %s" % (real, problem, remedy), path=path)
         data = handle.read(PIDFILE_MAX + 1)
     pid = parse_pidfile(data.decode("ascii", "replace")) if len(data) <= PIDFILE_MAX else None
     if pid is None:

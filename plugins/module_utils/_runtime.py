@@ -2,9 +2,10 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """CriuRuntime: the one way this collection runs criu dump, restore and check.
 
-argv lists only (never a shell), a timeout on every run, CRIU's log kept, and success
-judged by exit code plus the log's success line and inventory.img; failures carry the
-log path and the last real ``Error`` lines.
+argv lists only (never a shell), the validated binary's real path, no configuration file and
+a fixed minimal environment, directories handed over as fds that were checked, files created
+0600, a timeout on every run, CRIU's log kept, and success judged by exit code plus the log's
+success line and inventory.img; failures carry the log path and the last real ``Error`` lines.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 import typing as t
 
@@ -35,9 +34,9 @@ DUMP_ONLY_FLAGS = {
     "leave_stopped": "--leave-stopped",
 }
 HEALTH_DELAY = 0.1
-LOOPBACK = "127.0.0.1"
-PAGE_SERVER_READY = "Starting page server on port"
+PAGE_SERVER_READY = "Reusing ps socket"
 LAZY_PAGES_READY = "Waiting for incoming connections"
+RESTORE_PIDFILE = "restore.pid"
 READY_TAIL_BYTES = 64 * 1024
 DAEMON_POLL = 0.005
 
@@ -66,6 +65,20 @@ def can_transition(current: State, target: State) -> bool:
 def option_argv(options: t.Mapping[str, t.Any], flags: t.Mapping[str, str]) -> t.List[str]:
     """criu flags for the boolean options that are on."""
     return [flag for name, flag in flags.items() if options.get(name)]
+
+
+class Dir(t.NamedTuple):
+    """A directory criu works in: the fd it is handed (checked by the caller) and its path, for messages and logs."""
+    fd: int
+    path: str
+
+    @property
+    def for_criu(self) -> str:
+        """criu opens this path, which is the fd itself (passed to criu under the same number)."""
+        return "/proc/self/fd/%d" % self.fd
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
 
 
 class Run(t.NamedTuple):
@@ -118,14 +131,16 @@ class CriuRuntime:
             raise CriuError("Internal error: CRIU state cannot go from %s to %s." % (self.state.value, target.value))
         self.state = target
 
-    def _command(self, action: str, argv: t.List[str], work_dir: str) -> t.List[str]:
-        return [self.path, action, "--work-dir", work_dir, "--log-file", "%s.log" % action, "-v4"] + argv
+    def _command(self, action: str, argv: t.List[str], work: Dir) -> t.List[str]:
+        return [self.path, action, binary.NO_DEFAULT_CONFIG, "--work-dir", work.for_criu, "--log-file", "%s.log" % action, "-v4"] + argv
 
-    def _spawn(self, full: t.List[str], stderr: int) -> subprocess.Popen:
-        """Start criu in a session of its own, so neither a lost connection's SIGHUP nor our exit reaches it."""
+    def _spawn(self, full: t.List[str], stderr: int, fds: t.Sequence[int]) -> subprocess.Popen:
+        """Start criu in a session of its own (neither a lost connection's SIGHUP nor our exit reaches it), with
+        only ``fds`` inherited, nothing of our environment, and files it creates readable by root alone."""
         try:
             return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                    close_fds=True, start_new_session=True)
+                                    close_fds=True, pass_fds=tuple(fds), start_new_session=True,
+                                    env=binary.ENVIRONMENT, umask=0o077)
         except OSError as exc:
             raise CriuError("Cannot execute %s: %s. %s" % (self.path, exc.strerror, binary.INSTALL_HINT), path=self.path) from exc
 
@@ -150,11 +165,11 @@ class CriuRuntime:
             log=log_path, errors=criulog.error_lines(criulog.read_tail(log_path)), timed_out=True,
         )
 
-    def _run(self, action: str, argv: t.List[str], work_dir: str, timeout: float) -> Run:
+    def _run(self, action: str, argv: t.List[str], work: Dir, fds: t.Sequence[int], timeout: float) -> Run:
         """Run criu ``action``; raise CriuError with the log's explanation unless it succeeded."""
-        log_path = os.path.join(work_dir, "%s.log" % action)
+        log_path = work.file("%s.log" % action)
         started = time.monotonic()
-        proc = self._spawn(self._command(action, argv, work_dir), subprocess.PIPE)
+        proc = self._spawn(self._command(action, argv, work), subprocess.PIPE, (work.fd,) + tuple(fds))
         try:
             stderr = proc.communicate(timeout=timeout)[1]
         except subprocess.TimeoutExpired:
@@ -167,12 +182,13 @@ class CriuRuntime:
             return Run(duration, log_path)
         raise self._failure(action, proc.returncode, log_path, stderr)
 
-    def _start_daemon(self, action: str, argv: t.List[str], work_dir: str, ready: str, timeout: float) -> Daemon:
+    def _start_daemon(self, action: str, argv: t.List[str], work: Dir, fds: t.Sequence[int], ready: str,
+                      timeout: float) -> Daemon:
         """Start a criu that keeps serving after this call (post-copy); return once its log shows ``ready``."""
-        log_path = os.path.join(work_dir, "%s.log" % action)
+        log_path = work.file("%s.log" % action)
         started = time.monotonic()
-        # No pipe: the daemon may outlive this module, and writing to a closed pipe would kill it.
-        proc = self._spawn(self._command(action, argv, work_dir), subprocess.DEVNULL)
+        # No pipe: the daemon may outlive its caller, and writing to a closed pipe would kill it.
+        proc = self._spawn(self._command(action, argv, work), subprocess.DEVNULL, (work.fd,) + tuple(fds))
         deadline = started + timeout
         while ready not in criulog.read_tail(log_path, READY_TAIL_BYTES):
             if proc.poll() is not None:
@@ -184,8 +200,8 @@ class CriuRuntime:
             time.sleep(DAEMON_POLL)
         return Daemon(proc, time.monotonic() - started, log_path)
 
-    def _dump_argv(self, pid: int, images_dir: str, options: t.Mapping[str, t.Any]) -> t.List[str]:
-        argv = ["--tree", str(pid), "--images-dir", images_dir]
+    def _dump_argv(self, pid: int, images: Dir, options: t.Mapping[str, t.Any]) -> t.List[str]:
+        argv = ["--tree", str(pid), "--images-dir", images.for_criu]
         argv += option_argv(options, dict(DUMP_ONLY_FLAGS, **SHARED_FLAGS))
         if options.get("network_lock"):
             # Restore reuses the method recorded in the images, so only dump takes it.
@@ -193,9 +209,11 @@ class CriuRuntime:
         return argv
 
     @staticmethod
-    def _require_inventory(images_dir: str, log_path: str) -> None:
-        if not os.path.isfile(os.path.join(images_dir, "inventory.img")):
-            raise CriuError("criu dump reported success but wrote no inventory.img. Log: %s" % log_path, log=log_path)
+    def _require_inventory(images: Dir, log_path: str) -> None:
+        try:
+            os.stat("inventory.img", dir_fd=images.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise CriuError("criu dump reported success but wrote no inventory.img. Log: %s" % log_path, log=log_path) from None
 
     @contextlib.contextmanager
     def _dumping(self) -> t.Iterator[None]:
@@ -208,40 +226,39 @@ class CriuRuntime:
             raise
         self._transition(State.DUMPED)
 
-    def dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float) -> Run:
+    def dump(self, pid: int, images: Dir, work: Dir, options: t.Mapping[str, t.Any], timeout: float) -> Run:
         """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said."""
         with self._dumping():
-            run = self._run("dump", self._dump_argv(pid, images_dir, options), work_dir, timeout)
-            self._require_inventory(images_dir, run.log_path)
+            run = self._run("dump", self._dump_argv(pid, images, options), work, (images.fd,), timeout)
+            self._require_inventory(images, run.log_path)
         return run
 
-    def start_lazy_dump(self, pid: int, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any],
-                        port: int, timeout: float) -> Daemon:
-        """Post-copy dump: write every image but the lazy pages, then serve those from 127.0.0.1:``port``.
-        Returns once the page server listens; criu keeps the tree frozen and serving after this module exits."""
-        argv = self._dump_argv(pid, images_dir, options) + ["--lazy-pages", "--address", LOOPBACK, "--port", str(port)]
+    def start_lazy_dump(self, pid: int, images: Dir, work: Dir, options: t.Mapping[str, t.Any],
+                        page_socket: int, timeout: float) -> Daemon:
+        """Post-copy dump: write every image but the lazy pages, then serve those over ``page_socket``, a connected
+        socket whose other end only the target's criu lazy-pages reaches. Returns once the page server runs;
+        criu keeps the tree frozen and serving until the pages are fetched or it is stopped."""
+        argv = self._dump_argv(pid, images, options) + ["--lazy-pages", "--ps-socket", str(page_socket)]
         with self._dumping():
-            daemon = self._start_daemon("dump", argv, work_dir, PAGE_SERVER_READY, timeout)
-            self._require_inventory(images_dir, daemon.log_path)
+            daemon = self._start_daemon("dump", argv, work, (images.fd, page_socket), PAGE_SERVER_READY, timeout)
+            self._require_inventory(images, daemon.log_path)
         return daemon
 
-    def start_lazy_pages(self, images_dir: str, work_dir: str, port: int, timeout: float) -> Daemon:
-        """The target's end of post-copy: fetch pages from the page server reachable at 127.0.0.1:``port``."""
-        argv = ["--page-server", "--address", LOOPBACK, "--port", str(port), "--images-dir", images_dir]
-        return self._start_daemon("lazy-pages", argv, work_dir, LAZY_PAGES_READY, timeout)
+    def start_lazy_pages(self, images: Dir, work: Dir, page_socket: int, timeout: float) -> Daemon:
+        """The target's end of post-copy: fetch pages over ``page_socket`` from the source's page server."""
+        argv = ["--page-server", "--ps-socket", str(page_socket), "--images-dir", images.for_criu]
+        return self._start_daemon("lazy-pages", argv, work, (images.fd, page_socket), LAZY_PAGES_READY, timeout)
 
-    def restore(self, images_dir: str, work_dir: str, options: t.Mapping[str, t.Any], timeout: float,
-                lazy: bool = False) -> t.Tuple[int, Run]:
-        """Restore detached (``lazy``: memory from a running lazy-pages daemon); on timeout kill criu AND
-        the tree it was restoring, so nothing is orphaned."""
+    def restore(self, images: Dir, work: Dir, options: t.Mapping[str, t.Any], timeout: float,
+                lazy: bool = False, leave_stopped: bool = False) -> t.Tuple[int, Run]:
+        """Restore detached (``lazy``: memory from a running lazy-pages daemon; ``leave_stopped``: the tree stays
+        stopped until SIGCONT); on timeout kill criu AND the tree it was restoring, so nothing is orphaned."""
         self._transition(State.RESTORING)
-        pid_dir = tempfile.mkdtemp(prefix="nucleus-criu-restore-")
-        pidfile = os.path.join(pid_dir, "pid")
-        argv = ["--images-dir", images_dir, "--restore-detached", "--pidfile", pidfile]
-        argv += option_argv(options, SHARED_FLAGS) + (["--lazy-pages"] if lazy else [])
+        argv = ["--images-dir", images.for_criu, "--restore-detached", "--pidfile", RESTORE_PIDFILE]
+        argv += option_argv(options, SHARED_FLAGS) + (["--lazy-pages"] if lazy else []) + (["--leave-stopped"] if leave_stopped else [])
         try:
-            run = self._run("restore", argv, work_dir, timeout)
-            with open(pidfile, "r") as handle:
+            run = self._run("restore", argv, work, (images.fd,), timeout)
+            with open(work.file(RESTORE_PIDFILE), "r") as handle:
                 pid = procfs.parse_pidfile(handle.read())
             if pid is None:
                 raise CriuError("criu restore succeeded but wrote no valid pidfile. Log: %s" % run.log_path, log=run.log_path)
@@ -249,9 +266,7 @@ class CriuRuntime:
             self._transition(State.NONE)
             if isinstance(exc, CriuError):
                 raise
-            raise CriuError("criu restore wrote no pidfile (%s). Log: %s" % (exc, os.path.join(work_dir, "restore.log"))) from exc
-        finally:
-            shutil.rmtree(pid_dir, ignore_errors=True)
+            raise CriuError("criu restore wrote no pidfile (%s). Log: %s" % (exc, work.file("restore.log"))) from exc
         self._transition(State.RESTORED)
         return pid, run
 
@@ -280,9 +295,10 @@ class CriuRuntime:
     def check(self, *feature: str, timeout: float = 60) -> t.Tuple[bool, str]:
         """``criu check`` (rc 0: this kernel supports what dump and restore need), or with a feature name
         (e.g. mem_dirty_track, uffd-noncoop) ``criu check --feature NAME``; returns (passed, output)."""
-        argv = [self.path, "check"] + (["--feature"] + list(feature) if feature else [])
+        argv = [self.path, "check", binary.NO_DEFAULT_CONFIG] + (["--feature"] + list(feature) if feature else [])
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False,
+                                  env=binary.ENVIRONMENT)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return False, str(exc)
         return proc.returncode == 0, (proc.stdout + proc.stderr).decode("utf-8", "replace").strip()

@@ -1,23 +1,28 @@
 # Copyright (c) nucleus.criu contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The checkpoint directory on disk: hardening, locking, staging and atomic publish.
+"""The checkpoint directory on disk: the directory chain rule, locking, staging and atomic publish.
 
-Every path here is opened without following symlinks, so a link swapped in between a
-check and a use is refused instead of followed. A reader never sees half a checkpoint:
-dumps land in a staging directory beside DEST and are renamed into place when complete.
+A checkpoint's parent is reached through _safepath (every directory from / checked, then held by
+fd), and everything below it is opened relative to fds without following symlinks: nothing another
+user could change is used after it was checked. A reader never sees half a checkpoint: dumps land in
+a staging directory beside DEST and are renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
 import time
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 DIR_MODE = 0o700
@@ -28,56 +33,348 @@ SIGNATURE = "checkpoint.hmac"
 RESTORED = "restored.json"
 DUMP_LOG = "dump.log"
 RESTORE_LOG = "restore.log"
+DUMP_STATS = "stats-dump"
+RESTORE_STATS = "stats-restore"
+# What a checkpoint directory holds; anything else at its top level is reported by verification, never opened.
+KNOWN_ENTRIES = (IMAGES, METADATA, SIGNATURE, RESTORED, DUMP_LOG, RESTORE_LOG, DUMP_STATS, RESTORE_STATS)
 MAX_SMALL_FILE = 16 * 1024 * 1024
-_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+CHAIN_REMEDY = ("Keep checkpoints under directories that only root (or the user running the module) can change, "
+                "e.g. /var/lib/criu owned by root with mode 0755 or 0700.")
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-def _parent_of(dest: str) -> t.Tuple[str, str]:
-    dest = os.path.normpath(dest)
-    parent, name = os.path.split(dest)
-    if not os.path.isabs(dest) or not name:
-        raise CriuError("Checkpoint path %s must be an absolute path to a directory, not /. Give e.g. /var/lib/criu/NAME." % dest, path=dest)
-    return parent, name
+class Location(t.NamedTuple):
+    """Where a checkpoint directory lives: its parent held by fd (the parent's whole chain checked) and its name."""
+
+    parent_fd: int
+    parent: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.parent, self.name)
 
 
-def check_parent(dest: str) -> str:
-    """Refuse a DEST whose parent lets other users swap entries in it (writable without sticky bit)."""
-    parent = _parent_of(dest)[0]
+@contextlib.contextmanager
+def location(path: str) -> t.Iterator[Location]:
+    """The checked, pinned parent of the checkpoint directory ``path`` (which itself may not exist yet)."""
+    path = os.path.normpath(path)
+    name = os.path.basename(path)
+    if not os.path.isabs(path) or not name:
+        raise CriuError("Checkpoint path %s must be an absolute path to a directory, not /. Give e.g. /var/lib/criu/NAME." % path, path=path)
+    safepath.check_name(name, path)
+    where = safepath.walk(path, CHAIN_REMEDY, follow_final=False)
     try:
-        st = os.stat(parent)
-    except OSError as exc:
-        raise CriuError("Parent directory %s of %s cannot be used: %s. Create it first (mode 0700 or 0755)." % (parent, dest, exc.strerror), path=dest) from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise CriuError("Parent %s of %s is not a directory. Choose a path under an existing directory." % (parent, dest), path=dest)
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise CriuError(
-            "Parent directory %s of %s is writable by group/others without the sticky bit (mode %04o): another user could "
-            "replace the checkpoint. Use a directory only root can write (e.g. /var/lib/criu) or chmod go-w %s."
-            % (parent, dest, stat.S_IMODE(st.st_mode), parent),
-            path=dest,
-        )
-    return parent
+        yield Location(where.dir_fd, where.real_dir, where.name)
+    finally:
+        os.close(where.dir_fd)
 
 
-def inspect_dir(path: str, label: str = "Checkpoint directory") -> t.Optional[os.stat_result]:
-    """lstat a checkpoint directory: None if absent; refuse a symlink, a non-directory, or another owner."""
+def _lstat(dir_fd: int, name: str) -> t.Optional[os.stat_result]:
     try:
-        st = os.lstat(path)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise CriuError("%s %s cannot be inspected: %s." % (label, path, exc.strerror), path=path) from exc
+
+
+def open_subdir(dir_fd: int, name: str, path: str, label: str) -> t.Optional[int]:
+    """An fd of the directory ``name`` under ``dir_fd``, None when absent; refuses a symlink, a non-directory and
+    anything another user could change."""
+    st = _lstat(dir_fd, name)
+    if st is None:
+        return None
     if stat.S_ISLNK(st.st_mode):
         raise CriuError("%s %s is a symlink; refusing to follow it. Remove the link or give the real directory." % (label, path), path=path)
     if not stat.S_ISDIR(st.st_mode):
         raise CriuError("%s %s exists and is not a directory. Remove it or choose another path." % (label, path), path=path)
-    if st.st_uid != os.geteuid():
-        raise CriuError(
-            "%s %s is owned by uid %d, not by uid %d who runs this module; refusing to use it. Choose another path or fix its owner."
-            % (label, path, st.st_uid, os.geteuid()),
-            path=path,
-        )
-    return st
+    fd = os.open(name, safepath.DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+            raise CriuError("%s %s changed while it was being opened. Make sure nothing else writes there." % (label, path), path=path)
+        safepath.require_trusted(opened, path, label, CHAIN_REMEDY)
+    except CriuError:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Checkpoint:
+    """A checkpoint directory opened for reading: the directory and its images/ held by fd (-1 when absent)."""
+
+    def __init__(self, fd: int, images_fd: int, path: str) -> None:
+        self.fd = fd
+        self.images_fd = images_fd
+        self.path = path
+
+    @classmethod
+    def open(cls, loc: Location) -> t.Optional["Checkpoint"]:
+        """The checkpoint at ``loc``, None when nothing is there."""
+        fd = open_subdir(loc.parent_fd, loc.name, loc.path, "Checkpoint directory")
+        if fd is None:
+            return None
+        try:
+            images_fd = open_subdir(fd, IMAGES, os.path.join(loc.path, IMAGES), "Images directory")
+        except CriuError:
+            os.close(fd)
+            raise
+        return cls(fd, -1 if images_fd is None else images_fd, loc.path)
+
+    def entries(self) -> t.List[str]:
+        return sorted(safepath.listdir(self.fd))
+
+    def unexpected_entries(self) -> t.List[str]:
+        """Top-level entries that are no part of a checkpoint, or not what their name promises (a symlink planted
+        as a log): reported, never opened or followed."""
+        found = []
+        for name in self.entries():
+            st = _lstat(self.fd, name)
+            if name not in KNOWN_ENTRIES:
+                found.append(name)
+            elif st is not None and name != IMAGES and not stat.S_ISREG(st.st_mode):
+                found.append("%s (not a regular file)" % name)
+        return found
+
+    def read(self, name: str) -> t.Optional[bytes]:
+        return read_small_file(self.fd, name, os.path.join(self.path, name))
+
+    def close(self) -> None:
+        for fd in (self.images_fd, self.fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.images_fd = -1
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+
+def open_checkpoint(loc: Location) -> Checkpoint:
+    """The checkpoint at ``loc``, or a refusal saying that nothing is there."""
+    opened = Checkpoint.open(loc)
+    if opened is None:
+        raise CriuError("No checkpoint at %s: the directory does not exist. Check the path." % loc.path, path=loc.path)
+    return opened
+
+
+def replace_problem(loc: Location) -> t.Optional[str]:
+    """Why ``force`` may not replace what is at ``loc`` (None: nothing there, an empty directory, or a checkpoint
+    directory this collection made, owned by root or the caller)."""
+    st = _lstat(loc.parent_fd, loc.name)
+    if st is None:
+        return None
+    try:
+        opened = Checkpoint.open(loc)
+    except CriuError as exc:
+        return exc.msg
+    if opened is None:
+        return None
+    with opened:
+        entries = opened.entries()
+        if not entries:
+            return None
+        try:
+            raw = opened.read(METADATA)
+            document = json.loads(raw.decode("utf-8")) if raw else None
+        except (CriuError, ValueError):
+            document = None
+    if not isinstance(document, dict) or not isinstance(document.get("schema_version"), int):
+        return ("%s is not a checkpoint directory made by nucleus.criu (it holds no readable metadata.json); force replaces "
+                "only those. Move it away yourself or choose another dest." % loc.path)
+    return None
+
+
+class Lock:
+    """An exclusive flock that serialises every run touching one checkpoint directory.
+
+    The lock file ``.NAME.lock`` sits beside it in the checked parent and is removed on release; after
+    taking the lock we check that the file is still the one on disk, so a waiter never holds a stale inode.
+    """
+
+    def __init__(self, loc: Location, timeout: float) -> None:
+        self.loc = loc
+        self.name = ".%s.lock" % loc.name
+        self.path = os.path.join(loc.parent, self.name)
+        self.timeout = timeout
+        self.fd = -1
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=self.loc.parent_fd)
+        except OSError as exc:
+            raise CriuError("Cannot open the lock file %s: %s. Remove it if it is a symlink or not a regular file; "
+                            "nucleus.criu creates it itself." % (self.path, exc.strerror), path=self.path) from exc
+        owner = os.fstat(fd).st_uid
+        if owner != os.geteuid():
+            os.close(fd)
+            raise CriuError("The lock file %s is owned by uid %d, not by uid %d who runs this module: another user made it. "
+                            "Remove it." % (self.path, owner, os.geteuid()), path=self.path)
+        return fd
+
+    def __enter__(self) -> "Lock":
+        deadline = time.monotonic() + self.timeout
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() > deadline:
+                    raise CriuError("Another nucleus.criu run holds the lock %s for more than %ss. Wait for it to finish or raise timeout."
+                                    % (self.path, self.timeout), path=self.path) from exc
+                time.sleep(0.05)
+                continue
+            on_disk = _lstat(self.loc.parent_fd, self.name)
+            if on_disk is not None and on_disk.st_ino == os.fstat(fd).st_ino:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        try:
+            os.unlink(self.name, dir_fd=self.loc.parent_fd)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+
+
+def _scratch_prefixes(loc: Location) -> t.Tuple[str, str]:
+    return ".%s.staging-" % loc.name, ".%s.old-" % loc.name
+
+
+def remove_litter(loc: Location) -> None:
+    """Staging and swapped-out directories that a run killed mid-way left beside the checkpoint (call under the lock)."""
+    for name in safepath.listdir(loc.parent_fd):
+        if name.startswith(_scratch_prefixes(loc)):
+            st = _lstat(loc.parent_fd, name)
+            if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                shutil.rmtree(os.path.join(loc.parent, name))
+
+
+class Staging:
+    """A private directory beside the checkpoint (same filesystem, so publishing is one rename), with images/ in
+    it; both held by fd, so criu and the hashing read and write exactly these directories."""
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+        self.name = _scratch_prefixes(loc)[0] + secrets.token_hex(4)
+        os.mkdir(self.name, DIR_MODE, dir_fd=loc.parent_fd)
+        self.fd = os.open(self.name, safepath.DIR_FLAGS, dir_fd=loc.parent_fd)
+        os.mkdir(IMAGES, DIR_MODE, dir_fd=self.fd)
+        self.images_fd = os.open(IMAGES, safepath.DIR_FLAGS, dir_fd=self.fd)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.loc.parent, self.name)
+
+    def close(self) -> None:
+        for fd in (self.images_fd, self.fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.images_fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def publish(self) -> None:
+        """Rename the complete staging directory to the checkpoint's name; a checkpoint already there (force) is
+        swapped out first, then removed. The parent is flushed so the new name survives a crash."""
+        parent_fd = self.loc.parent_fd
+        old = None
+        st = _lstat(parent_fd, self.loc.name)
+        if st is not None and not (stat.S_ISDIR(st.st_mode) and not os.listdir(self.loc.path)):
+            old = _scratch_prefixes(self.loc)[1] + secrets.token_hex(4)
+            os.rename(self.loc.name, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        os.rename(self.name, self.loc.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        os.fsync(parent_fd)
+        self.close()
+        if old:
+            shutil.rmtree(os.path.join(self.loc.parent, old))
+
+
+def fsync_dir_entries(dir_fd: int) -> None:
+    """Flush the regular files directly in a directory, then the directory itself (subdirectories are flushed
+    by their own call), so a published checkpoint survives a crash."""
+    for name in safepath.listdir(dir_fd):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    os.fsync(dir_fd)
+
+
+def write_file(dir_fd: int, name: str, data: bytes, replace: bool = False) -> None:
+    """Write ``name`` under ``dir_fd`` with mode 0600, flushed, never through a symlink; ``replace`` swaps it in
+    atomically (a symlink already at ``name`` is replaced itself, not followed)."""
+    target = ".%s.tmp" % name if replace else name
+    if replace:
+        try:
+            os.unlink(target, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if replace:
+        os.rename(target, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.fsync(dir_fd)
+
+
+def read_small_file(dir_fd: int, name: str, path: str) -> t.Optional[bytes]:
+    """Read a metadata-sized regular file under ``dir_fd`` without following symlinks; None when absent.
+
+    Raises CriuError for a symlink, a non-regular file or an oversized file.
+    """
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CriuError("%s is a symlink; refusing to follow it." % path, path=path) from exc
+        raise CriuError("Cannot read %s: %s." % (path, exc.strerror), path=path) from exc
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CriuError("%s is not a regular file." % path, path=path)
+        if st.st_size > MAX_SMALL_FILE:
+            raise CriuError("%s is %d bytes, larger than any file nucleus.criu writes." % (path, st.st_size), path=path)
+        return handle.read(MAX_SMALL_FILE + 1)
+
+
+def copy_file(src_dir: str, name: str, dest_fd: int) -> bool:
+    """Copy ``src_dir/name`` (a file criu wrote in our private work dir) into ``dest_fd`` as ``name``, replacing
+    what is there without following it; False when criu wrote no such file."""
+    try:
+        with open(os.path.join(src_dir, name), "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return False
+    write_file(dest_fd, name, data, replace=True)
+    return True
+
+
+@contextlib.contextmanager
+def private_dir(prefix: str) -> t.Iterator[str]:
+    """A fresh directory only the caller can use, removed afterwards: criu's work dir and logs when it reads a
+    checkpoint, which must never be written into."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        fd, real = safepath.open_dir(path, "Private work directory", CHAIN_REMEDY)
+        os.close(fd)
+        yield real
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def enclosing_checkpoint(dest: str) -> t.Optional[str]:
@@ -88,151 +385,3 @@ def enclosing_checkpoint(dest: str) -> t.Optional[str]:
             return current
         current = os.path.dirname(current)
     return None
-
-
-class DestLock:
-    """An exclusive flock that serialises every run touching one DEST.
-
-    The lock file sits beside DEST and is removed on release; after taking the lock we
-    check that the file is still the one on disk, so a waiter never holds a stale inode.
-    """
-
-    def __init__(self, dest: str, timeout: float) -> None:
-        parent, name = _parent_of(dest)
-        self.path = os.path.join(parent, ".%s.lock" % name)
-        self.timeout = timeout
-        self.fd = -1
-
-    def __enter__(self) -> "DestLock":
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-            except OSError as exc:
-                raise CriuError(
-                    "Cannot open the lock file %s: %s. Remove it if it is a symlink or not a regular file; "
-                    "nucleus.criu creates it itself." % (self.path, exc.strerror),
-                    path=self.path,
-                ) from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise CriuError(
-                        "Another nucleus.criu run holds the lock %s for more than %ss. Wait for it to finish or raise timeout." % (self.path, self.timeout),
-                        path=self.path,
-                    ) from exc
-                time.sleep(0.05)
-                continue
-            try:
-                same = os.fstat(fd).st_ino == os.lstat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                return self
-            os.close(fd)
-
-    def __exit__(self, *exc_info: t.Any) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-
-
-def make_staging(dest: str) -> str:
-    """A private directory beside DEST (same filesystem, so publishing is one rename), with images/ in it."""
-    parent, name = _parent_of(dest)
-    staging = tempfile.mkdtemp(prefix=".%s.staging-" % name, dir=parent)
-    os.chmod(staging, DIR_MODE)
-    os.mkdir(os.path.join(staging, IMAGES), DIR_MODE)
-    return staging
-
-
-def fsync_dir_entries(directory: str) -> None:
-    """Flush the regular files directly in ``directory``, then the directory itself (subdirectories are
-    flushed by their own call), so a published checkpoint survives a crash."""
-    for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False):
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(directory)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, _NOFOLLOW_DIR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(staging: str, dest: str) -> None:
-    """Rename a complete staging directory to DEST; an existing DEST (force) is swapped out first, then removed."""
-    parent, name = _parent_of(dest)
-    old = None
-    if os.path.lexists(dest):
-        old = tempfile.mkdtemp(prefix=".%s.old-" % name, dir=parent)
-        os.rename(dest, os.path.join(old, name))
-    os.rename(staging, dest)
-    fsync_dir(parent)
-    if old:
-        shutil.rmtree(old)
-
-
-def remove_tree(path: str) -> None:
-    """Remove a directory we created; never follows symlinks (shutil.rmtree does not)."""
-    if os.path.lexists(path):
-        shutil.rmtree(path)
-
-
-def write_file(directory: str, name: str, data: bytes, replace: bool = False) -> None:
-    """Write ``directory/name`` with mode 0600, never through a symlink; ``replace`` swaps it in atomically."""
-    dir_fd = os.open(directory, _NOFOLLOW_DIR)
-    try:
-        target = ".%s.tmp" % name if replace else name
-        if replace:
-            try:
-                os.unlink(target, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=dir_fd)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.rename(target, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def read_small_file(directory: str, name: str) -> t.Optional[bytes]:
-    """Read a metadata-sized regular file without following symlinks; None when absent.
-
-    Raises CriuError for a symlink, a non-regular file or an oversized file.
-    """
-    path = os.path.join(directory, name)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CriuError("%s is a symlink; refusing to follow it." % path, path=path) from exc
-        raise CriuError("Cannot read %s: %s." % (path, exc.strerror), path=path) from exc
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SMALL_FILE:
-        os.close(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CriuError("%s is not a regular file." % path, path=path)
-        raise CriuError("%s is %d bytes, larger than any file nucleus.criu writes." % (path, st.st_size), path=path)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(MAX_SMALL_FILE + 1)

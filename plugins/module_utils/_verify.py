@@ -10,22 +10,31 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 
 def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """The criu_verify module's work: returns the module result, or raises with every problem found."""
+    require_timeout(params["timeout"])
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     path = os.path.normpath(params["path"])
-    metadata, problems = integrity.verify(path, key, params["require_signature"])
-    if metadata is not None and params["check_host"]:
-        criu = host.criu_facts(params["criu_path"])
-        problems += criu["problems"]
-        problems += host.restore_problems(metadata)
+    signed = False
+    try:
+        with store.location(path) as loc, store.open_checkpoint(loc) as checkpoint:
+            verdict = integrity.verify(checkpoint, key, params["require_signature"], params["skip_signature_check"],
+                                       timeout=params["timeout"])
+            signed = store.SIGNATURE in checkpoint.entries()
+    except CriuError as exc:
+        verdict = integrity.Verdict(None, [exc.msg], [])
+    problems = list(verdict.problems)
+    if verdict.metadata is not None and params["check_host"]:
+        problems += host.criu_facts(params["criu_path"])["problems"]
+        problems += host.restore_problems(verdict.metadata)
     if problems:
-        raise CriuError("Checkpoint %s is not valid: %s." % (path, "; ".join(problems)), path=path, problems=problems, valid=False)
-    signed = os.path.lexists(os.path.join(path, store.SIGNATURE))
+        raise CriuError("Checkpoint %s is not valid: %s." % (path, "; ".join(problems)), path=path, problems=problems, valid=False,
+                        unexpected_entries=verdict.unexpected)
     return {
-        "changed": False, "path": path, "valid": True, "checkpoint": metadata,
-        "signed": signed, "signature_checked": signed and key is not None,
+        "changed": False, "path": path, "valid": True, "checkpoint": integrity.public(verdict.metadata),
+        "signed": signed, "signature_checked": signed and key is not None, "unexpected_entries": verdict.unexpected,
     }

@@ -194,38 +194,13 @@ actions:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint
-from ansible_collections.nucleus.criu.plugins.module_utils._module import (
-    CRIU_PATH_ARG, HMAC_ARGS, HMAC_EXCLUSIVE, TIMEOUT_ARG, run_module)
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
+from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 
 
 def main() -> None:
-    argument_spec = dict(
-        pid=dict(type="int"),
-        pidfile=dict(type="path"),
-        dest=dict(type="path", required=True),
-        name=dict(type="str"),
-        leave_running=dict(type="bool", default=False),
-        leave_stopped=dict(type="bool", default=False),
-        tcp_established=dict(type="bool", default=False),
-        ext_unix_sk=dict(type="bool", default=False),
-        file_locks=dict(type="bool", default=False),
-        shell_job=dict(type="bool"),
-        network_lock=dict(type="str", default="nftables", choices=["nftables", "iptables", "skip"]),
-        lazy_pages=dict(type="bool", default=False),
-        page_server_port=dict(type="int", default=0),
-        hash_algorithm=dict(type="str", default="sha256", choices=["sha256", "blake3", "auto"]),
-        force=dict(type="bool", default=False),
-        **CRIU_PATH_ARG, **TIMEOUT_ARG, **HMAC_ARGS,
-    )
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        mutually_exclusive=[("pid", "pidfile"), ("leave_running", "leave_stopped")] + HMAC_EXCLUSIVE,
-        required_one_of=[("pid", "pidfile")],
-        supports_check_mode=True,
-    )
+    module = create_module(CHECKPOINT)
     run_module(module, lambda: _checkpoint.checkpoint(module.params, module.check_mode))
 
 

@@ -151,37 +151,14 @@ process:
       returned: when it exists
 """
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils._module import CRIU_PATH_ARG, run_module
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import INFO
+from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(pid=dict(type="int"), pidfile=dict(type="path"), **CRIU_PATH_ARG),
-        mutually_exclusive=[("pid", "pidfile")],
-        supports_check_mode=True,
-    )
-
-    def action():
-        can, why = host.can_checkpoint()
-        result = {
-            "changed": False, "criu": host.criu_facts(module.params["criu_path"]),
-            "kernel": os.uname().release, "arch": os.uname().machine,
-            "can_checkpoint": can, "privilege_problem": why,
-            "page_server_problem": host.page_server_problem(),
-            "hash_algorithms": integrity.available_algorithms(),
-        }
-        if module.params["pid"] is not None or module.params["pidfile"]:
-            result["process"] = procfs.process_state(procfs.resolve_pid(module.params["pid"], module.params["pidfile"]))
-        return result
-
-    run_module(module, action)
+    module = create_module(INFO)
+    run_module(module, lambda: host.info(module.params))
 
 
 if __name__ == "__main__":

@@ -125,24 +125,13 @@ actions:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore
-from ansible_collections.nucleus.criu.plugins.module_utils._module import (
-    CRIU_PATH_ARG, HMAC_ARGS, HMAC_EXCLUSIVE, TIMEOUT_ARG, run_module)
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import RESTORE
+from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 
 
 def main() -> None:
-    argument_spec = dict(
-        src=dict(type="path", required=True),
-        verify=dict(type="bool", default=True),
-        require_signature=dict(type="bool", default=False),
-        pidfile=dict(type="path"),
-        lazy_pages_port=dict(type="int"),
-        force=dict(type="bool", default=False),
-        **CRIU_PATH_ARG, **TIMEOUT_ARG, **HMAC_ARGS,
-    )
-    module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=HMAC_EXCLUSIVE, supports_check_mode=True)
+    module = create_module(RESTORE)
     run_module(module, lambda: _restore.restore(module.params, module.check_mode))
 
 

@@ -81,20 +81,13 @@ problems:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.nucleus.criu.plugins.module_utils import _verify
-from ansible_collections.nucleus.criu.plugins.module_utils._module import CRIU_PATH_ARG, HMAC_ARGS, HMAC_EXCLUSIVE, run_module
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import VERIFY
+from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 
 
 def main() -> None:
-    argument_spec = dict(
-        path=dict(type="path", required=True, aliases=["src"]),
-        require_signature=dict(type="bool", default=False),
-        check_host=dict(type="bool", default=False),
-        **CRIU_PATH_ARG, **HMAC_ARGS,
-    )
-    module = AnsibleModule(argument_spec=argument_spec, mutually_exclusive=HMAC_EXCLUSIVE, supports_check_mode=True)
+    module = create_module(VERIFY)
     run_module(module, lambda: _verify.verify(module.params))
 
 

@@ -35,9 +35,11 @@ def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
                 item.add_marker(skip)
 
 
-def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False) -> t.Dict[str, t.Any]:
-    """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` and return the task result."""
-    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1")
+def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
+               env: t.Optional[t.Mapping[str, str]] = None) -> t.Dict[str, t.Any]:
+    """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` (``env``: extra environment) and return the task result."""
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1",
+               **(env or {}))
     argv = [ANSIBLE, "localhost", "-m", "nucleus.criu.%s" % module] + (["-a", json.dumps(dict(args))] if args else [])
     if check:
         argv.append("--check")
@@ -124,8 +126,13 @@ class Workload:
         """Collect the original process once it is gone, so its PID is free for a same-host restore."""
         self.proc.wait(timeout=30)
 
+    def copies(self) -> t.List[int]:
+        """Live copies of the workload itself (not the unshare that started one in its own PID namespace)."""
+        return [pid for pid in processes_running(self.state_file) if open("/proc/%d/comm" % pid).read().strip() != "unshare"]
+
     def adopt(self, pid: int) -> None:
-        """Track a restored copy so teardown kills it."""
+        """Track a restored copy so teardown kills it (never 0 or 1: kill(0) would hit our own group)."""
+        assert pid > 1, pid
         self.extra_pids.append(pid)
 
     def stop(self) -> None:

@@ -67,14 +67,19 @@ def test_bad_pidfile(ckpt_dir, tmp_path, content, words):
     assert _snapshot(ckpt_dir) == []
 
 
-def test_pidfile_symlink_refused(running, ckpt_dir, tmp_path):
+def test_pidfile_symlink_followed_only_when_trusted(running, ckpt_dir, tmp_path):
+    """A pidfile reached through a root-owned symlink (as /var/run -> /run) is read; one through another user's is not."""
     real = tmp_path / "real.pid"
     real.write_text("%d\n" % running.pid)
     link = tmp_path / "link.pid"
     link.symlink_to(real)
+    os.lchown(str(link), 65534, 65534)
     result = run_module("criu_checkpoint", dict(pidfile=str(link), dest=str(ckpt_dir / "x"), leave_running=True))
-    assert result["failed"] and "not a symlink" in result["msg"], result
+    assert result["failed"] and "Symlink %s is owned by uid 65534" % link in result["msg"], result
     assert _snapshot(ckpt_dir) == []
+    os.lchown(str(link), 0, 0)
+    result = run_module("criu_checkpoint", dict(pidfile=str(link), dest=str(ckpt_dir / "x"), leave_running=True))
+    assert result["changed"] and result["pid"] == running.pid, result
 
 
 @pytest.mark.parametrize("timeout", [0, -5])
@@ -136,7 +141,7 @@ def test_dest_parent_world_writable(running, tmp_path):
     parent.mkdir()
     parent.chmod(0o777)
     result = run_module("criu_checkpoint", dict(pid=running.pid, dest=str(parent / "x"), leave_running=True))
-    assert result["failed"] and "without the sticky bit" in result["msg"], result
+    assert result["failed"] and "writable by group/others" in result["msg"] and "chmod go-w %s" % parent in result["msg"], result
     assert os.listdir(parent) == []
 
 

@@ -1,6 +1,6 @@
 """The nucleus.criu.criu role installs a working criu from nothing, proves it, and is idempotent.
 
-It installs into a private prefix of its own (a second tree and wrapper), so the criu the rest
+It installs into a private prefix of its own (a second tree and link), so the criu the rest
 of the suite uses is never touched.
 """
 
@@ -18,11 +18,11 @@ from conftest import REPO, pipe_max_size
 
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 TREE = "/opt/criu-roletest"
-WRAPPER = "/usr/local/sbin/criu-roletest"
+LINK = "/usr/local/sbin/criu-roletest"
 WORKDIR = "/var/cache/nucleus-criu-roletest"
 
 
-PREFIX = {"criu_private_tree": TREE, "criu_wrapper_path": WRAPPER, "criu_workdir": WORKDIR}
+PREFIX = {"criu_private_tree": TREE, "criu_link_path": LINK, "criu_workdir": WORKDIR}
 
 
 def run_role(*flags, role_vars=None):
@@ -39,8 +39,8 @@ def clean_prefix():
     def remove():
         for path in (TREE, WORKDIR):
             shutil.rmtree(path, ignore_errors=True)
-        if os.path.lexists(WRAPPER):
-            os.unlink(WRAPPER)
+        if os.path.lexists(LINK):
+            os.unlink(LINK)
     remove()
     yield
     remove()
@@ -48,14 +48,16 @@ def clean_prefix():
 
 def test_role_installs_proves_and_is_idempotent(clean_prefix):
     predicted = run_role("--check")
-    assert "changed=0" not in predicted and not os.path.exists(WRAPPER), "check mode must predict and change nothing"
+    assert "changed=0" not in predicted and not os.path.lexists(LINK), "check mode must predict and change nothing"
     first = run_role()
     assert "changed=0" not in first, first
-    st = os.stat(WRAPPER)
-    assert st.st_uid == 0 and oct(st.st_mode & 0o777) == "0o755"
-    check = subprocess.run([WRAPPER, "check"], capture_output=True, text=True, check=False)
+    # A root-owned link to the criu ELF itself (its loader and libraries inside the tree), not a wrapper script.
+    assert os.lstat(LINK).st_uid == 0 and os.readlink(LINK) == TREE + "/usr/sbin/criu"
+    with open(LINK, "rb") as handle:
+        assert handle.read(4) == b"\x7fELF"
+    check = subprocess.run([LINK, "check"], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert subprocess.run([WRAPPER, "--version"], capture_output=True, text=True, check=True).stdout.startswith("Version: 4.")
+    assert subprocess.run([LINK, "--version"], capture_output=True, text=True, check=True).stdout.startswith("Version: 4.")
     again = run_role()
     assert "changed=0" in again and "failed=0" in again, again
 

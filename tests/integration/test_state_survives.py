@@ -84,28 +84,3 @@ def test_tcp_connection_survives(workloads, ckpt_dir):
         reply = client.recv(128).decode().split()
     assert reply[0] == token, "the restored server must answer on the same connection with the same memory"
     assert int(reply[1]) > int(count)
-
-
-def test_postcopy_ad_hoc(workloads, ckpt_dir, big_pipes):
-    """lazy_pages: the checkpoint holds no memory, the source stays frozen and serves it; a lazy restore fetches it all."""
-    workload = workloads("--mem", "32", pid_namespace=True, minimum=10)
-    dest = ckpt_dir / "lazy"
-    # Read before the freeze: it may stop the process halfway through rewriting its state.
-    before = workload.state()
-    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), lazy_pages=True, leave_stopped=True))
-    assert made["changed"] and made["checkpoint"]["options"]["lazy_pages"] is True, made
-    assert made["stats"]["image_bytes"] < 8 << 20, "the memory must stay in the source, not in the images"
-    server = made["page_server"]
-    assert alive(server["pid"]) and server["address"] == "127.0.0.1"
-    assert proc_state(workload.pid) in ("t", "T"), "the source stays frozen while its pages are served"
-
-    refused = run_module("criu_restore", dict(src=str(dest)))
-    assert refused["failed"] and "Give lazy_pages_port" in refused["msg"], refused
-
-    restored = run_module("criu_restore", dict(src=str(dest), lazy_pages_port=server["port"]))
-    assert restored["changed"], restored
-    workload.adopt(restored["pid"])
-    assert restored["stats"]["lazy_pages"] > 32 * 256, restored["stats"]
-    assert restored["pid"] != workload.pid and proc_state(workload.pid) == "T"
-    wait_for(lambda: not alive(server["pid"]), what="the page server to end once every page was fetched")
-    assert_continues(workload, before)

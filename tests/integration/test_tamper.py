@@ -92,7 +92,7 @@ CASES = [
     ("metadata-edited", edit_metadata(_set_pid), KEY, "checkpoint.hmac does not match"),
     ("newer-schema", edit_metadata(_newer_schema), KEY, "newer than the 1 this nucleus.criu understands"),
     ("signature-removed", remove_signature, KEY, "checkpoint.hmac is missing"),
-    ("wrong-key", lambda dest: None, "not-the-key", "checkpoint.hmac does not match"),
+    ("wrong-key", lambda dest: None, "not-the-key-0123456789", "checkpoint.hmac does not match"),
 ]
 
 

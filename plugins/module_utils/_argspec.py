@@ -1,0 +1,80 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every module's argument spec, defined once: the modules, the tests and the benchmark all read it here.
+
+The options a user sets once for the whole ``group/nucleus.criu.criu`` (criu_path, timeout, hmac_key,
+hmac_key_file) are accepted by every module, so ``module_defaults`` never breaks one of them.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+DEFAULT_TIMEOUT = 120
+HASH_ALGORITHM_CHOICES = ["sha256", "blake3", "auto"]
+NETWORK_LOCK_CHOICES = ["nftables", "iptables", "skip"]
+
+COMMON: t.Dict[str, t.Dict[str, t.Any]] = {
+    "criu_path": {"type": "path"},
+    "timeout": {"type": "int", "default": DEFAULT_TIMEOUT},
+    "hmac_key": {"type": "str", "no_log": True},
+    "hmac_key_file": {"type": "path", "no_log": False},
+}
+COMMON_EXCLUSIVE = [("hmac_key", "hmac_key_file")]
+_SIGNATURE = {
+    "require_signature": {"type": "bool", "default": False},
+    "skip_signature_check": {"type": "bool", "default": False},
+}
+
+
+class Spec(t.NamedTuple):
+    """What AnsibleModule takes besides supports_check_mode."""
+
+    argument_spec: t.Dict[str, t.Dict[str, t.Any]]
+    mutually_exclusive: t.List[t.Tuple[str, ...]]
+    required_one_of: t.List[t.Tuple[str, ...]]
+
+    def defaults(self, **given: t.Any) -> t.Dict[str, t.Any]:
+        """Module params as AnsibleModule would build them from ``given``: every option, defaults filled in."""
+        params = {name: option.get("default") for name, option in self.argument_spec.items()}
+        params.update(given)
+        return params
+
+
+def _spec(options: t.Mapping[str, t.Dict[str, t.Any]], exclusive: t.Sequence[t.Tuple[str, ...]] = (),
+          one_of: t.Sequence[t.Tuple[str, ...]] = ()) -> Spec:
+    return Spec(dict(options, **COMMON), list(exclusive) + COMMON_EXCLUSIVE, list(one_of))
+
+
+CHECKPOINT = _spec({
+    "pid": {"type": "int"},
+    "pidfile": {"type": "path"},
+    "dest": {"type": "path", "required": True},
+    "name": {"type": "str"},
+    "leave_running": {"type": "bool", "default": False},
+    "leave_stopped": {"type": "bool", "default": False},
+    "tcp_established": {"type": "bool", "default": False},
+    "ext_unix_sk": {"type": "bool", "default": False},
+    "file_locks": {"type": "bool", "default": False},
+    "shell_job": {"type": "bool"},
+    "network_lock": {"type": "str", "default": "nftables", "choices": NETWORK_LOCK_CHOICES},
+    "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
+    "force": {"type": "bool", "default": False},
+}, exclusive=[("pid", "pidfile"), ("leave_running", "leave_stopped")], one_of=[("pid", "pidfile")])
+
+RESTORE = _spec(dict({
+    "src": {"type": "path", "required": True},
+    "verify": {"type": "bool", "default": True},
+    "pidfile": {"type": "path"},
+    "force": {"type": "bool", "default": False},
+}, **_SIGNATURE))
+
+VERIFY = _spec(dict({
+    "path": {"type": "path", "required": True, "aliases": ["src"]},
+    "check_host": {"type": "bool", "default": False},
+}, **_SIGNATURE))
+
+INFO = _spec({
+    "pid": {"type": "int"},
+    "pidfile": {"type": "path"},
+}, exclusive=[("pid", "pidfile")])

@@ -1,0 +1,389 @@
+"""Trust: a signed checkpoint stays unforgeable against anyone who can write near it, and criu inherits nothing.
+
+Every attack here is carried out for real: the attacker is a separate process running as uid 65534
+(``setpriv``), and each race is made deterministic by an inotify event (tests/integration/attacker.py),
+never by a sleep. Each test proves the attack refused or harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import typing as t
+
+import pytest
+
+from conftest import REPO, Workload, processes_running, run_module
+
+KEY = "trust-test-key-0123456789abcdef"
+NOBODY = 65534
+ATTACKER = os.path.join(REPO, "tests", "integration", "attacker.py")
+CRIU = os.path.realpath("/usr/local/sbin/criu")
+
+
+@pytest.fixture
+def attack_base():
+    """A directory under /tmp that uid 65534 can traverse (pytest's own tmp dirs are 0700)."""
+    base = tempfile.mkdtemp(prefix="nucleus-attack-", dir="/tmp")
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def owned_by_nobody(path: str, mode: int = 0o755, recursive: bool = False) -> str:
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    os.lchown(path, NOBODY, NOBODY)
+    for current, dirs, files in os.walk(path) if recursive else ():
+        for name in [current] + [os.path.join(current, n) for n in dirs + files]:
+            os.lchown(name, NOBODY, NOBODY)
+    return path
+
+
+class Attacker:
+    """attacker.py running as uid 65534; ``start`` returns once its inotify watch is armed."""
+
+    def __init__(self, *args: str, timeout: float = 60) -> None:
+        argv = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
+                "/usr/bin/python3", ATTACKER, "--timeout", str(timeout)] + list(args)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert json.loads(line or "{}").get("ready"), line + self.proc.stderr.read()
+
+    def outcome(self, timeout: float = 90) -> t.Dict[str, t.Any]:
+        """Every field the attacker reported, once it is done."""
+        out, err = self.proc.communicate(timeout=timeout)
+        fields: t.Dict[str, t.Any] = {}
+        for line in out.splitlines():
+            fields.update(json.loads(line))
+        fields["stderr"] = err
+        return fields
+
+
+@pytest.fixture
+def pidns_workloads(tmp_path):
+    """Workloads in their own PID namespace (they restore while the original pids are busy)."""
+    started: t.List[Workload] = []
+
+    def start(name: str, *args: str) -> Workload:
+        workload = Workload(str(tmp_path / name), args, pid_namespace=True)
+        started.append(workload)
+        workload.wait_count(3)
+        return workload
+
+    yield start
+    for workload in started:
+        workload.stop()
+
+
+def signed_checkpoint(workload: Workload, dest: str, **options: t.Any) -> t.Dict[str, t.Any]:
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=dest, hmac_key=KEY, **options))
+    assert made["changed"] and not made["failed"], made
+    return made
+
+
+# 1. A signed checkpoint with a planted symlink at its top level must not make the restore write through it.
+def test_restore_never_writes_through_a_planted_log_symlink(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("victimwork")
+    src = str(ckpt_dir / "ck")
+    signed_checkpoint(workload, src, leave_running=True)
+    victim = ckpt_dir / "victim"
+    victim.write_text("precious\n")
+    for planted in ("restore.log", "stats-restore"):
+        os.symlink(str(victim), os.path.join(src, planted))
+
+    verdict = run_module("criu_verify", dict(path=src, hmac_key=KEY))
+    restored = run_module("criu_restore", dict(src=src, hmac_key=KEY))
+    if restored.get("pid"):
+        workload.adopt(restored["pid"])
+
+    assert victim.read_text() == "precious\n", "criu wrote through a symlink planted in the checkpoint"
+    assert restored["changed"] and not restored["failed"], restored
+    assert not os.path.islink(os.path.join(src, "restore.log")), "the restore log must replace the link, not follow it"
+    assert verdict["valid"] and "stats-restore" in " ".join(verdict["unexpected_entries"]), verdict
+
+
+# 2. Images swapped after verification, by a user who owns SRC's parent or can write into SRC.
+@pytest.mark.parametrize("where", ["parent-owned-by-attacker", "src-writable-by-others"])
+def test_restore_refuses_a_checkpoint_others_can_swap(pidns_workloads, ckpt_dir, attack_base, where):
+    legit, evil = pidns_workloads("legit"), pidns_workloads("evil")
+    signed_checkpoint(legit, str(ckpt_dir / "legit"), leave_running=True)
+    signed_checkpoint(evil, str(ckpt_dir / "evil"))
+    evil.reap()
+    parent = os.path.join(attack_base, "p")
+    os.mkdir(parent, 0o755)
+    src = os.path.join(parent, "ck")
+    shutil.copytree(str(ckpt_dir / "legit"), src)
+    if where == "parent-owned-by-attacker":
+        # The attacker owns the parent: it moves its own directory in as SRC once the lock shows verification done.
+        owned_by_nobody(parent)
+        shutil.copytree(str(ckpt_dir / "evil"), os.path.join(parent, "evil"))
+        owned_by_nobody(os.path.join(parent, "evil"), recursive=True)
+        attacker = Attacker("swap-on-create", parent, ".ck.lock", src, os.path.join(parent, "evil"))
+    else:
+        # A root-owned SRC that others may write: the attacker swaps images/ once verification is done.
+        os.chmod(src, 0o777)
+        shutil.copytree(str(ckpt_dir / "evil" / "images"), os.path.join(src, "evil-images"))
+        owned_by_nobody(os.path.join(src, "evil-images"), recursive=True)
+        attacker = Attacker("swap-on-create", parent, ".ck.lock", os.path.join(src, "images"),
+                            os.path.join(src, "evil-images"))
+
+    restored = run_module("criu_restore", dict(src=src, hmac_key=KEY))
+    attacker.proc.kill()
+    seen = attacker.outcome()
+    if restored.get("pid"):
+        legit.adopt(restored["pid"])
+    assert "Error" not in seen["stderr"], seen
+
+    assert processes_running(evil.state_file) == [], "the attacker's images were restored as root"
+    assert restored["failed"] and ("65534" in restored["msg"] or "writable by group/others" in restored["msg"]), restored
+    assert "Nothing was restored" in restored["msg"], restored
+
+
+def test_verify_refuses_a_checkpoint_others_can_write(pidns_workloads, ckpt_dir, attack_base):
+    workload = pidns_workloads("w")
+    signed_checkpoint(workload, str(ckpt_dir / "ck"), leave_running=True)
+    src = os.path.join(attack_base, "ck")
+    shutil.copytree(str(ckpt_dir / "ck"), src)
+    os.chmod(os.path.join(src, "images"), 0o777)
+    verdict = run_module("criu_verify", dict(path=src, hmac_key=KEY))
+    assert verdict["failed"] and verdict["valid"] is False, verdict
+    assert any("images" in p and "writable by group/others" in p for p in verdict["problems"]), verdict
+
+
+# 3. Whoever owns DEST's parent must not be able to take over the dump.
+def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(pidns_workloads, attack_base):
+    workload = pidns_workloads("secret")
+    parent = owned_by_nobody(os.path.join(attack_base, "p"))
+    attacker = Attacker("hijack-staging", parent, ".ck.staging-", "ck", timeout=30)
+
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=os.path.join(parent, "ck"),
+                                              hmac_key=KEY, leave_running=True))
+    attacker.proc.kill()
+    seen = attacker.outcome()
+
+    assert not seen.get("stolen_bytes"), "the attacker read %s bytes of the dumped memory" % seen.get("stolen_bytes")
+    assert made["failed"] and "65534" in made["msg"], made
+    assert not os.path.exists(os.path.join(parent, "ck")), "nothing may be published under the attacker's parent"
+
+
+# 4. The criu that is checked is the criu that runs.
+def test_criu_path_through_a_hop_another_user_controls_is_refused(pidns_workloads, ckpt_dir, attack_base):
+    workload = pidns_workloads("w")
+    hop = owned_by_nobody(os.path.join(attack_base, "hop"))
+    marker = os.path.join(attack_base, "pwned")
+    evil = os.path.join(hop, "evil")
+    with open(evil, "w") as handle:
+        handle.write("#!/bin/sh\nid -u > %s\nexec %s \"$@\"\n" % (marker, CRIU))
+    os.chmod(evil, 0o755)
+    os.lchown(evil, NOBODY, NOBODY)
+    os.symlink(CRIU, os.path.join(hop, "criu"))
+    os.lchown(os.path.join(hop, "criu"), NOBODY, NOBODY)
+    trusted = os.path.join(attack_base, "trusted")
+    os.mkdir(trusted, 0o755)
+    os.symlink(os.path.join(hop, "criu"), os.path.join(trusted, "criu"))
+    attacker = Attacker("repoint-on-open", CRIU, os.path.join(hop, "criu"), evil)
+
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ck"), leave_running=True,
+                                              criu_path=os.path.join(trusted, "criu")))
+    attacker.proc.kill()
+    attacker.outcome()
+
+    assert not os.path.exists(marker), "criu_path resolved through a hop owned by uid 65534 ran the attacker's program"
+    assert made["failed"] and "65534" in made["msg"] and hop in made["msg"], made
+
+
+def test_private_criu_tree_is_validated_end_to_end():
+    """The role's criu is a real ELF whose loader and libraries are checked too: a writable library is refused."""
+    info = run_module("criu_info", {})
+    assert info["criu"]["usable"], info
+    real = info["criu"]["path"]
+    with open(real, "rb") as handle:
+        assert handle.read(4) == b"\x7fELF", "the criu that runs must be the ELF that was validated, not a script"
+    libraries = os.path.join(os.path.dirname(os.path.dirname(real)), "lib", os.uname().machine + "-linux-gnu")
+    library = os.path.realpath(os.path.join(libraries, "libnftables.so.1"))
+    mode = os.stat(library).st_mode
+    os.chmod(library, mode | 0o002)
+    try:
+        info = run_module("criu_info", {})
+    finally:
+        os.chmod(library, mode)
+    assert not info["criu"]["usable"], info
+    assert any(library in p and "writable by group/others" in p for p in info["criu"]["problems"]), info
+
+
+# 5. criu reads no configuration and no environment of the caller.
+@pytest.mark.parametrize("how", ["home", "env"])
+def test_criu_ignores_the_callers_config_and_environment(pidns_workloads, ckpt_dir, attack_base, how):
+    workload = pidns_workloads("w")
+    marker = os.path.join(attack_base, "hook-ran")
+    hook = os.path.join(attack_base, "hook.sh")
+    with open(hook, "w") as handle:
+        handle.write("#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION\" >> %s\n" % marker)
+    os.chmod(hook, 0o755)
+    home = os.path.join(attack_base, "home")
+    os.makedirs(os.path.join(home, ".criu"))
+    config = os.path.join(home, ".criu", "default.conf")
+    with open(config, "w") as handle:
+        handle.write("action-script %s\n" % hook)
+    env = {"HOME": home} if how == "home" else {"CRIU_CONFIG_FILE": config}
+
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ck"), leave_running=True), env=env)
+
+    assert made["changed"] and not made["failed"], made
+    assert not os.path.exists(marker), "criu ran an action script named by the caller's configuration"
+
+
+# 7. Keys: an empty key never turns signature checking off, short keys are refused.
+@pytest.mark.parametrize("option", ["hmac_key", "hmac_key_file"])
+def test_empty_key_is_refused_not_ignored(pidns_workloads, ckpt_dir, option):
+    workload = pidns_workloads("w")
+    src = str(ckpt_dir / "ck")
+    signed_checkpoint(workload, src, leave_running=True)
+    metadata = json.loads(open(os.path.join(src, "metadata.json")).read())
+    metadata["process"]["comm"] = "forged"
+    with open(os.path.join(src, "metadata.json"), "w") as handle:
+        handle.write(json.dumps(metadata))
+    empty = {option: ""}
+    verdict = run_module("criu_verify", dict(path=src, **empty))
+    assert verdict["failed"] and option in verdict["msg"] and "empty" in verdict["msg"], verdict
+    restored = run_module("criu_restore", dict(src=src, **empty))
+    assert restored["failed"] and option in restored["msg"], restored
+    assert workload.copies() == [workload.pid], "nothing may be restored"
+
+
+def test_signed_checkpoint_without_key_fails_unless_the_caller_opts_out(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("w")
+    src = str(ckpt_dir / "ck")
+    signed_checkpoint(workload, src, leave_running=True)
+    verdict = run_module("criu_verify", dict(path=src))
+    assert verdict["failed"] and "signed" in verdict["msg"] and "skip_signature_check" in verdict["msg"], verdict
+    opted_out = run_module("criu_verify", dict(path=src, skip_signature_check=True))
+    assert opted_out["valid"] and opted_out["signed"] and not opted_out["signature_checked"], opted_out
+
+
+def test_short_key_is_refused_for_signing(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("w")
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ck"), hmac_key="k", leave_running=True))
+    assert made["failed"] and "16 bytes" in made["msg"], made
+    assert not os.path.exists(str(ckpt_dir / "ck"))
+
+
+# 8. force replaces only a checkpoint this collection made.
+@pytest.mark.parametrize("kind", ["other-users-dir", "regular-file", "symlink", "foreign-dir"])
+def test_force_replaces_only_our_checkpoints(pidns_workloads, ckpt_dir, kind):
+    workload = pidns_workloads("w")
+    dest = str(ckpt_dir / "dest")
+    precious = str(ckpt_dir / "precious")
+    with open(precious, "w") as handle:
+        handle.write("keep me\n")
+    if kind == "other-users-dir":
+        os.mkdir(dest)
+        shutil.copy(precious, os.path.join(dest, "file"))
+        owned_by_nobody(dest, recursive=True)
+    elif kind == "regular-file":
+        shutil.copy(precious, dest)
+    elif kind == "symlink":
+        os.symlink(precious, dest)
+    else:
+        os.mkdir(dest, 0o700)
+        shutil.copy(precious, os.path.join(dest, "file"))
+
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=dest, force=True, leave_running=True))
+
+    assert made["failed"] and dest in made["msg"], made
+    assert open(precious).read() == "keep me\n"
+    assert os.path.lexists(dest) and (os.path.islink(dest) or os.path.isfile(dest) or os.listdir(dest) == ["file"])
+
+
+# 9. The lesser points.
+def test_results_carry_the_command_name_not_its_arguments(tmp_path, ckpt_dir):
+    # The state file's path is an argument: it stands for a secret passed on a command line.
+    workload = Workload(str(tmp_path / "state-hunter2-password"), [], pid_namespace=True)
+    try:
+        workload.wait_count(3)
+        made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ck"), leave_running=True))
+        verdict = run_module("criu_verify", dict(path=str(ckpt_dir / "ck")))
+    finally:
+        workload.stop()
+    assert made["changed"], made
+    for result in (made, verdict):
+        assert "hunter2-password" not in json.dumps(result), result
+    assert made["checkpoint"]["process"]["comm"], made
+    assert "hunter2-password" in open(str(ckpt_dir / "ck" / "metadata.json")).read()
+    assert os.stat(str(ckpt_dir / "ck" / "metadata.json")).st_mode & 0o077 == 0
+
+
+def test_images_are_private(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("w")
+    signed_checkpoint(workload, str(ckpt_dir / "ck"), leave_running=True)
+    images = ckpt_dir / "ck" / "images"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in images.iterdir()}
+    assert modes and all(mode == 0o600 for mode in modes.values()), modes
+
+
+def test_an_image_hard_linked_elsewhere_is_refused(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("w")
+    src = ckpt_dir / "ck"
+    signed_checkpoint(workload, str(src), leave_running=True)
+    core = next(src.glob("images/core-*.img"))
+    os.link(str(core), str(ckpt_dir / "outside.img"))
+    verdict = run_module("criu_verify", dict(path=str(src), hmac_key=KEY))
+    assert verdict["failed"] and any(core.name in p and "hard link" in p for p in verdict["problems"]), verdict
+
+
+def test_overlong_dest_name_is_a_clear_error(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("w")
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / ("x" * 245)), leave_running=True))
+    assert made["failed"] and "Errno" not in made["msg"] and "200" in made["msg"], made
+
+
+def test_empty_checkpoint_is_not_valid(ckpt_dir):
+    src = ckpt_dir / "empty"
+    (src / "images").mkdir(parents=True, mode=0o700)
+    os.chmod(str(src), 0o700)
+    metadata = {
+        "schema_version": 1, "id": "x", "name": "empty", "created_at": "2026-01-01T00:00:00.000000Z",
+        "source": {"arch": os.uname().machine}, "criu": {}, "process": {"pid": 1, "tree": [1]}, "options": {},
+        "manifest": [],
+    }
+    (src / "metadata.json").write_text(json.dumps(metadata))
+    verdict = run_module("criu_verify", dict(path=str(src)))
+    assert verdict["failed"] and any("inventory.img" in p for p in verdict["problems"]), verdict
+
+
+def test_huge_sparse_image_is_refused_by_size_before_hashing(pidns_workloads, ckpt_dir):
+    workload = pidns_workloads("w")
+    src = ckpt_dir / "ck"
+    signed_checkpoint(workload, str(src), leave_running=True)
+    pages = max(src.glob("images/pages-*.img"), key=lambda p: p.stat().st_size)
+    os.truncate(str(pages), 64 << 30)
+    started = time.monotonic()
+    verdict = run_module("criu_verify", dict(path=str(src), hmac_key=KEY))
+    elapsed = time.monotonic() - started
+    assert verdict["failed"] and any(pages.name in p and "size expected" in p for p in verdict["problems"]), verdict
+    assert elapsed < 20, "a size mismatch must be found without hashing 64 GiB (took %.1fs)" % elapsed
+
+
+def test_verification_is_bounded_by_the_timeout(pidns_workloads, ckpt_dir):
+    """An unsigned checkpoint whose manifest claims a huge image: hashing stops at the timeout."""
+    workload = pidns_workloads("w")
+    src = ckpt_dir / "ck"
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(src), leave_running=True))
+    assert made["changed"], made
+    pages = max(src.glob("images/pages-*.img"), key=lambda p: p.stat().st_size)
+    os.truncate(str(pages), 64 << 30)
+    metadata = json.loads((src / "metadata.json").read_text())
+    for entry in metadata["manifest"]:
+        if entry["path"] == pages.name:
+            entry["size"] = 64 << 30
+    (src / "metadata.json").write_text(json.dumps(metadata))
+    started = time.monotonic()
+    verdict = run_module("criu_verify", dict(path=str(src), timeout=2))
+    elapsed = time.monotonic() - started
+    assert verdict["failed"] and "did not finish within 2s" in verdict["msg"], verdict
+    assert elapsed < 20, "verification ran %.1fs past a 2s timeout" % elapsed
