@@ -78,3 +78,26 @@ INFO = _spec({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
 }, exclusive=[("pid", "pidfile")])
+
+MIGRATE_MODES = ["copy", "postcopy"]
+MIGRATE_CLEANUP = ["all", "source", "target", "none"]
+MIGRATE = _spec({
+    "name": {"type": "str", "required": True},
+    "pid": {"type": "int"},
+    "pidfile": {"type": "path"},
+    "target": {"type": "str", "required": True},
+    "ssh_user": {"type": "str"},
+    "ssh_port": {"type": "int"},
+    "ssh_key_file": {"type": "path"},
+    "ssh_extra_args": {"type": "str", "default": ""},
+    "ssh_connect_timeout": {"type": "int", "default": 10},
+    "target_python": {"type": "path", "default": "/usr/bin/python3"},
+    "target_pidfile": {"type": "path"},
+    "migrate_dir": {"type": "path", "default": "/var/lib/nucleus-criu/migrations"},
+    "mode": {"type": "str", "default": "copy", "choices": MIGRATE_MODES},
+    "lease": {"type": "int", "default": 120},
+    "wait_timeout": {"type": "int", "default": 1800},
+    "tcp_established": {"type": "bool", "default": False},
+    "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
+    "cleanup": {"type": "str", "default": "all", "choices": MIGRATE_CLEANUP},
+}, exclusive=[("pid", "pidfile")], one_of=[("pid", "pidfile")])

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import typing as t
@@ -85,13 +86,34 @@ def resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
 
 
 def _keep_failed_log(staging: store.Staging) -> t.Optional[str]:
-    """Move a failed dump's log beside DEST as .NAME.dump-failed.log (the staging directory goes away)."""
+    """Move a failed dump's log beside DEST as .NAME.dump-failed.log (the staging directory goes away). Once
+    published, the log is DEST's own."""
+    if staging.fd < 0:
+        return os.path.join(staging.loc.path, store.DUMP_LOG)
     name = ".%s.dump-failed.log" % staging.loc.name
     try:
         os.rename(store.DUMP_LOG, name, src_dir_fd=staging.fd, dst_dir_fd=staging.loc.parent_fd)
     except FileNotFoundError:
         return None
     return os.path.join(staging.loc.parent, name)
+
+
+@contextlib.contextmanager
+def staged(loc: store.Location) -> t.Iterator[store.Staging]:
+    """A staging directory for one dump. Whatever fails inside, the staging directory goes away, the dump's log is
+    kept beside DEST (.NAME.dump-failed.log) and the error names it; after a success, an old failed log goes."""
+    staging = store.Staging(loc)
+    try:
+        yield staging
+    except BaseException as exc:
+        failed_log = _keep_failed_log(staging)
+        if isinstance(exc, CriuError):
+            exc.msg = exc.msg.replace(os.path.join(staging.path, store.DUMP_LOG), failed_log or "(none kept)")
+            exc.details.update(path=loc.path, log=failed_log)
+        raise
+    finally:
+        staging.remove()
+    _forget_failed_log(loc)
 
 
 def _forget_failed_log(loc: store.Location) -> None:
@@ -131,31 +153,26 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
     """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename."""
     facts = procfs.process_facts(pid, st)
     options = dump_options(params, pid, st, facts["tree"])
-    staging = store.Staging(loc)
-    images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
     try:
-        with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
-            frozen_at = procfs.utc_now()
-            dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path), options, params["timeout"]).duration
-            hashed = follower.digests()
-        # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
-            flushed = flusher.submit(store.fsync_dir_entries, images.fd)
-            manifest = integrity.build_manifest(images.fd, algorithm, hashed)
-            flushed.result()
-        metadata = describe(runtime, params["name"] or loc.name, facts, options, algorithm, manifest)
-        seal(staging, metadata, key)
-        staging.publish()
+        with staged(loc) as staging:
+            images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+            with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
+                frozen_at = procfs.utc_now()
+                dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path), options, params["timeout"]).duration
+                hashed = follower.digests()
+            # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
+                flushed = flusher.submit(store.fsync_dir_entries, images.fd)
+                manifest = integrity.build_manifest(images.fd, algorithm, hashed)
+                flushed.result()
+            metadata = describe(runtime, params["name"] or loc.name, facts, options, algorithm, manifest)
+            seal(staging, metadata, key)
+            staging.publish()
     except BaseException as exc:
         fate = resume_if_we_stopped(pid, st)
-        failed_log = _keep_failed_log(staging)
-        staging.remove()
         if isinstance(exc, CriuError):
-            exc.msg = "%s %s No checkpoint was written to %s." % (
-                exc.msg.replace(os.path.join(staging.path, store.DUMP_LOG), failed_log or "(none kept)"), fate, loc.path)
-            exc.details.update(path=loc.path, log=failed_log)
+            exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg, fate, loc.path)
         raise
-    _forget_failed_log(loc)
     return {
         "checkpoint": integrity.public(metadata),
         "stats": {

@@ -30,7 +30,8 @@ POLL_SECONDS = 0.005
 class _Image:
     """One page image being followed: its fd, running digest, bytes hashed and bytes handed to write-back."""
 
-    def __init__(self, fd: int, algorithm: str) -> None:
+    def __init__(self, name: str, fd: int, algorithm: str) -> None:
+        self.name = name
         self.fd = fd
         self.digest = integrity.new_digest(algorithm)
         self.size = 0
@@ -40,17 +41,22 @@ class _Image:
 class ImageFollower:
     """Context manager around a dump: follows page images in a thread; ``digests()`` after criu exited."""
 
-    def __init__(self, images_fd: int, images_dir: str, algorithm: str) -> None:
+    def __init__(self, images_fd: int, images_dir: str, algorithm: str,
+                 on_chunk: t.Optional[t.Callable[[str, int, memoryview], None]] = None, write_back: bool = True) -> None:
+        """``on_chunk(name, offset, bytes)`` sees every byte as it is hashed (a migration streams it to the target);
+        ``write_back`` flushes the images to disk as they grow (for checkpoints that must outlive the process)."""
         self.images_fd = images_fd
         self.images_dir = images_dir
         self.algorithm = algorithm
+        self.on_chunk = on_chunk
+        self.write_back = write_back
         self._images: t.Dict[str, _Image] = {}
         self._buffer = bytearray(CHUNK)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="nucleus-criu-follow", daemon=True)
         self._flusher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._flushing: t.Optional[concurrent.futures.Future] = None
-        self._error: t.Optional[OSError] = None
+        self._error: t.Optional[Exception] = None
         self._dir_fd = -1
 
     def __enter__(self) -> "ImageFollower":
@@ -72,22 +78,24 @@ class ImageFollower:
     def _follow(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self._catch_up(write_back=True):
+                if not self._catch_up(write_back=self.write_back):
                     self._stop.wait(POLL_SECONDS)
-        except OSError as exc:
-            self._error = exc
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self._error = exc  # raised again by digests(), in the caller's thread
 
     def _catch_up(self, write_back: bool) -> bool:
         """Open new page images and hash what was appended to each; True if anything was read."""
         for name in safepath.listdir(self._dir_fd):
             if FOLLOWED.match(name) and name not in self._images:
-                self._images[name] = _Image(integrity.open_image(self._dir_fd, name), self.algorithm)
+                self._images[name] = _Image(name, integrity.open_image(self._dir_fd, name), self.algorithm)
         progressed = False
         view = memoryview(self._buffer)
         for image in self._images.values():
             count = os.preadv(image.fd, [self._buffer], image.size)
             while count:
                 image.digest.update(view[:count])
+                if self.on_chunk is not None:
+                    self.on_chunk(image.name, image.size, view[:count])
                 image.size += count
                 progressed = True
                 count = os.preadv(image.fd, [self._buffer], image.size)

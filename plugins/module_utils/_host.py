@@ -94,7 +94,7 @@ def page_server_problem() -> str:
 def require_page_server() -> None:
     problem = page_server_problem()
     if problem:
-        raise CriuError("Cannot checkpoint with lazy_pages: %s" % problem, path=PIPE_MAX_SIZE)
+        raise CriuError("This host cannot be the source of a post-copy migration: %s" % problem, path=PIPE_MAX_SIZE)
 
 
 def busy_pids(metadata: t.Mapping[str, t.Any]) -> t.List[int]:

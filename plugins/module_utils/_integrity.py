@@ -293,12 +293,32 @@ def check_images(images_fd: int, manifest: t.Sequence[t.Mapping[str, t.Any]], al
         results = _hash_all(images_fd, names, algorithm, lambda fd, name: image_problem(fd, name, expected[name]["size"]), deadline)
     except Timeout:
         return problems + ["verification did not finish within %ss; raise timeout for checkpoints this large" % timeout]
-    for name, result in results.items():
+    return problems + digest_problems(expected, algorithm, results)
+
+
+def digest_problems(expected: t.Mapping[str, t.Mapping[str, t.Any]], algorithm: str,
+                    found: t.Mapping[str, t.Union[FileDigest, str]]) -> t.List[str]:
+    """Compare digests found (or the problem met reading a file) with the manifest's, in constant time."""
+    problems = []
+    for name in sorted(found):
+        result = found[name]
         if isinstance(result, str):
             problems.append(result)
+        elif result.size != expected[name]["size"]:
+            problems.append("images/%s: size expected %d, found %d" % (name, expected[name]["size"], result.size))
         elif not hmac.compare_digest(result.digest, expected[name][algorithm]):
             problems.append("images/%s: %s expected %s, found %s" % (name, algorithm, expected[name][algorithm], result.digest))
     return problems
+
+
+def received_problems(manifest: t.Sequence[t.Mapping[str, t.Any]], algorithm: str,
+                      found: t.Mapping[str, FileDigest]) -> t.List[str]:
+    """Compare images digested as they were received and written (by this host, into its private directory) with the
+    manifest: the same verdict as check_images, without reading the bytes a second time."""
+    expected = {entry["path"]: entry for entry in manifest}
+    problems = ["images/%s: not in the manifest (extra file)" % extra for extra in sorted(set(found) - set(expected))]
+    problems += ["images/%s: listed in the manifest but missing" % missing for missing in sorted(set(expected) - set(found))]
+    return problems + digest_problems(expected, algorithm, {name: found[name] for name in found if name in expected})
 
 
 def check_signature(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes],
@@ -309,6 +329,12 @@ def check_signature(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any
         raw = checkpoint.read(store.SIGNATURE)
     except CriuError as exc:
         return [exc.msg]
+    return signature_problems(raw, metadata, key, require_signature, skip_signature_check)
+
+
+def signature_problems(raw: t.Optional[bytes], metadata: t.Mapping[str, t.Any], key: t.Optional[bytes],
+                       require_signature: bool, skip_signature_check: bool) -> t.List[str]:
+    """The verdict on a signature's bytes (None: unsigned); see check_signature."""
     if raw is None:
         if key is not None or require_signature:
             return ["%s is missing: the checkpoint is unsigned but a signature is required" % store.SIGNATURE]

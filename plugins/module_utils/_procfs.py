@@ -259,3 +259,43 @@ def wait_gone(pids: t.Iterable[int], timeout: float) -> t.List[int]:
         time.sleep(0.02)
         remaining = [p for p in remaining if is_alive(p)]
     return remaining
+
+
+def tree_identity(pid: int) -> t.List[t.List[int]]:
+    """[pid, starttime] of ``pid`` and every descendant: what can be signalled later without hitting a reused pid."""
+    found = []
+    for member in [pid] + descendants(pid):
+        st = read_stat(member)
+        if st is not None:
+            found.append([member, st.starttime])
+    return found
+
+
+def signal_identified(identity: t.Iterable[t.Sequence[int]], sig: int) -> t.List[int]:
+    """Send ``sig`` to every [pid, starttime] that still names the same process; returns the pids signalled."""
+    signalled = []
+    for pid, starttime in identity:
+        st = read_stat(pid)
+        if st is None or st.starttime != starttime or st.exited:
+            continue
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+        signalled.append(pid)
+    return signalled
+
+
+def alive_identified(identity: t.Iterable[t.Sequence[int]]) -> t.List[int]:
+    """The pids of ``identity`` that still run (same start time, not a zombie)."""
+    return [pid for pid, starttime in identity if is_alive(pid, starttime)]
+
+
+def resident_bytes(pids: t.Iterable[int]) -> int:
+    """Sum of VmRSS: a lower bound of what a dump of these processes writes."""
+    total = 0
+    for pid in pids:
+        for line in _read_text("/proc/%d/status" % pid).splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total

@@ -106,17 +106,22 @@ def _copy_logs(checkpoint: store.Checkpoint, work: Dir) -> None:
 
 
 def restore_tree(runtime: CriuRuntime, checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any], timeout: float,
-                 leave_stopped: bool = False) -> t.Tuple[int, Run]:
-    """Restore the verified images held open in ``checkpoint``, criu working in a private directory."""
-    with store.private_dir("nucleus-criu-restore-") as work_path:
-        work_fd, _real = safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)
-        work = Dir(work_fd, work_path)
-        try:
-            with logs_kept_in(checkpoint, work):
-                pid, run = runtime.restore(Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES)), work,
-                                           metadata["options"], timeout, leave_stopped=leave_stopped)
-        finally:
-            os.close(work_fd)
+                 leave_stopped: bool = False, lazy: bool = False, pidfile: t.Optional[str] = None,
+                 work: t.Optional[Dir] = None) -> t.Tuple[int, Run]:
+    """Restore the verified images held open in ``checkpoint``, criu working in a private directory (``work``: one
+    the caller made, e.g. shared with lazy-pages; see CriuRuntime.restore for the options)."""
+    if pidfile:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
+    with contextlib.ExitStack() as stack:
+        if work is None:
+            work_path = stack.enter_context(store.private_dir("nucleus-criu-restore-"))
+            work_fd = safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0]
+            stack.callback(os.close, work_fd)
+            work = Dir(work_fd, work_path)
+        with logs_kept_in(checkpoint, work):
+            pid, run = runtime.restore(Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES)), work,
+                                       metadata["options"], timeout, lazy=lazy, leave_stopped=leave_stopped, pidfile=pidfile)
     return pid, Run(run.duration, os.path.join(checkpoint.path, store.RESTORE_LOG))
 
 

@@ -113,6 +113,8 @@ class CriuRuntime:
         self.path = path
         self.version = version
         self.state = State.NONE
+        # Called with each criu's pid as soon as it runs: a migration journals it, so a recovery can find it.
+        self.on_spawn: t.Optional[t.Callable[[int], None]] = None
 
     @classmethod
     def load(cls, criu_path: t.Optional[str] = None) -> "CriuRuntime":
@@ -138,11 +140,19 @@ class CriuRuntime:
         """Start criu in a session of its own (neither a lost connection's SIGHUP nor our exit reaches it), with
         only ``fds`` inherited, nothing of our environment, and files it creates readable by root alone."""
         try:
-            return subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                                     close_fds=True, pass_fds=tuple(fds), start_new_session=True,
                                     env=binary.ENVIRONMENT, umask=0o077)
         except OSError as exc:
             raise CriuError("Cannot execute %s: %s. %s" % (self.path, exc.strerror, binary.INSTALL_HINT), path=self.path) from exc
+        if self.on_spawn is not None:
+            try:
+                self.on_spawn(proc.pid)
+            except BaseException:
+                _kill_criu_tree(proc.pid)
+                proc.wait()
+                raise
+        return proc
 
     @staticmethod
     def _failure(action: str, returncode: int, log_path: str, stderr: bytes = b"") -> CriuError:
@@ -250,15 +260,17 @@ class CriuRuntime:
         return self._start_daemon("lazy-pages", argv, work, (images.fd, page_socket), LAZY_PAGES_READY, timeout)
 
     def restore(self, images: Dir, work: Dir, options: t.Mapping[str, t.Any], timeout: float,
-                lazy: bool = False, leave_stopped: bool = False) -> t.Tuple[int, Run]:
+                lazy: bool = False, leave_stopped: bool = False, pidfile: t.Optional[str] = None) -> t.Tuple[int, Run]:
         """Restore detached (``lazy``: memory from a running lazy-pages daemon; ``leave_stopped``: the tree stays
-        stopped until SIGCONT); on timeout kill criu AND the tree it was restoring, so nothing is orphaned."""
+        stopped until SIGCONT; ``pidfile``: where criu writes the new pid, default its work dir); on timeout kill
+        criu AND the tree it was restoring, so nothing is orphaned."""
         self._transition(State.RESTORING)
-        argv = ["--images-dir", images.for_criu, "--restore-detached", "--pidfile", RESTORE_PIDFILE]
+        pidfile = pidfile or work.file(RESTORE_PIDFILE)
+        argv = ["--images-dir", images.for_criu, "--restore-detached", "--pidfile", pidfile]
         argv += option_argv(options, SHARED_FLAGS) + (["--lazy-pages"] if lazy else []) + (["--leave-stopped"] if leave_stopped else [])
         try:
             run = self._run("restore", argv, work, (images.fd,), timeout)
-            with open(work.file(RESTORE_PIDFILE), "r") as handle:
+            with open(pidfile, "r") as handle:
                 pid = procfs.parse_pidfile(handle.read())
             if pid is None:
                 raise CriuError("criu restore succeeded but wrote no valid pidfile. Log: %s" % run.log_path, log=run.log_path)

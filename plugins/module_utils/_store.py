@@ -297,6 +297,12 @@ class Staging:
             shutil.rmtree(os.path.join(self.loc.parent, old))
 
 
+def remove_tree(path: str) -> None:
+    """Remove a directory this collection made, under a checked parent; never follows symlinks."""
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+
+
 def fsync_dir_entries(dir_fd: int) -> None:
     """Flush the regular files directly in a directory, then the directory itself (subdirectories are flushed
     by their own call), so a published checkpoint survives a crash."""
@@ -311,9 +317,9 @@ def fsync_dir_entries(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
-def write_file(dir_fd: int, name: str, data: bytes, replace: bool = False) -> None:
-    """Write ``name`` under ``dir_fd`` with mode 0600, flushed, never through a symlink; ``replace`` swaps it in
-    atomically (a symlink already at ``name`` is replaced itself, not followed)."""
+def write_file(dir_fd: int, name: str, data: bytes, replace: bool = False, durable: bool = True) -> None:
+    """Write ``name`` under ``dir_fd`` with mode 0600, never through a symlink, and (``durable``) flushed with its
+    directory; ``replace`` swaps it in atomically (a symlink already at ``name`` is replaced itself, not followed)."""
     target = ".%s.tmp" % name if replace else name
     if replace:
         try:
@@ -324,10 +330,12 @@ def write_file(dir_fd: int, name: str, data: bytes, replace: bool = False) -> No
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
     if replace:
         os.rename(target, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    os.fsync(dir_fd)
+    if durable:
+        os.fsync(dir_fd)
 
 
 def read_small_file(dir_fd: int, name: str, path: str) -> t.Optional[bytes]:
@@ -362,6 +370,20 @@ def copy_file(src_dir: str, name: str, dest_fd: int) -> bool:
         return False
     write_file(dest_fd, name, data, replace=True)
     return True
+
+
+def open_or_create_dir(path: str, what: str) -> t.Tuple[int, str]:
+    """An fd of directory ``path`` (created 0700 with its missing parents), its whole chain checked after creation."""
+    try:
+        return safepath.open_dir(path, what, CHAIN_REMEDY)
+    except FileNotFoundError:
+        os.makedirs(path, DIR_MODE, exist_ok=True)
+        return safepath.open_dir(path, what, CHAIN_REMEDY)
+
+
+def free_bytes(dir_fd: int) -> int:
+    st = os.statvfs(dir_fd)
+    return st.f_bavail * st.f_frsize
 
 
 @contextlib.contextmanager

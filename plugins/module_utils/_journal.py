@@ -1,0 +1,118 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A migration's durable journal: the phase it reached, on disk before the step acts.
+
+Each host keeps one journal per workload name in the migration directory (root-only), replaced
+atomically and flushed (file and directory) at every phase, so whichever process dies at whatever
+line, the next run reads where it stopped and finishes or undoes exactly that.
+
+Every recorded phase is also a failpoint: when the root-only file ``.failpoint.PHASE`` or
+``.failpoint.NAME.PHASE`` exists in the migration directory, the process that reached the phase
+writes ``.failpoint.NAME.PHASE.reached`` (its pid) and waits until the failpoint file is removed.
+Tests use it to kill a controller, a driver, a restore or a link at exactly that step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+
+FORMAT = 1
+FAILPOINT_POLL = 0.02
+
+
+def journal_name(name: str) -> str:
+    return "%s.journal.json" % name
+
+
+def progress_name(name: str) -> str:
+    return "%s.progress.json" % name
+
+
+class Journal:
+    """The journal of one migration on one host."""
+
+    def __init__(self, dir_fd: int, directory: str, name: str, data: t.Dict[str, t.Any]) -> None:
+        self.dir_fd = dir_fd
+        self.directory = directory
+        self.name = name
+        self.data = data
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, journal_name(self.name))
+
+    @property
+    def phase(self) -> str:
+        return self.data["phase"]
+
+    def get(self, key: str, default: t.Any = None) -> t.Any:
+        return self.data.get(key, default)
+
+    @classmethod
+    def load(cls, dir_fd: int, directory: str, name: str) -> t.Optional["Journal"]:
+        raw = store.read_small_file(dir_fd, journal_name(name), os.path.join(directory, journal_name(name)))
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("phase"), str):
+            raise ValueError("%s is not a nucleus.criu migration journal (format %d)" % (os.path.join(directory, journal_name(name)), FORMAT))
+        return cls(dir_fd, directory, name, data)
+
+    @classmethod
+    def create(cls, dir_fd: int, directory: str, name: str, phase: str, **fields: t.Any) -> "Journal":
+        journal = cls(dir_fd, directory, name, {"format": FORMAT, "name": name, "history": []})
+        journal.record(phase, **fields)
+        return journal
+
+    def record(self, phase: str, **fields: t.Any) -> None:
+        """Write ``phase`` (and ``fields``) to disk, flushed, then stop at its failpoint if one is set."""
+        now = procfs.utc_now()
+        self.data.update(fields)
+        self.data["phase"] = phase
+        self.data["updated_at"] = now
+        self.data["history"].append({"phase": phase, "at": now})
+        store.write_file(self.dir_fd, journal_name(self.name), json.dumps(self.data, sort_keys=True, indent=1).encode("utf-8"),
+                         replace=True)
+        failpoint(self.dir_fd, self.name, phase)
+
+    def progress(self, **fields: t.Any) -> None:
+        """Bytes and rate as they change: written often, so not flushed (it is no part of the recovery)."""
+        fields["at"] = procfs.utc_now()
+        store.write_file(self.dir_fd, progress_name(self.name), json.dumps(fields, sort_keys=True).encode("utf-8"),
+                         replace=True, durable=False)
+
+
+def read_progress(dir_fd: int, directory: str, name: str) -> t.Dict[str, t.Any]:
+    try:
+        raw = store.read_small_file(dir_fd, progress_name(name), os.path.join(directory, progress_name(name)))
+        return json.loads(raw.decode("utf-8")) if raw else {}
+    except ValueError:
+        return {}
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def failpoint(dir_fd: int, name: str, phase: str) -> None:
+    """Wait here while ``.failpoint.PHASE`` or ``.failpoint.NAME.PHASE`` exists (tests only ever create one)."""
+    armed = [candidate for candidate in (".failpoint.%s" % phase, ".failpoint.%s.%s" % (name, phase)) if _exists(dir_fd, candidate)]
+    if not armed:
+        return
+    store.write_file(dir_fd, ".failpoint.%s.%s.reached" % (name, phase), json.dumps({"pid": os.getpid()}).encode("ascii"),
+                     replace=True)
+    while any(_exists(dir_fd, candidate) for candidate in armed):
+        time.sleep(FAILPOINT_POLL)

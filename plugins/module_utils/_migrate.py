@@ -1,0 +1,587 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A live migration driven by its source host, exactly once, whatever dies.
+
+The module checks everything before it touches the workload (the target over ssh as the migration
+will reach it, its criu, architecture and free space), journals the migration, and hands it to a
+driver it detaches from the controller: a lease keeper and, under it, the worker that freezes the
+workload, streams its images to this collection's agent on the target while criu writes them,
+has the target verify and restore them (stopped), decides, and only then lets one copy run.
+
+The commit point is one journaled decision. Before it, any failure, timeout or expired lease
+resumes the source and has the target remove its copy; after it, the source is never resumed.
+A host that cannot know the outcome stays in doubt and says so. Rerunning the module reads the
+journals and finishes, reports or resolves; it never starts a second migration of a workload
+whose migration is in flight or in doubt.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import shlex
+import signal
+import time
+import traceback
+import typing as t
+import uuid
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
+from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
+from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, read_progress
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+# Source phases before the decision; "committed" is the decision itself.
+PRE_COMMIT = ("prepared", "freezing", "frozen", "target_restored", "pages_complete", "aborting")
+WATCH_POLL = 0.05
+PROGRESS_EVERY = 0.25
+SEND_CHUNK = 4 * 1024 * 1024
+# Dumped images are at least the resident memory; leave room for the rest.
+SPACE_MARGIN = 1.1
+SPACE_EXTRA = 64 * 1024 * 1024
+
+
+class Settings(t.NamedTuple):
+    """What a migration needs, fixed when it starts and kept in the journal for its recovery."""
+
+    name: str
+    directory: str
+    target: remote.SshTarget
+    mode: str
+    lease: float
+    timeout: float
+    key: t.Optional[bytes]
+    algorithm: str
+    tcp_established: bool
+    target_pidfile: t.Optional[str]
+    cleanup: str
+
+    @property
+    def link_timeout(self) -> float:
+        """How long a silent link is waited on (keepalives notice a dead one sooner)."""
+        return max(self.timeout, 30.0)
+
+
+def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
+    name = params["name"]
+    if not NAME_RE.match(name):
+        raise CriuError("name %r must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit: it names the "
+                        "migration's journal and checkpoint directory on both hosts." % name)
+    for option in ("lease", "timeout"):
+        if params[option] <= 0:
+            raise CriuError("%s must be a positive number of seconds, got %s." % (option, params[option]))
+    try:
+        extra_args = tuple(shlex.split(params["ssh_extra_args"] or ""))
+    except ValueError as exc:
+        raise CriuError("ssh_extra_args %r cannot be split like a shell would: %s. Fix its quoting." % (params["ssh_extra_args"], exc)) from exc
+    target = remote.SshTarget(host=params["target"], port=params["ssh_port"], user=params["ssh_user"],
+                              key_file=params["ssh_key_file"], extra_args=extra_args,
+                              python=params["target_python"], connect_timeout=params["ssh_connect_timeout"])
+    return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
+                    float(params["timeout"]), key, params["hash_algorithm"], params["tcp_established"],
+                    params["target_pidfile"], params["cleanup"])
+
+
+# --- the driver lock: held by the driver for as long as it lives --------------------------------------
+
+class DriverLock:
+    """A flock on ``.NAME.driver.lock``. The module takes it, the driver it forks inherits it, and the kernel
+    releases it when the last of them dies: "is a driver alive?" is "is the lock held?"."""
+
+    def __init__(self, dir_fd: int, name: str) -> None:
+        self.dir_fd = dir_fd
+        self.file = ".%s.driver.lock" % name
+        self.fd = -1
+
+    def try_acquire(self) -> bool:
+        self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=self.dir_fd)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return False
+        return True
+
+    def held_elsewhere(self) -> bool:
+        probe = DriverLock(self.dir_fd, "")
+        probe.file = self.file
+        if probe.try_acquire():
+            probe.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+# --- the source's own copy of the workload ---------------------------------------------------------------
+
+def resume_source(journal: Journal) -> t.List[int]:
+    """Let the frozen source run on, with its memory intact (SIGCONT to exactly the processes that were frozen)."""
+    return procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGCONT)
+
+
+def end_source(journal: Journal) -> None:
+    """The target runs the workload: the frozen source must never run again."""
+    procfs.wait_gone(procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGKILL), timeout=10)
+
+
+def stop_criu(journal: Journal) -> None:
+    """Stop a criu dump this migration started that still runs (mid-dump, or serving post-copy pages). Its tree is
+    stopped first: a criu that dies releases the tree it holds, which would otherwise run again by itself."""
+    criu = journal.get("criu")
+    if not criu or not procfs.is_alive(criu[0], criu[1]):
+        return
+    procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGSTOP)
+    procfs.wait_gone(procfs.kill_tree(criu[0]), timeout=10)
+
+
+# --- recovery: one way to finish or undo a migration from its journal -------------------------------------
+
+def _ask_target(settings_: Settings, code: bytes, journal: Journal, decision: str) -> t.Optional[t.Dict[str, t.Any]]:
+    """The target's answer to a decision (commit, abort or query), None when it cannot be reached."""
+    try:
+        return remote.ask(settings_.target, code, settings_.link_timeout, cmd="resolve", decision=decision, id=journal.get("id"),
+                          name=settings_.name, migrate_dir=settings_.directory, timeout=settings_.timeout)
+    except CriuError as exc:
+        journal.data["last_contact_error"] = exc.msg
+        return None
+
+
+def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
+    """Finish or undo the migration in ``journal`` from the phase it reached; idempotent, any process may run it."""
+    if journal.get("outcome") in ("completed", "rolled_back"):
+        return
+    if journal.phase in ("committed", "completed") or journal.get("decision") == "commit":
+        answer = _ask_target(settings_, code, journal, "commit")
+        if answer is not None and answer.get("state") == "completed":
+            end_source(journal)
+            journal.record("completed", outcome="completed", target_pid=answer.get("pid", journal.get("target_pid")))
+            _cleanup_source(journal, settings_)
+        else:
+            journal.record("committed", outcome="in_doubt", error=_doubt(journal, answer, committed=True))
+        return
+    stop_criu(journal)
+    if journal.phase == "prepared":
+        # Nothing was frozen; the target, which had not voted, has undone its part or will when asked.
+        _ask_target(settings_, code, journal, "abort")
+        journal.record("rolled_back", outcome="rolled_back", decision="abort")
+        return
+    journal.record("aborting", decision="abort")
+    if journal.get("mode") == "copy":
+        # The target's copy is stopped and only a commit resumes it: resuming the source first is safe.
+        resume_source(journal)
+        answer = _ask_target(settings_, code, journal, "abort")
+        cleaned = answer is not None and answer.get("state") in ("aborted", "absent")
+        journal.record("rolled_back", outcome="rolled_back", target_cleanup="done" if cleaned else "pending")
+        return
+    # Post-copy: the target's copy may be running; the source resumes only once the target confirms it is gone.
+    answer = _ask_target(settings_, code, journal, "abort")
+    if answer is not None and answer.get("state") in ("aborted", "absent"):
+        resume_source(journal)
+        journal.record("rolled_back", outcome="rolled_back", target_cleanup="done")
+    else:
+        journal.record("aborting", outcome="in_doubt", error=_doubt(journal, answer, committed=False))
+
+
+def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: bool) -> str:
+    where = ("the target could not be reached (%s)" % journal.get("last_contact_error")) if answer is None else \
+        "the target says %s" % (answer.get("error") or answer.get("state"))
+    if committed:
+        return ("the migration was committed but %s: the source stays frozen and is never resumed; the target's copy runs "
+                "once the target is told" % where)
+    return ("%s, so its post-copy copy may be running: the source stays frozen until the target confirms its copy is gone"
+            % where)
+
+
+def _cleanup_source(journal: Journal, settings_: Settings) -> None:
+    if settings_.cleanup in ("all", "source"):
+        with store.location(os.path.join(settings_.directory, settings_.name)) as loc:
+            if store.replace_problem(loc) is None:
+                store.remove_tree(loc.path)
+
+
+# --- the worker: the protocol itself --------------------------------------------------------------------
+
+class Worker:
+    """Runs one migration from its "prepared" journal to a decision, in the detached driver."""
+
+    def __init__(self, journal: Journal, settings_: Settings, code: bytes) -> None:
+        self.journal = journal
+        self.settings = settings_
+        self.code = code
+        self.agent: t.Optional[remote.Agent] = None
+        self.relay: t.Optional[remote.Agent] = None
+        self.daemon: t.Optional[Daemon] = None
+        self._progress_at = 0.0
+        self._started = 0.0
+
+    def run(self) -> None:
+        try:
+            self._protocol()
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            self.journal.record(self.journal.phase, error=getattr(exc, "msg", None) or "%s: %s" % (type(exc).__name__, exc),
+                                traceback=traceback.format_exc()[-4000:])
+            for session in (self.agent, self.relay):
+                if session is not None:
+                    session.close(kill=True)
+            resolve(self.journal, self.settings, self.code)
+        finally:
+            for session in (self.agent, self.relay):
+                if session is not None:
+                    session.close(kill=True)
+
+    def _request(self) -> t.Dict[str, t.Any]:
+        s = self.settings
+        return {"cmd": "receive", "id": self.journal.get("id"), "name": s.name, "migrate_dir": s.directory, "mode": s.mode,
+                "algorithm": s.algorithm, "timeout": s.timeout, "link_timeout": s.link_timeout,
+                "decision_timeout": s.lease + s.link_timeout, "source": os.uname().nodename,
+                "key": s.key.hex() if s.key else None}
+
+    def _progress(self, step: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._progress_at < PROGRESS_EVERY:
+            return
+        self._progress_at = now
+        sent = self.agent.channel.bytes_sent if self.agent else 0
+        elapsed = max(now - self._started, 1e-6)
+        self.journal.progress(step=step, bytes_sent=sent, rate_mib_s=round(sent / elapsed / 1048576, 1))
+
+    def _send_chunk(self, name: str, offset: int, data: memoryview) -> None:
+        self.agent.channel.send_chunk(name, offset, data)  # type: ignore[union-attr]
+        self._progress("transfer")
+
+    def _send_rest(self, images: Dir, hashed: t.Dict[str, integrity.FileDigest]) -> t.Dict[str, integrity.FileDigest]:
+        """Images criu wrote in one go (not followed while it wrote): hash and send each in one pass."""
+        for name in integrity.list_images(images.fd):
+            if name in hashed:
+                continue
+            fd = integrity.open_image(images.fd, name)
+            try:
+                digest, offset = integrity.new_digest(self.settings.algorithm), 0
+                while True:
+                    data = os.pread(fd, SEND_CHUNK, offset)
+                    if not data:
+                        break
+                    digest.update(data)
+                    self._send_chunk(name, offset, memoryview(data))
+                    offset += len(data)
+                hashed[name] = integrity.FileDigest(offset, digest.hexdigest())
+            finally:
+                os.close(fd)
+        return hashed
+
+    def _protocol(self) -> None:
+        s, journal = self.settings, self.journal
+        journal.record("prepared", driver=procfs.tree_identity(os.getpid())[0])
+        self.agent = remote.Agent(s.target, self.code, self._request())
+        ready = self.agent.answer(s.link_timeout)
+        if s.mode == "postcopy":
+            self.relay = remote.Agent(s.target, self.code, {"cmd": "relay", "id": journal.get("id"), "name": s.name,
+                                                            "migrate_dir": s.directory, "timeout": s.timeout},
+                                      socket_io=True)
+            self.relay.sock.settimeout(s.link_timeout)  # type: ignore[union-attr]
+            if self.relay.sock.recv(1) != target_.RELAY_READY:  # type: ignore[union-attr]
+                raise self.relay.failure("the post-copy page relay did not connect to %s" % ready.get("pages_socket"))
+            self.relay.sock.setblocking(True)  # type: ignore[union-attr]
+        pid, starttime = journal.get("process")["pid"], journal.get("process")["starttime"]
+        if not procfs.is_alive(pid, starttime):
+            raise CriuError("The workload (pid %d) exited before it could be frozen; nothing was migrated." % pid)
+        runtime = CriuRuntime.load(journal.get("criu_path"))
+        runtime.on_spawn = lambda criu_pid: journal.record(journal.phase, criu=procfs.tree_identity(criu_pid)[0])
+        st = procfs.read_stat(pid)
+        options = checkpoint_.dump_options(
+            {"leave_running": False, "leave_stopped": True, "tcp_established": s.tcp_established, "ext_unix_sk": False,
+             "file_locks": False, "shell_job": None, "network_lock": "nftables"}, pid, st, [p for p, _ in journal.get("process")["tree"]])
+        options["lazy_pages"] = s.mode == "postcopy"
+        with store.location(os.path.join(s.directory, s.name)) as loc, store.Lock(loc, s.timeout):
+            store.remove_litter(loc)
+            with checkpoint_.staged(loc) as staging:
+                self._freeze_and_send(runtime, staging, pid, st, options)
+        self._decide()
+
+    def _freeze_and_send(self, runtime: CriuRuntime, staging: store.Staging, pid: int, st: procfs.ProcStat,
+                         options: t.Dict[str, t.Any]) -> None:
+        s, journal = self.settings, self.journal
+        images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+        work = Dir(staging.fd, staging.path)
+        facts = procfs.process_facts(pid, st)
+        # --- the freeze window: no Ansible task boundary from here to the decision ---
+        self._started = time.monotonic()
+        process = dict(journal.get("process"), tree=procfs.tree_identity(pid))
+        journal.record("freezing", process=process, frozen_at=procfs.utc_now(), lease_deadline=self._started + s.lease,
+                       boot_id=procfs.boot_id())
+        with follow.ImageFollower(images.fd, images.path, s.algorithm, on_chunk=self._send_chunk, write_back=False) as follower:
+            if s.mode == "postcopy":
+                self.daemon = runtime.start_lazy_dump(pid, images, work, options, self.relay.sock.fileno(), s.timeout)  # type: ignore[union-attr]
+                dump_seconds = self.daemon.startup
+            else:
+                dump_seconds = runtime.dump(pid, images, work, options, s.timeout).duration
+            hashed = follower.digests()
+        journal.record("frozen", dump_seconds=round(dump_seconds, 3))
+        hashed = self._send_rest(images, hashed)
+        manifest = [{"path": name, "size": hashed[name].size, s.algorithm: hashed[name].digest} for name in sorted(hashed)]
+        metadata = checkpoint_.describe(runtime, s.name, facts, options, s.algorithm, manifest)
+        self.agent.channel.send(sealed=True, metadata=integrity.canonical(metadata).decode("ascii"),  # type: ignore[union-attr]
+                                signature=integrity.sign(metadata, s.key) if s.key else None)
+        self._progress("verify", force=True)
+        checkpoint_.seal(staging, metadata, s.key)
+        staging.publish()
+        journal.record("frozen", checkpoint_id=metadata["id"], image_bytes=sum(e["size"] for e in manifest),
+                       transfer_seconds=round(time.monotonic() - self._started, 3))
+        self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]  # verified
+        restored = self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]
+        journal.record("target_restored", target_pid=restored["pid"])
+        if s.mode == "postcopy":
+            complete = self.agent.answer(max(1.0, journal.get("lease_deadline") - time.monotonic()))  # type: ignore[union-attr]
+            journal.record("pages_complete", lazy_pages=complete.get("pages"))
+
+    def _decide(self) -> None:
+        s, journal = self.settings, self.journal
+        journal.record("committed", decision="commit")  # ---- the commit point ----
+        self.agent.channel.send(decision="commit", pidfile=s.target_pidfile,  # type: ignore[union-attr]
+                                cleanup=s.cleanup in ("all", "target"))
+        done = self.agent.answer(s.link_timeout)  # type: ignore[union-attr]
+        downtime = time.monotonic() - self._started
+        end_source(journal)
+        if self.daemon is not None:
+            self.daemon.stop()
+        journal.record("completed", outcome="completed", target_pid=done["pid"], running_at=done["running_at"],
+                       downtime_seconds=round(downtime, 3))
+        self._progress("done", force=True)
+        _cleanup_source(journal, s)
+
+
+# --- the detached driver: a lease keeper and its worker ----------------------------------------------------
+
+def _detach_stdio() -> None:
+    """Nothing of the module's session (its stdout goes back to the controller) may be held by the driver."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _keep_lease(worker: int, journal: Journal) -> None:
+    """Wait for the worker; kill it if the lease runs out before the decision. The journal on disk tells."""
+    while True:
+        done, _status = os.waitpid(worker, os.WNOHANG)
+        if done:
+            return
+        current = Journal.load(journal.dir_fd, journal.directory, journal.name) or journal
+        deadline = current.get("lease_deadline")
+        if deadline and current.phase in PRE_COMMIT and time.monotonic() > deadline and current.get("outcome") is None:
+            current.record(current.phase, error="the lease of %ss ran out before a decision" % current.get("lease_seconds"))
+            os.kill(worker, signal.SIGKILL)
+            os.waitpid(worker, 0)
+            return
+        time.sleep(WATCH_POLL)
+
+
+def _drive(journal: Journal, settings_: Settings, code: bytes) -> None:
+    """The lease keeper: forks the worker, outlives it, and resolves whatever it left undecided."""
+    worker = os.fork()
+    if worker == 0:
+        try:
+            Worker(journal, settings_, code).run()
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    _keep_lease(worker, journal)
+    current = Journal.load(journal.dir_fd, journal.directory, journal.name)
+    if current is not None and current.get("outcome") is None:
+        resolve(current, settings_, code)
+
+
+def spawn(lock: DriverLock, journal: Journal, settings_: Settings, code: bytes) -> None:
+    """Start the driver detached from this module (a new session, no inherited stdio): whatever happens to the
+    controller, its connection or this module, the migration goes on to its decision. It inherits ``lock``."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                _detach_stdio()
+                try:
+                    _drive(journal, settings_, code)
+                finally:
+                    os._exit(0)  # pylint: disable=protected-access
+        finally:
+            os._exit(0)  # pylint: disable=protected-access
+    os.waitpid(child, 0)
+    lock.release()
+
+
+# --- the module's side: decide, preflight, start, watch, report -------------------------------------------
+
+def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
+    """Everything that can be known before the freeze, on both hosts; raises naming what would fail."""
+    host.require_privileges()
+    CriuRuntime.load(criu_path)
+    st = procfs.require_checkpointable(pid)
+    if st.state == "T":
+        raise CriuError("pid %d is stopped (state T) and no unfinished migration of %s explains it: a checkpoint of a stopped "
+                        "process restores stopped. Resume it (kill -CONT %d) if it should run, then migrate it."
+                        % (pid, settings_.name, pid), pid=pid)
+    if settings_.mode == "postcopy":
+        host.require_page_server()
+    tree = procfs.tree_identity(pid)
+    expected = int(procfs.resident_bytes(p for p, _ in tree) * SPACE_MARGIN) + SPACE_EXTRA
+    facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
+                       migrate_dir=settings_.directory, timeout=settings_.timeout)
+    problems = list(facts["criu"]["problems"]) + ([facts["privilege_problem"]] if not facts["can_restore"] else [])
+    if facts["arch"] != os.uname().machine:
+        problems.append("the target is %s, the source %s: migrate only between hosts of one architecture" % (facts["arch"], os.uname().machine))
+    if facts["free_bytes"] < expected:
+        problems.append("%s has %d MiB free, the checkpoint needs about %d MiB: free space there or choose another migrate_dir"
+                        % (settings_.directory, facts["free_bytes"] >> 20, expected >> 20))
+    if settings_.algorithm == "auto":
+        both = [name for name in integrity.available_algorithms() if name in facts["hash_algorithms"]]
+        settings_ = settings_._replace(algorithm="blake3" if "blake3" in both else integrity.DEFAULT_ALGORITHM)
+    elif settings_.algorithm not in integrity.available_algorithms():
+        integrity.choose_algorithm(settings_.algorithm)  # raises, naming what this host lacks
+    if settings_.algorithm not in facts["hash_algorithms"]:
+        problems.append("the target's Python lacks %s (it has %s): %s" % (settings_.algorithm, ", ".join(facts["hash_algorithms"]),
+                                                                            integrity.BLAKE3_HINT))
+    if settings_.mode == "postcopy" and not facts["criu"].get("lazy_pages"):
+        problems.append("the target's kernel cannot restore lazily (criu check --feature uffd-noncoop fails): use mode=copy")
+    other = facts.get("journal")
+    if other and other.get("outcome") in (None, "in_doubt"):
+        problems.append("the target holds an unfinished migration of %s (id %s, phase %s): resolve it first by rerunning the "
+                        "migration that started it" % (settings_.name, other.get("id"), other.get("phase")))
+    if problems:
+        raise CriuError("Migration of %s stopped at preflight, before touching the workload: %s."
+                        % (settings_.name, "; ".join(problems)), problems=problems)
+    return {"tree": tree, "expected_bytes": expected, "target": facts, "algorithm": settings_.algorithm}
+
+
+def _already_migrated(journal: Journal, pid: t.Optional[int]) -> bool:
+    """A completed migration of this very workload: the pid is gone (the source was ended) or is still it."""
+    process = journal.get("process", {})
+    if pid is None or not procfs.is_alive(pid):
+        return True
+    st = procfs.read_stat(pid)
+    return pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
+
+
+def _pid(params: t.Mapping[str, t.Any]) -> t.Optional[int]:
+    try:
+        return procfs.resolve_pid(params["pid"], params["pidfile"])
+    except CriuError:
+        return None
+
+
+def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The module's result from a journal that reached an outcome; a failed migration raises, saying where the
+    workload runs and what to do."""
+    data = journal.data
+    migration = {key: data.get(key) for key in (
+        "id", "name", "mode", "phase", "outcome", "decision", "frozen_at", "running_at", "downtime_seconds", "dump_seconds",
+        "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error")}
+    migration.update(source=data.get("source"), target=data.get("target"), source_pid=data.get("process", {}).get("pid"),
+                     journal=journal.path, history=data.get("history"), progress=dict(progress))
+    outcome = data.get("outcome")
+    if outcome == "completed":
+        return {"changed": changed, "migration": migration}
+    where = data.get("process", {})
+    if outcome == "rolled_back":
+        raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (pid %s) with its "
+                        "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
+                                               data.get("source"), where.get("pid"),
+                                               "; nothing of it remains on the target" if data.get("target_cleanup") == "done" else
+                                               "; the target's stopped copy is removed by the next run (target unreachable now)"),
+                        migration=migration)
+    raise CriuError("Migration of %s is in doubt: %s. Source %s: pid %s %s. Target %s: see its journal %s. Once the target is "
+                    "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
+                    % (data["name"], data.get("error"), data.get("source"), where.get("pid"),
+                       "frozen" if procfs.alive_identified(where.get("tree") or []) else "gone",
+                       data["target"]["label"], journal.path), migration=migration)
+
+
+def _failed_phase(data: t.Mapping[str, t.Any]) -> str:
+    phases = [entry["phase"] for entry in data.get("history", []) if entry["phase"] not in ("aborting", "rolled_back")]
+    return phases[-1] if phases else "prepared"
+
+
+def watch(journal: Journal, lock: DriverLock, deadline: float) -> Journal:
+    """Wait until the driver has reached an outcome and exited (the lock is free again)."""
+    while True:
+        current = Journal.load(journal.dir_fd, journal.directory, journal.name) or journal
+        if current.get("outcome") is not None and not lock.held_elsewhere():
+            return current
+        if time.monotonic() > deadline:
+            raise CriuError("Migration of %s is still running in the background (phase %s) on this host. Rerun the same command "
+                            "to wait for it again; nothing is lost meanwhile." % (journal.name, current.phase),
+                            migration={"id": current.get("id"), "phase": current.phase, "journal": current.path})
+        time.sleep(WATCH_POLL)
+
+
+def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+    """The criu_migrate module's work: returns the module result."""
+    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
+    s = settings(params, key)
+    dir_fd, directory = store.open_or_create_dir(s.directory, "Migration directory")
+    s = s._replace(directory=directory)
+    lock = DriverLock(dir_fd, s.name)
+    code = remote.payload()
+    deadline = time.monotonic() + params["wait_timeout"]
+    try:
+        if not lock.try_acquire():
+            journal = Journal.load(dir_fd, directory, s.name)
+            if journal is None:
+                raise CriuError("Another run holds the lock of migration %s but wrote no journal yet: retry in a moment." % s.name)
+            return report(watch(journal, lock, deadline), False, read_progress(dir_fd, directory, s.name))
+        journal = Journal.load(dir_fd, directory, s.name)
+        pid = _pid(params)
+        if journal is not None and journal.get("outcome") in (None, "in_doubt"):
+            if check_mode:
+                return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
+            resolve(journal, s._replace(**_recorded(journal)), code)
+            return report(journal, True, read_progress(dir_fd, directory, s.name))
+        if journal is not None and journal.get("outcome") == "completed" and _already_migrated(journal, pid):
+            return report(journal, False, read_progress(dir_fd, directory, s.name))
+        if pid is None:
+            procfs.resolve_pid(params["pid"], params["pidfile"])  # raises, explaining the pidfile
+        journal_id = str(uuid.uuid4())
+        facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"])
+        s = s._replace(algorithm=facts["algorithm"])
+        if check_mode:
+            return {"changed": True, "actions": ["would migrate pid %d to %s (%s mode)" % (pid, s.target.label, s.mode)]}
+        st = procfs.read_stat(t.cast(int, pid))
+        journal = Journal.create(
+            dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
+            source=os.uname().nodename, target={"label": s.target.label, "host": s.target.host}, lease_seconds=s.lease,
+            criu_path=params["criu_path"], algorithm=s.algorithm,
+            process={"pid": pid, "starttime": st.starttime if st else None, "comm": st.comm if st else None, "tree": facts["tree"]},
+            expected_bytes=facts["expected_bytes"], settings=_recordable(s))
+        spawn(lock, journal, s, code)
+        return report(watch(journal, lock, deadline), True, read_progress(dir_fd, directory, s.name))
+    finally:
+        lock.release()
+        os.close(dir_fd)
+
+
+def _recordable(s: Settings) -> t.Dict[str, t.Any]:
+    """The settings a recovery needs, as the journal keeps them (never the key: a recovery needs none)."""
+    return {"mode": s.mode, "lease": s.lease, "timeout": s.timeout, "cleanup": s.cleanup, "target_pidfile": s.target_pidfile}
+
+
+def _recorded(journal: Journal) -> t.Dict[str, t.Any]:
+    recorded = journal.get("settings") or {}
+    return {key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup") if key in recorded}
+

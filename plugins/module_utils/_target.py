@@ -1,0 +1,434 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The target's side of a migration: this collection's own code, sent by the source and run over ssh.
+
+``receive`` takes the images as the source's criu writes them, digests every byte as it writes it into a
+private staging directory, verifies manifest and signature, restores with the same code and checks as
+criu_restore, and votes: the copy stays stopped (post-copy: runs until every page arrived) until the
+source's decision. Commit resumes it; abort kills it and removes every trace. A target that loses the
+source after voting never guesses: its journal says "in doubt" and its copy stays stopped until the
+source's recovery tells it the outcome (``resolve``). Every phase is journaled before it acts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
+from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
+from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore_
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
+
+# Target phases, in order. After "restored" the target has voted: only the source's decision ends it.
+VOTED = ("restored", "pages_complete", "committed", "aborting")
+RELAY_READY = b"\x01"
+RELAY_BUFFER = 1 << 20
+
+
+def pages_socket_name(name: str) -> str:
+    return ".%s.pages.sock" % name
+
+
+def restore_pidfile_name(name: str) -> str:
+    return ".%s.restore.pid" % name
+
+
+class Context:
+    """One request's view of the target's migration directory, the workload's checkpoint and its journal."""
+
+    def __init__(self, request: t.Mapping[str, t.Any]) -> None:
+        self.request = request
+        self.name = request["name"]
+        self.id = request["id"]
+        self.dir_fd, self.directory = store.open_or_create_dir(request["migrate_dir"], "Migration directory")
+        self.timeout = float(request["timeout"])
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.directory, self.name)
+
+    def journal(self) -> t.Optional[Journal]:
+        return Journal.load(self.dir_fd, self.directory, self.name)
+
+
+def _remove_checkpoint(ctx: Context) -> None:
+    with store.location(ctx.checkpoint_path) as loc:
+        store.remove_litter(loc)
+        if os.path.lexists(loc.path):
+            problem = store.replace_problem(loc)
+            if problem is None:
+                store.remove_tree(loc.path)
+    for leftover in (pages_socket_name(ctx.name), restore_pidfile_name(ctx.name)):
+        try:
+            os.unlink(leftover, dir_fd=ctx.dir_fd)
+        except FileNotFoundError:
+            pass
+
+
+def _kill_restored(journal: Journal) -> None:
+    """Kill whatever this migration restored here: the tree it recorded, a criu restore still running (and the tree
+    it was building), and a tree whose pid criu wrote after the agent that started it died."""
+    victims = []
+    criu = journal.get("criu")
+    if criu and procfs.is_alive(criu[0], criu[1]):
+        victims += procfs.kill_tree(criu[0])
+    victims += procfs.signal_identified(journal.get("tree") or [], signal.SIGKILL)
+    try:
+        raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
+        pid = procfs.parse_pidfile(raw.decode("ascii", "replace")) if raw else None
+    except CriuError:
+        pid = None
+    started = journal.get("restore_started_ticks")
+    if pid is not None and started is not None:
+        st = procfs.read_stat(pid)
+        if st is not None and st.starttime >= started:
+            victims += procfs.kill_tree(pid)
+    procfs.wait_gone(victims, timeout=10)
+
+
+def abort(ctx: Context, journal: Journal, reason: str) -> None:
+    """Undo everything this migration did here; idempotent."""
+    journal.record("aborting", error=reason)
+    _kill_restored(journal)
+    _remove_checkpoint(ctx)
+    journal.record("aborted", outcome="aborted")
+
+
+def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """Let the restored copy run; idempotent. Recorded before it acts, so a crash here is finished by a rerun."""
+    if journal.phase != "committed":
+        journal.record("committed", decision="commit", cleanup=bool(decision.get("cleanup")), pidfile=decision.get("pidfile"))
+    tree = journal.get("tree") or []
+    procfs.signal_identified(tree, signal.SIGCONT)
+    running_at = procfs.utc_now()
+    pid, starttime = tree[0]
+    time.sleep(restore_.HEALTH_DELAY)
+    st = procfs.read_stat(pid)
+    if st is None or st.exited or st.starttime != starttime:
+        journal.record("committed", outcome="in_doubt", error="the restored copy (pid %d) died before it could run" % pid)
+        raise CriuError("The restored copy (pid %d) died before it could run: the source stays frozen, never resumed; "
+                        "see %s and decide by hand." % (pid, journal.path))
+    record = {"pid": pid, "starttime": starttime, "boot_id": procfs.boot_id(), "host": socket.gethostname(),
+              "checkpoint_id": journal.get("checkpoint_id"), "restored_at": running_at}
+    if os.path.isdir(ctx.checkpoint_path):
+        with store.location(ctx.checkpoint_path) as loc, store.open_checkpoint(loc) as opened:
+            store.write_file(opened.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+    if journal.get("pidfile"):
+        restore_.write_pidfile(journal.get("pidfile"), pid)
+    if journal.get("cleanup"):
+        _remove_checkpoint(ctx)
+    journal.record("completed", outcome="completed", running_at=running_at)
+    return {"done": "completed", "pid": pid, "running_at": running_at}
+
+
+class _Receiver:
+    """Images as they arrive: each written into the staging directory and digested in the same pass."""
+
+    def __init__(self, staging: store.Staging, algorithm: str) -> None:
+        self.staging = staging
+        self.algorithm = algorithm
+        self.files: t.Dict[str, t.Tuple[int, t.Any, int]] = {}
+        self.bytes = 0
+
+    def chunk(self, name: str, offset: int, data: memoryview) -> None:
+        if integrity.manifest_path_problem(name) or "/" in name:
+            raise CriuError("The source sent an image named %r, which no checkpoint holds." % name)
+        if name not in self.files:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE,
+                         dir_fd=self.staging.images_fd)
+            self.files[name] = (fd, integrity.new_digest(self.algorithm), 0)
+        fd, digest, size = self.files[name]
+        if offset != size:
+            raise CriuError("The source sent bytes of %s at offset %d, expected %d." % (name, offset, size))
+        view = data
+        while view:
+            view = view[os.write(fd, view):]
+        digest.update(data)
+        self.files[name] = (fd, digest, size + len(data))
+        self.bytes += len(data)
+
+    def digests(self) -> t.Dict[str, integrity.FileDigest]:
+        return {name: integrity.FileDigest(size, digest.hexdigest()) for name, (_fd, digest, size) in self.files.items()}
+
+    def close(self) -> None:
+        for fd, _digest, _size in self.files.values():
+            os.close(fd)
+        self.files = {}
+
+
+def _receive_images(channel: wire.Channel, staging: store.Staging, request: t.Mapping[str, t.Any],
+                    key: t.Optional[bytes], link_timeout: float) -> t.Dict[str, t.Any]:
+    """Take image chunks until the source seals the checkpoint; verify what arrived; return its metadata."""
+    receiver = _Receiver(staging, request["algorithm"])
+    try:
+        while True:
+            kind, body = channel.receive(link_timeout)
+            if kind == wire.CHUNK:
+                receiver.chunk(*body)
+                continue
+            if body.get("abort"):
+                raise CriuError("The source aborted the migration: %s" % body.get("reason"))
+            if body.get("sealed"):
+                break
+            raise CriuError("Unexpected message from the source while receiving: %r" % sorted(body))
+    finally:
+        digests = receiver.digests()
+        receiver.close()
+    raw = body["metadata"].encode("utf-8")
+    metadata, problems = integrity.parse_metadata(raw)
+    if metadata is None:
+        raise restore_.refusal(staging.loc.path, problems)
+    signature = body.get("signature")
+    problems = integrity.signature_problems(None if signature is None else signature.encode("ascii"), metadata, key,
+                                            bool(key), False)
+    problems += integrity.received_problems(metadata["manifest"], integrity.manifest_algorithm(metadata), digests)
+    if problems:
+        raise restore_.refusal(staging.loc.path, problems)
+    checkpoint_.seal(staging, metadata, key)
+    return metadata
+
+
+def _accept_pages(listener: socket.socket, timeout: float) -> socket.socket:
+    """The source's page relay: one connection, from root (the directory is root-only; checked anyway)."""
+    listener.settimeout(timeout)
+    try:
+        conn, _addr = listener.accept()
+    except socket.timeout:
+        raise CriuError("The source's page relay did not connect within %ss." % timeout) from None
+    uid = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    if int.from_bytes(uid[4:8], sys.byteorder) != 0:
+        conn.close()
+        raise CriuError("A process that is not root connected to the page socket; refusing it.")
+    conn.setblocking(True)
+    return conn
+
+
+def _restore(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata: t.Mapping[str, t.Any],
+             page_conn: t.Optional[socket.socket], stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
+    """Restore the verified checkpoint: stopped (copy), or running with its memory still at the source (post-copy,
+    the lazy-pages fetcher and its work directory then live as long as ``stack``)."""
+    problems = host.restore_problems(metadata)
+    if problems:
+        raise CriuError("Cannot restore %s on this host: %s." % (opened.path, "; ".join(problems)), problems=problems)
+    host.require_privileges()
+    runtime = CriuRuntime.load(None)
+    runtime.on_spawn = lambda pid: journal.record("restoring", criu=procfs.tree_identity(pid)[0])
+    journal.record("restoring", restore_started_ticks=procfs.read_stat(os.getpid()).starttime)
+    pidfile = os.path.join(ctx.directory, restore_pidfile_name(ctx.name))
+    if page_conn is None:
+        pid, run = restore_.restore_tree(runtime, opened, metadata, ctx.timeout, leave_stopped=True, pidfile=pidfile)
+        restore_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
+        return pid, None
+    # lazy-pages and restore share a work directory: restore finds the fetcher through its socket there.
+    work_path = stack.enter_context(store.private_dir("nucleus-criu-lazy-"))
+    work = Dir(safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0], work_path)
+    stack.callback(os.close, work.fd)
+    fetcher = runtime.start_lazy_pages(Dir(opened.images_fd, os.path.join(opened.path, store.IMAGES)), work,
+                                       page_conn.fileno(), ctx.timeout)
+    stack.callback(fetcher.stop)
+    page_conn.close()
+    journal.record("restoring", lazy_log=fetcher.log_path)
+    pid, run = restore_.restore_tree(runtime, opened, metadata, ctx.timeout, lazy=True, pidfile=pidfile, work=work)
+    restore_.confirm_alive(pid, run.log_path, opened.path)
+    return pid, fetcher
+
+
+def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
+    ctx = Context(request)
+    key = bytes.fromhex(request["key"]) if request.get("key") else None
+    link_timeout = float(request["link_timeout"])
+    with store.location(ctx.checkpoint_path) as loc, store.Lock(loc, ctx.timeout):
+        previous = ctx.journal()
+        if previous is not None and previous.get("outcome") in (None, "in_doubt"):
+            raise CriuError("Another migration of %s (id %s) is unfinished here, in phase %s: its copy may be here. "
+                            "Rerun the migration that started it to resolve it first (journal: %s)."
+                            % (ctx.name, previous.get("id"), previous.phase, previous.path))
+        journal = Journal.create(ctx.dir_fd, ctx.directory, ctx.name, "receiving", id=ctx.id, role="target", outcome=None,
+                                 mode=request["mode"], source=request.get("source"), tree=None, criu=None)
+        listener = None
+        try:
+            store.remove_litter(loc)
+            problem = store.replace_problem(loc)
+            if problem:
+                raise CriuError("Cannot receive into %s: %s" % (loc.path, problem))
+            if request["mode"] == "postcopy":
+                listener = _listen(ctx)
+            channel.send(ready=True, pages_socket=os.path.join(ctx.directory, pages_socket_name(ctx.name)) if listener else None,
+                         free_bytes=store.free_bytes(ctx.dir_fd))
+            staging = store.Staging(loc)
+            try:
+                metadata = _receive_images(channel, staging, request, key, link_timeout)
+                staging.publish()
+            finally:
+                staging.remove()
+            journal.record("received", checkpoint_id=metadata["id"])
+            channel.send(verified=True)
+            page_conn = _accept_pages(listener, link_timeout) if listener else None
+            with store.open_checkpoint(loc) as opened, contextlib.ExitStack() as stack:
+                pid, fetcher = _restore(ctx, journal, opened, metadata, page_conn, stack)
+                journal.record("restored", tree=procfs.tree_identity(pid), restored_at=procfs.utc_now())
+                channel.send(restored=True, pid=pid)
+                if fetcher is not None:
+                    try:
+                        pages = CriuRuntime.finish_lazy_pages(fetcher, ctx.timeout)
+                    except CriuError:
+                        procfs.wait_gone(procfs.signal_identified(journal.get("tree"), signal.SIGKILL), timeout=10)
+                        raise
+                    journal.record("pages_complete", lazy_pages=pages)
+                    channel.send(complete=True, pages=pages)
+        except wire.LinkError as exc:
+            if journal.phase in VOTED:
+                journal.record(journal.phase, outcome="in_doubt", error="lost the source after voting (%s)" % exc)
+                return
+            abort(ctx, journal, "lost the source (%s)" % exc)
+            raise
+        except (CriuError, OSError) as exc:
+            # Before the vote, or a post-copy copy whose pages did not all arrive: it must not live.
+            abort(ctx, journal, getattr(exc, "msg", None) or str(exc))
+            raise
+        finally:
+            if listener is not None:
+                listener.close()
+        _await_decision(ctx, journal, channel, link_timeout=float(request["decision_timeout"]))
+
+
+def _listen(ctx: Context) -> socket.socket:
+    name = pages_socket_name(ctx.name)
+    try:
+        os.unlink(name, dir_fd=ctx.dir_fd)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(os.path.join(ctx.directory, name))
+    listener.listen(1)
+    return listener
+
+
+def _await_decision(ctx: Context, journal: Journal, channel: wire.Channel, link_timeout: float) -> None:
+    """Voted: wait for the source's decision. Losing the source now leaves us in doubt, never guessing."""
+    try:
+        decision = channel.message(link_timeout)
+    except wire.LinkError as exc:
+        journal.record(journal.phase, outcome="in_doubt", error="lost the source before its decision (%s)" % exc)
+        return
+    if decision.get("decision") == "commit":
+        channel.send(**commit(ctx, journal, decision))
+    else:
+        abort(ctx, journal, decision.get("reason") or "the source aborted")
+        channel.send(done="aborted")
+
+
+def resolve(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
+    """Tell this host the outcome the source decided (commit or abort), or ask it where it stands (query)."""
+    ctx = Context(request)
+    with store.location(ctx.checkpoint_path) as loc, store.Lock(loc, ctx.timeout):
+        journal = ctx.journal()
+        if journal is None or journal.get("id") != ctx.id:
+            channel.send(state="absent", other=None if journal is None else {"id": journal.get("id"), "phase": journal.phase})
+            return
+        decision = request["decision"]
+        if journal.get("outcome") in ("completed", "aborted"):
+            channel.send(state=journal.get("outcome"), phase=journal.phase)
+            return
+        if decision == "query":
+            channel.send(state=_query(journal), phase=journal.phase, tree_alive=procfs.alive_identified(journal.get("tree") or []))
+            return
+        if decision == "commit" and journal.phase in VOTED[:3]:
+            channel.send(state="completed", **commit(ctx, journal, journal.data))
+            return
+        if decision == "commit":
+            channel.send(state=_query(journal), phase=journal.phase, error="the target never restored this migration's copy")
+            return
+        abort(ctx, journal, "the source decided to abort")
+        channel.send(state="aborted", phase=journal.phase)
+
+
+def _query(journal: Journal) -> str:
+    """Where a migration stands here without acting: for post-copy, whether every page arrived."""
+    if journal.phase == "restored" and journal.get("mode") == "postcopy":
+        counts = criulog.lazy_page_counts(journal.get("lazy_log") or "")
+        if counts and all(done == wanted for done, wanted in counts) and procfs.alive_identified(journal.get("tree") or []):
+            journal.record("pages_complete", lazy_pages=sum(wanted for _done, wanted in counts))
+            return "pages_complete"
+        return "restored_incomplete"
+    return journal.phase
+
+
+def preflight(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
+    """Everything the source must know before it freezes anything."""
+    ctx = Context(request)
+    can, why = host.can_checkpoint()
+    journal = ctx.journal()
+    channel.send(
+        criu=host.criu_facts(None, ctx.timeout), arch=os.uname().machine, can_restore=can, privilege_problem=why,
+        free_bytes=store.free_bytes(ctx.dir_fd), hash_algorithms=integrity.available_algorithms(),
+        journal=None if journal is None else {"id": journal.get("id"), "phase": journal.phase, "outcome": journal.get("outcome")},
+        python=sys.version.split()[0],
+    )
+
+
+def relay(_channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
+    """Join this ssh session's stdin/stdout to the receiving agent's root-only page socket, byte for byte."""
+    ctx = Context(request)
+    path = os.path.join(ctx.directory, pages_socket_name(ctx.name))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    os.write(1, RELAY_READY)
+    pairs = {0: sock.fileno(), sock.fileno(): 1}
+    while pairs:
+        for fd in select.select(list(pairs), [], [])[0]:
+            data = os.read(fd, RELAY_BUFFER)
+            if not data:
+                if fd == 0:
+                    sock.shutdown(socket.SHUT_WR)
+                else:
+                    os.close(1)
+                del pairs[fd]
+                continue
+            view = memoryview(data)
+            while view:
+                view = view[os.write(pairs[fd], view):]
+
+
+COMMANDS = {"preflight": preflight, "receive": receive, "resolve": resolve, "relay": relay}
+
+
+def main() -> None:
+    """Entry point of the agent (see _remote.BOOTSTRAP): one request from stdin, answers on stdout."""
+    channel = wire.Channel(0, 1)
+    sys.stdout = sys.stderr  # stdout carries frames only: a stray print must not corrupt them
+    try:
+        request = channel.message(timeout=120)
+        COMMANDS[request["cmd"]](channel, request)
+    except wire.LinkError:
+        sys.exit(1)
+    except CriuError as exc:
+        _report(channel, exc.msg, {k: v for k, v in exc.details.items() if isinstance(v, (str, int, float, list, type(None)))})
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        traceback.print_exc()
+        _report(channel, "Unexpected %s on the target: %s" % (type(exc).__name__, exc), {})
+
+
+def _report(channel: wire.Channel, message: str, details: t.Dict[str, t.Any]) -> None:
+    try:
+        channel.send(error=message, details=details)
+    except wire.LinkError:
+        pass
+    sys.exit(1)

@@ -1,0 +1,223 @@
+#!/usr/bin/python
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: criu_migrate
+short_description: Migrate a live process tree to another host, exactly once, driven by this (the source) host
+version_added: 0.2.0
+description:
+  - Runs on the B(source) host. Checks both hosts before touching the workload (the target over ssh exactly as the
+    migration reaches it, its criu, architecture, free space and Python), then starts the migration in a driver
+    detached from the controller, and waits for its outcome.
+  - The driver freezes the workload (C(criu dump --leave-stopped)), streams its images to the target while criu writes
+    them, over ssh, to this collection's own code that it runs there (sent over the session, never installed). The
+    target digests every byte as it writes it, verifies the manifest and the signature, restores with the same code
+    and checks as M(nucleus.criu.criu_restore), and keeps its copy B(stopped) until the source decides.
+  - The decision is journaled on the source (the commit point) before the target is told. Before it, any failure,
+    timeout or expired O(lease) resumes the source (SIGCONT, memory intact) and has the target remove its copy.
+    After it, the source is never resumed; it is ended once the target runs. The controller, its connection and
+    this module may die at any time without changing the outcome.
+  - Both hosts keep a journal per workload in O(migrate_dir) (C(NAME.journal.json), root-only, flushed before every
+    step). Rerunning the module reads it - a completed migration reports C(changed=false), an unfinished or
+    in-doubt one is resolved from both journals - and never starts a second migration of a workload whose migration
+    is in flight or in doubt.
+  - With O(mode=postcopy), everything but the memory moves while frozen; the target's copy runs at once and fetches
+    its pages from the frozen source over a socket pair joined through ssh (no port is opened on either host). The
+    decision follows the last page. The source resumes only once the target confirms its copy is gone.
+author:
+  - nucleus.criu maintainers (@nucleus-criu)
+extends_documentation_fragment:
+  - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.TIMEOUT
+  - nucleus.criu.common.HMAC
+  - nucleus.criu.common.ATTRIBUTES
+attributes:
+  check_mode:
+    support: full
+    details: Runs every preflight check on both hosts and predicts whether a migration would start; freezes nothing.
+requirements:
+  - criu >= 4.2 on both hosts (the P(nucleus.criu.criu#role) role installs it).
+  - Root on both hosts (C(become=true) here; the ssh login to the target must be root).
+  - ssh from the source to the target without a password prompt (a key file on the source; an agent only lives as long
+    as the controller's connection), and Python 3.9 or newer at O(target_python) on the target.
+options:
+  name:
+    description:
+      - Name of the migration; names its journal and checkpoint directory on both hosts. Letters, digits, C(.), C(_), C(-).
+    type: str
+    required: true
+  pid:
+    description:
+      - Pid of the root of the process tree to migrate. Exactly one of O(pid) and O(pidfile) is required.
+    type: int
+  pidfile:
+    description:
+      - File holding that pid, read as strictly as M(nucleus.criu.criu_checkpoint) reads it.
+    type: path
+  target:
+    description:
+      - Address (or ssh host name) of the target host, as the source reaches it.
+    type: str
+    required: true
+  ssh_user:
+    description:
+      - User the source logs in to the target as (root, or a user allowed to checkpoint).
+    type: str
+  ssh_port:
+    description:
+      - ssh port of the target.
+    type: int
+  ssh_key_file:
+    description:
+      - Private key file B(on the source host) for the login to the target.
+    type: path
+  ssh_extra_args:
+    description:
+      - Extra ssh arguments, before the module's own (so they win), for example C(['-o', 'StrictHostKeyChecking=yes']).
+      - The module always adds C(BatchMode=yes), connect timeout, keepalives (a silent link is noticed within 15 s) and a
+        preference for AES-GCM ciphers.
+    type: list
+    elements: str
+    default: []
+  ssh_connect_timeout:
+    description:
+      - Seconds an ssh connection to the target may take to open.
+    type: int
+    default: 10
+  target_python:
+    description:
+      - Python 3.9+ interpreter on the target that runs this collection's code.
+    type: path
+    default: /usr/bin/python3
+  target_pidfile:
+    description:
+      - Pidfile to write on the target with the restored pid.
+    type: path
+  migrate_dir:
+    description:
+      - Directory for the journals and checkpoints, on both hosts (created 0700; its whole chain must be root's).
+    type: path
+    default: /var/lib/nucleus-criu/migrations
+  mode:
+    description:
+      - V(copy) moves every page while the workload is frozen; the downtime grows with its memory.
+      - V(postcopy) restores it on the target at once and lets the memory follow; the downtime hardly grows with
+        memory, but if the B(source host) dies before the last page arrived, the workload is lost.
+    type: str
+    choices: [copy, postcopy]
+    default: copy
+  lease:
+    description:
+      - Seconds the workload may stay frozen without a decision. When they run out, the migration undoes itself on the
+        hosts (the source resumes), whether or not the controller is still there.
+      - Must cover freezing, moving (all the memory, in either mode) and restoring; about 10 s plus 5 s per GiB on a
+        fast link.
+    type: int
+    default: 120
+  wait_timeout:
+    description:
+      - Seconds the module waits for the outcome. The migration goes on without it; a rerun waits again.
+    type: int
+    default: 1800
+  tcp_established:
+    description:
+      - Migrate established TCP connections (C(--tcp-established)).
+    type: bool
+    default: false
+  hash_algorithm:
+    description:
+      - Digest of the manifest, see M(nucleus.criu.criu_checkpoint). V(auto) uses V(blake3) when both hosts have it.
+    type: str
+    choices: [sha256, blake3, auto]
+    default: sha256
+  cleanup:
+    description:
+      - Which checkpoint copies to delete once the migration completed. The journals are always kept.
+    type: str
+    choices: [all, source, target, none]
+    default: all
+notes:
+  - The downtime is the freeze, the transfer (copy mode), the restore and one round trip for the decision; keeping the
+    target's copy stopped until the decision costs that round trip and a SIGCONT, a few milliseconds on a LAN.
+seealso:
+  - role: nucleus.criu.migrate
+  - module: nucleus.criu.criu_checkpoint
+  - module: nucleus.criu.criu_restore
+"""
+
+EXAMPLES = r"""
+- name: Move a job from this host to worker2
+  become: true
+  nucleus.criu.criu_migrate:
+    name: job
+    pidfile: /run/job.pid
+    target: worker2.example.com
+    ssh_key_file: /root/.ssh/migrate_ed25519
+    hmac_key_file: /etc/nucleus-criu/hmac.key
+  register: moved
+
+- name: Show the downtime
+  ansible.builtin.debug:
+    msg: "{{ moved.migration.target_pid }} after {{ moved.migration.downtime_seconds }} s"
+"""
+
+RETURN = r"""
+migration:
+  description: The migration as its source journal records it.
+  returned: when a migration completed (also on failure, in the failure's details)
+  type: dict
+  contains:
+    id:
+      description: Unique id of this migration (both journals carry it).
+      type: str
+    outcome:
+      description: V(completed), V(rolled_back) or V(in_doubt).
+      type: str
+      sample: completed
+    phase:
+      description: Last phase recorded on the source.
+      type: str
+    source_pid:
+      description: Pid of the workload on the source.
+      type: int
+    target_pid:
+      description: Pid of the workload on the target.
+      type: int
+    downtime_seconds:
+      description: From the freeze until the target's copy was running (measured on the source, no clock skew).
+      type: float
+    image_bytes:
+      description: Size of the checkpoint.
+      type: int
+    history:
+      description: Every phase with its UTC time.
+      type: list
+      elements: dict
+    progress:
+      description: Last progress report (step, bytes_sent, rate_mib_s).
+      type: dict
+    journal:
+      description: Path of the source's journal.
+      type: str
+actions:
+  description: In check mode, what would be done.
+  returned: in check mode
+  type: list
+  elements: str
+"""
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _migrate
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import MIGRATE
+from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
+
+
+def main() -> None:
+    module = create_module(MIGRATE)
+    run_module(module, lambda: _migrate.migrate(module.params, module.check_mode))
+
+
+if __name__ == "__main__":
+    main()
