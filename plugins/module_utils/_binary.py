@@ -82,9 +82,16 @@ def validate_binary(path: str, euid: t.Optional[int] = None) -> str:
     finally:
         os.close(fd)
     if program.interpreter:
-        os.close(_check_file(program.interpreter, "Dynamic loader of criu", euid)[0])
+        try:
+            os.close(_check_file(program.interpreter, "Dynamic loader of criu", euid)[0])
+        except FileNotFoundError as exc:
+            raise CriuError("The dynamic loader %s that criu binary %s names does not exist: criu cannot run. %s"
+                            % (program.interpreter, real, INSTALL_HINT), path=real) from exc
     for directory in program.library_dirs:
-        _check_library_dir(directory, euid)
+        try:
+            _check_library_dir(directory, euid)
+        except FileNotFoundError:
+            continue  # the loader skips a library directory that does not exist, and so may we
     return real
 
 

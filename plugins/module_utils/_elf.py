@@ -43,11 +43,12 @@ def _layout(ident: bytes) -> _Layout:
     return _Layout(struct.Struct(endian + "16xHHIIIIIHHHHHH"), struct.Struct(endian + "IIIIIIII"), struct.Struct(endian + "iI"))
 
 
-def _read(fd: int, offset: int, size: int) -> bytes:
-    if size < 0 or size > _MAX_HEADER_BYTES:
-        raise NotElf("implausible ELF header size %d" % size)
+def _read(fd: int, offset: int, size: int, exact: bool = True) -> bytes:
+    """``size`` bytes at ``offset`` (fewer at the end of the file unless ``exact``); NotElf for impossible values."""
+    if size < 0 or size > _MAX_HEADER_BYTES or not 0 <= offset <= os.fstat(fd).st_size:
+        raise NotElf("implausible ELF offset %d or size %d" % (offset, size))
     data = os.pread(fd, size, offset)
-    if len(data) != size:
+    if exact and len(data) != size:
         raise NotElf("truncated ELF file")
     return data
 
@@ -69,7 +70,10 @@ def _program_headers(fd: int, layout: _Layout) -> t.List[t.Tuple[int, int, int, 
 
 
 def _string(fd: int, offset: int) -> str:
-    data = _read(fd, offset, 4096)
+    """The NUL-terminated string at ``offset`` (patchelf puts the string table at the very end of the file)."""
+    data = _read(fd, offset, 4096, exact=False)
+    if b"\0" not in data:
+        raise NotElf("unterminated string in the ELF string table")
     return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 

@@ -18,3 +18,6 @@ class CriuError(Exception):
         super().__init__(msg)
         self.msg = msg
         self.details = details
+
+    def __str__(self) -> str:
+        return self.msg  # callers refine msg (e.g. add where the log was kept); tracebacks must show the refined one

@@ -6,7 +6,7 @@ Each host keeps one journal per workload name in the migration directory (root-o
 atomically and flushed (file and directory) at every phase, so whichever process dies at whatever
 line, the next run reads where it stopped and finishes or undoes exactly that.
 
-Every recorded phase is also a failpoint: when the root-only file ``.failpoint.PHASE`` or
+Every phase reached is also a failpoint: when the root-only file ``.failpoint.PHASE`` or
 ``.failpoint.NAME.PHASE`` exists in the migration directory, the process that reached the phase
 writes ``.failpoint.NAME.PHASE.reached`` (its pid) and waits until the failpoint file is removed.
 Tests use it to kill a controller, a driver, a restore or a link at exactly that step.
@@ -74,7 +74,8 @@ class Journal:
         return journal
 
     def record(self, phase: str, **fields: t.Any) -> None:
-        """Write ``phase`` (and ``fields``) to disk, flushed, then stop at its failpoint if one is set."""
+        """Write ``phase`` (and ``fields``) to disk, flushed; on reaching a new phase, stop at its failpoint if one is set."""
+        reached = self.data.get("phase") != phase
         now = procfs.utc_now()
         self.data.update(fields)
         self.data["phase"] = phase
@@ -82,7 +83,8 @@ class Journal:
         self.data["history"].append({"phase": phase, "at": now})
         store.write_file(self.dir_fd, journal_name(self.name), json.dumps(self.data, sort_keys=True, indent=1).encode("utf-8"),
                          replace=True)
-        failpoint(self.dir_fd, self.name, phase)
+        if reached:
+            failpoint(self.dir_fd, self.name, phase)
 
     def progress(self, **fields: t.Any) -> None:
         """Bytes and rate as they change: written often, so not flushed (it is no part of the recovery)."""

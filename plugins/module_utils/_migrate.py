@@ -38,7 +38,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _store as stor
 from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
 from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, read_progress
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
@@ -177,7 +177,6 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         else:
             journal.record("committed", outcome="in_doubt", error=_doubt(journal, answer, committed=True))
         return
-    stop_criu(journal)
     if journal.phase == "prepared":
         # Nothing was frozen; the target, which had not voted, has undone its part or will when asked.
         _ask_target(settings_, code, journal, "abort")
@@ -186,13 +185,16 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
     journal.record("aborting", decision="abort")
     if journal.get("mode") == "copy":
         # The target's copy is stopped and only a commit resumes it: resuming the source first is safe.
+        stop_criu(journal)
         resume_source(journal)
         answer = _ask_target(settings_, code, journal, "abort")
         cleaned = answer is not None and answer.get("state") in ("aborted", "absent")
         journal.record("rolled_back", outcome="rolled_back", target_cleanup="done" if cleaned else "pending")
         return
-    # Post-copy: the target's copy may be running; the source resumes only once the target confirms it is gone.
+    # Post-copy: the target's copy may be running. It is killed first, while its pages still flow (a copy cut off
+    # from its page server would run on with zero-filled memory); the source resumes only once that is confirmed.
     answer = _ask_target(settings_, code, journal, "abort")
+    stop_criu(journal)
     if answer is not None and answer.get("state") in ("aborted", "absent"):
         resume_source(journal)
         journal.record("rolled_back", outcome="rolled_back", target_cleanup="done")
@@ -238,9 +240,10 @@ class Worker:
         except BaseException as exc:  # pylint: disable=broad-exception-caught
             self.journal.record(self.journal.phase, error=getattr(exc, "msg", None) or "%s: %s" % (type(exc).__name__, exc),
                                 traceback=traceback.format_exc()[-4000:])
-            for session in (self.agent, self.relay):
-                if session is not None:
-                    session.close(kill=True)
+            # The control session goes (the target then stops waiting for us); post-copy's page relay stays until
+            # the target's copy is gone.
+            if self.agent is not None:
+                self.agent.close(kill=True)
             resolve(self.journal, self.settings, self.code)
         finally:
             for session in (self.agent, self.relay):
@@ -265,6 +268,8 @@ class Worker:
 
     def _send_chunk(self, name: str, offset: int, data: memoryview) -> None:
         self.agent.channel.send_chunk(name, offset, data)  # type: ignore[union-attr]
+        if not self._progress_at:
+            failpoint(self.journal.dir_fd, self.journal.name, "transferring")  # the first bytes are on their way
         self._progress("transfer")
 
     def _send_rest(self, images: Dir, hashed: t.Dict[str, integrity.FileDigest]) -> t.Dict[str, integrity.FileDigest]:
@@ -429,8 +434,20 @@ def spawn(lock: DriverLock, journal: Journal, settings_: Settings, code: bytes) 
 
 # --- the module's side: decide, preflight, start, watch, report -------------------------------------------
 
+PREFLIGHT_STOP = "Migration of %s stopped at preflight, before touching the workload: %s"
+
+
 def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
     """Everything that can be known before the freeze, on both hosts; raises naming what would fail."""
+    try:
+        return _check_both_hosts(settings_, code, pid, journal_id, criu_path)
+    except CriuError as exc:
+        if not exc.msg.startswith(PREFLIGHT_STOP % (settings_.name, "")):
+            exc.msg = PREFLIGHT_STOP % (settings_.name, exc.msg)
+        raise
+
+
+def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
     host.require_privileges()
     CriuRuntime.load(criu_path)
     st = procfs.require_checkpointable(pid)
@@ -442,8 +459,12 @@ def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu
         host.require_page_server()
     tree = procfs.tree_identity(pid)
     expected = int(procfs.resident_bytes(p for p, _ in tree) * SPACE_MARGIN) + SPACE_EXTRA
-    facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
-                       migrate_dir=settings_.directory, timeout=settings_.timeout)
+    try:
+        facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
+                           migrate_dir=settings_.directory, timeout=settings_.timeout)
+    except CriuError as exc:
+        raise CriuError("the source cannot run nucleus.criu on the target over ssh as the migration would (check ssh_user, "
+                        "ssh_port, ssh_key_file, ssh_extra_args and target_python): %s" % exc.msg, target=settings_.target.label) from exc
     problems = list(facts["criu"]["problems"]) + ([facts["privilege_problem"]] if not facts["can_restore"] else [])
     if facts["arch"] != os.uname().machine:
         problems.append("the target is %s, the source %s: migrate only between hosts of one architecture" % (facts["arch"], os.uname().machine))
@@ -465,8 +486,7 @@ def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu
         problems.append("the target holds an unfinished migration of %s (id %s, phase %s): resolve it first by rerunning the "
                         "migration that started it" % (settings_.name, other.get("id"), other.get("phase")))
     if problems:
-        raise CriuError("Migration of %s stopped at preflight, before touching the workload: %s."
-                        % (settings_.name, "; ".join(problems)), problems=problems)
+        raise CriuError("%s." % "; ".join(problems), problems=problems)
     return {"tree": tree, "expected_bytes": expected, "target": facts, "algorithm": settings_.algorithm}
 
 
@@ -551,10 +571,20 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         if journal is not None and journal.get("outcome") in (None, "in_doubt"):
             if check_mode:
                 return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
+            # Rerun = recovery: finish or undo it from both journals. Undone, the workload runs on the source again,
+            # and this run migrates it as asked.
             resolve(journal, s._replace(**_recorded(journal)), code)
-            return report(journal, True, read_progress(dir_fd, directory, s.name))
-        if journal is not None and journal.get("outcome") == "completed" and _already_migrated(journal, pid):
-            return report(journal, False, read_progress(dir_fd, directory, s.name))
+            if journal.get("outcome") != "rolled_back":
+                return report(journal, True, read_progress(dir_fd, directory, s.name))
+            pid = _pid(params)
+        elif journal is not None and journal.get("outcome") == "completed":
+            if _already_migrated(journal, pid):
+                return report(journal, False, read_progress(dir_fd, directory, s.name))
+            if pid == journal.get("process", {}).get("pid"):
+                raise CriuError("pid %d was migrated to %s already (journal %s), and now belongs to another process (%s): the "
+                                "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
+                                "process." % (pid, journal.get("target", {}).get("label"), journal.path,
+                                              procfs.process_state(t.cast(int, pid)).get("comm")), pid=pid)
         if pid is None:
             procfs.resolve_pid(params["pid"], params["pidfile"])  # raises, explaining the pidfile
         journal_id = str(uuid.uuid4())

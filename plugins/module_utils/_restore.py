@@ -49,8 +49,9 @@ def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], params: 
     configured key is always enforced and the metadata must parse."""
     verdict = integrity.verify(checkpoint, key, params["require_signature"], params["skip_signature_check"],
                                timeout=params["timeout"], hashed=params["verify"])
-    if verdict.metadata is None or verdict.problems:
-        raise refusal(checkpoint.path, verdict.problems)
+    problems = verdict.problems + ([] if checkpoint.images_fd >= 0 or params["verify"] else ["images/ is missing"])
+    if verdict.metadata is None or problems:
+        raise refusal(checkpoint.path, problems)
     if verdict.metadata["options"].get("lazy_pages"):
         raise refusal(checkpoint.path, ["it is a post-copy checkpoint whose memory is still in its frozen source; only the "
                                         "migration that made it (nucleus.criu.criu_migrate) can restore it"])

@@ -199,6 +199,7 @@ def open_file(path: str, what: str, remedy: str, flags: int = os.O_RDONLY, euid:
 
 def check_name(name: str, path: str) -> None:
     """A checkpoint's directory name must leave room for the names derived from it."""
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME:
         raise CriuError("The name of %s is %d bytes long; nucleus.criu accepts at most %d (it derives the names of its lock "
-                        "and staging directories from it). Choose a shorter name." % (path, len(name), MAX_NAME), path=path)
+                        "and staging directories from it). Choose a shorter name." % (path, size, MAX_NAME), path=path)

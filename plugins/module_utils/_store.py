@@ -351,12 +351,13 @@ def read_small_file(dir_fd: int, name: str, path: str) -> t.Optional[bytes]:
         if exc.errno == errno.ELOOP:
             raise CriuError("%s is a symlink; refusing to follow it." % path, path=path) from exc
         raise CriuError("Cannot read %s: %s." % (path, exc.strerror), path=path) from exc
-    with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SMALL_FILE:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise CriuError("%s is not a regular file." % path, path=path)
-        if st.st_size > MAX_SMALL_FILE:
-            raise CriuError("%s is %d bytes, larger than any file nucleus.criu writes." % (path, st.st_size), path=path)
+        raise CriuError("%s is %d bytes, larger than any file nucleus.criu writes." % (path, st.st_size), path=path)
+    with os.fdopen(fd, "rb") as handle:
         return handle.read(MAX_SMALL_FILE + 1)
 
 

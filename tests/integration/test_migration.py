@@ -1,367 +1,447 @@
-"""Fleet migration between two real ssh hosts, and a fault injected at every step.
+"""Fleet migration between two real ssh hosts: exactly once, whatever dies, whenever it dies.
 
-host-a and host-b (scripts/testhosts.sh) are sshd instances in their own mount namespaces:
-what one writes under /var/lib/nucleus-criu the other cannot see, and a process's mount
-namespace tells which host it runs on. Each fault test asserts the promise of the role: the
-workload still runs on the source with its memory intact, and nothing of it is on the target.
+Every kill happens at exactly one step of the protocol: the host that reaches it stops at a failpoint
+(a root-only file in its migration directory, see plugins/module_utils/_journal.py) and says which process
+stopped there; the test kills that process, or the controller, or freezes the target's link, then lets the
+migration go on. After each: exactly one running copy of the workload with its memory intact, no frozen
+source past the lease, journals that say what happened, and a rerun of the same command that reports or
+finishes instead of acting twice.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import threading
-import time
 import typing as t
 
 import pytest
 
-from conftest import REPO, alive, free_port, pipe_max_size, proc_state, processes_running, read_state, wait_for
+from conftest import free_port, pipe_max_size, processes_running, proc_state, read_state, wait_for
+from testhosts import MIGRATIONS, PRIVATE, Hosts, Remote, mount_ns
 
-TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
-INVENTORY = os.path.join(REPO, "build", "testhosts", "inventory.ini")
-KEY = os.path.join(REPO, "build", "testhosts", "id_ed25519")
-PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
-MIGRATIONS = "/var/lib/nucleus-criu/migrations"
 HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
-
-
-def host_pid(name: str) -> int:
-    return int(subprocess.run(["bash", TESTHOSTS, "pid", name], capture_output=True, text=True, check=True).stdout)
-
-
-def mount_ns(pid: int) -> str:
-    return os.readlink("/proc/%d/ns/mnt" % pid)
-
-
-def host_path(name: str, path: str) -> str:
-    """``path`` as host ``name`` sees it, through its sshd's root in /proc."""
-    return "/proc/%d/root%s" % (host_pid(name), path)
-
-
-def on_host(name: str, command: str) -> str:
-    argv = ["ssh", "-q", "-p", "2222", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "root@%s" % ADDRESS[name], command]
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
-
-
-def migrate(**extra: t.Any) -> subprocess.CompletedProcess:
-    argv = [PLAYBOOK, "-i", INVENTORY, "nucleus.criu.migrate", "-e", json.dumps(extra)]
-    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+LEASE = 60
 
 
 @pytest.fixture(scope="module")
 def hosts():
-    subprocess.run(["bash", TESTHOSTS, "up"], check=True)
-    yield
-    subprocess.run(["bash", TESTHOSTS, "down"], check=True)
-
-
-class Remote:
-    """A workload started on host-a over ssh, in its own PID namespace."""
-
-    def __init__(self, name: str, tmp: str, args: str = "", netns: bool = False) -> None:
-        self.name = name
-        self.state_file = os.path.join(tmp, name + ".state")
-        self.pidfile = "/var/lib/nucleus-criu/%s.pid" % name
-        program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
-        if netns:
-            inner = "sh -c 'ip link set lo up; exec %s'" % program
-            namespaces = "--net --pid"
-        else:
-            inner, namespaces = program, "--pid"
-        on_host("a", "setsid unshare %s --fork setsid %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
-        self.pid = wait_for(self._find, what="workload %s to start" % name)
-        on_host("a", "echo %d > %s" % (self.pid, self.pidfile))
-        # It writes its state only once its memory is filled: a second or more per GiB.
-        wait_for(lambda: os.path.exists(self.state_file), timeout=120, what="workload %s to fill its memory" % name)
-        wait_for(lambda: read_state(self.state_file)[1] > 5, what="workload %s to count" % name)
-
-    def _find(self) -> t.Optional[int]:
-        for pid in processes_running(self.state_file):
-            with open("/proc/%d/status" % pid) as handle:
-                if any(line.startswith("NSpid:") and line.split()[-1] == "1" for line in handle):
-                    return pid
-        return None
-
-    def running(self) -> t.List[int]:
-        """Live copies of the workload itself (the unshare that started it on host-a is not one)."""
-        return [pid for pid in processes_running(self.state_file)
-                if open("/proc/%d/comm" % pid).read().strip() != "unshare"]
-
-    def stop(self) -> None:
-        for pid in processes_running(self.state_file):
-            os.kill(pid, signal.SIGKILL)
+    pair = Hosts(2222)
+    pair.up()
+    yield pair
+    pair.down()
 
 
 @pytest.fixture
 def remote(hosts, tmp_path):
     started: t.List[Remote] = []
 
-    def start(name: str, args: str = "", netns: bool = False) -> Remote:
-        workload = Remote(name, str(tmp_path), args, netns)
+    def start(name: str, args: str = "--mem 8", netns: bool = False) -> Remote:
+        workload = Remote(hosts, name, str(tmp_path), args, netns)
         started.append(workload)
         return workload
 
     yield start
+    for host in ("a", "b"):
+        hosts.clear_failpoints(host)
     for workload in started:
         workload.stop()
-        on_host("a", "rm -rf %s/%s %s/%s.migration.json" % (MIGRATIONS, workload.name, MIGRATIONS, workload.name))
+        for host in ("a", "b"):
+            hosts.run(host, "rm -rf %s/%s %s/%s.* %s/.%s.*" % (MIGRATIONS, workload.name, MIGRATIONS, workload.name,
+                                                               MIGRATIONS, workload.name), check=False)
 
 
-def assert_rolled_back(result: subprocess.CompletedProcess, workload: Remote, step: str) -> None:
-    """The play failed naming ``step``; the source runs on with its memory; nothing is left on host-b."""
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    assert "failed at step %s" % step in output or "stopped at %s" % step in output, output
-    assert alive(workload.pid) and proc_state(workload.pid) != "T", "the source must run again, not stay frozen"
-    token, count = read_state(workload.state_file)
-    wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the source to keep counting")
-    assert read_state(workload.state_file)[0] == token, "the source must resume its own memory, not restart"
-    assert workload.running() == [workload.pid], "nothing of the workload may run elsewhere"
-    assert not os.path.exists(host_path("b", "%s/%s" % (MIGRATIONS, workload.name))), "the target must be cleared"
+def single(workload: Remote, **extra: t.Any) -> t.Dict[str, t.Any]:
+    return dict(dict(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
+                     migrate_name=workload.name, migrate_lease=LEASE), **extra)
 
 
-def test_migrates_and_reruns_change_nothing(remote):
+def recap_changed(output: str) -> int:
+    return sum(int(n) for n in re.findall(r"^migration-\S+ +: .*changed=(\d+)", output, re.MULTILINE))
+
+
+def assert_migrated(workload: Remote, token: str, count: int) -> int:
+    """One copy, running on host-b, carrying on from its own memory; nothing left on host-a."""
+    (pid,) = wait_for(lambda: workload.running_on("b"), what="%s to run on host-b" % workload.name)
+    assert workload.copies() == [pid], "exactly one copy may exist"
+    workload.counts_on(token, count)
+    return pid
+
+
+def assert_rolled_back(workload: Remote, token: str, count: int) -> None:
+    """The source runs again with its memory; no copy exists anywhere else."""
+    assert wait_for(lambda: workload.running_on("a") == [workload.pid], what="the source to run again")
+    assert workload.copies() == [workload.pid], "nothing of the workload may exist elsewhere"
+    workload.counts_on(token, count)
+
+
+def test_migrates_and_a_rerun_reports_without_acting(hosts, remote):
     workload = remote("single", "--mem 16")
     token, count = read_state(workload.state_file)
-    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="single")
+    result = hosts.migrate(**single(workload))
     assert result.returncode == 0, result.stdout + result.stderr
-    record = json.loads(on_host("a", "cat %s/single.migration.json" % MIGRATIONS))
-    new_pid = int(record["target_pid"])
-    assert mount_ns(new_pid) == mount_ns(host_pid("b")) != mount_ns(host_pid("a")), "it must run on host-b"
-    assert not os.path.exists("/proc/%d" % workload.pid) or not alive(workload.pid), "the source must be gone"
-    wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the migrated copy to count on")
-    assert read_state(workload.state_file)[0] == token
-    assert int(record["image_bytes"]) > 16 << 20 and 0 < float(record["downtime_seconds"]) < 60, record
-    # auto: blake3 only when both hosts' interpreters have it.
-    assert record["hash_algorithm"] == ("blake3" if HOSTS_HAVE_BLAKE3 else "sha256"), record
-    assert "downtime" in result.stdout and "single: host-a pid %d -> host-b pid %d" % (workload.pid, new_pid) in result.stdout
+    journal = hosts.journal("a", "single")
+    assert journal["outcome"] == "completed" and journal["phase"] == "completed", journal
+    new_pid = assert_migrated(workload, token, count)
+    assert journal["target_pid"] == new_pid and mount_ns(new_pid) == hosts.mount_ns("b") != hosts.mount_ns("a")
+    assert journal["image_bytes"] > 16 << 20 and 0 < journal["downtime_seconds"] < 30, journal
+    assert "single: host-a pid %d -> host-b pid %d" % (workload.pid, new_pid) in result.stdout, result.stdout
+    target = hosts.journal("b", "single")
+    assert target["id"] == journal["id"] and target["outcome"] == "completed", target
+    assert [h["phase"] for h in journal["history"]].index("committed") < [h["phase"] for h in journal["history"]].index("completed")
 
-    again = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="single")
-    assert again.returncode == 0 and "already" in again.stdout, again.stdout
-    assert "changed=0" in again.stdout and not re.search(r"changed=[1-9]", again.stdout), again.stdout
-    assert workload.running() == [new_pid], "a rerun must not migrate twice"
+    again = hosts.migrate(**single(workload))
+    assert again.returncode == 0 and recap_changed(again.stdout) == 0, again.stdout
+    assert "migrated already" in again.stdout, again.stdout
+    assert workload.copies() == [new_pid], "a rerun must not migrate twice"
 
 
-def test_list_form_migrates_two_workloads_in_one_run(remote):
-    one, two = remote("first", "--mem 8"), remote("second", "--mem 8")
-    tokens = {w.name: read_state(w.state_file)[0] for w in (one, two)}
-    result = migrate(migrate_workloads=[
+def test_list_form_migrates_two_workloads_in_one_run(hosts, remote):
+    one, two = remote("first"), remote("second")
+    states = {w.name: read_state(w.state_file) for w in (one, two)}
+    result = hosts.migrate(migrate_workloads=[
         {"name": w.name, "source": "host-a", "target": "host-b", "pidfile": w.pidfile} for w in (one, two)])
     assert result.returncode == 0, result.stdout + result.stderr
     for workload in (one, two):
-        (pid,) = workload.running()
-        assert pid != workload.pid and mount_ns(pid) == mount_ns(host_pid("b"))
-        assert read_state(workload.state_file)[0] == tokens[workload.name]
+        assert_migrated(workload, *states[workload.name])
 
 
-def test_preflight_failure_touches_nothing(remote):
-    """No usable criu on the target: stop before the workload is frozen."""
+# --- preflight: nothing is touched ---------------------------------------------------------------------
+
+def assert_untouched(result: subprocess.CompletedProcess, workload: Remote, words: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "stopped at preflight, before touching the workload" in output and words in output, output
+    assert proc_state(workload.pid) not in ("T", "t") and workload.copies() == [workload.pid]
+
+
+def test_preflight_no_criu_on_the_target(hosts, remote):
     workload = remote("nocriu")
-    hide = ["nsenter", "-t", str(host_pid("b")), "-m", "mount", "-t", "tmpfs", "hidden-criu", "/usr/local/sbin"]
+    hide = ["nsenter", "-t", str(hosts.sshd("b")), "-m", "mount", "-t", "tmpfs", "hidden-criu", "/usr/local/sbin"]
     subprocess.run(hide, check=True)
     try:
-        result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="nocriu")
+        result = hosts.migrate(**single(workload))
     finally:
-        subprocess.run(["nsenter", "-t", str(host_pid("b")), "-m", "umount", "/usr/local/sbin"], check=True)
-    assert "criu was not found" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "preflight")
+        subprocess.run(["nsenter", "-t", str(hosts.sshd("b")), "-m", "umount", "/usr/local/sbin"], check=True)
+    assert_untouched(result, workload, "criu was not found")
 
 
-def test_precopy_refused_at_preflight(remote):
-    """These kernels lack soft-dirty tracking: iterative pre-copy is refused before the workload is touched."""
-    workload = remote("precopy")
-    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
-                     migrate_name="precopy", migrate_mode="precopy")
-    assert "mem_dirty_track" in result.stdout and "host-a and host-b lack it" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "preflight")
+def test_preflight_target_without_room(hosts, remote):
+    workload = remote("noroom", "--mem 32")
+    resize = ["nsenter", "-t", str(hosts.sshd("b")), "-m", "mount", "-o", "remount,size=%s", PRIVATE]
+    subprocess.run([arg.replace("%s", "8m") for arg in resize], check=True)
+    try:
+        result = hosts.migrate(**single(workload))
+    finally:
+        subprocess.run([arg.replace("%s", "4g") for arg in resize], check=True)
+    assert_untouched(result, workload, "MiB free, the checkpoint needs about")
+
+
+def test_preflight_target_unreachable(hosts, remote):
+    workload = remote("unreachable")
+    result = hosts.migrate(**single(workload, migrate_ssh_port=1))
+    assert_untouched(result, workload, "Connection refused")
 
 
 @pytest.mark.skipif(HOSTS_HAVE_BLAKE3, reason="the test hosts' python3 has blake3")
-def test_blake3_demanded_where_missing_refused_at_preflight(remote):
+def test_preflight_blake3_missing_on_the_target(hosts, remote):
     workload = remote("noblake3")
-    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
-                     migrate_name="noblake3", migrate_hash_algorithm="blake3")
-    assert "migrate_hash_algorithm=blake3 needs the Python module blake3 on both hosts" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "preflight")
+    result = hosts.migrate(**single(workload, migrate_hash_algorithm="blake3"))
+    assert result.returncode != 0 and "blake3" in result.stdout, result.stdout
+    assert workload.copies() == [workload.pid] and proc_state(workload.pid) not in ("T", "t")
 
 
-def test_transfer_failure_target_disk_full(remote):
-    workload = remote("diskfull", "--mem 16")
-    resize = ["nsenter", "-t", str(host_pid("b")), "-m", "mount", "-o", "remount,size=%s", "/var/lib/nucleus-criu"]
-    subprocess.run([arg.replace("%s", "4m") for arg in resize], check=True)
+def test_stopped_source_is_refused_unless_a_journal_explains_it(hosts, remote):
+    workload = remote("stopped")
+    os.kill(workload.pid, signal.SIGSTOP)
     try:
-        result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="diskfull")
+        result = hosts.migrate(**single(workload))
     finally:
-        subprocess.run([arg.replace("%s", "4g") for arg in resize], check=True)
-    assert "No space left on device" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "transfer")
+        os.kill(workload.pid, signal.SIGCONT)
+    assert_untouched(result, workload, "is stopped (state T) and no unfinished migration")
 
 
-def _when_path_appears(path: str, action: t.Callable[[str], None]) -> threading.Thread:
-    """Run ``action(path)`` as soon as ``path`` exists (a fault injected between two steps)."""
-    def watch() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if os.path.exists(path):
-                action(path)
-                return
-            time.sleep(0.002)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
-
-
-def test_verify_failure_image_corrupted_in_transit(remote):
-    workload = remote("corrupt", "--mem 8")
-
-    def flip(path: str) -> None:
-        with open(path, "r+b") as handle:
-            handle.seek(4096)
-            byte = handle.read(1)
-            handle.seek(4096)
-            handle.write(bytes([byte[0] ^ 0xFF]))
-
-    watcher = _when_path_appears(host_path("b", "%s/corrupt/images/pages-1.img" % MIGRATIONS), flip)
-    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="corrupt")
-    watcher.join(timeout=5)
-    assert "pages-1.img: sha256 expected" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "verify")
-
-
-def test_restore_failure_port_taken_on_target(remote):
+def test_restore_failure_on_the_target_rolls_back(hosts, remote):
     """The frozen source still holds its listening port, which is the target's too on this one-kernel setup."""
     workload = remote("porttaken", "--tcp %d" % free_port())
-    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="porttaken")
-    assert "Address already in use" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "restore")
+    token, count = read_state(workload.state_file)
+    result = hosts.migrate(**single(workload))
+    assert result.returncode != 0 and "Address already in use" in result.stdout, result.stdout
+    assert "Rolled back: the workload runs again" in result.stdout and "nothing of it remains on the target" in result.stdout
+    assert_rolled_back(workload, token, count)
+    assert not os.path.exists(hosts.path("b", "%s/porttaken" % MIGRATIONS)), "the target must be cleared"
+    assert hosts.journal("b", "porttaken")["outcome"] == "aborted"
 
 
-def test_target_unreachable_after_checkpoint(remote):
-    workload = remote("unreachable", "--mem 8")
-    target_ns = mount_ns(host_pid("b"))
-
-    def cut_off_target(_path: str) -> None:
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    if open("/proc/%s/comm" % name).read().strip() == "sshd" and mount_ns(int(name)) == target_ns:
-                        os.kill(int(name), signal.SIGKILL)
-                except OSError:
-                    pass
-
-    watcher = _when_path_appears(host_path("a", "%s/unreachable/metadata.json" % MIGRATIONS), cut_off_target)
-    try:
-        result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
-                         migrate_name="unreachable")
-        watcher.join(timeout=5)
-    finally:
-        subprocess.run(["bash", TESTHOSTS, "up"], check=True)
-    assert "UNREACHABLE" in result.stdout or "Connection refused" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "transfer")
-
-
-def test_stale_pidfile_naming_a_reused_pid_is_refused(remote):
-    """After a migration the source pidfile still names the old pid; if that pid is reused, refuse it."""
+def test_reused_pid_named_by_a_stale_pidfile_is_refused(hosts, remote):
+    """After a migration the source pidfile still names the old pid; once another process has it, it is not migrated."""
     workload = remote("reused")
-    record = {"name": "reused", "source": "host-a", "target": "host-b", "source_pid": workload.pid,
-              "source_starttime": 1, "target_pid": 1}
-    on_host("a", "mkdir -p %s && echo '%s' > %s/reused.migration.json" % (MIGRATIONS, json.dumps(record), MIGRATIONS))
-    result = migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile, migrate_name="reused")
+    token, count = read_state(workload.state_file)
+    assert hosts.migrate(**single(workload)).returncode == 0
+    assert_migrated(workload, token, count)
+    impostor = remote("impostor")
+    hosts.run("a", "echo %d > %s" % (impostor.pid, workload.pidfile))
+    journal = hosts.journal("a", "reused")
+    journal_path = hosts.path("a", "%s/reused.journal.json" % MIGRATIONS)
+    with open(journal_path) as handle:
+        text = handle.read()
+    with open(journal_path, "w") as handle:  # the completed migration's source pid is now the impostor's
+        handle.write(text.replace('"pid": %d' % workload.pid, '"pid": %d' % impostor.pid))
+    result = hosts.migrate(**single(workload))
     assert result.returncode != 0 and "now belongs to another process" in result.stdout, result.stdout
-    assert alive(workload.pid) and proc_state(workload.pid) != "T" and workload.running() == [workload.pid]
+    assert impostor.copies() == [impostor.pid] and journal["id"] == hosts.journal("a", "reused")["id"]
 
 
-# --- post-copy ---------------------------------------------------------------------------------------------
+# --- the kill matrix -----------------------------------------------------------------------------------
 
-def postcopy(workload: Remote) -> subprocess.CompletedProcess:
-    return migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
-                   migrate_name=workload.name, migrate_mode="postcopy")
-
-
-def _when_restored_lazily(name: str, action: t.Callable[[], None]) -> threading.Thread:
-    """Run ``action`` once criu restore finished on host-b: the workload runs there while its pages still travel."""
-    log = host_path("b", "%s/%s/restore.log" % (MIGRATIONS, name))
-
-    def restored(path: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with open(path, "rb") as handle:
-                if b"Restore finished successfully" in handle.read():
-                    action()
-                    return
-            time.sleep(0.002)
-    return _when_path_appears(log, restored)
-
-
-def _kill_processes_mentioning(*needles: str) -> None:
-    for pid in processes_running(needles[0]):
-        if all(needle in open("/proc/%d/cmdline" % pid).read() for needle in needles):
-            os.kill(pid, signal.SIGKILL)
+# (who is killed, on which host the step is reached, the step, the outcome the journals must settle on)
+COPY_MATRIX = [
+    ("controller", "a", "prepared", "completed"),
+    ("controller", "a", "freezing", "completed"),
+    ("controller", "a", "transferring", "completed"),
+    ("controller", "a", "frozen", "completed"),
+    ("controller", "a", "target_restored", "completed"),
+    ("controller", "a", "committed", "completed"),
+    ("driver", "a", "freezing", "rolled_back"),
+    ("driver", "a", "transferring", "rolled_back"),
+    ("driver", "a", "frozen", "rolled_back"),
+    ("driver", "a", "target_restored", "rolled_back"),
+    ("driver", "a", "committed", "completed"),
+    ("target", "b", "receiving", "rolled_back"),
+    ("target", "b", "restoring", "rolled_back"),
+    ("target", "b", "restored", "rolled_back"),
+    ("target", "b", "committed", "completed"),
+    ("link", "a", "transferring", "rolled_back"),
+    ("link", "a", "committed", "in_doubt"),
+]
 
 
-def test_postcopy_migrates_with_memory_following(remote, big_pipes):
+def kill_at(hosts: Hosts, workload: Remote, tmp_path, who: str, host: str, phase: str, **extra: t.Any) -> subprocess.Popen:
+    """Start the migration, stop it at ``phase`` on ``host``, kill ``who``, and let it go on."""
+    hosts.arm(host, phase, workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload, **extra))
+    stopped = hosts.reached(host, workload.name, phase)
+    frozen_link = []
+    if who == "controller":
+        hosts.kill_controller(controller)
+    elif who == "link":
+        frozen_link = hosts.freeze_link("b")
+    else:
+        os.kill(stopped, signal.SIGKILL)
+    hosts.clear_failpoints(host)
+    if frozen_link:
+        # The source notices the silent link by itself (ssh keepalives), decides, then the link comes back.
+        wait_for(lambda: (hosts.journal("a", workload.name) or {}).get("outcome"), timeout=120, what="the source to decide")
+        hosts.thaw_link(frozen_link)
+    return controller
+
+
+def finish(controller: subprocess.Popen) -> None:
+    try:
+        controller.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        Hosts.kill_controller(controller)
+
+
+@pytest.mark.parametrize("who, host, phase, outcome", COPY_MATRIX, ids=["-".join(c[:3:2] + (c[2],)) for c in COPY_MATRIX])
+def test_kill_matrix_copy(hosts, remote, tmp_path, who, host, phase, outcome):
+    workload = remote("k-%s-%s" % (who, phase.replace("_", "-")))
+    token, count = read_state(workload.state_file)
+    controller = kill_at(hosts, workload, tmp_path, who, host, phase)
+    journal = hosts.settled(workload.name)
+    finish(controller)
+    assert journal["outcome"] == outcome, journal
+    if outcome == "completed":
+        assert_migrated(workload, token, count)
+    elif outcome == "rolled_back":
+        assert_rolled_back(workload, token, count)
+        assert journal["decision"] == "abort" and "committed" not in [h["phase"] for h in journal["history"]], journal
+    else:
+        # Committed, the target unreachable: the source is never resumed, the target's copy is not running either.
+        assert proc_state(workload.pid) == "T" and workload.running_on("a") == [] and workload.running_on("b") == []
+        assert "never resumed" in journal["error"], journal
+    # The journals say what happened, on both hosts.
+    assert [h["phase"] for h in journal["history"]][0] == "prepared", journal
+
+    rerun = hosts.migrate(**single(workload))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_migrated(workload, token, count)
+    if outcome == "completed":
+        assert recap_changed(rerun.stdout) == 0, "a completed migration is reported, not redone: " + rerun.stdout
+    target = hosts.journal("b", workload.name)
+    assert target["outcome"] == "completed" and target["id"] == hosts.journal("a", workload.name)["id"], target
+
+
+def test_controller_killed_while_the_source_is_frozen_leaves_no_frozen_source(hosts, remote, tmp_path):
+    """The report that started it all, without failpoints: the controller dies the moment the source is frozen."""
+    workload = remote("frozenkill", "--mem 256")
+    token, count = read_state(workload.state_file)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload))
+    wait_for(lambda: proc_state(workload.pid) in ("T", "t"), timeout=60, what="the source to be frozen")
+    hosts.kill_controller(controller)
+    journal = hosts.settled(workload.name, timeout=LEASE + 60)
+    assert journal["outcome"] in ("completed", "rolled_back"), journal
+    if journal["outcome"] == "completed":
+        assert_migrated(workload, token, count)
+    else:
+        assert_rolled_back(workload, token, count)
+    rerun = hosts.migrate(**single(workload))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_migrated(workload, token, count)
+
+
+def test_lease_runs_out_and_the_hosts_roll_back_by_themselves(hosts, remote, tmp_path):
+    """The worker is stuck (stopped at a step) with no controller: the lease keeper rolls back when it runs out."""
+    workload = remote("lease")
+    token, count = read_state(workload.state_file)
+    hosts.arm("a", "frozen", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload, migrate_lease=8))
+    hosts.reached("a", workload.name, "frozen")
+    hosts.kill_controller(controller)
+    journal = hosts.settled(workload.name, timeout=60)
+    assert journal["outcome"] == "rolled_back" and "lease of 8" in journal["error"], journal
+    hosts.clear_failpoints("a")
+    assert_rolled_back(workload, token, count)
+
+
+def test_multi_workload_run_under_a_controller_kill(hosts, remote, tmp_path):
+    one, two = remote("multi1"), remote("multi2")
+    states = {w.name: read_state(w.state_file) for w in (one, two)}
+    plan = dict(migrate_workloads=[{"name": w.name, "source": "host-a", "target": "host-b", "pidfile": w.pidfile} for w in (one, two)],
+                migrate_lease=LEASE)
+    hosts.arm("a", "target_restored")
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **plan)
+    hosts.reached("a", "multi1", "target_restored")
+    hosts.reached("a", "multi2", "target_restored")
+    hosts.kill_controller(controller)
+    hosts.clear_failpoints("a")
+    for workload in (one, two):
+        assert hosts.settled(workload.name)["outcome"] == "completed"
+        assert_migrated(workload, *states[workload.name])
+    rerun = hosts.migrate(**plan)
+    assert rerun.returncode == 0 and recap_changed(rerun.stdout) == 0, rerun.stdout
+
+
+def test_multi_workload_run_with_one_driver_killed(hosts, remote, tmp_path):
+    one, two = remote("mixed1"), remote("mixed2")
+    states = {w.name: read_state(w.state_file) for w in (one, two)}
+    plan = dict(migrate_workloads=[{"name": w.name, "source": "host-a", "target": "host-b", "pidfile": w.pidfile} for w in (one, two)],
+                migrate_lease=LEASE)
+    hosts.arm("a", "frozen", "mixed1")
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **plan)
+    os.kill(hosts.reached("a", "mixed1", "frozen"), signal.SIGKILL)
+    hosts.clear_failpoints("a")
+    finish(controller)
+    assert hosts.settled("mixed1")["outcome"] == "rolled_back" and hosts.settled("mixed2")["outcome"] == "completed"
+    assert_rolled_back(one, *states["mixed1"])
+    assert_migrated(two, *states["mixed2"])
+    rerun = hosts.migrate(**plan)
+    assert rerun.returncode == 0, rerun.stdout
+    for workload in (one, two):
+        assert_migrated(workload, *states[workload.name])
+
+
+# --- post-copy -----------------------------------------------------------------------------------------
+
+def test_postcopy_migrates_with_memory_following(hosts, remote, big_pipes):
     workload = remote("lazy", "--mem 64")
     token, count = read_state(workload.state_file)
-    result = postcopy(workload)
+    result = hosts.migrate(**single(workload, migrate_mode="postcopy"))
     assert result.returncode == 0, result.stdout + result.stderr
-    record = json.loads(on_host("a", "cat %s/lazy.migration.json" % MIGRATIONS))
-    assert record["mode"] == "postcopy" and float(record["postcopy_transfer_seconds"]) > 0, record
-    # Only the images without the memory travelled before the restore.
-    assert int(record["image_bytes"]) < 8 << 20, record
-    new_pid = int(record["target_pid"])
-    assert mount_ns(new_pid) == mount_ns(host_pid("b")) and workload.running() == [new_pid]
-    wait_for(lambda: read_state(workload.state_file)[1] > count + 3, what="the migrated copy to count on")
-    assert read_state(workload.state_file)[0] == token
-    # Both name ".lazy." in their command lines: the page server its staging dir, the ssh master its socket.
-    assert wait_for(lambda: not processes_running("%s/.lazy." % MIGRATIONS), what="the page server and the ssh master to be gone")
+    journal = hosts.journal("a", "lazy")
+    assert journal["mode"] == "postcopy" and journal["lazy_pages"] > (64 << 20) // 4096, journal
+    assert journal["image_bytes"] < 8 << 20, "only the images without the memory travel while frozen: %s" % journal
+    assert_migrated(workload, token, count)
+    assert wait_for(lambda: not processes_running("--lazy-pages"), what="the page server to end")
 
 
-def test_postcopy_link_dies_mid_transfer(remote, big_pipes):
-    """The ssh tunnel carrying the pages dies after the restore: the target's copy is killed, the source resumes."""
-    workload = remote("lazylink", "--mem 1024")
-    watcher = _when_restored_lazily("lazylink", lambda: _kill_processes_mentioning(".lazylink.ssh", "-M"))
-    result = postcopy(workload)
-    watcher.join(timeout=5)
-    assert "Post-copy failed: criu lazy-pages" in result.stdout, result.stdout
-    assert "was killed so it never runs with missing memory" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "restore")
+def listening_tcp_inodes() -> t.Set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    inodes.add(fields[9])
+    return inodes
 
 
-def test_postcopy_page_server_dies_mid_transfer(remote, big_pipes):
-    """The source's criu dump dies while serving pages: the target's copy is killed, the source runs on."""
-    workload = remote("lazyserver", "--mem 1024")
-    watcher = _when_restored_lazily("lazyserver", lambda: _kill_processes_mentioning("%s/.lazyserver.staging" % MIGRATIONS, "--lazy-pages"))
-    result = postcopy(workload)
-    watcher.join(timeout=5)
-    assert "Post-copy failed: criu lazy-pages" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "restore")
+def socket_inodes(pid: int) -> t.Set[str]:
+    found = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
 
 
-def test_postcopy_refused_when_pipes_are_too_small(remote):
+def test_postcopy_page_channel_has_no_listening_socket(hosts, remote, tmp_path, big_pipes):
+    """While the pages travel, no criu on either host listens anywhere: the two criu ends hold a socket pair
+    joined through ssh, so no local process can read the frozen memory or send the page server a request."""
+    workload = remote("lazyquiet", "--mem 64")
+    token, count = read_state(workload.state_file)
+    hosts.arm("a", "target_restored", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload, migrate_mode="postcopy"))
+    hosts.reached("a", workload.name, "target_restored")
+    criu = [pid for pid in processes_running("criu") if "criu" in open("/proc/%d/cmdline" % pid).read().split("\0")[0]]
+    listening = listening_tcp_inodes()
+    assert criu and all(not socket_inodes(pid) & listening for pid in criu), "a criu listens on a TCP port"
+    hosts.clear_failpoints("a")
+    finish(controller)
+    assert hosts.settled(workload.name)["outcome"] == "completed"
+    assert_migrated(workload, token, count)
+
+
+POSTCOPY_MATRIX = [
+    ("controller", "a", "target_restored", "completed"),
+    ("driver", "a", "target_restored", "rolled_back"),
+    ("target", "b", "restored", "rolled_back"),
+    ("link", "a", "target_restored", "in_doubt"),
+]
+
+
+@pytest.mark.parametrize("who, host, phase, outcome", POSTCOPY_MATRIX, ids=["-".join(c[:3:2] + (c[2],)) for c in POSTCOPY_MATRIX])
+def test_kill_matrix_postcopy(hosts, remote, tmp_path, big_pipes, who, host, phase, outcome):
+    workload = remote("p-%s-%s" % (who, phase.replace("_", "-")), "--mem 32")
+    token, count = read_state(workload.state_file)
+    controller = kill_at(hosts, workload, tmp_path, who, host, phase, migrate_mode="postcopy")
+    journal = hosts.settled(workload.name)
+    finish(controller)
+    assert journal["outcome"] == outcome, journal
+    if outcome == "completed":
+        assert_migrated(workload, token, count)
+    elif outcome == "rolled_back":
+        assert_rolled_back(workload, token, count)
+    else:
+        # The target could not confirm its running copy is gone: the source stays frozen, never guessing.
+        assert proc_state(workload.pid) == "T" and workload.running_on("a") == [], journal
+        assert "stays frozen until the target confirms" in journal["error"], journal
+    rerun = hosts.migrate(**single(workload, migrate_mode="postcopy"))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_migrated(workload, token, count)
+
+
+def test_postcopy_refused_when_pipes_are_too_small(hosts, remote):
+    workload = remote("lazysmall")
     with pipe_max_size(1048576):
-        workload = remote("lazysmall")
-        result = postcopy(workload)
-    assert "fs.pipe-max-size is 1048576 here" in result.stdout and "sysctl -w fs.pipe-max-size=4194304" in result.stdout, result.stdout
-    assert_rolled_back(result, workload, "preflight")
+        result = hosts.migrate(**single(workload, migrate_mode="postcopy"))
+    assert_untouched(result, workload, "fs.pipe-max-size is 1048576 here")
 
 
 @pytest.mark.parametrize("request_vars", [
     {"migrate_name": "has space", "migrate_pid": 4242},
-    {"migrate_name": "x" * 60, "migrate_pid": 4242},
+    {"migrate_name": "x" * 101, "migrate_pid": 4242},
     {"migrate_name": "both", "migrate_pid": 4242, "migrate_pidfile": "/run/x.pid"},
     {"migrate_name": "neither"},
     {"migrate_name": "samehost", "migrate_pid": 4242, "migrate_target": "host-a"},
-    {"migrate_name": "mode", "migrate_pid": 4242, "migrate_mode": "teleport"},
+    {"migrate_name": "mode", "migrate_pid": 4242, "migrate_mode": "precopy"},
     {"migrate_name": "hash", "migrate_pid": 4242, "migrate_hash_algorithm": "md5"},
-], ids=["name", "name-too-long-for-the-ssh-socket", "pid-and-pidfile", "no-pid", "same-host", "mode", "hash"])
+    {"migrate_name": "lease", "migrate_pid": 4242, "migrate_lease": 0},
+], ids=["name", "name-too-long", "pid-and-pidfile", "no-pid", "same-host", "precopy", "hash", "lease"])
 def test_invalid_request_is_refused_before_any_host_is_touched(hosts, request_vars):
-    result = migrate(**dict({"migrate_source": "host-a", "migrate_target": "host-b"}, **request_vars))
+    result = hosts.migrate(**dict({"migrate_source": "host-a", "migrate_target": "host-b"}, **request_vars))
     assert result.returncode != 0 and "Invalid migration" in result.stdout, result.stdout
-    assert "Preflight" not in result.stdout, "the plan must stop before any task reaches a host"
+    assert "host-a(" not in result.stdout, "the plan must stop before any task reaches a host"

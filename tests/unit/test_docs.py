@@ -17,7 +17,7 @@ ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
     ("module", "criu_restore", ["verify", "require_signature", "restored_at"]),
     ("module", "criu_verify", ["check_host", "problems"]),
     ("module", "criu_info", ["missing_features", "can_checkpoint"]),
-    ("role", "criu", ["criu_private_tree", "criu_wrapper_path"]),
+    ("role", "criu", ["criu_private_tree", "criu_link_path"]),
     ("role", "migrate", ["migrate_source", "migrate_pidfile", "migrate_workloads", "migrate_cleanup"]),
 ])
 def test_ansible_doc_renders(kind, name, expected):

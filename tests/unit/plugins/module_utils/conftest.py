@@ -26,3 +26,21 @@ def spawn():
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def scripts_as_elf(monkeypatch):
+    """Let validate_binary accept a fake criu *script*: a file starting with "#!" reads as an ELF that names
+    no loader and no library directories; anything else is read for real (so real ELFs are still checked)."""
+    from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
+    from ansible_collections.nucleus.criu.plugins.module_utils import _elf as elf
+
+    real = elf.read_elf
+
+    def read_elf(fd, origin):
+        if os.pread(fd, 2, 0) == b"#!":
+            return elf.Elf(None, [])
+        return real(fd, origin)
+
+    monkeypatch.setattr(binary.elf, "read_elf", read_elf)
+    return read_elf

@@ -9,6 +9,7 @@ import pytest
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from .mu_helpers import dir_fd, manifest_of
 
 
 def _append(path, chunks, follower):
@@ -31,7 +32,7 @@ def test_follower_hashes_a_growing_page_image(tmp_path, monkeypatch, algorithm):
     monkeypatch.setattr(follow, "FLUSH_EVERY", 64 * 1024)
     monkeypatch.setattr(follow, "CHUNK", 50 * 1024)
     chunks = [os.urandom(40 * 1024 + n) for n in range(12)]
-    with follow.ImageFollower(str(tmp_path), algorithm) as follower:
+    with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), algorithm) as follower:
         _append(str(tmp_path / "pages-1.img"), chunks, follower)
         (tmp_path / "pagemap-1.img").write_bytes(b"not followed")
         (tmp_path / "pages-2.img").write_bytes(b"written at the very end")
@@ -46,9 +47,9 @@ def test_follower_hashes_a_growing_page_image(tmp_path, monkeypatch, algorithm):
 
 def test_follower_hashed_image_matches_the_manifest_of_the_same_file(tmp_path):
     (tmp_path / "pages-7.img").write_bytes(os.urandom(300 * 1024))
-    with follow.ImageFollower(str(tmp_path), "sha256") as follower:
+    with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), "sha256") as follower:
         digests = follower.digests()
-    manifest = integrity.build_manifest(str(tmp_path), "sha256")
+    manifest = manifest_of(tmp_path)
     assert manifest == [{"path": "pages-7.img", "size": digests["pages-7.img"].size, "sha256": digests["pages-7.img"].digest}]
     assert digests["pages-7.img"].digest == hashlib.sha256((tmp_path / "pages-7.img").read_bytes()).hexdigest()
 
@@ -59,14 +60,30 @@ def test_follower_refuses_a_symlinked_page_image(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     os.symlink(str(target), str(images / "pages-1.img"))
-    with follow.ImageFollower(str(images), "sha256") as follower:
-        with pytest.raises(CriuError, match="Cannot hash the page images in .*images as criu writes them"):
+    with dir_fd(images) as fd, follow.ImageFollower(fd, str(images), "sha256") as follower:
+        with pytest.raises(CriuError, match="Cannot hash the page images in %s as criu writes them" % images) as err:
             follower.digests()
+    assert err.value.details["path"] == str(images)
 
 
 def test_follower_closes_its_files(tmp_path):
     (tmp_path / "pages-1.img").write_bytes(b"x" * 1000)
-    before = len(os.listdir("/proc/self/fd"))
-    with follow.ImageFollower(str(tmp_path), "sha256") as follower:
-        follower.digests()
-    assert len(os.listdir("/proc/self/fd")) == before
+    with dir_fd(tmp_path) as fd:
+        before = sorted(os.listdir("/proc/self/fd"))
+        with follow.ImageFollower(fd, str(tmp_path), "sha256") as follower:
+            follower.digests()
+        assert sorted(os.listdir("/proc/self/fd")) == before
+        os.fstat(fd)  # the caller's fd stays open: the follower lists through its own
+
+
+def test_follower_reads_the_directory_its_fd_holds(tmp_path):
+    """The images are followed through the fd, even once the path names another directory."""
+    (tmp_path / "images").mkdir()
+    with dir_fd(tmp_path / "images") as fd:
+        os.rename(tmp_path / "images", tmp_path / "moved")
+        (tmp_path / "images").mkdir()
+        (tmp_path / "images" / "pages-1.img").write_bytes(b"decoy")
+        (tmp_path / "moved" / "pages-2.img").write_bytes(b"real")
+        with follow.ImageFollower(fd, str(tmp_path / "images"), "sha256") as follower:
+            digests = follower.digests()
+    assert set(digests) == {"pages-2.img"} and digests["pages-2.img"].size == 4

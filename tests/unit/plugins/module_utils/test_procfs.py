@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from .mu_helpers import wait_for
+from .mu_helpers import OTHER_UID, needs_root, wait_for
 
 STAT = "4242 (%s) S 100 4242 4242 34817 4242 4194560 1 0 0 0 2 3 0 0 20 0 1 0 987654 1000 100 18446744073709551615"
 
@@ -89,14 +89,51 @@ def test_read_pidfile_refuses_garbage_after_64_bytes(tmp_path):
         procfs.read_pidfile(str(tmp_path / "pid"))
 
 
-def test_read_pidfile_refuses_symlink_and_missing(tmp_path):
+def test_read_pidfile_follows_trusted_symlinks_and_refuses_missing(tmp_path):
     (tmp_path / "real").write_bytes(b"4242\n")
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    with pytest.raises(CriuError, match="Cannot read pidfile .*link") as err:
-        procfs.read_pidfile(str(tmp_path / "link"))
-    assert "not a symlink" in err.value.msg
-    with pytest.raises(CriuError, match="Cannot read pidfile"):
+    assert procfs.read_pidfile(str(tmp_path / "link")) == 4242
+    with pytest.raises(CriuError, match="Cannot read pidfile .*missing: it does not exist") as err:
         procfs.read_pidfile(str(tmp_path / "missing"))
+    assert err.value.details == {"path": str(tmp_path / "missing")}
+    with pytest.raises(CriuError, match="gone does not exist"):
+        procfs.read_pidfile(str(tmp_path / "gone" / "pid"))
+
+
+def test_read_pidfile_refuses_fifo_and_directory(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(CriuError, match="pidfile .*fifo is not a regular file"):
+        procfs.read_pidfile(str(tmp_path / "fifo"))  # and does not block on it
+    with pytest.raises(CriuError, match="not a regular file"):
+        procfs.read_pidfile(str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
+def test_read_pidfile_refuses_a_pidfile_others_can_write(tmp_path, mode):
+    (tmp_path / "pid").write_bytes(b"4242\n")
+    os.chmod(tmp_path / "pid", mode)
+    with pytest.raises(CriuError, match="pidfile .*pid is writable by group/others .*another user could point it at any process"):
+        procfs.read_pidfile(str(tmp_path / "pid"))
+
+
+def test_read_pidfile_refuses_an_untrusted_directory(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "pid").write_bytes(b"4242\n")
+    os.chmod(tmp_path / "run", 0o777)
+    with pytest.raises(CriuError, match="Directory %s is writable by group/others.*keep the pidfile where only root" % (tmp_path / "run")):
+        procfs.read_pidfile(str(tmp_path / "run" / "pid"))
+
+
+@needs_root
+def test_read_pidfile_refuses_a_pidfile_or_link_of_another_user(tmp_path):
+    (tmp_path / "pid").write_bytes(b"4242\n")
+    (tmp_path / "link").symlink_to(tmp_path / "pid")
+    os.lchown(tmp_path / "link", OTHER_UID, OTHER_UID)
+    with pytest.raises(CriuError, match="Symlink .*link is owned by uid %d" % OTHER_UID):
+        procfs.read_pidfile(str(tmp_path / "link"))
+    os.chown(tmp_path / "pid", OTHER_UID, OTHER_UID)
+    with pytest.raises(CriuError, match="pidfile .*pid is owned by uid %d" % OTHER_UID):
+        procfs.read_pidfile(str(tmp_path / "pid"))
 
 
 def test_is_alive_own_pid_and_starttime():

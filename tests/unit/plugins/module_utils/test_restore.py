@@ -1,20 +1,31 @@
-"""criu_restore's logic before and around criu (_restore)."""
+"""criu_restore's logic before and around criu (_restore); criu itself is a fake."""
 
 import json
 import os
+import signal
+import stat
 
 import pytest
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from .mu_helpers import make_checkpoint
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir, Run
+from .mu_helpers import KEY, make_checkpoint, opened_checkpoint, wait_for, write_exe
 
 PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 
 
+def params(**given):
+    return argspec.RESTORE.defaults(**dict({"timeout": 30}, **given))
+
+
 def _free_ckpt(dest, **kw):
-    return make_checkpoint(dest, process={"pid": PID_MAX + 1, "tree": [PID_MAX + 1]}, **kw)
+    return make_checkpoint(dest, process={"pid": PID_MAX + 1, "tree": [PID_MAX + 1], "comm": "app",
+                                          "cmdline": ["app", "--token", "s3cret"]}, **kw)
 
 
 def _restored(dest, **record):
@@ -22,58 +33,143 @@ def _restored(dest, **record):
         json.dump(record, handle)
 
 
+def _load_verified(path, key=None, **given):
+    with opened_checkpoint(path) as checkpoint:
+        return restore.load_verified(checkpoint, key, params(src=str(path), **given))
+
+
+class FakeRuntime:
+    """Stands in for CriuRuntime: "restores" by starting ``sleep`` and logging into the work dir it is handed."""
+
+    def __init__(self, spawn, fail=False):
+        self.spawn = spawn
+        self.fail = fail
+        self.calls = []
+
+    def restore(self, images, work, options, timeout, **kwargs):
+        self.calls.append({"images": os.readlink("/proc/self/fd/%d" % images.fd), "images_path": images.path,
+                           "work": work.path, "work_fd": os.readlink("/proc/self/fd/%d" % work.fd),
+                           "options": dict(options), "timeout": timeout, "kwargs": kwargs})
+        with open(work.file("restore.log"), "w") as handle:
+            handle.write("(00.1) Restore finished successfully\n")
+        with open(work.file("stats-restore"), "wb") as handle:
+            handle.write(b"\x01stats")
+        if self.fail:
+            raise CriuError("criu restore failed (exit code 1). Log: %s. Last errors: boom" % work.file("restore.log"),
+                            log=work.file("restore.log"))
+        return self.spawn(["sleep", "60"]).pid, Run(0.5, work.file("restore.log"))
+
+
+@pytest.fixture
+def fake_criu(spawn, monkeypatch):
+    runtime = FakeRuntime(spawn)
+    monkeypatch.setattr(restore.CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
+    monkeypatch.setattr(restore.host, "require_privileges", lambda: None)
+    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
+    return runtime
+
+
 def test_live_restore(tmp_path, spawn):
     child = spawn(["sleep", "60"])
     st = procfs.read_stat(child.pid)
     metadata = _free_ckpt(tmp_path / "c")
-    assert restore.live_restore(str(tmp_path / "c"), metadata) is None
-    record = {"pid": child.pid, "starttime": st.starttime, "boot_id": procfs.boot_id(), "checkpoint_id": metadata["id"]}
-    _restored(tmp_path / "c", **record)
-    assert restore.live_restore(str(tmp_path / "c"), metadata) == record
-    for bad in ({"boot_id": "other"}, {"starttime": st.starttime + 1}, {"pid": "1"}, {"pid": PID_MAX + 1},
-                {"checkpoint_id": "another checkpoint"}):
-        _restored(tmp_path / "c", **dict(record, **bad))
-        assert restore.live_restore(str(tmp_path / "c"), metadata) is None, bad
-    (tmp_path / "c" / "restored.json").write_text("not json")
-    assert restore.live_restore(str(tmp_path / "c"), metadata) is None
+    with opened_checkpoint(tmp_path / "c") as checkpoint:
+        assert restore.live_restore(checkpoint, metadata) is None
+        record = {"pid": child.pid, "starttime": st.starttime, "boot_id": procfs.boot_id(), "checkpoint_id": metadata["id"]}
+        _restored(tmp_path / "c", **record)
+        assert restore.live_restore(checkpoint, metadata) == record
+        for bad in ({"boot_id": "other"}, {"starttime": st.starttime + 1}, {"pid": "1"}, {"pid": PID_MAX + 1},
+                    {"checkpoint_id": "another checkpoint"}):
+            _restored(tmp_path / "c", **dict(record, **bad))
+            assert restore.live_restore(checkpoint, metadata) is None, bad
+        (tmp_path / "c" / "restored.json").write_text("not json")
+        assert restore.live_restore(checkpoint, metadata) is None
+        os.unlink(tmp_path / "c" / "restored.json")
+        (tmp_path / "c" / "restored.json").symlink_to(tmp_path / "elsewhere.json")
+        _restored(tmp_path, **record)
+        os.rename(tmp_path / "restored.json", tmp_path / "elsewhere.json")
+        assert restore.live_restore(checkpoint, metadata) is None  # never read through a symlink
 
 
 def test_load_verified_accepts_valid(tmp_path):
     metadata = _free_ckpt(tmp_path / "c")
-    assert restore.load_verified(str(tmp_path / "c"), None, True, False) == metadata
-    assert restore.load_verified(str(tmp_path / "c"), None, False, False) == metadata
+    assert _load_verified(tmp_path / "c", verify=True) == metadata
+    assert _load_verified(tmp_path / "c", verify=False) == metadata
 
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_load_verified_enforces_key_even_unverified(tmp_path, verify):
     _free_ckpt(tmp_path / "c")
     with pytest.raises(CriuError, match="Refusing to restore .*checkpoint.hmac is missing") as err:
-        restore.load_verified(str(tmp_path / "c"), b"key", verify, False)
+        _load_verified(tmp_path / "c", KEY, verify=verify)
     assert err.value.details["problems"]
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_load_verified_refuses_a_signed_checkpoint_without_key_unless_told(tmp_path, verify):
+    metadata = _free_ckpt(tmp_path / "c", key=KEY)
+    with pytest.raises(CriuError, match="signed but no key was given"):
+        _load_verified(tmp_path / "c", verify=verify)
+    assert _load_verified(tmp_path / "c", verify=verify, skip_signature_check=True) == metadata
+    assert _load_verified(tmp_path / "c", KEY, verify=verify, require_signature=True) == metadata
+
+
 def test_load_verified_refuses_corrupt_images_when_verifying(tmp_path):
-    _free_ckpt(tmp_path / "c")
+    metadata = _free_ckpt(tmp_path / "c")
     (tmp_path / "c" / "images" / "inventory.img").write_bytes(b"Inventory")
     with pytest.raises(CriuError, match="Refusing to restore .*inventory.img: sha256 expected"):
-        restore.load_verified(str(tmp_path / "c"), None, True, False)
+        _load_verified(tmp_path / "c", verify=True)
+    assert _load_verified(tmp_path / "c", verify=False) == metadata
+
+
+def test_load_verified_refuses_a_post_copy_checkpoint(tmp_path):
+    _free_ckpt(tmp_path / "c", options={"shell_job": False, "lazy_pages": True})
+    with pytest.raises(CriuError, match="post-copy checkpoint .*only the migration that made it"):
+        _load_verified(tmp_path / "c")
+
+
+def test_opened_locks_before_verifying(tmp_path):
+    _free_ckpt(tmp_path / "c")
+    lock = tmp_path / ".c.lock"
+    with restore.opened(str(tmp_path / "c"), 5, lock=True) as checkpoint:
+        assert checkpoint.path == str(tmp_path / "c") and os.path.exists(lock)
+        with store.location(str(tmp_path / "c")) as loc:
+            with pytest.raises(CriuError, match="holds the lock"):
+                with store.Lock(loc, timeout=0.1):
+                    pass
+    assert not os.path.lexists(lock)
+    with restore.opened(str(tmp_path / "c"), 5, lock=False):
+        assert not os.path.lexists(lock)
+
+
+def test_opened_turns_every_problem_into_a_refusal(tmp_path):
+    with pytest.raises(CriuError, match="Refusing to restore %s: No checkpoint at" % (tmp_path / "none")) as err:
+        with restore.opened(str(tmp_path / "none"), 5, lock=True):
+            pass
+    assert len(err.value.details["problems"]) == 1
+    assert not os.path.lexists(tmp_path / ".none.lock")
+    _free_ckpt(tmp_path / "c")
+    os.chmod(tmp_path / "c", 0o777)
+    with pytest.raises(CriuError, match="Refusing to restore .*writable by group/others"):
+        with restore.opened(str(tmp_path / "c"), 5, lock=False):
+            pass
 
 
 def test_restore_refuses_busy_pids(tmp_path, monkeypatch):
     make_checkpoint(tmp_path / "c", process={"pid": os.getpid(), "tree": [os.getpid()]})
     monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False, "lazy_pages_port": None,
-              "verify": True, "require_signature": False}
     with pytest.raises(CriuError, match="Cannot restore .*PIDs %d" % os.getpid()):
-        restore.restore(params, False)
+        restore.restore(params(src=str(tmp_path / "c")), False)
+    assert sorted(os.listdir(tmp_path)) == ["c"]  # the lock is gone
 
 
-def test_restore_refuses_missing_src_and_bad_timeout(tmp_path):
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "none"), "lazy_pages_port": None}
+def test_restore_refuses_missing_src_and_bad_options(tmp_path):
     with pytest.raises(CriuError, match="does not exist"):
-        restore.restore(params, False)
+        restore.restore(params(src=str(tmp_path / "none")), False)
     with pytest.raises(CriuError, match="positive"):
-        restore.restore(dict(params, timeout=0), False)
+        restore.restore(params(src=str(tmp_path / "none"), timeout=0), False)
+    with pytest.raises(CriuError, match="hmac_key is empty"):
+        restore.restore(params(src=str(tmp_path / "none"), hmac_key=""), False)
 
 
 def test_restore_is_idempotent_when_restored_process_lives(tmp_path, spawn, monkeypatch):
@@ -83,37 +179,157 @@ def test_restore_is_idempotent_when_restored_process_lives(tmp_path, spawn, monk
               "checkpoint_id": metadata["id"]}
     _restored(tmp_path / "c", **record)
     monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
-    params = {"timeout": 30, "hmac_key": None, "hmac_key_file": None, "src": str(tmp_path / "c"), "force": False, "lazy_pages_port": None,
-              "verify": True, "require_signature": False}
-    assert restore.restore(params, False) == {"changed": False, "src": str(tmp_path / "c"), "pid": child.pid,
-                                              "checkpoint": metadata, "restored": record, "actions": []}
+    result = restore.restore(params(src=str(tmp_path / "c")), False)
+    assert result == {"changed": False, "src": str(tmp_path / "c"), "pid": child.pid,
+                      "checkpoint": integrity.public(metadata), "restored": record, "actions": []}
+    assert "cmdline" not in result["checkpoint"]["process"]
 
 
-def test_confirm_alive(spawn, tmp_path, monkeypatch):
+# --- restoring, with a fake criu ------------------------------------------------------------------
+
+
+def test_restore_runs_criu_on_the_verified_fds_in_a_private_work_dir(tmp_path, fake_criu):
+    metadata = _free_ckpt(tmp_path / "c", options={"shell_job": True})
+    src = str(tmp_path / "c")
+    result = restore.restore(params(src=src, pidfile=str(tmp_path / "app.pid")), False)
+    [call] = fake_criu.calls
+    pid = result["pid"]
+    assert result["changed"] is True and result["src"] == src and result["actions"] == ["restore %s (checkpoint of pid %d)" % (src, PID_MAX + 1)]
+    assert result["checkpoint"] == integrity.public(metadata) and result["stats"] == {"restore_seconds": 0.5}
+    assert call["images"] == os.path.join(src, "images") and call["images_path"] == os.path.join(src, "images")
+    assert call["options"] == {"shell_job": True} and call["timeout"] == 30
+    assert call["work_fd"] == call["work"] and not call["work"].startswith(src)
+    assert os.path.basename(call["work"]).startswith("nucleus-criu-restore-") and not os.path.exists(call["work"])
+    record = json.loads((tmp_path / "c" / "restored.json").read_text())
+    assert record == result["restored"] and record["pid"] == pid and record["checkpoint_id"] == metadata["id"]
+    assert record["starttime"] == procfs.read_stat(pid).starttime and record["boot_id"] == procfs.boot_id()
+    assert stat.S_IMODE(os.stat(tmp_path / "c" / "restored.json").st_mode) == 0o600
+    assert (tmp_path / "c" / "restore.log").read_text() == "(00.1) Restore finished successfully\n"
+    assert (tmp_path / "c" / "stats-restore").read_bytes() == b"\x01stats"
+    assert (tmp_path / "app.pid").read_text() == "%d\n" % pid
+    assert sorted(os.listdir(tmp_path)) == ["app.pid", "c"]  # the lock is gone
+    # the restored process lives: a second run changes nothing
+    again = restore.restore(params(src=src), False)
+    assert again["changed"] is False and again["pid"] == pid and len(fake_criu.calls) == 1
+
+
+def test_restore_check_mode_runs_nothing(tmp_path, fake_criu):
+    _free_ckpt(tmp_path / "c")
+    result = restore.restore(params(src=str(tmp_path / "c")), True)
+    assert result["changed"] is True and result["pid"] is None and result["actions"][0].startswith("would restore")
+    assert fake_criu.calls == [] and sorted(os.listdir(tmp_path)) == ["c"]
+    assert not os.path.exists(tmp_path / "c" / "restored.json")
+
+
+def test_failed_restore_keeps_criu_log_in_the_checkpoint(tmp_path, fake_criu):
+    _free_ckpt(tmp_path / "c")
+    fake_criu.fail = True
+    kept = str(tmp_path / "c" / "restore.log")
+    with pytest.raises(CriuError) as err:
+        restore.restore(params(src=str(tmp_path / "c")), False)
+    assert err.value.msg == "criu restore failed (exit code 1). Log: %s. Last errors: boom" % kept  # msg is what fail_json shows
+    assert err.value.details["log"] == kept
+    assert open(kept).read() == "(00.1) Restore finished successfully\n"
+    assert not os.path.exists(tmp_path / "c" / "restored.json") and not os.path.exists(fake_criu.calls[0]["work"])
+
+
+def test_restore_refuses_a_checkpoint_whose_signature_is_unchecked(tmp_path, fake_criu):
+    _free_ckpt(tmp_path / "c", key=KEY)
+    with pytest.raises(CriuError, match="Refusing to restore .*signed but no key was given"):
+        restore.restore(params(src=str(tmp_path / "c")), False)
+    assert fake_criu.calls == []
+    assert restore.restore(params(src=str(tmp_path / "c"), hmac_key=KEY.decode()), False)["changed"] is True
+
+
+def test_unwritable_pidfile_after_a_restore_says_the_workload_runs(tmp_path, fake_criu):
+    _free_ckpt(tmp_path / "c")
+    (tmp_path / "run").mkdir()
+    os.chmod(tmp_path / "run", 0o777)
+    with pytest.raises(CriuError, match="The workload was restored and runs as pid [0-9]+ .*writable by group/others") as err:
+        restore.restore(params(src=str(tmp_path / "c"), pidfile=str(tmp_path / "run" / "app.pid")), False)
+    assert procfs.is_alive(err.value.details["pid"]) and err.value.details["path"] == str(tmp_path / "run" / "app.pid")
+    assert os.listdir(tmp_path / "run") == []
+
+
+def test_restore_without_images_dir_is_refused_even_unverified(tmp_path, monkeypatch):
+    _free_ckpt(tmp_path / "c")
+    os.rename(tmp_path / "c" / "images", tmp_path / "images-elsewhere")
+    script = write_exe(tmp_path / "bin" / "criu", "#!/bin/sh\nexit 0\n")
+    monkeypatch.setattr(restore.CriuRuntime, "load", classmethod(lambda cls, *a: CriuRuntime(script, (4, 2, 0))))
+    monkeypatch.setattr(restore.host, "require_privileges", lambda: None)
+    with pytest.raises(CriuError, match="images"):
+        restore.restore(params(src=str(tmp_path / "c"), verify=False), False)
+
+
+def test_restore_tree_uses_a_private_work_dir_and_copies_logs(tmp_path, fake_criu):
+    metadata = _free_ckpt(tmp_path / "c")
+    with opened_checkpoint(tmp_path / "c") as checkpoint:
+        pid, run = restore.restore_tree(fake_criu, checkpoint, metadata, 12, leave_stopped=True)
+    [call] = fake_criu.calls
+    assert run.log_path == str(tmp_path / "c" / "restore.log") and run.duration == 0.5
+    assert call["kwargs"]["leave_stopped"] is True and call["timeout"] == 12
+    assert os.path.dirname(call["work"]) == os.path.realpath("/tmp") and call["work_fd"] == call["work"]
+    assert not os.path.exists(call["work"]) and procfs.is_alive(pid)
+    assert (tmp_path / "c" / "restore.log").read_text() == "(00.1) Restore finished successfully\n"
+    assert (tmp_path / "c" / "stats-restore").read_bytes() == b"\x01stats"
+
+
+def test_logs_kept_in_rewrites_the_log_path(tmp_path):
+    _free_ckpt(tmp_path / "c")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "restore.log").write_text("criu said")
+    work = Dir(-1, str(tmp_path / "work"))
+    with opened_checkpoint(tmp_path / "c") as checkpoint:
+        with pytest.raises(CriuError) as err:
+            with restore.logs_kept_in(checkpoint, work):
+                raise CriuError("failed, see %s" % work.file("restore.log"), log=work.file("restore.log"))
+        assert err.value.msg == "failed, see %s" % (tmp_path / "c" / "restore.log")
+        assert err.value.details["log"] == str(tmp_path / "c" / "restore.log")
+        (tmp_path / "work" / "restore.log").write_text("second run")
+        with restore.logs_kept_in(checkpoint, work):
+            pass
+    assert (tmp_path / "c" / "restore.log").read_text() == "second run"
+
+
+def test_confirm_alive(spawn, monkeypatch):
     monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
     child = spawn(["sleep", "60"])
-    assert restore._confirm_alive(child.pid, "log", "src").pid == child.pid
-    with pytest.raises(CriuError, match="reported success but the restored process %d exited" % (PID_MAX + 1)):
-        restore._confirm_alive(PID_MAX + 1, "log", "src")
+    assert restore.confirm_alive(child.pid, "log", "src").pid == child.pid
+    with pytest.raises(CriuError, match="reported success but the restored process %d exited" % (PID_MAX + 1)) as err:
+        restore.confirm_alive(PID_MAX + 1, "log", "src")
+    assert err.value.details == {"path": "src", "log": "log", "pid": PID_MAX + 1}
+
+
+def test_confirm_alive_stopped(spawn, monkeypatch):
+    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
+    stopped = spawn(["sleep", "60"])
+    os.kill(stopped.pid, signal.SIGSTOP)
+    assert wait_for(lambda: procfs.read_stat(stopped.pid).state == "T")
+    assert restore.confirm_alive(stopped.pid, "log", "src", stopped=True).state == "T"
+    running = spawn(["sleep", "60"])
+    with pytest.raises(CriuError, match="the restored process %d is not stopped" % running.pid):
+        restore.confirm_alive(running.pid, "log", "src", stopped=True)
+    assert wait_for(lambda: not procfs.is_alive(running.pid)), "a restore that went wrong is killed"
 
 
 def test_write_pidfile_replaces_symlink_not_target(tmp_path):
     (tmp_path / "victim").write_text("precious")
     (tmp_path / "app.pid").symlink_to(tmp_path / "victim")
-    restore._write_pidfile(str(tmp_path / "app.pid"), 4242)
+    restore.write_pidfile(str(tmp_path / "app.pid"), 4242)
     assert (tmp_path / "victim").read_text() == "precious"
     assert (tmp_path / "app.pid").read_text() == "4242\n" and not (tmp_path / "app.pid").is_symlink()
 
 
-@pytest.mark.parametrize("lazy, port, message", [
-    (True, None, "is a post-copy checkpoint .*Give lazy_pages_port"),
-    (False, 4000, "holds the full memory .*drop lazy_pages_port"),
-])
-def test_lazy_checkpoint_and_lazy_restore_must_match(lazy, port, message):
-    with pytest.raises(CriuError, match=message):
-        restore.require_matching_mode("/c", {"options": {"lazy_pages": lazy}}, port)
+def test_write_pidfile_through_a_trusted_directory_link(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "var-run").symlink_to(tmp_path / "run")
+    restore.write_pidfile(str(tmp_path / "var-run" / "app.pid"), 4242)
+    assert (tmp_path / "run" / "app.pid").read_text() == "4242\n"
 
 
-@pytest.mark.parametrize("lazy, port", [(True, 4000), (False, None), (False, 0)])
-def test_matching_modes_pass(lazy, port):
-    restore.require_matching_mode("/c", {"options": {"lazy_pages": lazy}}, port)
+def test_write_pidfile_refuses_an_untrusted_directory(tmp_path):
+    (tmp_path / "run").mkdir()
+    os.chmod(tmp_path / "run", 0o777)
+    with pytest.raises(CriuError, match="Pidfile directory %s is writable by group/others" % (tmp_path / "run")):
+        restore.write_pidfile(str(tmp_path / "run" / "app.pid"), 4242)
+    assert os.listdir(tmp_path / "run") == []

@@ -1,27 +1,38 @@
 """CriuRuntime against a fake criu script (_runtime); never the real criu."""
 
 import os
+import socket
+import stat
+import sys
 import time
 
 import pytest
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _runtime as runtime
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, State
-from .mu_helpers import wait_for, write_exe
+from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir, State
+from .mu_helpers import open_dir, wait_for, write_exe
 
 RLIMIT = "(00.000100) Error (criu/rlimit.c:24): rlimit: Can't setup RLIMIT_NOFILE for self"
 DUMP_OK = "(00.500000) Dumping finished successfully"
 RESTORE_OK = "(00.500000) Restore finished successfully"
 
-# The fake parses criu's argv the way _run builds it, records it, writes $FAKE_DIR/log.txt
-# as the log, creates inventory.img / the pidfile when told to, then exits with $(cat rc).
+# The fake parses criu's argv the way _command builds it ([action, --no-default-config, --work-dir DIR,
+# --log-file NAME, -v4, ...], directories as /proc/self/fd/N, which the fake reaches because it inherits
+# those fds), records its argv, environment, umask and open fds, creates inventory.img in the images dir / the
+# pidfile (a relative one in the work dir, as criu does) when told to, then writes $FAKE_DIR/log.txt as the log into
+# the work dir (last: a daemon's log line tells the runtime the images are there), greets the --ps-socket, then
+# exits with $(cat rc).
 # hang=N: sleep N seconds with a background child (its pid in $FAKE_DIR/child) that
 # inherits criu's stdio; hang_exec=N: become `sleep N` (no child).
 FAKE = r"""#!/bin/sh
 fake=%(fake)s
 printf '%%s\n' "$@" > "$fake/argv"
+env > "$fake/env"
+umask > "$fake/umask"
+ls /proc/$$/fd > "$fake/fds"
 action=$1; shift
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -29,12 +40,15 @@ while [ $# -gt 0 ]; do
     --log-file) log=$2; shift ;;
     --images-dir) images=$2; shift ;;
     --pidfile) pidfile=$2; shift ;;
+    --ps-socket) ps=$2; shift ;;
   esac
   shift
 done
-cat "$fake/log.txt" > "$wd/$log"
 [ -f "$fake/inventory" ] && : > "$images/inventory.img"
+case "$pidfile" in /*) ;; ?*) pidfile="$wd/$pidfile" ;; esac
 [ -f "$fake/pid" ] && [ -n "$pidfile" ] && cat "$fake/pid" > "$pidfile"
+cat "$fake/log.txt" > "$wd/$log"
+[ -n "$ps" ] && %(python)s -c 'import os, sys; os.write(int(sys.argv[1]), b"page server %%s" %% sys.argv[2].encode())' "$ps" "$action"
 [ -f "$fake/hang_exec" ] && exec sleep "$(cat "$fake/hang_exec")"
 if [ -f "$fake/hang" ]; then
   sleep "$(cat "$fake/hang")" &
@@ -50,11 +64,17 @@ class Fake:
     def __init__(self, root):
         self.dir = str(root / "fake")
         os.makedirs(self.dir)
-        self.path = write_exe(root / "bin" / "criu", FAKE % {"fake": self.dir})
-        self.work = str(root / "work")
-        self.images = os.path.join(self.work, "images")
-        os.makedirs(self.images)
+        self.path = write_exe(root / "bin" / "criu", FAKE % {"fake": self.dir, "python": sys.executable})
+        work = str(root / "work")
+        images = os.path.join(work, "images")
+        os.makedirs(images)
+        self.work = Dir(open_dir(work), work)
+        self.images = Dir(open_dir(images), images)
         self.set(rc=0, log=[])
+
+    def close(self):
+        os.close(self.work.fd)
+        os.close(self.images.fd)
 
     def set(self, rc=None, log=None, **flags):
         if rc is not None:
@@ -73,8 +93,25 @@ class Fake:
         with open(os.path.join(self.dir, name), "w") as handle:
             handle.write(text)
 
+    def _read(self, name):
+        with open(os.path.join(self.dir, name)) as handle:
+            return handle.read()
+
     def argv(self):
-        return open(os.path.join(self.dir, "argv")).read().splitlines()
+        return self._read("argv").splitlines()
+
+    def env(self):
+        return dict(line.split("=", 1) for line in self._read("env").splitlines())
+
+    def umask(self):
+        return int(self._read("umask").strip(), 8)
+
+    def fds(self):
+        return {int(name) for name in self._read("fds").split()}
+
+    def head(self, action, log=None):
+        """The argv every criu run starts with (after the binary itself)."""
+        return [action, "--no-default-config", "--work-dir", self.work.for_criu, "--log-file", "%s.log" % (log or action), "-v4"]
 
     def runtime(self):
         return CriuRuntime(self.path, (4, 2, 0))
@@ -82,7 +119,9 @@ class Fake:
 
 @pytest.fixture
 def fake(tmp_path):
-    return Fake(tmp_path)
+    made = Fake(tmp_path)
+    yield made
+    made.close()
 
 
 # --- state machine (the seed's test_checkpoint_state_transitions) ------------
@@ -128,19 +167,56 @@ def test_option_argv(options, flags, expected):
     assert runtime.option_argv(options, flags) == expected
 
 
+# --- Dir ------------------------------------------------------------------------------------------
+
+def test_dir_names_its_fd_for_criu_and_its_path_for_people():
+    work = Dir(7, "/var/tmp/work")
+    assert work.for_criu == "/proc/self/fd/7" and work.file("dump.log") == "/var/tmp/work/dump.log"
+
+
 # --- _run: success is exit code AND success line --------------------------------
 
 def test_run_success_despite_harmless_error_line(fake):
     fake.set(rc=0, log=[RLIMIT, DUMP_OK])
-    run = fake.runtime()._run("dump", ["--tree", "1"], fake.work, 10)
-    assert run.log_path == os.path.join(fake.work, "dump.log") and run.duration >= 0
-    assert fake.argv() == ["dump", "--work-dir", fake.work, "--log-file", "dump.log", "-v4", "--tree", "1"]
+    run = fake.runtime()._run("dump", ["--tree", "1"], fake.work, (), 10)
+    assert run.log_path == os.path.join(fake.work.path, "dump.log") and run.duration >= 0
+    assert fake.argv() == fake.head("dump") + ["--tree", "1"]
+
+
+def test_run_hands_criu_the_fds_a_fixed_environment_and_umask_077(fake, monkeypatch):
+    monkeypatch.setenv("CRIU_CONFIG_FILE", "/tmp/evil.conf")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    fake.set(rc=0, log=[DUMP_OK])
+    stray = os.open(fake.dir, os.O_RDONLY | os.O_DIRECTORY)  # inheritable, but not passed
+    os.set_inheritable(stray, True)
+    try:
+        fake.runtime()._run("dump", [], fake.work, (fake.images.fd,), 10)
+    finally:
+        os.close(stray)
+    env = fake.env()
+    assert {name: env.get(name) for name in binary.ENVIRONMENT} == binary.ENVIRONMENT
+    assert "CRIU_CONFIG_FILE" not in env and "LD_PRELOAD" not in env
+    assert set(env) - set(binary.ENVIRONMENT) <= {"PWD", "SHLVL", "_", "OLDPWD"}
+    assert fake.umask() == 0o077
+    assert stat.S_IMODE(os.stat(os.path.join(fake.work.path, "dump.log")).st_mode) == 0o600  # written by "criu"
+    assert {fake.work.fd, fake.images.fd} <= fake.fds() and stray not in fake.fds()
+
+
+def test_run_criu_in_a_session_of_its_own(fake):
+    fake.set(rc=0, log=[DUMP_OK], hang_exec=30)
+    rt = fake.runtime()
+    daemon = rt._start_daemon("dump", [], fake.work, (), "Dumping finished", 10)
+    try:
+        assert os.getsid(daemon.proc.pid) == daemon.proc.pid, "a session of its own: no SIGHUP from a lost connection"
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode is not None
 
 
 def test_run_rc0_without_success_line_fails(fake):
     fake.set(rc=0, log=[RLIMIT, "(00.1) Warn: nothing"])
     with pytest.raises(CriuError, match="criu dump failed \\(exit code 0\\)") as err:
-        fake.runtime()._run("dump", [], fake.work, 10)
+        fake.runtime()._run("dump", [], fake.work, (), 10)
     assert err.value.details["rc"] == 0 and err.value.details["errors"] == []
     assert "stderr from fake criu" in err.value.msg  # no Error line: stderr explains
 
@@ -148,8 +224,8 @@ def test_run_rc0_without_success_line_fails(fake):
 def test_run_nonzero_exit_fails_even_with_success_line(fake):
     fake.set(rc=1, log=[RLIMIT, "(00.2) Error (criu/a.c:1): first", "(00.3) Error (criu/b.c:2): Can't fork for 4242: File exists", DUMP_OK])
     with pytest.raises(CriuError) as err:
-        fake.runtime()._run("dump", [], fake.work, 10)
-    log = os.path.join(fake.work, "dump.log")
+        fake.runtime()._run("dump", [], fake.work, (), 10)
+    log = os.path.join(fake.work.path, "dump.log")
     assert "exit code 1" in err.value.msg and log in err.value.msg
     assert "Can't fork for 4242: File exists" in err.value.msg and "PID 4242 is already in use" in err.value.msg
     assert "RLIMIT" not in err.value.msg
@@ -157,10 +233,11 @@ def test_run_nonzero_exit_fails_even_with_success_line(fake):
     assert err.value.details["errors"][-1].endswith("Can't fork for 4242: File exists")
 
 
-def test_run_missing_binary(tmp_path):
+def test_run_missing_binary(tmp_path, fake):
     rt = CriuRuntime(str(tmp_path / "nope"), (4, 2, 0))
-    with pytest.raises(CriuError, match="Cannot execute"):
-        rt._run("dump", [], str(tmp_path), 10)
+    with pytest.raises(CriuError, match="Cannot execute .*nope") as err:
+        rt._run("dump", [], fake.work, (), 10)
+    assert err.value.details["path"] == str(tmp_path / "nope")
 
 
 def test_restore_timeout_kills_criu_and_its_tree(fake):
@@ -171,7 +248,7 @@ def test_restore_timeout_kills_criu_and_its_tree(fake):
         rt.restore(fake.images, fake.work, {}, timeout=0.5)
     assert time.monotonic() - started < 10
     assert err.value.details["timed_out"] is True
-    assert err.value.details["log"] == os.path.join(fake.work, "restore.log")
+    assert err.value.details["log"] == os.path.join(fake.work.path, "restore.log")
     assert err.value.details["errors"] == ["(00.1) Error (criu/x.c:1): stuck"]
     child = int(open(os.path.join(fake.dir, "child")).read())
     assert wait_for(lambda: not procfs.is_alive(child), timeout=2), "the restored tree survived the timeout"
@@ -216,11 +293,12 @@ def test_dump_success(fake):
     fake.set(rc=0, log=[DUMP_OK], inventory=True)
     rt = fake.runtime()
     run = rt.dump(4242, fake.images, fake.work, {"shell_job": True, "leave_running": True, "network_lock": "nftables"}, timeout=10)
-    assert rt.state is State.DUMPED and run.log_path.endswith("dump.log")
+    assert rt.state is State.DUMPED and run.log_path == os.path.join(fake.work.path, "dump.log")
     argv = fake.argv()
-    assert argv[:6] == ["dump", "--work-dir", fake.work, "--log-file", "dump.log", "-v4"]
-    assert argv[6:10] == ["--tree", "4242", "--images-dir", fake.images]
-    assert set(argv[10:]) == {"--leave-running", "--shell-job", "--network-lock", "nftables"}
+    assert argv[:7] == fake.head("dump")
+    assert argv[7:11] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
+    assert set(argv[11:]) == {"--leave-running", "--shell-job", "--network-lock", "nftables"}
+    assert os.path.isfile(os.path.join(fake.images.path, "inventory.img")), "criu wrote through the images fd"
     with pytest.raises(CriuError, match="cannot go from dumped to dumping"):
         rt.dump(4242, fake.images, fake.work, {}, timeout=10)
 
@@ -228,8 +306,9 @@ def test_dump_success(fake):
 def test_dump_without_inventory_is_a_failure(fake):
     fake.set(rc=0, log=[DUMP_OK], inventory=False)
     rt = fake.runtime()
-    with pytest.raises(CriuError, match="wrote no inventory.img"):
+    with pytest.raises(CriuError, match="wrote no inventory.img") as err:
         rt.dump(4242, fake.images, fake.work, {}, timeout=10)
+    assert err.value.details["log"] == os.path.join(fake.work.path, "dump.log")
     assert rt.state is State.NONE
 
 
@@ -241,23 +320,25 @@ def test_dump_failure_resets_state(fake):
     assert rt.state is State.NONE
 
 
-def _pidfile_dirs():
-    import tempfile
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("nucleus-criu-restore-")}
-
-
-def test_restore_reads_pidfile(fake):
-    before = _pidfile_dirs()
+def test_restore_reads_pidfile_from_the_work_dir(fake):
     fake.set(rc=0, log=[RLIMIT, RESTORE_OK], pid="31337\n")
     rt = fake.runtime()
     pid, run = rt.restore(fake.images, fake.work, {"shell_job": True, "leave_running": True}, timeout=10)
-    assert pid == 31337 and rt.state is State.RESTORED
+    assert pid == 31337 and rt.state is State.RESTORED and run.log_path == os.path.join(fake.work.path, "restore.log")
     argv = fake.argv()
-    assert argv[:6] == ["restore", "--work-dir", fake.work, "--log-file", "restore.log", "-v4"]
-    assert argv[6:9] == ["--images-dir", fake.images, "--restore-detached"]
-    assert argv[9] == "--pidfile" and os.path.isabs(argv[10])
-    assert argv[11:] == ["--shell-job"]  # leave_running is dump-only
-    assert not os.path.exists(argv[10]) and _pidfile_dirs() == before  # temp pidfile dir cleaned up
+    assert argv[:7] == fake.head("restore")
+    assert argv[7:11] == ["--images-dir", fake.images.for_criu, "--restore-detached", "--pidfile"]
+    # criu writes the pidfile into its work dir (a relative --pidfile is relative to --work-dir)
+    assert argv[11] in (runtime.RESTORE_PIDFILE, fake.work.file(runtime.RESTORE_PIDFILE))
+    assert argv[12:] == ["--shell-job"]  # leave_running is dump-only
+    assert open(fake.work.file(runtime.RESTORE_PIDFILE)).read() == "31337\n"
+    assert {fake.work.fd, fake.images.fd} <= fake.fds()
+
+
+def test_restore_leave_stopped_and_lazy(fake):
+    fake.set(rc=0, log=[RESTORE_OK], pid=4343)
+    pid, _run = fake.runtime().restore(fake.images, fake.work, {"tcp_established": True}, timeout=10, lazy=True, leave_stopped=True)
+    assert pid == 4343 and fake.argv()[12:] == ["--tcp-established", "--lazy-pages", "--leave-stopped"]
 
 
 @pytest.mark.parametrize("pid, message", [
@@ -283,8 +364,8 @@ def test_restore_failure(fake):
 
 
 def test_check_and_feature(tmp_path):
-    path = write_exe(tmp_path / "bin" / "criu", '#!/bin/sh\n[ "$1" = check ] || exit 5\n'
-                     '[ "$2" = --feature ] && { [ "$3" = mem_dirty_track ]; exit $?; }\necho "Looks good."\n')
+    path = write_exe(tmp_path / "bin" / "criu", '#!/bin/sh\n[ "$1" = check ] || exit 5\n[ "$2" = --no-default-config ] || exit 6\n'
+                     '[ "$3" = --feature ] && { [ "$4" = mem_dirty_track ]; exit $?; }\necho "Looks good."\n')
     rt = CriuRuntime(path, (4, 2, 0))
     assert rt.check() == (True, "Looks good.")
     assert rt.check("mem_dirty_track")[0] is True and rt.check("uffd-noncoop")[0] is False
@@ -292,57 +373,115 @@ def test_check_and_feature(tmp_path):
     assert CriuRuntime(str(tmp_path / "nope"), (4, 2, 0)).check("x")[0] is False
 
 
-def test_load_validates_and_checks_version(tmp_path, monkeypatch):
+def test_check_runs_with_the_fixed_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRIU_CONFIG_FILE", "/tmp/evil.conf")
+    path = write_exe(tmp_path / "bin" / "criu", '#!/bin/sh\n[ -z "$CRIU_CONFIG_FILE" ] && [ "$PATH" = "%s" ] || exit 3\n'
+                     % binary.ENVIRONMENT["PATH"])
+    assert CriuRuntime(path, (4, 2, 0)).check()[0] is True
+
+
+def test_load_validates_and_checks_version(tmp_path, scripts_as_elf):
     good = write_exe(tmp_path / "good" / "criu", "#!/bin/sh\necho 'Version: 4.2.1'\n")
     rt = CriuRuntime.load(good)
     assert rt.path == good and rt.version == (4, 2, 1) and rt.version_string == "4.2.1" and rt.state is State.NONE
     old = write_exe(tmp_path / "old" / "criu", "#!/bin/sh\necho 'Version: 4.1.1'\n")
     with pytest.raises(CriuError, match="criu 4.1.1 .* is too old"):
         CriuRuntime.load(old)
+    writable = write_exe(tmp_path / "writable" / "criu", "#!/bin/sh\necho 'Version: 4.2.1'\n", mode=0o777)
+    with pytest.raises(CriuError, match="writable by group/others"):
+        CriuRuntime.load(writable)
+
+
+def test_load_runs_the_real_path_of_a_link(tmp_path, scripts_as_elf):
+    good = write_exe(tmp_path / "opt" / "criu", "#!/bin/sh\necho 'Version: 4.2.1'\n")
+    (tmp_path / "sbin").mkdir(mode=0o755)
+    (tmp_path / "sbin" / "criu").symlink_to(good)
+    assert CriuRuntime.load(str(tmp_path / "sbin" / "criu")).path == good
+
+
+def test_load_refuses_a_script_for_real(tmp_path):
+    script = write_exe(tmp_path / "bin" / "criu", "#!/bin/sh\necho 'Version: 4.2.1'\n")
+    with pytest.raises(CriuError, match="not an ELF executable"):
+        CriuRuntime.load(script)
 
 
 # --- post-copy daemons ------------------------------------------------------------
 
-LISTENING = "(00.058874) Starting page server on port 4000"
+LISTENING = "(00.058874) Reusing ps socket 5"
 
 
-def test_start_lazy_dump_returns_once_the_page_server_listens(fake):
+@pytest.fixture
+def page_socket():
+    ours, theirs = socket.socketpair()
+    ours.settimeout(10)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def test_start_lazy_dump_returns_once_the_page_server_runs(fake, page_socket):
+    ours, theirs = page_socket
     fake.set(rc=0, log=[LISTENING], inventory=True, hang_exec=30)
     rt = fake.runtime()
-    daemon = rt.start_lazy_dump(4242, fake.images, fake.work, {"leave_stopped": True}, 4000, timeout=10)
+    daemon = rt.start_lazy_dump(4242, fake.images, fake.work, {"leave_stopped": True}, theirs.fileno(), timeout=10)
     try:
         assert daemon.proc.poll() is None, "the page server must keep running after the call"
-        assert rt.state is State.DUMPED and daemon.log_path == os.path.join(fake.work, "dump.log")
+        assert rt.state is State.DUMPED and daemon.log_path == os.path.join(fake.work.path, "dump.log")
         argv = fake.argv()
-        assert argv[6:10] == ["--tree", "4242", "--images-dir", fake.images]
-        assert argv[10:] == ["--leave-stopped", "--lazy-pages", "--address", "127.0.0.1", "--port", "4000"]
+        assert argv[:7] == fake.head("dump")
+        assert argv[7:11] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
+        assert argv[11:] == ["--leave-stopped", "--lazy-pages", "--ps-socket", str(theirs.fileno())]
+        assert ours.recv(64) == b"page server dump", "criu inherits the page socket under the same number"
         assert os.getsid(daemon.proc.pid) == daemon.proc.pid, "a session of its own: no SIGHUP from a lost connection"
     finally:
-        daemon.proc.kill()
-        daemon.proc.wait()
+        daemon.stop()
+    assert daemon.proc.returncode is not None
 
 
-def test_start_lazy_dump_that_exits_before_listening(fake):
-    fake.set(rc=1, log=["(00.1) Error (criu/page-pipe.c:418): page-pipe: tee: 65536: Operation not permitted"])
+def test_start_lazy_dump_without_inventory_is_a_failure(fake, page_socket):
+    fake.set(rc=0, log=[LISTENING], inventory=False, hang_exec=30)
     rt = fake.runtime()
-    with pytest.raises(CriuError, match="criu dump failed \\(exit code 1\\).*Operation not permitted"):
-        rt.start_lazy_dump(4242, fake.images, fake.work, {}, 4000, timeout=10)
+    with pytest.raises(CriuError, match="wrote no inventory.img"):
+        rt.start_lazy_dump(4242, fake.images, fake.work, {}, page_socket[1].fileno(), timeout=10)
     assert rt.state is State.NONE
 
 
-def test_start_lazy_pages_that_never_gets_ready_is_killed(fake):
+def test_start_lazy_dump_that_exits_before_serving(fake, page_socket):
+    fake.set(rc=1, log=["(00.1) Error (criu/page-pipe.c:418): page-pipe: tee: 65536: Operation not permitted"])
+    rt = fake.runtime()
+    with pytest.raises(CriuError, match="criu dump failed \\(exit code 1\\).*Operation not permitted"):
+        rt.start_lazy_dump(4242, fake.images, fake.work, {}, page_socket[1].fileno(), timeout=10)
+    assert rt.state is State.NONE
+
+
+def test_start_lazy_pages_returns_once_it_waits_for_connections(fake, page_socket):
+    ours, theirs = page_socket
+    fake.set(rc=0, log=["(00.01) " + runtime.LAZY_PAGES_READY], hang_exec=30)
+    daemon = fake.runtime().start_lazy_pages(fake.images, fake.work, theirs.fileno(), timeout=10)
+    try:
+        assert daemon.proc.poll() is None and daemon.log_path == os.path.join(fake.work.path, "lazy-pages.log")
+        assert fake.argv() == fake.head("lazy-pages") + ["--page-server", "--ps-socket", str(theirs.fileno()),
+                                                         "--images-dir", fake.images.for_criu]
+        assert ours.recv(64) == b"page server lazy-pages"
+    finally:
+        daemon.stop()
+
+
+def test_start_lazy_pages_that_never_gets_ready_is_killed(fake, page_socket):
     fake.set(rc=0, log=["(00.01) nothing yet"], hang_exec=30)
     started = time.monotonic()
     with pytest.raises(CriuError, match="criu lazy-pages did not finish within 0.3s") as err:
-        fake.runtime().start_lazy_pages(fake.images, fake.work, 4001, timeout=0.3)
+        fake.runtime().start_lazy_pages(fake.images, fake.work, page_socket[1].fileno(), timeout=0.3)
     assert time.monotonic() - started < 5 and err.value.details["timed_out"]
-    assert fake.argv()[6:] == ["--page-server", "--address", "127.0.0.1", "--port", "4001", "--images-dir", fake.images]
+    assert fake.argv()[7:] == ["--page-server", "--ps-socket", str(page_socket[1].fileno()), "--images-dir", fake.images.for_criu]
 
 
-def test_lazy_restore_asks_criu_for_lazy_pages(fake):
-    fake.set(rc=0, log=[RESTORE_OK], pid=4343)
-    pid, _run = fake.runtime().restore(fake.images, fake.work, {}, timeout=10, lazy=True)
-    assert pid == 4343 and fake.argv()[-1] == "--lazy-pages"
+def test_daemon_stop_kills_and_reaps(spawn):
+    proc = spawn(["sleep", "30"])
+    daemon = runtime.Daemon(proc, 0.0, "/nonexistent.log")
+    daemon.stop()
+    assert proc.returncode is not None
+    daemon.stop()  # already reaped: nothing is signalled, nothing fails
 
 
 def _lazy_daemon(tmp_path, argv, lines):

@@ -1,0 +1,214 @@
+"""The ssh test hosts (scripts/testhosts.sh) seen from a test or the benchmark: workloads started on host-a,
+files and journals read through each host's own mount namespace, failpoints armed there, playbooks run.
+
+host-a and host-b share the kernel (PID space, /proc, /tmp) and differ in their mount namespace: what one
+writes under /var/lib/nucleus-criu the other cannot see, and a process's mount namespace tells which host
+it runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import fcntl
+import signal
+import subprocess
+import sys
+import typing as t
+
+from conftest import REPO, proc_state, processes_running, read_state, wait_for
+
+TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
+PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
+PRIVATE = "/var/lib/nucleus-criu"
+MIGRATIONS = PRIVATE + "/migrations"
+
+
+class Hosts:
+    """One pair of test hosts on ``port`` (each test module or the benchmark may run its own pair)."""
+
+    def __init__(self, port: int = 2222) -> None:
+        self.port = port
+        self.dir = os.path.join(REPO, "build", "testhosts" if port == 2222 else "testhosts-%d" % port)
+        self.env = dict(os.environ, NUCLEUS_TESTHOSTS_PORT=str(port))
+
+    @property
+    def inventory(self) -> str:
+        return os.path.join(self.dir, "inventory.ini")
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.dir, "id_ed25519")
+
+    def up(self) -> None:
+        subprocess.run(["bash", TESTHOSTS, "up"], check=True, env=self.env)
+
+    def down(self) -> None:
+        subprocess.run(["bash", TESTHOSTS, "down"], check=True, env=self.env)
+
+    def sshd(self, name: str) -> int:
+        """Pid of host ``name``'s listening sshd (its mount namespace is the host's)."""
+        return int(subprocess.run(["bash", TESTHOSTS, "pid", name], capture_output=True, text=True, check=True, env=self.env).stdout)
+
+    def path(self, name: str, path: str) -> str:
+        """``path`` as host ``name`` sees it, through its sshd's root in /proc."""
+        return "/proc/%d/root%s" % (self.sshd(name), path)
+
+    def mount_ns(self, name: str) -> str:
+        return mount_ns(self.sshd(name))
+
+    def run(self, name: str, command: str, check: bool = True) -> str:
+        argv = ["ssh", "-q", "-p", str(self.port), "-i", self.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "root@%s" % ADDRESS[name], command]
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
+
+    def sshd_processes(self, name: str) -> t.List[int]:
+        """Every sshd of host ``name`` (the listener and one per session): what carries its link."""
+        ns = self.mount_ns(name)
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if open("/proc/%s/comm" % entry).read().strip() == "sshd" and mount_ns(int(entry)) == ns:
+                        found.append(int(entry))
+                except OSError:
+                    pass
+        return found
+
+    def freeze_link(self, name: str) -> t.List[int]:
+        """Stop every sshd of host ``name``: its link goes silent (packets are accepted, nothing answers)."""
+        pids = self.sshd_processes(name)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    @staticmethod
+    def thaw_link(pids: t.Iterable[int]) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    # --- migrations -----------------------------------------------------------------------------------
+
+    def playbook_argv(self, **extra: t.Any) -> t.List[str]:
+        return [PLAYBOOK, "-i", self.inventory, "nucleus.criu.migrate", "-e", json.dumps(extra)]
+
+    def migrate(self, **extra: t.Any) -> subprocess.CompletedProcess:
+        return subprocess.run(self.playbook_argv(**extra), cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+
+    def start_migrate(self, log: str, **extra: t.Any) -> subprocess.Popen:
+        """ansible-playbook in a session of its own (its workers share its process group), output to ``log``."""
+        with open(log, "w") as handle:
+            return subprocess.Popen(self.playbook_argv(**extra), cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    @staticmethod
+    def kill_controller(proc: subprocess.Popen) -> None:
+        """SIGKILL ansible-playbook and every worker it forked (they share its process group)."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def journal(self, name: str, workload: str) -> t.Optional[t.Dict[str, t.Any]]:
+        try:
+            with open(self.path(name, "%s/%s.journal.json" % (MIGRATIONS, workload))) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def settled(self, workload: str, timeout: float = 180) -> t.Dict[str, t.Any]:
+        """The source's journal once its migration reached an outcome and its driver exited."""
+        def done() -> t.Optional[t.Dict[str, t.Any]]:
+            journal = self.journal("a", workload)
+            if journal is None or journal.get("outcome") is None:
+                return None
+            lock = self.path("a", "%s/.%s.driver.lock" % (MIGRATIONS, workload))
+            return journal if not driver_alive(lock) else None
+        return wait_for(done, timeout=timeout, what="migration %s to settle" % workload)
+
+    def arm(self, name: str, phase: str, workload: t.Optional[str] = None) -> str:
+        """Make host ``name`` stop at ``phase`` (of ``workload``, or of every migration) until released."""
+        directory = self.path(name, MIGRATIONS)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        path = os.path.join(directory, ".failpoint.%s" % (phase if workload is None else "%s.%s" % (workload, phase)))
+        open(path, "w").close()
+        return path
+
+    def reached(self, name: str, workload: str, phase: str, timeout: float = 120) -> int:
+        """Pid of the process that stopped at ``phase``, once it did."""
+        marker = self.path(name, "%s/.failpoint.%s.%s.reached" % (MIGRATIONS, workload, phase))
+        return wait_for(lambda: json.load(open(marker))["pid"], timeout=timeout, what="%s to reach %s on host-%s" % (workload, phase, name))
+
+    def clear_failpoints(self, name: str) -> None:
+        directory = self.path(name, MIGRATIONS)
+        for entry in os.listdir(directory) if os.path.isdir(directory) else ():
+            if entry.startswith(".failpoint."):
+                os.unlink(os.path.join(directory, entry))
+
+
+def mount_ns(pid: int) -> str:
+    return os.readlink("/proc/%d/ns/mnt" % pid)
+
+
+def driver_alive(lock: str) -> bool:
+    """Is a migration driver holding its lock file (the kernel drops the lock when the driver dies)?"""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class Remote:
+    """A counter workload started on host-a over ssh, in its own PID (and optionally network) namespace."""
+
+    def __init__(self, hosts: Hosts, name: str, tmp: str, args: str = "", netns: bool = False) -> None:
+        self.hosts = hosts
+        self.name = name
+        self.state_file = os.path.join(tmp, name + ".state")
+        self.pidfile = "%s/%s.pid" % (PRIVATE, name)
+        program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
+        if netns:
+            inner = "sh -c 'ip link set lo up; exec %s'" % program
+            namespaces = "--net --pid"
+        else:
+            inner, namespaces = program, "--pid"
+        hosts.run("a", "setsid unshare %s --fork setsid %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
+        self.pid = wait_for(self._find, what="workload %s to start" % name)
+        hosts.run("a", "echo %d > %s" % (self.pid, self.pidfile))
+        # It writes its state only once its memory is filled: a second or more per GiB.
+        wait_for(lambda: os.path.exists(self.state_file), timeout=120, what="workload %s to fill its memory" % name)
+        wait_for(lambda: read_state(self.state_file)[1] > 5, what="workload %s to count" % name)
+
+    def _find(self) -> t.Optional[int]:
+        for pid in processes_running(self.state_file):
+            with open("/proc/%d/status" % pid) as handle:
+                if any(line.startswith("NSpid:") and line.split()[-1] == "1" for line in handle):
+                    return pid
+        return None
+
+    def copies(self) -> t.List[int]:
+        """Every copy of the workload itself that exists (running or stopped; not the unshare that started it)."""
+        return [pid for pid in processes_running(self.state_file) if open("/proc/%d/comm" % pid).read().strip() != "unshare"]
+
+    def running_on(self, host: str) -> t.List[int]:
+        """Copies running (not stopped) on ``host``."""
+        ns = self.hosts.mount_ns(host)
+        return [pid for pid in self.copies() if mount_ns(pid) == ns and proc_state(pid) not in ("T", "t")]
+
+    def counts_on(self, token: str, count: int) -> None:
+        """The workload carries on from its own memory: same token, counting past ``count``."""
+        wait_for(lambda: read_state(self.state_file)[1] > count + 2, timeout=30, what="%s to count on" % self.name)
+        assert read_state(self.state_file)[0] == token, "the workload must resume its own memory, not restart"
+
+    def stop(self) -> None:
+        for pid in processes_running(self.state_file):
+            os.kill(pid, signal.SIGKILL)
