@@ -51,7 +51,7 @@ migrate() {
         -e migrate_source="$source" -e migrate_target="$target" -e migrate_pidfile="$PIDFILE" -e migrate_name="$name" \
         -e migrate_target_pidfile="$PIDFILE" -e migrate_mode="$mode" \
         | grep -E '"msg"|PLAY RECAP|^migration-' || true
-    record=$(on_host "$(addr "$source")" "cat /var/lib/nucleus-criu/migrations/$name.migration.json")
+    record=$(on_host "$(addr "$source")" "cat /var/lib/nucleus-criu/migrations/$name.journal.json")
     new_pid=$(grep -o '"target_pid": *"*[0-9]*' <<<"$record" | grep -o '[0-9]*$')
     sleep 2
     after=$(cat "$STATE")
@@ -60,6 +60,8 @@ migrate() {
     echo "after migration:  $after"
     echo "now $target pid $new_pid ($(mount_ns "$new_pid")); $source pid $old_pid: $( [[ -d /proc/$old_pid ]] && echo 'STILL THERE' || echo 'gone')"
     echo "downtime (frozen on $source -> running on $target): $(grep -o '"downtime_seconds": *"*[0-9.]*' <<<"$record" | grep -o '[0-9.]*$') s"
+    echo "journal of $source (each phase flushed to disk before it acted):"
+    grep -o '"phase": "[a-z_]*"' <<<"$record" | cut -d'"' -f4 | uniq | paste -sd' ' | sed 's/ / -> /g; s/^/  /'
     if [[ ${after%% *} == "${before%% *}" && ${after##* } -gt ${before##* } && ! -d /proc/$old_pid ]] \
         && [[ $(mount_ns "$new_pid") == "$(mount_ns "$(bash scripts/testhosts.sh pid "${target#host-}")")" ]]; then
         say "OK: same token on $target, and the count went on from ${before##* } to ${after##* }: the workload moved with its memory"

@@ -14,8 +14,10 @@ options:
       - Full path of the C(criu) binary to run.
       - When omitted, V(/usr/local/sbin/criu), V(/usr/sbin/criu) and V(/usr/bin/criu) are tried in that order;
         C(PATH) is searched only when not running as root.
-      - Whether given or discovered, the binary must be a regular executable file owned by root or the
-        calling user and not writable by group or others, and so must every directory above it.
+      - Whether given or discovered, the binary must be an ELF executable owned by root or the calling user and not
+        writable by group or others; so must every directory and symlink on the way to it, the dynamic loader it
+        names and every file of the library directories it names (C(DT_RPATH)/C(DT_RUNPATH)). Its real path is what
+        runs, with C(--no-default-config) and a fixed minimal environment.
       - Its version must be 4.2 or newer; the P(nucleus.criu.criu#role) role installs one.
     type: path
 """
@@ -24,7 +26,8 @@ options:
 options:
   timeout:
     description:
-      - Seconds after which C(criu) is killed and the task fails. Must be positive.
+      - Seconds after which C(criu) is killed and the task fails; also bounds the verification of a checkpoint.
+        Must be positive.
     type: int
     default: 120
 """
@@ -33,15 +36,35 @@ options:
 options:
   hmac_key:
     description:
-      - Secret key for the HMAC-SHA256 signature of the checkpoint (C(checkpoint.hmac)).
+      - Secret key for the HMAC-SHA256 signature of the checkpoint (C(checkpoint.hmac)); at least 16 bytes,
+        32 random bytes recommended (for example the output of C(openssl rand -hex 32)). Never logged.
+      - An empty value is an error (never taken as no key); leave the option out to work without a signature.
       - Mutually exclusive with O(hmac_key_file).
     type: str
   hmac_key_file:
     description:
-      - File holding the HMAC key. It must be a regular file owned by root or the calling user and
-        not readable by group or others (mode V(0600)). A trailing newline is ignored.
+      - File holding the HMAC key. It must be a regular file owned by root or the calling user, not readable by
+        group or others (mode V(0600)), under directories only root (or the caller) can change. A trailing newline
+        is ignored. Same length rule as O(hmac_key).
       - Mutually exclusive with O(hmac_key).
     type: path
+"""
+
+    SIGNATURE = r"""
+options:
+  require_signature:
+    description:
+      - Refuse a checkpoint without a valid C(checkpoint.hmac). Implied whenever a key is given.
+    type: bool
+    default: false
+  skip_signature_check:
+    description:
+      - Accept a B(signed) checkpoint although no key is given; its signature is then not checked (the manifest of
+        every image byte still is).
+      - Without this, a signed checkpoint and no key is refused, so a missing key never silently turns signature
+        checking off.
+    type: bool
+    default: false
 """
 
     ATTRIBUTES = r"""

@@ -36,7 +36,6 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as pro
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
-from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
@@ -233,6 +232,7 @@ class Worker:
         self.daemon: t.Optional[Daemon] = None
         self._progress_at = 0.0
         self._started = 0.0
+        self._downtime: t.Optional[float] = None
 
     def run(self) -> None:
         try:
@@ -313,7 +313,8 @@ class Worker:
         st = procfs.read_stat(pid)
         options = checkpoint_.dump_options(
             {"leave_running": False, "leave_stopped": True, "tcp_established": s.tcp_established, "ext_unix_sk": False,
-             "file_locks": False, "shell_job": None, "network_lock": "nftables"}, pid, st, [p for p, _ in journal.get("process")["tree"]])
+             "file_locks": False, "shell_job": None, "network_lock": "nftables"}, pid, st,
+            [member[0] for member in journal.get("process")["tree"]])
         options["lazy_pages"] = s.mode == "postcopy"
         with store.location(os.path.join(s.directory, s.name)) as loc, store.Lock(loc, s.timeout):
             store.remove_litter(loc)
@@ -352,6 +353,9 @@ class Worker:
                        transfer_seconds=round(time.monotonic() - self._started, 3))
         self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]  # verified
         restored = self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]
+        if restored.get("running_for") is not None:
+            # Post-copy: the workload runs on the target from here, while its memory follows.
+            self._downtime = time.monotonic() - self._started - restored["running_for"]
         journal.record("target_restored", target_pid=restored["pid"])
         if s.mode == "postcopy":
             complete = self.agent.answer(max(1.0, journal.get("lease_deadline") - time.monotonic()))  # type: ignore[union-attr]
@@ -363,7 +367,7 @@ class Worker:
         self.agent.channel.send(decision="commit", pidfile=s.target_pidfile,  # type: ignore[union-attr]
                                 cleanup=s.cleanup in ("all", "target"))
         done = self.agent.answer(s.link_timeout)  # type: ignore[union-attr]
-        downtime = time.monotonic() - self._started
+        downtime = self._downtime if self._downtime is not None else time.monotonic() - self._started - done["running_for"]
         end_source(journal)
         if self.daemon is not None:
             self.daemon.stop()
@@ -458,7 +462,7 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
     if settings_.mode == "postcopy":
         host.require_page_server()
     tree = procfs.tree_identity(pid)
-    expected = int(procfs.resident_bytes(p for p, _ in tree) * SPACE_MARGIN) + SPACE_EXTRA
+    expected = int(procfs.resident_bytes(member[0] for member in tree) * SPACE_MARGIN) + SPACE_EXTRA
     try:
         facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
                            migrate_dir=settings_.directory, timeout=settings_.timeout)
@@ -477,8 +481,8 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
     elif settings_.algorithm not in integrity.available_algorithms():
         integrity.choose_algorithm(settings_.algorithm)  # raises, naming what this host lacks
     if settings_.algorithm not in facts["hash_algorithms"]:
-        problems.append("the target's Python lacks %s (it has %s): %s" % (settings_.algorithm, ", ".join(facts["hash_algorithms"]),
-                                                                            integrity.BLAKE3_HINT))
+        problems.append("the target's Python lacks %s (it has %s): %s"
+                        % (settings_.algorithm, ", ".join(facts["hash_algorithms"]), integrity.BLAKE3_HINT))
     if settings_.mode == "postcopy" and not facts["criu"].get("lazy_pages"):
         problems.append("the target's kernel cannot restore lazily (criu check --feature uffd-noncoop fails): use mode=copy")
     other = facts.get("journal")
@@ -520,11 +524,11 @@ def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> 
         return {"changed": changed, "migration": migration}
     where = data.get("process", {})
     if outcome == "rolled_back":
+        target_state = ("; nothing of it remains on the target" if data.get("target_cleanup") == "done" else
+                        "; the target's stopped copy is removed by the next run (target unreachable now)")
         raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (pid %s) with its "
                         "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
-                                               data.get("source"), where.get("pid"),
-                                               "; nothing of it remains on the target" if data.get("target_cleanup") == "done" else
-                                               "; the target's stopped copy is removed by the next run (target unreachable now)"),
+                                              data.get("source"), where.get("pid"), target_state),
                         migration=migration)
     raise CriuError("Migration of %s is in doubt: %s. Source %s: pid %s %s. Target %s: see its journal %s. Once the target is "
                     "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
@@ -614,4 +618,3 @@ def _recordable(s: Settings) -> t.Dict[str, t.Any]:
 def _recorded(journal: Journal) -> t.Dict[str, t.Any]:
     recorded = journal.get("settings") or {}
     return {key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup") if key in recorded}
-

@@ -69,8 +69,10 @@ def write_pidfile(path: str, pid: int) -> None:
 
 
 def confirm_alive(pid: int, log_path: str, src: str, stopped: bool = False) -> procfs.ProcStat:
-    """A restore can report success for a task that dies at once (e.g. an edited core image)."""
-    time.sleep(HEALTH_DELAY)
+    """A restore can report success for a task that dies at once (e.g. an edited core image). A tree left stopped
+    cannot die by itself: it is checked at once, and again once it runs."""
+    if not stopped:
+        time.sleep(HEALTH_DELAY)
     st = procfs.read_stat(pid)
     if st is None or st.exited or (stopped and st.state != "T"):
         if st is not None:

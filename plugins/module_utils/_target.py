@@ -117,6 +117,7 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
         journal.record("committed", decision="commit", cleanup=bool(decision.get("cleanup")), pidfile=decision.get("pidfile"))
     tree = journal.get("tree") or []
     procfs.signal_identified(tree, signal.SIGCONT)
+    resumed = time.monotonic()
     running_at = procfs.utc_now()
     pid, starttime = tree[0]
     time.sleep(restore_.HEALTH_DELAY)
@@ -135,7 +136,8 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
     if journal.get("cleanup"):
         _remove_checkpoint(ctx)
     journal.record("completed", outcome="completed", running_at=running_at)
-    return {"done": "completed", "pid": pid, "running_at": running_at}
+    # How long ago the copy started running: the source subtracts it from the downtime it measures.
+    return {"done": "completed", "pid": pid, "running_at": running_at, "running_for": time.monotonic() - resumed}
 
 
 class _Receiver:
@@ -246,6 +248,7 @@ def _restore(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata:
     page_conn.close()
     journal.record("restoring", lazy_log=fetcher.log_path)
     pid, run = restore_.restore_tree(runtime, opened, metadata, ctx.timeout, lazy=True, pidfile=pidfile, work=work)
+    journal.data["running_since"] = time.monotonic()
     restore_.confirm_alive(pid, run.log_path, opened.path)
     return pid, fetcher
 
@@ -284,7 +287,8 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             with store.open_checkpoint(loc) as opened, contextlib.ExitStack() as stack:
                 pid, fetcher = _restore(ctx, journal, opened, metadata, page_conn, stack)
                 journal.record("restored", tree=procfs.tree_identity(pid), restored_at=procfs.utc_now())
-                channel.send(restored=True, pid=pid)
+                since = journal.get("running_since")
+                channel.send(restored=True, pid=pid, running_for=None if since is None else time.monotonic() - since)
                 if fetcher is not None:
                     try:
                         pages = CriuRuntime.finish_lazy_pages(fetcher, ctx.timeout)
@@ -418,7 +422,7 @@ def main() -> None:
         request = channel.message(timeout=120)
         COMMANDS[request["cmd"]](channel, request)
     except wire.LinkError:
-        sys.exit(1)
+        raise SystemExit(1) from None
     except CriuError as exc:
         _report(channel, exc.msg, {k: v for k, v in exc.details.items() if isinstance(v, (str, int, float, list, type(None)))})
     except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -431,4 +435,4 @@ def _report(channel: wire.Channel, message: str, details: t.Dict[str, t.Any]) ->
         channel.send(error=message, details=details)
     except wire.LinkError:
         pass
-    sys.exit(1)
+    raise SystemExit(1)

@@ -90,9 +90,10 @@ class Channel:
             return kind, message
         if kind == CHUNK:
             name_length, offset = _CHUNK_HEADER.unpack_from(body)
-            start = _CHUNK_HEADER.size
-            name = body[start:start + name_length].decode("utf-8")
-            return kind, (name, offset, memoryview(body)[start + name_length:])
+            start = int(_CHUNK_HEADER.size)
+            end = start + int(name_length)
+            name = body[start:end].decode("utf-8")
+            return kind, (name, offset, memoryview(body)[end:])
         raise LinkError("unknown frame kind %d" % kind)
 
     def message(self, timeout: t.Optional[float] = None) -> t.Dict[str, t.Any]:

@@ -41,8 +41,9 @@ options:
     type: path
   dest:
     description:
-      - Checkpoint directory to create. Its parent must exist and must not be writable by other users
-        unless it has the sticky bit.
+      - Checkpoint directory to create. Its parent must exist, and it and every directory above it must be owned by
+        root (or the calling user) and not writable by group or others (a root-owned sticky directory such as
+        C(/tmp) is fine). At most 200 bytes for its last component.
     type: path
     required: true
   name:
@@ -86,23 +87,6 @@ options:
     type: str
     choices: [nftables, iptables, skip]
     default: nftables
-  lazy_pages:
-    description:
-      - Post-copy. Write every image except the memory pages, then keep the tree frozen and serve its pages from a
-        CRIU page server on C(127.0.0.1:)O(page_server_port) until a lazy restore (M(nucleus.criu.criu_restore) with
-        O(nucleus.criu.criu_restore#module:lazy_pages_port)) has fetched them all. The module returns as soon as the
-        page server listens; the server (RV(page_server.pid)) outlives the task.
-      - Needs O(leave_stopped=true), because CRIU reports success even when the fetching side vanished, and
-        C(fs.pipe-max-size) of at least 4194304 on this host.
-      - The page server listens on the loopback only; reach it from the target through an ssh tunnel (the
-        C(nucleus.criu.migrate) role does). The pages are not in the manifest; the tunnel is what protects them.
-    type: bool
-    default: false
-  page_server_port:
-    description:
-      - Loopback port of the page server with O(lazy_pages=true). V(0) picks a free one.
-    type: int
-    default: 0
   hash_algorithm:
     description:
       - Digest of every image file in the manifest, recorded in C(metadata.json) so verification uses the same.
@@ -115,7 +99,8 @@ options:
     default: sha256
   force:
     description:
-      - Replace whatever checkpoint is at O(dest).
+      - Replace the checkpoint at O(dest). Only an empty directory or a checkpoint directory this collection made
+        (with a C(metadata.json)), owned by root or the calling user, is replaced; anything else is refused.
     type: bool
     default: false
 seealso:
@@ -151,7 +136,9 @@ pid:
   type: int
   sample: 4242
 checkpoint:
-  description: The checkpoint's C(metadata.json) (schema_version, id, name, created_at, source, criu, process, options, manifest).
+  description:
+    - The checkpoint's C(metadata.json) (schema_version, id, name, created_at, source, criu, process, options, manifest).
+    - C(process.cmdline) is left out (arguments may hold secrets); it stays in the root-only C(metadata.json).
   returned: when a checkpoint exists at dest after the task
   type: dict
 stats:
@@ -171,22 +158,6 @@ stats:
     image_files:
       description: Number of image files.
       type: int
-page_server:
-  description: The CRIU page server that keeps serving the frozen tree's memory after the task (O(lazy_pages=true)).
-  returned: when a dump with O(lazy_pages=true) happened
-  type: dict
-  contains:
-    pid:
-      description: Pid of the C(criu dump) serving the pages; it exits once every page was fetched.
-      type: int
-    address:
-      description: Address it listens on.
-      type: str
-      sample: 127.0.0.1
-    port:
-      description: Port it listens on.
-      type: int
-      sample: 41234
 actions:
   description: What was done, or would be done in check mode.
   returned: always

@@ -11,6 +11,8 @@ version_added: 0.1.0
 description:
   - Finds and validates the C(criu) binary, runs C(criu check), and reports the kernel, the architecture and
     whether the caller has the privileges CRIU needs.
+  - With O(hmac_key) or O(hmac_key_file) (for example from C(module_defaults) for the whole C(group/nucleus.criu.criu)),
+    also reports whether that key can be used (RV(signing_key)), never the key itself.
   - Never changes anything.
 author:
   - nucleus.criu maintainers (@nucleus-criu)
@@ -26,6 +28,8 @@ options:
     type: path
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.TIMEOUT
+  - nucleus.criu.common.HMAC
   - nucleus.criu.common.ATTRIBUTES
 attributes:
   check_mode:
@@ -123,6 +127,24 @@ hash_algorithms:
   type: list
   elements: str
   sample: [sha256, blake3]
+signing_key:
+  description: Whether the key given by O(hmac_key) or O(hmac_key_file) can sign and check checkpoints.
+  returned: always
+  type: dict
+  contains:
+    given:
+      description: Whether a key was given.
+      type: bool
+    usable:
+      description: Whether it can be read and is long enough (16 bytes or more).
+      type: bool
+    bytes:
+      description: Its length in bytes.
+      type: int
+      returned: when usable
+    problem:
+      description: Why it cannot be used, naming the fix; empty when it can.
+      type: str
 process:
   description: The process given by O(pid) or O(pidfile).
   returned: when O(pid) or O(pidfile) is given

@@ -9,7 +9,8 @@ module: criu_migrate
 short_description: Migrate a live process tree to another host, exactly once, driven by this (the source) host
 version_added: 0.2.0
 description:
-  - Runs on the B(source) host. Checks both hosts before touching the workload (the target over ssh exactly as the
+  - Runs on the B(source) host; the P(nucleus.criu.migrate#role) role runs it for many workloads at once.
+  - Checks both hosts before touching the workload (the target over ssh exactly as the
     migration reaches it, its criu, architecture, free space and Python), then starts the migration in a driver
     detached from the controller, and waits for its outcome.
   - The driver freezes the workload (C(criu dump --leave-stopped)), streams its images to the target while criu writes
@@ -76,12 +77,12 @@ options:
     type: path
   ssh_extra_args:
     description:
-      - Extra ssh arguments, before the module's own (so they win), for example C(['-o', 'StrictHostKeyChecking=yes']).
+      - Extra ssh arguments, split as a shell would (like C(ansible_ssh_common_args)), placed before the module's own
+        so they win, for example C(-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/ssh/migrate_known_hosts).
       - The module always adds C(BatchMode=yes), connect timeout, keepalives (a silent link is noticed within 15 s) and a
         preference for AES-GCM ciphers.
-    type: list
-    elements: str
-    default: []
+    type: str
+    default: ""
   ssh_connect_timeout:
     description:
       - Seconds an ssh connection to the target may take to open.
@@ -143,7 +144,6 @@ notes:
   - The downtime is the freeze, the transfer (copy mode), the restore and one round trip for the decision; keeping the
     target's copy stopped until the decision costs that round trip and a SIGCONT, a few milliseconds on a LAN.
 seealso:
-  - role: nucleus.criu.migrate
   - module: nucleus.criu.criu_checkpoint
   - module: nucleus.criu.criu_restore
 """

@@ -12,6 +12,10 @@ description:
   - Verifies the checkpoint directory O(src) (every image byte against the manifest, and the signature),
     then restores it detached with the options it was dumped with, and confirms the restored process
     is still alive (not a zombie) shortly after.
+  - The checkpoint is reached through directories only root (or the caller) can change, locked, and held open from
+    before verification until criu has read it, so criu restores exactly the bytes that were verified. criu works and
+    logs in a private directory; its log is then copied into O(src) as C(restore.log) (replacing, never following,
+    whatever is there). Nothing else at the top level of O(src) is ever opened.
   - The restore runs under O(timeout); if it fires, criu and the tree it was restoring are killed.
   - A failed restore never modifies the images.
   - Idempotent. When C(restored.json) in O(src) names a process that is still alive on this boot,
@@ -22,6 +26,7 @@ extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.TIMEOUT
   - nucleus.criu.common.HMAC
+  - nucleus.criu.common.SIGNATURE
   - nucleus.criu.common.ATTRIBUTES
 attributes:
   check_mode:
@@ -40,25 +45,11 @@ options:
       - A configured key is enforced even when this is off.
     type: bool
     default: true
-  require_signature:
-    description:
-      - Refuse a checkpoint without a valid C(checkpoint.hmac). Implied whenever a key is given.
-    type: bool
-    default: false
   pidfile:
     description:
-      - Write the pid of the restored process to this file.
+      - Write the pid of the restored process to this file (its directory may be reached through root-owned symlinks,
+        such as C(/var/run)). If it cannot be written, the task fails saying that the workload runs, and as which pid.
     type: path
-  lazy_pages_port:
-    description:
-      - Post-copy restore of a checkpoint made with O(nucleus.criu.criu_checkpoint#module:lazy_pages=true), whose memory
-        is still in the frozen source. The workload starts at once; its pages are fetched from the source's page server,
-        reachable at C(127.0.0.1:)O(lazy_pages_port) (for example the local end of an ssh tunnel to the source).
-      - The task returns only when every page has arrived. If the page server or the link goes away before that,
-        the restored copy is killed at once (the kernel would fill the missing memory with zeros) and the task fails;
-        the source still holds the whole workload, frozen.
-      - Required for a post-copy checkpoint, refused for a full one.
-    type: int
   force:
     description:
       - Restore again even if a previous restore from O(src) is still running.
@@ -110,14 +101,6 @@ stats:
     restore_seconds:
       description: Time criu restore took (the workload runs from its end).
       type: float
-    transfer_seconds:
-      description: With O(lazy_pages_port), time from the end of the restore until every page had arrived.
-      type: float
-      returned: with O(lazy_pages_port)
-    lazy_pages:
-      description: With O(lazy_pages_port), number of pages fetched from the source.
-      type: int
-      returned: with O(lazy_pages_port)
 actions:
   description: What was done, or would be done in check mode.
   returned: always

@@ -13,12 +13,19 @@ description:
     (no file missing, extra, resized, altered, or not a regular file), and the C(checkpoint.hmac) signature.
   - With O(check_host=true), also checks that this host can restore it, a usable criu 4.2 or newer,
     the same architecture, and every pid of a tree outside its own PID namespace free.
+  - The checkpoint, its C(images/) and every image must be owned by root (or the caller) and not writable by group or
+    others, and so must every directory above it; an image with more than one hard link is refused. Sizes are
+    compared before a byte is hashed, and hashing stops at O(timeout).
+  - Entries at the top level that are no part of a checkpoint (or a log that is not a regular file) are listed in
+    RV(unexpected_entries) and never opened.
   - Read-only. Fails with a C(problems) list when the checkpoint is not valid.
 author:
   - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.TIMEOUT
   - nucleus.criu.common.HMAC
+  - nucleus.criu.common.SIGNATURE
   - nucleus.criu.common.ATTRIBUTES
 attributes:
   check_mode:
@@ -31,11 +38,6 @@ options:
     type: path
     required: true
     aliases: [src]
-  require_signature:
-    description:
-      - Fail when the checkpoint has no valid signature. Implied whenever a key is given.
-    type: bool
-    default: false
   check_host:
     description:
       - Also check that this host can restore the checkpoint.
@@ -79,6 +81,13 @@ problems:
   returned: failure
   type: list
   elements: str
+unexpected_entries:
+  description: Top-level entries of the checkpoint directory that are no part of a checkpoint, or not what their name
+    promises (for example a C(restore.log) that is a symlink). They are reported, never opened.
+  returned: always
+  type: list
+  elements: str
+  sample: ["notes.txt", "restore.log (not a regular file)"]
 """
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _verify

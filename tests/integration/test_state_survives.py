@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from conftest import alive, free_port, proc_state, run_module, wait_for
+from conftest import alive, free_port, run_module, wait_for
 
 
 def checkpoint_and_restore(workload, dest, **options):

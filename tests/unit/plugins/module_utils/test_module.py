@@ -15,7 +15,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
 SPECS = {"criu_checkpoint": argspec.CHECKPOINT, "criu_restore": argspec.RESTORE, "criu_verify": argspec.VERIFY,
-         "criu_info": argspec.INFO}
+         "criu_info": argspec.INFO, "criu_migrate": argspec.MIGRATE}
 
 
 class FakeModule:
@@ -151,7 +151,8 @@ def test_ansible_module_accepts_the_defaults(name):
     AnsibleModule changes process-wide state)."""
     spec = SPECS[name]
     given = {"criu_checkpoint": {"pid": 42, "dest": "/var/lib/criu/x"}, "criu_restore": {"src": "/var/lib/criu/x"},
-             "criu_verify": {"path": "/var/lib/criu/x"}, "criu_info": {}}[name]
+             "criu_verify": {"path": "/var/lib/criu/x"}, "criu_info": {},
+             "criu_migrate": {"name": "job", "pid": 42, "target": "b.example"}}[name]
     code = ("import json, sys; sys.path.insert(0, %r)\n"
             "from ansible.module_utils.testing import patch_module_args\n"
             "from ansible_collections.nucleus.criu.plugins.module_utils import _argspec, _module\n"
@@ -159,7 +160,8 @@ def test_ansible_module_accepts_the_defaults(name):
             "    module = _module.create_module(_argspec.%s)\n"
             "print(json.dumps(module.params))\n" % (os.path.join(REPO, "build", "collections"), given,
                                                     {"criu_checkpoint": "CHECKPOINT", "criu_restore": "RESTORE",
-                                                     "criu_verify": "VERIFY", "criu_info": "INFO"}[name]))
+                                                     "criu_verify": "VERIFY", "criu_info": "INFO",
+                                                     "criu_migrate": "MIGRATE"}[name]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     params = json.loads(proc.stdout.splitlines()[-1])
@@ -176,10 +178,6 @@ def _documented_options(name):
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-@pytest.mark.xfail(strict=True, reason="production bug: the modules' DOCUMENTATION no longer matches _argspec (criu_checkpoint "
-                                       "documents the removed lazy_pages/page_server_port, criu_restore the removed "
-                                       "lazy_pages_port, criu_restore/criu_verify lack skip_signature_check, criu_verify "
-                                       "lacks timeout and criu_info lacks timeout/hmac_key/hmac_key_file)")
 def test_documentation_matches_the_argument_spec(name):
     documented = _documented_options(name)
     spec = SPECS[name].argument_spec

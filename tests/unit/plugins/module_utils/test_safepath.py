@@ -289,7 +289,7 @@ def test_no_fd_leaks(tree):
     (tree / "link").symlink_to(tree / "a" / "b")
     os.chmod(tree / "a" / "b", 0o777)
     before = sorted(os.listdir("/proc/self/fd"))
-    for _ in range(3):
+    for _attempt in range(3):
         with pytest.raises(CriuError):
             safepath.open_file(str(tree / "link" / "f"), "file", REMEDY)
         with pytest.raises(FileNotFoundError):
@@ -323,10 +323,10 @@ def test_listdir_from_many_threads_at_once(tmp_path):
 
     def lister():
         start.wait()
-        for _ in range(15):
+        for _round in range(15):
             results.append(set(safepath.listdir(fd)))
 
-    threads = [threading.Thread(target=lister) for _ in range(8)]
+    threads = [threading.Thread(target=lister) for _thread in range(8)]
     try:
         for thread in threads:
             thread.start()
