@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils._options import OPTIONS
+
 DEFAULT_TIMEOUT = 120
 HASH_ALGORITHM_CHOICES = ["sha256", "blake3", "auto"]
-NETWORK_LOCK_CHOICES = ["nftables", "iptables", "skip"]
 
 COMMON: t.Dict[str, t.Dict[str, t.Any]] = {
     "criu_path": {"type": "path"},
@@ -27,12 +28,36 @@ _SIGNATURE = {
 }
 
 
+def _criu_options(at: str) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """The criu options of _options.OPTIONS that ``at`` ("dump" or "restore") takes. At dump a flag left out is off;
+    at restore an option left out replays what the dump recorded."""
+    specs: t.Dict[str, t.Dict[str, t.Any]] = {}
+    for option in OPTIONS:
+        if not (option.at_dump if at == "dump" else option.at_restore):
+            continue
+        if option.kind == "bool":
+            spec: t.Dict[str, t.Any] = {"type": "bool"}
+            if at == "dump" and option.name != "shell_job":
+                spec["default"] = False
+        elif option.kind == "list":
+            spec = {"type": "list", "elements": "str", "default": []}
+        else:
+            spec = {"type": "str"}
+        if option.choices:
+            spec["choices"] = list(option.choices)
+        if option.name == "network_lock":
+            spec["default"] = "nftables"
+        specs[option.name] = spec
+    return specs
+
+
 class Spec(t.NamedTuple):
     """What AnsibleModule takes besides supports_check_mode."""
 
     argument_spec: t.Dict[str, t.Dict[str, t.Any]]
     mutually_exclusive: t.List[t.Tuple[str, ...]]
     required_one_of: t.List[t.Tuple[str, ...]]
+    required_if: t.List[t.Tuple[t.Any, ...]] = []
 
     def defaults(self, **given: t.Any) -> t.Dict[str, t.Any]:
         """Module params as AnsibleModule would build them from ``given``: every option, defaults filled in."""
@@ -42,32 +67,38 @@ class Spec(t.NamedTuple):
 
 
 def _spec(options: t.Mapping[str, t.Dict[str, t.Any]], exclusive: t.Sequence[t.Tuple[str, ...]] = (),
-          one_of: t.Sequence[t.Tuple[str, ...]] = ()) -> Spec:
-    return Spec(dict(options, **COMMON), list(exclusive) + COMMON_EXCLUSIVE, list(one_of))
+          one_of: t.Sequence[t.Tuple[str, ...]] = (), required_if: t.Sequence[t.Tuple[t.Any, ...]] = ()) -> Spec:
+    return Spec(dict(options, **COMMON), list(exclusive) + COMMON_EXCLUSIVE, list(one_of), list(required_if))
 
 
-CHECKPOINT = _spec({
+CHECKPOINT = _spec(dict({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
     "dest": {"type": "path", "required": True},
     "name": {"type": "str"},
     "leave_running": {"type": "bool", "default": False},
     "leave_stopped": {"type": "bool", "default": False},
-    "tcp_established": {"type": "bool", "default": False},
-    "ext_unix_sk": {"type": "bool", "default": False},
-    "file_locks": {"type": "bool", "default": False},
-    "shell_job": {"type": "bool"},
-    "network_lock": {"type": "str", "default": "nftables", "choices": NETWORK_LOCK_CHOICES},
     "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
     "force": {"type": "bool", "default": False},
-}, exclusive=[("pid", "pidfile"), ("leave_running", "leave_stopped")], one_of=[("pid", "pidfile")])
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+    "keep": {"type": "int"},
+}, **_criu_options("dump")), exclusive=[("pid", "pidfile"), ("leave_running", "leave_stopped"),
+                                        ("tcp_established", "tcp_close")],
+    required_if=[("state", "present", ("pid", "pidfile"), True)])
+
+CHECKPOINT_INFO = _spec({
+    "path": {"type": "path", "required": True},
+    "name": {"type": "str"},
+    "verify": {"type": "bool", "default": False},
+    "details": {"type": "bool", "default": False},
+})
 
 RESTORE = _spec(dict({
     "src": {"type": "path", "required": True},
     "verify": {"type": "bool", "default": True},
     "pidfile": {"type": "path"},
     "force": {"type": "bool", "default": False},
-}, **_SIGNATURE))
+}, **_SIGNATURE, **_criu_options("restore")))
 
 VERIFY = _spec(dict({
     "path": {"type": "path", "required": True, "aliases": ["src"]},
@@ -100,4 +131,5 @@ MIGRATE = _spec({
     "tcp_established": {"type": "bool", "default": False},
     "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
     "cleanup": {"type": "str", "default": "all", "choices": MIGRATE_CLEANUP},
+    "compress": {"type": "bool", "default": False},
 }, exclusive=[("pid", "pidfile")], one_of=[("pid", "pidfile")])

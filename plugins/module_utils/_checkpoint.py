@@ -8,12 +8,16 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import time
 import typing as t
 import uuid
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _lifecycle as lifecycle
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -61,17 +65,12 @@ def existing_checkpoint(loc: store.Location, pid: int, key: t.Optional[bytes], t
 
 
 def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, tree: t.Sequence[int]) -> t.Dict[str, t.Any]:
-    """The criu options recorded in metadata.json and re-applied at restore."""
-    shell_job = params["shell_job"]
-    return {
-        "leave_running": params["leave_running"],
-        "leave_stopped": params["leave_stopped"],
-        "tcp_established": params["tcp_established"],
-        "ext_unix_sk": params["ext_unix_sk"],
-        "file_locks": params["file_locks"],
-        "shell_job": procfs.needs_shell_job(pid, st, tree) if shell_job is None else shell_job,
-        "network_lock": params["network_lock"],
-    }
+    """The criu options recorded in metadata.json (a restore replays those criu needs again)."""
+    options = criu_options.normalise(params, "dump")
+    if options["shell_job"] is None:
+        options["shell_job"] = procfs.needs_shell_job(pid, st, tree)
+    options.update(leave_running=params["leave_running"], leave_stopped=params["leave_stopped"])
+    return options
 
 
 def resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
@@ -125,8 +124,9 @@ def _forget_failed_log(loc: store.Location) -> None:
 
 def describe(runtime: CriuRuntime, name: str, facts: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
              algorithm: str, manifest: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
-    """metadata.json of a fresh dump."""
+    """metadata.json of a fresh dump, with what its images need at restore beyond the dump's options."""
     return {
+        "restore_needs": criu_options.images_need([entry["path"] for entry in manifest], options),
         "schema_version": integrity.SCHEMA_VERSION,
         "id": str(uuid.uuid4()),
         "name": name,
@@ -136,31 +136,43 @@ def describe(runtime: CriuRuntime, name: str, facts: t.Mapping[str, t.Any], opti
         "process": dict(facts),
         "options": dict(options),
         "manifest_algorithm": algorithm,
+        "manifest_chunk_bytes": integrity.CHUNK_BYTES,
         "manifest": manifest,
     }
 
 
-def seal(staging: store.Staging, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> None:
-    """Write metadata.json and the signature into the staging directory, then flush it whole."""
-    store.write_file(staging.fd, store.METADATA, integrity.canonical(metadata))
+def seal(staging: store.Staging, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes], durable: bool = True) -> None:
+    """Write metadata.json and the signature into the staging directory, then (``durable``) flush it whole. A
+    migration's checkpoints are not flushed: they serve that migration, whose journal is what survives a crash."""
+    store.write_file(staging.fd, store.METADATA, integrity.canonical(metadata), durable=durable)
     if key is not None:
-        store.write_file(staging.fd, store.SIGNATURE, (integrity.sign(metadata, key) + "\n").encode("ascii"))
-    store.fsync_dir_entries(staging.fd)
+        store.write_file(staging.fd, store.SIGNATURE, (integrity.sign(metadata, key) + "\n").encode("ascii"), durable=durable)
+    if durable:
+        store.fsync_dir_entries(staging.fd)
 
 
 def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Location, params: t.Mapping[str, t.Any],
           key: t.Optional[bytes], algorithm: str) -> t.Dict[str, t.Any]:
-    """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename."""
+    """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename.
+
+    A dump that is to end the process leaves it stopped instead, and ends it only once the checkpoint is published:
+    whatever fails before (a full disk writing the metadata, a signature, a rename), the workload runs on."""
     facts = procfs.process_facts(pid, st)
     options = dump_options(params, pid, st, facts["tree"])
+    ending = not (options["leave_running"] or options["leave_stopped"])
+    identity: t.List[t.List[int]] = []
     try:
         with staged(loc) as staging:
             images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
             with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
                 frozen_at = procfs.utc_now()
-                dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path), options, params["timeout"]).duration
+                dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path), dict(options, leave_stopped=True) if ending
+                                            else options, params["timeout"]).duration
                 hashed = follower.digests()
+            criu_stats = inspect_.stats(runtime.path, staging.fd, store.DUMP_STATS)
+            identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
             # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
+            flush_started = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
                 flushed = flusher.submit(store.fsync_dir_entries, images.fd)
                 manifest = integrity.build_manifest(images.fd, algorithm, hashed)
@@ -168,18 +180,23 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
             metadata = describe(runtime, params["name"] or loc.name, facts, options, algorithm, manifest)
             seal(staging, metadata, key)
             staging.publish()
+            fsync_seconds = time.monotonic() - flush_started
     except BaseException as exc:
         fate = resume_if_we_stopped(pid, st)
         if isinstance(exc, CriuError):
             exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg, fate, loc.path)
         raise
+    if ending:
+        procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
     return {
         "checkpoint": integrity.public(metadata),
         "stats": {
             "frozen_at": frozen_at,
             "dump_seconds": round(dump_seconds, 3),
+            "fsync_seconds": round(fsync_seconds, 3),
             "image_bytes": sum(entry["size"] for entry in manifest),
             "image_files": len(manifest),
+            "criu": criu_stats,
         },
     }
 
@@ -187,8 +204,13 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_checkpoint module's work: returns the module result."""
     require_timeout(params["timeout"])
+    if params["keep"] is not None and params["keep"] < 1:
+        raise CriuError("keep must be 1 or more (the checkpoint just made is always kept), got %d." % params["keep"])
+    if params["state"] == "absent":
+        return lifecycle.delete(os.path.normpath(params["dest"]), params["timeout"], check_mode)
     if params["leave_running"] and params["leave_stopped"]:
         raise CriuError("leave_running and leave_stopped are mutually exclusive: after the dump the process either runs or stays stopped.")
+    criu_options.normalise(params, "dump")  # refuses bad values and contradictions before anything is touched
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     algorithm = integrity.choose_algorithm(params["hash_algorithm"])
     pid = procfs.resolve_pid(params["pid"], params["pidfile"])
@@ -220,4 +242,9 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
                 if existing is not None:
                     return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
             result.update(_dump(runtime, pid, st, loc, params, key, algorithm))
-    return dict(result, changed=True, actions=[action[0].upper() + action[1:]])
+        actions = [action[0].upper() + action[1:]]
+        if params["keep"]:
+            result["removed"] = lifecycle.prune(loc, result["checkpoint"]["name"], params["keep"], params["timeout"])
+            actions += ["Delete the older checkpoint %s (keep %d of %s)" % (path, params["keep"], result["checkpoint"]["name"])
+                        for path in result["removed"]]
+    return dict(result, changed=True, actions=actions)

@@ -40,7 +40,22 @@ _HINTS = (
     (re.compile(r"unix.*[Ee]xternal socket|ext-unix-sk"),
      "The process holds a unix socket connected outside the tree: set ext_unix_sk=true if the peer is a datagram socket."),
     (re.compile(r"Connected TCP socket, consider using --tcp-established"),
-     "The process holds an established TCP connection: set tcp_established=true."),
+     "The process holds an established TCP connection: set tcp_established=true to keep it across the restore, or "
+     "tcp_close=true to drop it."),
+    (re.compile(r"Connected TCP socket in image"),
+     "The checkpoint holds TCP connection state: restore it with tcp_established=true, or with tcp_close=true to have "
+     "the connections closed."),
+    (re.compile(r"Need to set the --tcp-close option"),
+     "The checkpoint was made with tcp_close=true: restore it with tcp_close=true."),
+    (re.compile(r"In-flight connection"),
+     "A listening socket holds connections that are not yet established (in flight): set skip_in_flight=true to "
+     "leave them out (their clients connect again)."),
+    (re.compile(r"Can't create link remap for"),
+     "The process holds a file that was unlinked (or cannot be reopened by its name): set link_remap=true so it is "
+     "linked aside for the restore."),
+    (re.compile(r"Can't dump ghost file \S+ of (\d+) size"),
+     "The process holds a deleted file of {0} bytes, more than criu keeps in the images by default (1M): set "
+     "ghost_limit to at least that size (e.g. ghost_limit=64M)."),
     (re.compile(r"A session leader of \d+\(\d+\) is outside of its pid namespace|shell-job"),
      "The process belongs to a session or terminal outside the tree: set shell_job=true."),
     (re.compile(r"Can't restore pid namespace|CLONE_NEWPID"),

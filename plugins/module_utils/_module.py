@@ -16,7 +16,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 
 def create_module(spec: Spec) -> AnsibleModule:
     return AnsibleModule(argument_spec=spec.argument_spec, mutually_exclusive=spec.mutually_exclusive,
-                         required_one_of=spec.required_one_of, supports_check_mode=True)
+                         required_one_of=spec.required_one_of, required_if=spec.required_if, supports_check_mode=True)
 
 
 def run_module(module: AnsibleModule, action: t.Callable[[], t.Dict[str, t.Any]]) -> None:

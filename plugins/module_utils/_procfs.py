@@ -231,9 +231,12 @@ def host_facts() -> t.Dict[str, str]:
     }
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
 def utc_now() -> str:
     """UTC ISO 8601 with microseconds, the timestamp format of every file nucleus.criu writes."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.timezone.utc).strftime(TIME_FORMAT)
 
 
 def boot_id() -> str:

@@ -17,7 +17,9 @@ import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
@@ -44,8 +46,8 @@ def refusal(src: str, problems: t.List[str]) -> CriuError:
                      % (src, "; ".join(problems)), path=src, problems=problems)
 
 
-def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """Metadata of a checkpoint that passed verification, or a refusal listing every problem. Even unverified, a
+def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], params: t.Mapping[str, t.Any]) -> integrity.Verdict:
+    """The verdict on a checkpoint that passed verification, or a refusal listing every problem. Even unverified, a
     configured key is always enforced and the metadata must parse."""
     verdict = integrity.verify(checkpoint, key, params["require_signature"], params["skip_signature_check"],
                                timeout=params["timeout"], hashed=params["verify"])
@@ -55,7 +57,7 @@ def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], params: 
     if verdict.metadata["options"].get("lazy_pages"):
         raise refusal(checkpoint.path, ["it is a post-copy checkpoint whose memory is still in its frozen source; only the "
                                         "migration that made it (nucleus.criu.criu_migrate) can restore it"])
-    return verdict.metadata
+    return verdict
 
 
 def write_pidfile(path: str, pid: int) -> None:
@@ -68,20 +70,29 @@ def write_pidfile(path: str, pid: int) -> None:
         os.close(dir_fd)
 
 
+STOP_WAIT = 1.0
+
+
 def confirm_alive(pid: int, log_path: str, src: str, stopped: bool = False) -> procfs.ProcStat:
-    """A restore can report success for a task that dies at once (e.g. an edited core image). A tree left stopped
-    cannot die by itself: it is checked at once, and again once it runs."""
+    """A restore can report success for a task that dies at once (e.g. an edited core image). A tree restored to stay
+    stopped is checked until it is (criu sends its SIGSTOP while the task is still traced, so it stops before running
+    a single instruction of its own, but criu may return a moment earlier); a running one a moment after criu."""
     if not stopped:
         time.sleep(HEALTH_DELAY)
+    deadline = time.monotonic() + STOP_WAIT
     st = procfs.read_stat(pid)
+    while stopped and st is not None and not st.exited and st.state != "T" and time.monotonic() < deadline:
+        time.sleep(0.005)
+        st = procfs.read_stat(pid)
     if st is None or st.exited or (stopped and st.state != "T"):
         if st is not None:
             procfs.kill_tree(pid)
+        waited = STOP_WAIT if stopped else HEALTH_DELAY
         raise CriuError(
             "criu restore reported success but the restored process %d %s within %.1fs. The images in %s were not changed. "
             "Causes seen: a corrupted image restored with verify=false, or a parent-death signal (e.g. unshare --kill-child) "
-            "that fires when criu exits. See %s." % (pid, "is not stopped" if st and not st.exited else "became a zombie" if st else "exited",
-                                                     HEALTH_DELAY, src, log_path),
+            "that fires when criu exits. See %s." % (pid, "did not stop" if st and not st.exited else "became a zombie" if st else "exited",
+                                                     waited, src, log_path),
             path=src, log=log_path, pid=pid,
         )
     return st
@@ -108,11 +119,11 @@ def _copy_logs(checkpoint: store.Checkpoint, work: Dir) -> None:
         store.copy_file(work.path, name, checkpoint.fd)
 
 
-def restore_tree(runtime: CriuRuntime, checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any], timeout: float,
+def restore_tree(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.Mapping[str, t.Any], timeout: float,
                  leave_stopped: bool = False, lazy: bool = False, pidfile: t.Optional[str] = None,
                  work: t.Optional[Dir] = None) -> t.Tuple[int, Run]:
-    """Restore the verified images held open in ``checkpoint``, criu working in a private directory (``work``: one
-    the caller made, e.g. shared with lazy-pages; see CriuRuntime.restore for the options)."""
+    """Restore the verified images held open in ``checkpoint`` with ``options`` (_options.for_restore), criu working in
+    a private directory (``work``: one the caller made, e.g. shared with lazy-pages; see CriuRuntime.restore)."""
     if pidfile:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pidfile)
@@ -124,8 +135,9 @@ def restore_tree(runtime: CriuRuntime, checkpoint: store.Checkpoint, metadata: t
             work = Dir(work_fd, work_path)
         with logs_kept_in(checkpoint, work):
             pid, run = runtime.restore(Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES)), work,
-                                       metadata["options"], timeout, lazy=lazy, leave_stopped=leave_stopped, pidfile=pidfile)
-    return pid, Run(run.duration, os.path.join(checkpoint.path, store.RESTORE_LOG))
+                                       options, timeout, lazy=lazy, leave_stopped=leave_stopped, pidfile=pidfile)
+        criu_stats = inspect_.stats(runtime.path, work.fd, store.RESTORE_STATS)
+    return pid, Run(run.duration, os.path.join(checkpoint.path, store.RESTORE_LOG), criu_stats)
 
 
 def restore_record(metadata: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, restored_at: str) -> t.Dict[str, t.Any]:
@@ -159,7 +171,8 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     src = os.path.normpath(params["src"])
     with opened(src, params["timeout"], lock=not check_mode) as checkpoint:
-        metadata = load_verified(checkpoint, key, params)
+        verdict = load_verified(checkpoint, key, params)
+        metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
         shown = integrity.public(metadata)
         previous = live_restore(checkpoint, metadata)
         if previous and not params["force"]:
@@ -167,12 +180,13 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         problems = host.restore_problems(metadata)
         if problems:
             raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
+        options = criu_options.for_restore(metadata, params)
         host.require_privileges()
         runtime = CriuRuntime.load(params["criu_path"])
         action = "restore %s (checkpoint of pid %s)" % (src, metadata["process"].get("pid"))
         if check_mode:
             return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action]}
-        pid, run = restore_tree(runtime, checkpoint, metadata, params["timeout"])
+        pid, run = restore_tree(runtime, checkpoint, options, params["timeout"])
         restored_at = procfs.utc_now()
         record = restore_record(metadata, pid, confirm_alive(pid, run.log_path, src), restored_at)
         store.write_file(checkpoint.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
@@ -186,5 +200,5 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                             path=params["pidfile"], pid=pid) from exc
     return {
         "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,
-        "stats": {"restore_seconds": round(run.duration, 3)}, "actions": [action],
+        "stats": dict(verdict.stats(), restore_seconds=round(run.duration, 3), criu=run.criu_stats), "actions": [action],
     }

@@ -19,16 +19,11 @@ import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
 from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
-# Options recorded at dump that restore must repeat, as criu flags.
-SHARED_FLAGS = {
-    "tcp_established": "--tcp-established",
-    "ext_unix_sk": "--ext-unix-sk",
-    "file_locks": "--file-locks",
-    "shell_job": "--shell-job",
-}
+# What becomes of the tree once dumped: dump-only flags (the criu options themselves are in _options).
 DUMP_ONLY_FLAGS = {
     "leave_running": "--leave-running",
     "leave_stopped": "--leave-stopped",
@@ -84,6 +79,7 @@ class Dir(t.NamedTuple):
 class Run(t.NamedTuple):
     duration: float
     log_path: str
+    criu_stats: t.Dict[str, t.Any] = {}  # criu's own statistics file, when it could be read
 
 
 class Daemon(t.NamedTuple):
@@ -211,12 +207,8 @@ class CriuRuntime:
         return Daemon(proc, time.monotonic() - started, log_path)
 
     def _dump_argv(self, pid: int, images: Dir, options: t.Mapping[str, t.Any]) -> t.List[str]:
-        argv = ["--tree", str(pid), "--images-dir", images.for_criu]
-        argv += option_argv(options, dict(DUMP_ONLY_FLAGS, **SHARED_FLAGS))
-        if options.get("network_lock"):
-            # Restore reuses the method recorded in the images, so only dump takes it.
-            argv += ["--network-lock", options["network_lock"]]
-        return argv
+        return ["--tree", str(pid), "--images-dir", images.for_criu] + option_argv(options, DUMP_ONLY_FLAGS) + \
+            criu_options.argv(options, "dump")
 
     @staticmethod
     def _require_inventory(images: Dir, log_path: str) -> None:
@@ -267,7 +259,7 @@ class CriuRuntime:
         self._transition(State.RESTORING)
         pidfile = pidfile or work.file(RESTORE_PIDFILE)
         argv = ["--images-dir", images.for_criu, "--restore-detached", "--pidfile", pidfile]
-        argv += option_argv(options, SHARED_FLAGS) + (["--lazy-pages"] if lazy else []) + (["--leave-stopped"] if leave_stopped else [])
+        argv += criu_options.argv(options, "restore") + (["--lazy-pages"] if lazy else []) + (["--leave-stopped"] if leave_stopped else [])
         try:
             run = self._run("restore", argv, work, (images.fd,), timeout)
             with open(pidfile, "r") as handle:

@@ -37,4 +37,5 @@ def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     return {
         "changed": False, "path": path, "valid": True, "checkpoint": integrity.public(verdict.metadata),
         "signed": signed, "signature_checked": signed and key is not None, "unexpected_entries": verdict.unexpected,
+        "stats": verdict.stats(),
     }

@@ -15,6 +15,13 @@ description:
   - Page images are hashed while criu writes them, so the manifest costs little more than the dump.
   - The dump is written to a staging directory beside O(dest) and renamed into place only when complete,
     so O(dest) never holds half a checkpoint. A failed dump leaves no O(dest) and resumes a process it left stopped.
+  - Without O(leave_running) or O(leave_stopped) the process ends, but only once the checkpoint is published (criu
+    leaves it stopped); whatever fails before the publish (a full disk, a signature) resumes it instead.
+  - Before publishing, the module checks what the images need at restore beyond the options used (for example a TCP
+    connection closed on both sides, whose state criu saves although O(tcp_established) was not set) and records it
+    in C(metadata.json) (C(restore_needs)), so M(nucleus.criu.criu_restore) brings the workload back.
+  - Every criu option is a typed module option passed as argv (never a free-form string); those a restore needs
+    again are recorded and replayed.
   - Idempotent. A valid checkpoint of the same process (same pid, start time and boot) already at O(dest)
     means nothing to do; a checkpoint of another process there is an error unless O(force=true).
 author:
@@ -29,11 +36,25 @@ attributes:
     support: full
     details: Validates the process, the destination and criu, and predicts whether a dump would happen.
 options:
+  state:
+    description:
+      - V(present) makes sure O(dest) holds a checkpoint of the process.
+      - V(absent) deletes the checkpoint at O(dest), if it is a checkpoint directory this collection made (or an empty
+        directory), owned by root or the calling user; anything else there is refused, naming it.
+    type: str
+    choices: [present, absent]
+    default: present
+  keep:
+    description:
+      - After a dump, keep only the O(keep) newest checkpoints of the same name (O(name)) in the directory of
+        O(dest) and delete the older ones (only checkpoint directories this collection made). For periodic checkpoints
+        taken with O(leave_running), each into a new O(dest).
+    type: int
   pid:
     description:
       - Pid of the root of the process tree to checkpoint.
       - For a workload in its own PID namespace, the pid (as seen from this host) of the namespace's init.
-      - Exactly one of O(pid) and O(pidfile) is required.
+      - With O(state=present), exactly one of O(pid) and O(pidfile) is required.
     type: int
   pidfile:
     description:
@@ -63,9 +84,43 @@ options:
     default: false
   tcp_established:
     description:
-      - Checkpoint established TCP connections (C(--tcp-established)). Needed when the process holds one.
+      - Checkpoint established TCP connections (C(--tcp-established)), restored as they were. Needed when the process
+        holds one. The network is locked (O(network_lock)) from the dump until the restore, so peers only see a delay.
+      - Mutually exclusive with O(tcp_close).
     type: bool
     default: false
+  tcp_close:
+    description:
+      - Do not save established TCP connections (C(--tcp-close)); the restore recreates them closed, and the process sees
+        them end. For connections you want dropped.
+      - A restore of such a checkpoint needs it too; M(nucleus.criu.criu_restore) replays it from the metadata.
+    type: bool
+    default: false
+  skip_in_flight:
+    description:
+      - Leave out connections a listening socket holds that are not established or not yet accepted (C(--skip-in-flight));
+        their clients must connect again. Without it such a socket makes the dump fail.
+    type: bool
+    default: false
+  link_remap:
+    description:
+      - Files the process holds open whose name was unlinked while another hard link keeps them (or that cannot be
+        reopened by their name) are linked aside in their directory so the restore can reopen them (C(--link-remap)).
+        It changes the filesystem.
+    type: bool
+    default: false
+  ghost_limit:
+    description:
+      - Largest deleted-but-open file whose contents are kept inside the images (C(--ghost-limit)); criu's default is 1M.
+        Bytes, or a size with V(K), V(M) or V(G) (powers of 1024), for example V(64M).
+    type: str
+  manage_cgroups:
+    description:
+      - Record the process's cgroups in the images (C(--manage-cgroups)) so a restore can put it back in them (or under
+        O(nucleus.criu.criu_restore#module:cgroup_root)). The mode matters at restore; see
+        O(nucleus.criu.criu_restore#module:manage_cgroups).
+    type: str
+    choices: [none, props, soft, full, strict, ignore]
   ext_unix_sk:
     description:
       - Allow unix sockets connected to processes outside the tree (C(--ext-unix-sk)).
@@ -80,6 +135,7 @@ options:
     description:
       - Allow a tree whose session or process group leader is outside it, or that has a terminal (C(--shell-job)).
       - When omitted, detected from the process.
+      - Recorded, and replayed by the restore.
     type: bool
   network_lock:
     description:
@@ -137,7 +193,8 @@ pid:
   sample: 4242
 checkpoint:
   description:
-    - The checkpoint's C(metadata.json) (schema_version, id, name, created_at, source, criu, process, options, manifest).
+    - The checkpoint's C(metadata.json) (schema_version, id, name, created_at, source, criu, process, options,
+      restore_needs, manifest_algorithm, manifest_chunk_bytes, manifest).
     - C(process.cmdline) is left out (arguments may hold secrets); it stays in the root-only C(metadata.json).
   returned: when a checkpoint exists at dest after the task
   type: dict
@@ -152,12 +209,26 @@ stats:
     dump_seconds:
       description: Time criu dump took.
       type: float
+    fsync_seconds:
+      description: Time from the end of the dump until the checkpoint was flushed to disk and published.
+      type: float
+    criu:
+      description:
+        - criu's own statistics of the dump (its C(stats-dump), read with pycriu), for example C(freezing_time),
+          C(frozen_time), C(memdump_time), C(memwrite_time) (microseconds), C(pages_scanned), C(pages_written).
+        - C(unavailable) says why when they cannot be read.
+      type: dict
     image_bytes:
       description: Total size of the image files.
       type: int
     image_files:
       description: Number of image files.
       type: int
+removed:
+  description: Older checkpoints of the same name deleted because of O(keep).
+  returned: with O(keep), when a dump happened
+  type: list
+  elements: str
 actions:
   description: What was done, or would be done in check mode.
   returned: always

@@ -10,8 +10,8 @@ short_description: Restore a process tree from a CRIU checkpoint
 version_added: 0.1.0
 description:
   - Verifies the checkpoint directory O(src) (every image byte against the manifest, and the signature),
-    then restores it detached with the options it was dumped with, and confirms the restored process
-    is still alive (not a zombie) shortly after.
+    then restores it detached with the options it was dumped with (and those its dump found it needs, plus the
+    restore options given here), and confirms the restored process is still alive (not a zombie) shortly after.
   - The checkpoint is reached through directories only root (or the caller) can change, locked, and held open from
     before verification until criu has read it, so criu restores exactly the bytes that were verified. criu works and
     logs in a private directory; its log is then copied into O(src) as C(restore.log) (replacing, never following,
@@ -55,6 +55,32 @@ options:
       - Restore again even if a previous restore from O(src) is still running.
     type: bool
     default: false
+  tcp_established:
+    description:
+      - Restore the TCP connections saved in the checkpoint as they were (C(--tcp-established)).
+      - When omitted, what the dump recorded is replayed (and what its own check found the images need). Set it to
+        rescue a checkpoint made before that check, which criu refuses with "Connected TCP socket in image".
+    type: bool
+  tcp_close:
+    description:
+      - Restore the saved TCP connections closed (C(--tcp-close)); the process sees them end.
+      - When omitted, what the dump recorded is replayed. A checkpoint made with
+        O(nucleus.criu.criu_checkpoint#module:tcp_close=true) can only be restored with it (V(false) is refused).
+    type: bool
+  manage_cgroups:
+    description:
+      - How to restore the cgroups recorded with O(nucleus.criu.criu_checkpoint#module:manage_cgroups)
+        (C(--manage-cgroups)). V(soft) creates missing cgroups and sets the properties only of those it created;
+        V(none) and V(props) need the cgroups to exist; V(full) and V(strict) restore every property.
+    type: str
+    choices: [none, props, soft, full, strict, ignore]
+  cgroup_root:
+    description:
+      - Restore the process under these cgroups instead of where it was (C(--cgroup-root)), each V([CONTROLLER:]/PATH),
+        for example V(cpu:/services/job) or V(/services/job) for every controller not named. Use with O(manage_cgroups).
+    type: list
+    elements: str
+    default: []
 seealso:
   - module: nucleus.criu.criu_checkpoint
   - module: nucleus.criu.criu_verify
@@ -101,6 +127,17 @@ stats:
     restore_seconds:
       description: Time criu restore took (the workload runs from its end).
       type: float
+    verify_seconds:
+      description: Time spent verifying the images (0 with O(verify=false)).
+      type: float
+    verify_bytes:
+      description: Image bytes verified.
+      type: int
+    criu:
+      description:
+        - criu's own statistics of the restore (its C(stats-restore), read with pycriu), for example C(forking_time),
+          C(restore_time) (microseconds), C(pages_restored); C(unavailable) says why when they cannot be read.
+      type: dict
 actions:
   description: What was done, or would be done in check mode.
   returned: always

@@ -81,6 +81,17 @@ problems:
   returned: failure
   type: list
   elements: str
+stats:
+  description: Where the time went.
+  returned: success
+  type: dict
+  contains:
+    verify_seconds:
+      description: Time spent reading and hashing the images (on every core).
+      type: float
+    verify_bytes:
+      description: Image bytes hashed.
+      type: int
 unexpected_entries:
   description: Top-level entries of the checkpoint directory that are no part of a checkpoint, or not what their name
     promises (for example a C(restore.log) that is a symlink). They are reported, never opened.

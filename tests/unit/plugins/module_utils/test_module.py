@@ -15,7 +15,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
 SPECS = {"criu_checkpoint": argspec.CHECKPOINT, "criu_restore": argspec.RESTORE, "criu_verify": argspec.VERIFY,
-         "criu_info": argspec.INFO, "criu_migrate": argspec.MIGRATE}
+         "criu_info": argspec.INFO, "criu_migrate": argspec.MIGRATE, "criu_checkpoint_info": argspec.CHECKPOINT_INFO}
 
 
 class FakeModule:
@@ -97,7 +97,8 @@ def test_create_module_passes_the_whole_spec(monkeypatch):
     monkeypatch.setattr(_module, "AnsibleModule", lambda **kwargs: made.update(kwargs) or "module")
     assert _module.create_module(argspec.CHECKPOINT) == "module"
     assert made == {"argument_spec": argspec.CHECKPOINT.argument_spec, "mutually_exclusive": argspec.CHECKPOINT.mutually_exclusive,
-                    "required_one_of": argspec.CHECKPOINT.required_one_of, "supports_check_mode": True}
+                    "required_one_of": argspec.CHECKPOINT.required_one_of, "required_if": argspec.CHECKPOINT.required_if,
+                    "supports_check_mode": True}
 
 
 # --- _argspec ------------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ def test_ansible_module_accepts_the_defaults(name):
     spec = SPECS[name]
     given = {"criu_checkpoint": {"pid": 42, "dest": "/var/lib/criu/x"}, "criu_restore": {"src": "/var/lib/criu/x"},
              "criu_verify": {"path": "/var/lib/criu/x"}, "criu_info": {},
-             "criu_migrate": {"name": "job", "pid": 42, "target": "b.example"}}[name]
+             "criu_migrate": {"name": "job", "pid": 42, "target": "b.example"},
+             "criu_checkpoint_info": {"path": "/var/lib/criu"}}[name]
     code = ("import json, sys; sys.path.insert(0, %r)\n"
             "from ansible.module_utils.testing import patch_module_args\n"
             "from ansible_collections.nucleus.criu.plugins.module_utils import _argspec, _module\n"
@@ -161,13 +163,45 @@ def test_ansible_module_accepts_the_defaults(name):
             "print(json.dumps(module.params))\n" % (os.path.join(REPO, "build", "collections"), given,
                                                     {"criu_checkpoint": "CHECKPOINT", "criu_restore": "RESTORE",
                                                      "criu_verify": "VERIFY", "criu_info": "INFO",
-                                                     "criu_migrate": "MIGRATE"}[name]))
+                                                     "criu_migrate": "MIGRATE",
+                                                     "criu_checkpoint_info": "CHECKPOINT_INFO"}[name]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     params = json.loads(proc.stdout.splitlines()[-1])
     if name == "criu_verify":
         params.pop("src", None)  # the alias
     assert params == spec.defaults(**given)
+
+
+def _checkpoint_module(given):
+    """What AnsibleModule makes of criu_checkpoint's ``given`` params: (exit code, its JSON output), in a child process."""
+    code = ("import json, sys; sys.path.insert(0, %r)\n"
+            "from ansible.module_utils.testing import patch_module_args\n"
+            "from ansible_collections.nucleus.criu.plugins.module_utils import _argspec, _module\n"
+            "with patch_module_args(%r):\n"
+            "    module = _module.create_module(_argspec.CHECKPOINT)\n"
+            "print(json.dumps(module.params))\n" % (os.path.join(REPO, "build", "collections"), given))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"dest": "/var/lib/criu/x"}, "state is present but any of the following are missing: pid, pidfile"),
+    ({"dest": "/var/lib/criu/x", "state": "present"}, "state is present but any of the following are missing: pid, pidfile"),
+    ({"dest": "/var/lib/criu/x", "pid": 1, "tcp_established": True, "tcp_close": True},
+     "parameters are mutually exclusive: tcp_established|tcp_close"),
+    ({"dest": "/var/lib/criu/x", "pid": 1, "pidfile": "/run/x.pid"}, "parameters are mutually exclusive: pid|pidfile"),
+    ({"dest": "/var/lib/criu/x", "state": "gone"}, "value of state must be one of: present, absent"),
+])
+def test_checkpoint_spec_refuses(given, message):
+    returncode, output = _checkpoint_module(given)
+    assert returncode == 1 and message in output["msg"], output
+
+
+def test_checkpoint_spec_state_absent_needs_no_pid():
+    assert argspec.CHECKPOINT.required_if == [("state", "present", ("pid", "pidfile"), True)]
+    returncode, params = _checkpoint_module({"dest": "/var/lib/criu/x", "state": "absent", "keep": 3})
+    assert returncode == 0 and params == argspec.CHECKPOINT.defaults(dest="/var/lib/criu/x", state="absent", keep=3)
 
 
 def _documented_options(name):

@@ -4,10 +4,13 @@ import json
 import os
 import signal
 import stat
+import threading
+import time
 
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
+from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore
@@ -41,8 +44,10 @@ def _load_verified(path, key=None, **given):
 class FakeRuntime:
     """Stands in for CriuRuntime: "restores" by starting ``sleep`` and logging into the work dir it is handed."""
 
-    def __init__(self, spawn, fail=False):
+    def __init__(self, spawn, path, fail=False):
         self.spawn = spawn
+        self.path = path  # no pycriu beside it: criu's statistics are "unavailable"
+        self.no_pycriu = {"unavailable": "pycriu is not installed beside %s (the nucleus.criu.criu role installs it)" % path}
         self.fail = fail
         self.calls = []
 
@@ -61,11 +66,14 @@ class FakeRuntime:
 
 
 @pytest.fixture
-def fake_criu(spawn, monkeypatch):
-    runtime = FakeRuntime(spawn)
+def fake_criu(spawn, monkeypatch, tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("criu")
+    os.makedirs(prefix / "lib" / "python3" / "dist-packages")  # where pycriu would be, empty
+    runtime = FakeRuntime(spawn, str(prefix / "sbin" / "criu"))
     monkeypatch.setattr(restore.CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
     monkeypatch.setattr(restore.host, "require_privileges", lambda: None)
     monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
+    monkeypatch.setattr(inspect_, "_loaded", {})  # never a pycriu another test loaded
     return runtime
 
 
@@ -91,10 +99,16 @@ def test_live_restore(tmp_path, spawn):
         assert restore.live_restore(checkpoint, metadata) is None  # never read through a symlink
 
 
-def test_load_verified_accepts_valid(tmp_path):
-    metadata = _free_ckpt(tmp_path / "c")
-    assert _load_verified(tmp_path / "c", verify=True) == metadata
-    assert _load_verified(tmp_path / "c", verify=False) == metadata
+@pytest.mark.parametrize("schema", [1, 2])
+def test_load_verified_accepts_valid(tmp_path, schema):
+    metadata = _free_ckpt(tmp_path / "c", schema=schema)
+    assert metadata["schema_version"] == schema
+    verdict = _load_verified(tmp_path / "c", verify=True)
+    assert isinstance(verdict, integrity.Verdict)
+    assert verdict[:3] == (metadata, [], []) and verdict.bytes == len(b"inventory") and verdict.seconds > 0
+    unhashed = _load_verified(tmp_path / "c", verify=False)
+    assert unhashed[:3] == (metadata, [], []) and unhashed.bytes == 0 and unhashed.seconds == 0  # no image was read
+    assert unhashed.stats() == {"verify_seconds": 0.0, "verify_bytes": 0}
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -110,16 +124,17 @@ def test_load_verified_refuses_a_signed_checkpoint_without_key_unless_told(tmp_p
     metadata = _free_ckpt(tmp_path / "c", key=KEY)
     with pytest.raises(CriuError, match="signed but no key was given"):
         _load_verified(tmp_path / "c", verify=verify)
-    assert _load_verified(tmp_path / "c", verify=verify, skip_signature_check=True) == metadata
-    assert _load_verified(tmp_path / "c", KEY, verify=verify, require_signature=True) == metadata
+    assert _load_verified(tmp_path / "c", verify=verify, skip_signature_check=True).metadata == metadata
+    assert _load_verified(tmp_path / "c", KEY, verify=verify, require_signature=True).metadata == metadata
 
 
-def test_load_verified_refuses_corrupt_images_when_verifying(tmp_path):
-    metadata = _free_ckpt(tmp_path / "c")
+@pytest.mark.parametrize("schema", [1, 2])
+def test_load_verified_refuses_corrupt_images_when_verifying(tmp_path, schema):
+    metadata = _free_ckpt(tmp_path / "c", schema=schema)
     (tmp_path / "c" / "images" / "inventory.img").write_bytes(b"Inventory")
     with pytest.raises(CriuError, match="Refusing to restore .*inventory.img: sha256 expected"):
         _load_verified(tmp_path / "c", verify=True)
-    assert _load_verified(tmp_path / "c", verify=False) == metadata
+    assert _load_verified(tmp_path / "c", verify=False).metadata == metadata
 
 
 def test_load_verified_refuses_a_post_copy_checkpoint(tmp_path):
@@ -195,9 +210,15 @@ def test_restore_runs_criu_on_the_verified_fds_in_a_private_work_dir(tmp_path, f
     [call] = fake_criu.calls
     pid = result["pid"]
     assert result["changed"] is True and result["src"] == src and result["actions"] == ["restore %s (checkpoint of pid %d)" % (src, PID_MAX + 1)]
-    assert result["checkpoint"] == integrity.public(metadata) and result["stats"] == {"restore_seconds": 0.5}
+    assert result["checkpoint"] == integrity.public(metadata)
+    stats = result["stats"]
+    assert set(stats) == {"verify_seconds", "verify_bytes", "restore_seconds", "criu"}
+    assert stats["restore_seconds"] == 0.5 and stats["verify_bytes"] == len(b"inventory") and stats["verify_seconds"] >= 0
+    assert stats["criu"] == fake_criu.no_pycriu
     assert call["images"] == os.path.join(src, "images") and call["images_path"] == os.path.join(src, "images")
-    assert call["options"] == {"shell_job": True} and call["timeout"] == 30
+    # the effective options: what the dump recorded that criu needs again (the rest off), nothing chosen at restore
+    assert call["options"] == {"shell_job": True, "tcp_established": False, "tcp_close": False, "ext_unix_sk": False,
+                               "file_locks": False} and call["timeout"] == 30
     assert call["work_fd"] == call["work"] and not call["work"].startswith(src)
     assert os.path.basename(call["work"]).startswith("nucleus-criu-restore-") and not os.path.exists(call["work"])
     record = json.loads((tmp_path / "c" / "restored.json").read_text())
@@ -211,6 +232,22 @@ def test_restore_runs_criu_on_the_verified_fds_in_a_private_work_dir(tmp_path, f
     # the restored process lives: a second run changes nothing
     again = restore.restore(params(src=src), False)
     assert again["changed"] is False and again["pid"] == pid and len(fake_criu.calls) == 1
+
+
+def test_restore_replays_recorded_options_and_applies_choices(tmp_path, fake_criu):
+    _free_ckpt(tmp_path / "c", options={"shell_job": False, "tcp_established": True, "file_locks": True, "ghost_limit": 1 << 20},
+               restore_needs={"ext_unix_sk": True})
+    restore.restore(params(src=str(tmp_path / "c"), tcp_close=True, manage_cgroups="soft", cgroup_root=["/machine/job"]), False)
+    [call] = fake_criu.calls
+    assert call["options"] == {"tcp_established": False, "tcp_close": True, "ext_unix_sk": True, "file_locks": True,
+                               "shell_job": False, "manage_cgroups": "soft", "cgroup_root": ["/machine/job"]}
+
+
+def test_restore_refuses_options_criu_would_refuse_before_running_it(tmp_path, fake_criu):
+    _free_ckpt(tmp_path / "c", options={"shell_job": False, "tcp_close": True})
+    with pytest.raises(CriuError, match="made with tcp_close=true"):
+        restore.restore(params(src=str(tmp_path / "c"), tcp_close=False), False)
+    assert fake_criu.calls == [] and not os.path.exists(tmp_path / "c" / "restored.json")
 
 
 def test_restore_check_mode_runs_nothing(tmp_path, fake_criu):
@@ -262,16 +299,45 @@ def test_restore_without_images_dir_is_refused_even_unverified(tmp_path, monkeyp
 
 
 def test_restore_tree_uses_a_private_work_dir_and_copies_logs(tmp_path, fake_criu):
-    metadata = _free_ckpt(tmp_path / "c")
+    _free_ckpt(tmp_path / "c")
+    options = {"shell_job": True, "file_locks": False}
     with opened_checkpoint(tmp_path / "c") as checkpoint:
-        pid, run = restore.restore_tree(fake_criu, checkpoint, metadata, 12, leave_stopped=True)
+        pid, run = restore.restore_tree(fake_criu, checkpoint, options, 12, leave_stopped=True)
     [call] = fake_criu.calls
+    assert call["options"] == options  # passed to criu as given
     assert run.log_path == str(tmp_path / "c" / "restore.log") and run.duration == 0.5
+    assert run.criu_stats == fake_criu.no_pycriu
     assert call["kwargs"]["leave_stopped"] is True and call["timeout"] == 12
     assert os.path.dirname(call["work"]) == os.path.realpath("/tmp") and call["work_fd"] == call["work"]
     assert not os.path.exists(call["work"]) and procfs.is_alive(pid)
     assert (tmp_path / "c" / "restore.log").read_text() == "(00.1) Restore finished successfully\n"
     assert (tmp_path / "c" / "stats-restore").read_bytes() == b"\x01stats"
+
+
+def test_restore_tree_reads_criu_stats_from_the_work_dir(tmp_path, fake_criu, monkeypatch):
+    _free_ckpt(tmp_path / "c")
+    seen = []
+
+    def stats(criu_path, dir_fd, name):
+        seen.append((criu_path, os.readlink("/proc/self/fd/%d" % dir_fd), name, os.listdir("/proc/self/fd/%d" % dir_fd)))
+        return {"restore_time": 1234}
+
+    monkeypatch.setattr(restore.inspect_, "stats", stats)
+    with opened_checkpoint(tmp_path / "c") as checkpoint:
+        _pid, run = restore.restore_tree(fake_criu, checkpoint, {}, 12)
+    [call] = fake_criu.calls
+    # read from criu's private work dir while it still exists (the file criu wrote there), with the runtime's criu
+    [(criu_path, where, name, entries)] = seen
+    assert (criu_path, where, name) == (fake_criu.path, call["work"], "stats-restore") and "stats-restore" in entries
+    assert run.criu_stats == {"restore_time": 1234}
+
+
+def test_restore_result_carries_criu_stats(tmp_path, fake_criu, monkeypatch):
+    _free_ckpt(tmp_path / "c")
+    monkeypatch.setattr(restore.inspect_, "stats", lambda criu_path, dir_fd, name: {"restore_time": 1234, "forking_time": 5})
+    result = restore.restore(params(src=str(tmp_path / "c"), verify=False), False)
+    assert result["stats"] == {"verify_seconds": 0.0, "verify_bytes": 0, "restore_seconds": 0.5,
+                               "criu": {"restore_time": 1234, "forking_time": 5}}
 
 
 def test_logs_kept_in_rewrites_the_log_path(tmp_path):
@@ -301,15 +367,48 @@ def test_confirm_alive(spawn, monkeypatch):
 
 
 def test_confirm_alive_stopped(spawn, monkeypatch):
-    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
+    monkeypatch.setattr(restore, "HEALTH_DELAY", 60)  # a tree restored stopped is not first left to run for a while
+    monkeypatch.setattr(restore, "STOP_WAIT", 0.3)
     stopped = spawn(["sleep", "60"])
     os.kill(stopped.pid, signal.SIGSTOP)
     assert wait_for(lambda: procfs.read_stat(stopped.pid).state == "T")
+    started = time.monotonic()
     assert restore.confirm_alive(stopped.pid, "log", "src", stopped=True).state == "T"
+    assert time.monotonic() - started < 0.2
     running = spawn(["sleep", "60"])
-    with pytest.raises(CriuError, match="the restored process %d is not stopped" % running.pid):
+    started = time.monotonic()
+    with pytest.raises(CriuError, match="the restored process %d did not stop within 0.3s" % running.pid):
         restore.confirm_alive(running.pid, "log", "src", stopped=True)
+    assert 0.3 <= time.monotonic() - started < 5, "it waited STOP_WAIT for the stop, not HEALTH_DELAY"
     assert wait_for(lambda: not procfs.is_alive(running.pid)), "a restore that went wrong is killed"
+    with pytest.raises(CriuError, match="the restored process %d exited" % (PID_MAX + 1)):
+        restore.confirm_alive(PID_MAX + 1, "log", "src", stopped=True)
+
+
+def test_confirm_alive_stopped_waits_for_a_late_stop(spawn, monkeypatch):
+    """criu may return a moment before its SIGSTOP lands: a tree that stops within STOP_WAIT is fine."""
+    monkeypatch.setattr(restore, "HEALTH_DELAY", 60)
+    monkeypatch.setattr(restore, "STOP_WAIT", 5.0)
+    late = spawn(["sleep", "60"])
+    timer = threading.Timer(0.2, os.kill, (late.pid, signal.SIGSTOP))
+    timer.start()
+    try:
+        started = time.monotonic()
+        assert restore.confirm_alive(late.pid, "log", "src", stopped=True).state == "T"
+        assert 0.15 <= time.monotonic() - started < 4
+    finally:
+        timer.cancel()
+    assert procfs.is_alive(late.pid), "a tree that stopped in time is left alone"
+
+
+def test_confirm_alive_running_waits_health_delay(spawn, monkeypatch):
+    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.2)
+    child = spawn(["sleep", "60"])
+    started = time.monotonic()
+    assert restore.confirm_alive(child.pid, "log", "src").pid == child.pid
+    assert time.monotonic() - started >= 0.2
+    with pytest.raises(CriuError, match="exited within 0.2s"):
+        restore.confirm_alive(PID_MAX + 1, "log", "src")
 
 
 def test_write_pidfile_replaces_symlink_not_target(tmp_path):

@@ -154,14 +154,9 @@ def test_invalid_transition_raises():
 
 
 @pytest.mark.parametrize("options, flags, expected", [
-    ({}, runtime.SHARED_FLAGS, []),
-    ({"shell_job": True, "tcp_established": False}, runtime.SHARED_FLAGS, ["--shell-job"]),
-    ({"tcp_established": True, "ext_unix_sk": True, "file_locks": True, "shell_job": True}, runtime.SHARED_FLAGS,
-     ["--tcp-established", "--ext-unix-sk", "--file-locks", "--shell-job"]),
-    ({"leave_running": True, "shell_job": True}, runtime.SHARED_FLAGS, ["--shell-job"]),  # restore ignores dump-only
-    ({"leave_stopped": True}, dict(runtime.DUMP_ONLY_FLAGS, **runtime.SHARED_FLAGS), ["--leave-stopped"]),
-    ({"network_lock": "nftables", "file_locks": True}, runtime.SHARED_FLAGS, ["--file-locks"]),
-    ({"network_lock": None}, runtime.SHARED_FLAGS, []),
+    ({}, runtime.DUMP_ONLY_FLAGS, []),
+    ({"leave_running": True, "shell_job": True}, runtime.DUMP_ONLY_FLAGS, ["--leave-running"]),
+    ({"leave_stopped": True, "leave_running": False}, runtime.DUMP_ONLY_FLAGS, ["--leave-stopped"]),
 ])
 def test_option_argv(options, flags, expected):
     assert runtime.option_argv(options, flags) == expected
@@ -297,7 +292,7 @@ def test_dump_success(fake):
     argv = fake.argv()
     assert argv[:7] == fake.head("dump")
     assert argv[7:11] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
-    assert set(argv[11:]) == {"--leave-running", "--shell-job", "--network-lock", "nftables"}
+    assert set(argv[11:]) == {"--leave-running", "--shell-job", "--network-lock=nftables"}
     assert os.path.isfile(os.path.join(fake.images.path, "inventory.img")), "criu wrote through the images fd"
     with pytest.raises(CriuError, match="cannot go from dumped to dumping"):
         rt.dump(4242, fake.images, fake.work, {}, timeout=10)
@@ -339,6 +334,30 @@ def test_restore_leave_stopped_and_lazy(fake):
     fake.set(rc=0, log=[RESTORE_OK], pid=4343)
     pid, _run = fake.runtime().restore(fake.images, fake.work, {"tcp_established": True}, timeout=10, lazy=True, leave_stopped=True)
     assert pid == 4343 and fake.argv()[12:] == ["--tcp-established", "--lazy-pages", "--leave-stopped"]
+
+
+def test_restore_writes_a_given_pidfile(fake, tmp_path):
+    fake.set(rc=0, log=[RESTORE_OK], pid="4444\n")
+    pidfile = str(tmp_path / "app.pid")
+    pid, _run = fake.runtime().restore(fake.images, fake.work, {}, timeout=10, pidfile=pidfile)
+    assert pid == 4444 and fake.argv()[10:12] == ["--pidfile", pidfile] and fake.argv()[12:] == []
+    assert open(pidfile).read() == "4444\n" and not os.path.exists(fake.work.file(runtime.RESTORE_PIDFILE))
+
+
+def test_dump_and_restore_argv_of_every_option(fake):
+    fake.set(rc=0, log=[DUMP_OK], inventory=True)
+    options = {"tcp_established": False, "tcp_close": True, "skip_in_flight": True, "ext_unix_sk": True, "file_locks": True,
+               "shell_job": True, "link_remap": True, "ghost_limit": 2 << 20, "network_lock": "iptables",
+               "manage_cgroups": "full", "leave_stopped": True, "leave_running": False}
+    fake.runtime().dump(4242, fake.images, fake.work, options, timeout=10)
+    assert fake.argv()[11:] == ["--leave-stopped", "--tcp-close", "--skip-in-flight", "--ext-unix-sk", "--file-locks",
+                                "--shell-job", "--link-remap", "--ghost-limit=2097152", "--network-lock=iptables",
+                                "--manage-cgroups=full"]
+    fake.set(rc=0, log=[RESTORE_OK], pid=4343)
+    # a restore repeats what criu needs again and takes its own choices; dump-only options are never passed
+    fake.runtime().restore(fake.images, fake.work, dict(options, cgroup_root=["/machine/a", "cpu:/machine/b"]), timeout=10)
+    assert fake.argv()[12:] == ["--tcp-close", "--ext-unix-sk", "--file-locks", "--shell-job", "--manage-cgroups=full",
+                                "--cgroup-root", "/machine/a", "--cgroup-root", "cpu:/machine/b"]
 
 
 @pytest.mark.parametrize("pid, message", [

@@ -1,0 +1,158 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Checkpoints as managed objects: list them, delete one, keep the newest N of a name.
+
+Only directories this collection made (a readable metadata.json, owned by root or the caller, reached
+through a checked chain) are ever listed as checkpoints or deleted; anything else is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._procfs import TIME_FORMAT
+
+
+def delete(dest: str, timeout: float, check_mode: bool) -> t.Dict[str, t.Any]:
+    """criu_checkpoint state=absent: remove the checkpoint at ``dest`` if it is one this collection made."""
+    with store.location(dest) as loc:
+        result: t.Dict[str, t.Any] = {"dest": loc.path}
+        if not os.path.lexists(loc.path):
+            return dict(result, changed=False, actions=[])
+        problem = store.replace_problem(loc, empty_ok=False)
+        if problem:
+            raise CriuError("Refusing to delete %s: %s" % (loc.path, problem.replace("force replaces", "state=absent deletes")),
+                            path=loc.path)
+        action = "delete the checkpoint %s" % loc.path
+        if check_mode:
+            return dict(result, changed=True, actions=["would " + action])
+        with store.Lock(loc, timeout):
+            _remove(loc)
+    return dict(result, changed=True, actions=[action[0].upper() + action[1:]])
+
+
+def _remove(loc: store.Location) -> None:
+    store.remove_litter(loc)
+    store.remove_tree(loc.path)
+    try:
+        os.unlink(".%s.dump-failed.log" % loc.name, dir_fd=loc.parent_fd)
+    except FileNotFoundError:
+        pass
+    os.fsync(loc.parent_fd)
+
+
+def _age(created_at: str) -> t.Optional[float]:
+    try:
+        created = datetime.datetime.strptime(created_at, TIME_FORMAT).replace(tzinfo=datetime.timezone.utc)
+    except (TypeError, ValueError):
+        return None
+    return round((datetime.datetime.now(datetime.timezone.utc) - created).total_seconds(), 3)
+
+
+def describe(opened: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """One checkpoint as criu_checkpoint_info lists it (never its command-line arguments)."""
+    process = metadata.get("process", {})
+    return {
+        "path": opened.path,
+        "id": metadata.get("id"),
+        "name": metadata.get("name"),
+        "created_at": metadata.get("created_at"),
+        "age_seconds": _age(metadata.get("created_at")),
+        "process": {"pid": process.get("pid"), "comm": process.get("comm")},
+        "source": {key: metadata.get("source", {}).get(key) for key in ("hostname", "arch", "kernel")},
+        "criu_version": metadata.get("criu", {}).get("version"),
+        "schema_version": metadata.get("schema_version"),
+        "size_bytes": sum(entry.get("size", 0) for entry in metadata.get("manifest", []) if isinstance(entry, dict)),
+        "signed": store.SIGNATURE in opened.entries(),
+        "options": {key: value for key, value in metadata.get("options", {}).items() if value not in (None, False, [])},
+    }
+
+
+def _targets(directory: str) -> t.List[str]:
+    """``directory`` itself when it is a checkpoint, else every entry directly in it (FileNotFoundError if missing)."""
+    fd, real = safepath.open_dir(directory, "Directory", store.CHAIN_REMEDY)
+    try:
+        names = sorted(name for name in safepath.listdir(fd) if not name.startswith("."))
+    finally:
+        os.close(fd)
+    if store.METADATA in names and store.IMAGES in names:
+        return [real]
+    return [os.path.join(real, name) for name in names]
+
+
+def _candidates(targets: t.Iterable[str]) -> t.Iterator[t.Tuple[store.Location, store.Checkpoint]]:
+    """Each of ``targets`` that is a checkpoint directory, opened while the caller looks at it."""
+    for path in targets:
+        with store.location(path) as loc:
+            try:
+                opened = store.Checkpoint.open(loc)
+            except CriuError:
+                continue
+            if opened is None:
+                continue
+            with opened:
+                yield loc, opened
+
+
+def _metadata(opened: store.Checkpoint) -> t.Optional[t.Dict[str, t.Any]]:
+    try:
+        raw = opened.read(store.METADATA)
+    except CriuError:
+        return None
+    return integrity.parse_metadata(raw)[0] if raw else None
+
+
+def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The criu_checkpoint_info module's work: every checkpoint under ``path``, newest first. Details are read from
+    the images only of a checkpoint that verifies (a parser fed forged images runs as root)."""
+    verify = params["verify"] or params["details"]
+    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"]) if verify else None
+    criu_path = binary.discover(params["criu_path"]) if params["details"] else ""
+    path = os.path.normpath(params["path"])
+    found: t.List[t.Dict[str, t.Any]] = []
+    try:
+        targets = _targets(path)
+    except FileNotFoundError:
+        return {"changed": False, "path": path, "exists": False, "checkpoints": found}
+    for _loc, opened in _candidates(targets):
+        metadata = _metadata(opened)
+        if metadata is None or (params["name"] and metadata.get("name") != params["name"]):
+            continue
+        entry = describe(opened, metadata)
+        if verify:
+            verdict = integrity.verify(opened, key, skip_signature_check=key is None, timeout=params["timeout"])
+            entry.update(valid=not verdict.problems, problems=verdict.problems)
+        if params["details"]:
+            entry["details"] = inspect_.inspect(criu_path, opened) if entry["valid"] else {
+                "unavailable": "it does not verify, so its images are not parsed"}
+        found.append(entry)
+    found.sort(key=lambda item: item["created_at"] or "", reverse=True)
+    return {"changed": False, "path": path, "exists": True, "checkpoints": found}
+
+
+def prune(loc: store.Location, name: str, keep: int, timeout: float) -> t.List[str]:
+    """Delete checkpoints of ``name`` beside ``loc`` beyond the ``keep`` newest (the one at ``loc`` counts, and stays)."""
+    siblings = []
+    for other, opened in _candidates(_targets(loc.parent)):
+        metadata = _metadata(opened)
+        if metadata is not None and metadata.get("name") == name:
+            siblings.append((metadata.get("created_at") or "", other.path))
+    siblings.sort(reverse=True)
+    removed = []
+    for _created, path in siblings[keep:]:
+        if path == loc.path:
+            continue
+        with store.location(path) as other:
+            if store.replace_problem(other) is None:
+                with store.Lock(other, timeout):
+                    _remove(other)
+                removed.append(path)
+    return removed
