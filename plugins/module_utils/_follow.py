@@ -33,7 +33,7 @@ class _Image:
     def __init__(self, name: str, fd: int, algorithm: str) -> None:
         self.name = name
         self.fd = fd
-        self.digest = integrity.new_digest(algorithm)
+        self.digest = integrity.Digester(algorithm)
         self.size = 0
         self.flushed = 0
 
@@ -120,4 +120,4 @@ class ImageFollower:
         except OSError as exc:
             raise CriuError("Cannot hash the page images in %s as criu writes them: %s. Something else is writing there; "
                             "use a dest no other process touches." % (self.images_dir, exc.strerror), path=self.images_dir) from exc
-        return {name: integrity.FileDigest(image.size, image.digest.hexdigest()) for name, image in self._images.items()}
+        return {name: image.digest.result() for name, image in self._images.items()}

@@ -17,6 +17,7 @@ import json
 import mmap
 import os
 import posixpath
+import re
 import stat
 import sys
 import time
@@ -31,11 +32,19 @@ try:
 except ImportError:
     _blake3 = None
 
-SCHEMA_VERSION = 1
+# 2: the manifest holds a digest per CHUNK_BYTES of each image (verified on every core); 1 (one digest per
+# image) is still read.
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
 DEFAULT_ALGORITHM = "sha256"
 HASH_ALGORITHMS = ("sha256", "blake3")
 WINDOW = 8 * 1024 * 1024
-HASH_THREADS = 4
+CHUNK_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_BYTES = 1024 * 1024 * 1024
+# Hashing releases the GIL: one thread per core keeps every core busy, a few more overlap the page-cache reads.
+HASH_THREADS = max(4, os.cpu_count() or 1)
+FILE_BATCH = 64
+_HEX_DIGEST = re.compile(r"^[0-9a-f]{64}\Z")
 BLAKE3_HINT = ("Install it for the Python that runs the modules on that host (Debian 13: apt install python3-blake3; "
                "elsewhere: pip install blake3), or checkpoint with hash_algorithm=sha256.")
 _REQUIRED = {
@@ -45,8 +54,9 @@ _REQUIRED = {
 
 
 class FileDigest(t.NamedTuple):
+    """An image's size and the digest of each of its chunks (schema 1: one digest for the whole file)."""
     size: int
-    digest: str
+    chunks: t.Tuple[str, ...]
 
 
 def available_algorithms() -> t.List[str]:
@@ -74,18 +84,56 @@ class Timeout(Exception):
     """Verification ran past its deadline."""
 
 
-def hash_open_file(fd: int, algorithm: str, deadline: t.Optional[float] = None) -> FileDigest:
-    """Hash an open file through read-only mappings of WINDOW bytes: no copy, and the hash (which releases
-    the GIL) reads the page cache directly; unmapping each window keeps the RSS small whatever the size.
-    Raises Timeout once ``deadline`` (time.monotonic()) has passed."""
+class Digester:
+    """Digests of consecutive ``chunk_bytes`` chunks of a stream fed in order (one chunk when ``chunk_bytes`` is
+    None): what the dump computes as criu writes, and a migration's target as the bytes arrive."""
+
+    def __init__(self, algorithm: str, chunk_bytes: t.Optional[int] = CHUNK_BYTES) -> None:
+        self.algorithm = algorithm
+        self.chunk_bytes = chunk_bytes
+        self.size = 0
+        self._done: t.List[str] = []
+        self._current = new_digest(algorithm)
+        self._in_chunk = 0
+
+    def update(self, data: t.Union[bytes, bytearray, memoryview]) -> None:
+        view = memoryview(data)
+        while view:
+            take = len(view) if self.chunk_bytes is None else min(len(view), self.chunk_bytes - self._in_chunk)
+            self._current.update(view[:take])
+            self._in_chunk += take
+            self.size += take
+            view = view[take:]
+            if self._in_chunk == self.chunk_bytes:
+                self._done.append(self._current.hexdigest())
+                self._current = new_digest(self.algorithm)
+                self._in_chunk = 0
+
+    def result(self) -> FileDigest:
+        chunks = list(self._done)
+        if self._in_chunk or not chunks:
+            chunks.append(self._current.hexdigest())
+        return FileDigest(self.size, tuple(chunks))
+
+
+def chunk_ranges(size: int, chunk_bytes: t.Optional[int]) -> t.List[t.Tuple[int, int]]:
+    """(offset, length) of every chunk of a file of ``size`` bytes; one (possibly empty) chunk at least."""
+    if chunk_bytes is None or size <= chunk_bytes:
+        return [(0, size)]
+    return [(offset, min(chunk_bytes, size - offset)) for offset in range(0, size, chunk_bytes)]
+
+
+def hash_range(fd: int, algorithm: str, offset: int, length: int, deadline: t.Optional[float] = None) -> str:
+    """Digest of ``length`` bytes at ``offset`` of an open file, through read-only mappings of WINDOW bytes: no
+    copy, the hash (which releases the GIL) reads the page cache directly, and unmapping each window keeps the RSS
+    small whatever the size. Raises Timeout once ``deadline`` (time.monotonic()) has passed."""
     digest = new_digest(algorithm)
-    size = os.fstat(fd).st_size
-    for offset in range(0, size, WINDOW):
+    for start in range(offset, offset + length, WINDOW):
         if deadline is not None and time.monotonic() > deadline:
             raise Timeout()
-        with mmap.mmap(fd, min(WINDOW, size - offset), access=mmap.ACCESS_READ, offset=offset) as window:
+        with mmap.mmap(fd, min(WINDOW, offset + length - start), access=mmap.ACCESS_READ, offset=start) as window:
             digest.update(window)
-    return FileDigest(size, digest.hexdigest())
+    return digest.hexdigest()
 
 
 def open_image(images_fd: int, relpath: str) -> int:
@@ -121,39 +169,78 @@ def _read_error(name: str, exc: OSError) -> str:
     return "images/%s: cannot be read as a regular file (%s)" % (name, reason)
 
 
-def _hash_all(images_fd: int, names: t.Sequence[str], algorithm: str,
+def _hash_all(images_fd: int, names: t.Sequence[str], algorithm: str, chunk_bytes: t.Optional[int],
               check: t.Callable[[int, str], t.Optional[str]] = lambda fd, name: None,
               deadline: t.Optional[float] = None) -> t.Dict[str, t.Union[FileDigest, str]]:
-    """Hash files in parallel threads (the hashes release the GIL): each name's digest, or the problem that
-    ``check`` found in it (checked on the open file, before hashing) or that reading it met."""
-    def one(name: str) -> t.Union[FileDigest, str]:
-        try:
-            fd = open_image(images_fd, name)
-        except OSError as exc:
-            return _read_error(name, exc)
-        try:
-            return check(fd, name) or hash_open_file(fd, algorithm, deadline)
-        except OSError as exc:
-            return _read_error(name, exc)
-        finally:
-            os.close(fd)
+    """Hash files chunk by chunk in parallel threads, so one large page image uses every core: each name's
+    digests, or the problem that ``check`` found in it (on the open file, before hashing) or that reading it met.
+    Files are opened FILE_BATCH at a time, so a tree with thousands of threads (one core image each) stays far
+    below the fd limit."""
+    results: t.Dict[str, t.Union[FileDigest, str]] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        return dict(zip(names, pool.map(one, names)))
+        for start in range(0, len(names), FILE_BATCH):
+            results.update(_hash_batch(pool, images_fd, names[start:start + FILE_BATCH], algorithm, chunk_bytes, check, deadline))
+    return results
+
+
+def _hash_batch(pool: concurrent.futures.ThreadPoolExecutor, images_fd: int, names: t.Sequence[str], algorithm: str,
+                chunk_bytes: t.Optional[int], check: t.Callable[[int, str], t.Optional[str]],
+                deadline: t.Optional[float]) -> t.Dict[str, t.Union[FileDigest, str]]:
+    results: t.Dict[str, t.Union[FileDigest, str]] = {}
+    opened: t.Dict[str, int] = {}
+    tasks: t.List[t.Tuple[str, int, int]] = []
+    try:
+        for name in names:
+            try:
+                fd = open_image(images_fd, name)
+            except OSError as exc:
+                results[name] = _read_error(name, exc)
+                continue
+            opened[name] = fd
+            problem = check(fd, name)
+            if problem:
+                results[name] = problem
+                continue
+            tasks += [(name, offset, length) for offset, length in chunk_ranges(os.fstat(fd).st_size, chunk_bytes)]
+
+        def one(task: t.Tuple[str, int, int]) -> t.Union[str, OSError]:
+            name, offset, length = task
+            try:
+                return hash_range(opened[name], algorithm, offset, length, deadline)
+            except OSError as exc:
+                return exc
+        chunks: t.Dict[str, t.List[str]] = {}
+        for (name, _offset, _length), digest in zip(tasks, pool.map(one, tasks)):
+            if isinstance(digest, OSError):
+                results[name] = _read_error(name, digest)
+            elif name not in results:
+                chunks.setdefault(name, []).append(digest)
+        for name, found in chunks.items():
+            if name not in results:
+                results[name] = FileDigest(os.fstat(opened[name]).st_size, tuple(found))
+    finally:
+        for fd in opened.values():
+            os.close(fd)
+    return results
+
+
+def manifest_entry(name: str, digest: FileDigest) -> t.Dict[str, t.Any]:
+    return {"path": name, "size": digest.size, "chunks": list(digest.chunks)}
 
 
 def build_manifest(images_fd: int, algorithm: str,
                    hashed: t.Optional[t.Mapping[str, FileDigest]] = None) -> t.List[t.Dict[str, t.Any]]:
-    """The manifest of a freshly dumped images/ directory: name, size and digest of every file.
+    """The manifest of a freshly dumped images/ directory: name, size and chunk digests of every file.
     ``hashed`` holds the files already hashed while criu wrote them; the rest are hashed now."""
     done: t.Dict[str, t.Union[FileDigest, str]] = dict(hashed or {})
     names = list_images(images_fd)
-    done.update(_hash_all(images_fd, [name for name in names if name not in done], algorithm))
+    done.update(_hash_all(images_fd, [name for name in names if name not in done], algorithm, CHUNK_BYTES))
     manifest = []
     for name in names:
         result = done[name]
         if isinstance(result, str):
             raise CriuError("Cannot hash the freshly dumped image: %s." % result)
-        manifest.append({"path": name, "size": result.size, algorithm: result.digest})
+        manifest.append(manifest_entry(name, result))
     return manifest
 
 
@@ -226,6 +313,46 @@ def manifest_algorithm(metadata: t.Mapping[str, t.Any]) -> t.Any:
     return metadata.get("manifest_algorithm", DEFAULT_ALGORITHM)
 
 
+def manifest_chunk_bytes(metadata: t.Mapping[str, t.Any]) -> t.Optional[int]:
+    """Bytes per digest in the manifest: schema 2's manifest_chunk_bytes, None (the whole file) in schema 1."""
+    return metadata.get("manifest_chunk_bytes") if metadata.get("schema_version") == 2 else None
+
+
+def expected_chunks(entry: t.Mapping[str, t.Any], algorithm: str, chunk_bytes: t.Optional[int]) -> t.Tuple[str, ...]:
+    return tuple(entry["chunks"]) if chunk_bytes is not None else (entry[algorithm],)
+
+
+def chunk_count(size: int, chunk_bytes: t.Optional[int]) -> int:
+    """How many chunks a file of ``size`` bytes has (computed, never listed: a forged size may be huge)."""
+    if chunk_bytes is None or size <= chunk_bytes:
+        return 1
+    return -(-size // chunk_bytes)
+
+
+def _digest_problem(value: t.Any) -> bool:
+    """A digest must be 64 lowercase hex characters (sha256 and blake3 alike); anything else is refused early."""
+    return not isinstance(value, str) or not _HEX_DIGEST.match(value)
+
+
+def _entry_problems(entry: t.Mapping[str, t.Any], algorithm: str, chunk_bytes: t.Optional[int]) -> t.List[str]:
+    problems = []
+    path_problem = manifest_path_problem(entry.get("path"))
+    if path_problem:
+        problems.append(path_problem)
+    size = entry.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return problems + ["manifest entry %r has no valid size" % entry.get("path")]
+    if chunk_bytes is None:
+        if _digest_problem(entry.get(algorithm)):
+            problems.append("manifest entry %r has no %s digest (64 hex characters)" % (entry.get("path"), algorithm))
+        return problems
+    chunks = entry.get("chunks")
+    wanted = chunk_count(size, chunk_bytes)
+    if not isinstance(chunks, list) or len(chunks) != wanted or any(_digest_problem(chunk) for chunk in chunks):
+        problems.append("manifest entry %r has no list of %d %s chunk digests" % (entry.get("path"), wanted, algorithm))
+    return problems
+
+
 def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List[str]]:
     """Load metadata.json and check its shape; returns (metadata or None, problems)."""
     try:
@@ -249,26 +376,24 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
             problems.append("metadata.json: %s is missing or not a %s" % (key, kind.__name__))
     if problems:
         return None, problems
-    if version != SCHEMA_VERSION:
-        return None, ["metadata.json has unsupported schema_version %r (expected %d)" % (version, SCHEMA_VERSION)]
+    if version not in SCHEMA_VERSIONS:
+        return None, ["metadata.json has unsupported schema_version %r (expected one of %s)"
+                      % (version, ", ".join(map(str, SCHEMA_VERSIONS)))]
     algorithm = manifest_algorithm(metadata)
     if algorithm not in HASH_ALGORITHMS:
         return None, ["metadata.json: manifest_algorithm %r is not supported (expected one of %s): upgrade nucleus.criu"
                       % (algorithm, ", ".join(HASH_ALGORITHMS))]
     if algorithm not in available_algorithms():
         return None, ["the checkpoint's manifest uses blake3, which %s cannot import. %s" % (sys.executable, BLAKE3_HINT)]
+    chunk_bytes = manifest_chunk_bytes(metadata)
+    if version == 2 and (not isinstance(chunk_bytes, int) or isinstance(chunk_bytes, bool) or chunk_bytes <= 0
+                         or chunk_bytes % WINDOW or chunk_bytes > MAX_CHUNK_BYTES):
+        return None, ["metadata.json: manifest_chunk_bytes %r is not a multiple of %d up to %d" % (chunk_bytes, WINDOW, MAX_CHUNK_BYTES)]
     for index, entry in enumerate(metadata["manifest"]):
         if not isinstance(entry, dict):
             problems.append("manifest entry %d is not an object" % index)
             continue
-        path_problem = manifest_path_problem(entry.get("path"))
-        if path_problem:
-            problems.append(path_problem)
-        size = entry.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            problems.append("manifest entry %r has no valid size" % entry.get("path"))
-        if not isinstance(entry.get(algorithm), str):
-            problems.append("manifest entry %r has no %s digest" % (entry.get("path"), algorithm))
+        problems += _entry_problems(entry, algorithm, chunk_bytes)
     paths = [e.get("path") for e in metadata["manifest"] if isinstance(e, dict)]
     if len(set(map(str, paths))) != len(paths):
         problems.append("manifest lists a path more than once")
@@ -277,48 +402,59 @@ def parse_metadata(raw: bytes) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.List
     return (None if problems else metadata), problems
 
 
-def check_images(images_fd: int, manifest: t.Sequence[t.Mapping[str, t.Any]], algorithm: str,
-                 timeout: t.Optional[float] = None) -> t.List[str]:
-    """Compare images/ with the manifest: missing, extra, non-regular, multiply linked, changeable by others,
-    resized or altered files. Sizes and ownership are checked on the open file before any byte is hashed."""
+def check_images(images_fd: int, metadata: t.Mapping[str, t.Any], timeout: t.Optional[float] = None) -> t.List[str]:
+    """Compare images/ with the metadata's manifest: missing, extra, non-regular, multiply linked, changeable by
+    others, resized or altered files. Sizes and ownership are checked on the open file before any byte is hashed."""
     if images_fd < 0:
         return ["images/ is missing"]
     present = set(list_images(images_fd))
-    expected = {entry["path"]: entry for entry in manifest}
+    expected = {entry["path"]: entry for entry in metadata["manifest"]}
     problems = ["images/%s: not in the manifest (extra file)" % extra for extra in sorted(present - set(expected))]
     problems += ["images/%s: listed in the manifest but missing" % missing for missing in sorted(set(expected) - present)]
     names = sorted(present & set(expected))
     deadline = None if timeout is None else time.monotonic() + timeout
+    algorithm, chunk_bytes = manifest_algorithm(metadata), manifest_chunk_bytes(metadata)
     try:
-        results = _hash_all(images_fd, names, algorithm, lambda fd, name: image_problem(fd, name, expected[name]["size"]), deadline)
+        results = _hash_all(images_fd, names, algorithm, chunk_bytes,
+                            lambda fd, name: image_problem(fd, name, expected[name]["size"]), deadline)
     except Timeout:
         return problems + ["verification did not finish within %ss; raise timeout for checkpoints this large" % timeout]
-    return problems + digest_problems(expected, algorithm, results)
+    return problems + digest_problems(expected, algorithm, chunk_bytes, results)
 
 
-def digest_problems(expected: t.Mapping[str, t.Mapping[str, t.Any]], algorithm: str,
+def digest_problems(expected: t.Mapping[str, t.Mapping[str, t.Any]], algorithm: str, chunk_bytes: t.Optional[int],
                     found: t.Mapping[str, t.Union[FileDigest, str]]) -> t.List[str]:
-    """Compare digests found (or the problem met reading a file) with the manifest's, in constant time."""
+    """Compare digests found (or the problem met reading a file) with the manifest's, in constant time; the first
+    differing chunk of each file is named."""
     problems = []
     for name in sorted(found):
         result = found[name]
         if isinstance(result, str):
             problems.append(result)
-        elif result.size != expected[name]["size"]:
+            continue
+        if result.size != expected[name]["size"]:
             problems.append("images/%s: size expected %d, found %d" % (name, expected[name]["size"], result.size))
-        elif not hmac.compare_digest(result.digest, expected[name][algorithm]):
-            problems.append("images/%s: %s expected %s, found %s" % (name, algorithm, expected[name][algorithm], result.digest))
+            continue
+        wanted = expected_chunks(expected[name], algorithm, chunk_bytes)
+        ranges = chunk_ranges(result.size, chunk_bytes)
+        for (offset, length), want, got in zip(ranges, wanted, result.chunks):
+            if not hmac.compare_digest(got, want):
+                where = " (bytes %d-%d)" % (offset, offset + length - 1) if len(ranges) > 1 else ""
+                problems.append("images/%s: %s expected %s, found %s%s" % (name, algorithm, want, got, where))
+                break
     return problems
 
 
-def received_problems(manifest: t.Sequence[t.Mapping[str, t.Any]], algorithm: str,
-                      found: t.Mapping[str, FileDigest]) -> t.List[str]:
+def received_problems(metadata: t.Mapping[str, t.Any], found: t.Mapping[str, FileDigest]) -> t.List[str]:
     """Compare images digested as they were received and written (by this host, into its private directory) with the
     manifest: the same verdict as check_images, without reading the bytes a second time."""
-    expected = {entry["path"]: entry for entry in manifest}
+    expected = {entry["path"]: entry for entry in metadata["manifest"]}
     problems = ["images/%s: not in the manifest (extra file)" % extra for extra in sorted(set(found) - set(expected))]
     problems += ["images/%s: listed in the manifest but missing" % missing for missing in sorted(set(expected) - set(found))]
-    return problems + digest_problems(expected, algorithm, {name: found[name] for name in found if name in expected})
+    if manifest_chunk_bytes(metadata) != CHUNK_BYTES:
+        return problems + ["the manifest's chunks are %r bytes, this host digested %d" % (manifest_chunk_bytes(metadata), CHUNK_BYTES)]
+    return problems + digest_problems(expected, manifest_algorithm(metadata), CHUNK_BYTES,
+                                      {name: found[name] for name in found if name in expected})
 
 
 def check_signature(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes],
@@ -354,6 +490,11 @@ class Verdict(t.NamedTuple):
     metadata: t.Optional[t.Dict[str, t.Any]]
     problems: t.List[str]
     unexpected: t.List[str]
+    seconds: float = 0.0  # spent reading and hashing images
+    bytes: int = 0  # image bytes hashed
+
+    def stats(self) -> t.Dict[str, t.Any]:
+        return {"verify_seconds": round(self.seconds, 3), "verify_bytes": self.bytes}
 
 
 def verify(checkpoint: store.Checkpoint, key: t.Optional[bytes] = None, require_signature: bool = False,
@@ -371,9 +512,12 @@ def verify(checkpoint: store.Checkpoint, key: t.Optional[bytes] = None, require_
     if metadata is None:
         return Verdict(None, problems, unexpected)
     problems = check_signature(checkpoint, metadata, key, require_signature, skip_signature_check)
-    if hashed:
-        problems += check_images(checkpoint.images_fd, metadata["manifest"], manifest_algorithm(metadata), timeout)
-    return Verdict(metadata, problems, unexpected)
+    if not hashed:
+        return Verdict(metadata, problems, unexpected)
+    started = time.monotonic()
+    problems += check_images(checkpoint.images_fd, metadata, timeout)
+    return Verdict(metadata, problems, unexpected, time.monotonic() - started,
+                   sum(entry["size"] for entry in metadata["manifest"]))
 
 
 def public(metadata: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:

@@ -36,6 +36,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as pro
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
@@ -86,7 +87,8 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
         raise CriuError("ssh_extra_args %r cannot be split like a shell would: %s. Fix its quoting." % (params["ssh_extra_args"], exc)) from exc
     target = remote.SshTarget(host=params["target"], port=params["ssh_port"], user=params["ssh_user"],
                               key_file=params["ssh_key_file"], extra_args=extra_args,
-                              python=params["target_python"], connect_timeout=params["ssh_connect_timeout"])
+                              python=params["target_python"], connect_timeout=params["ssh_connect_timeout"],
+                              compress=params["compress"])
     return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
                     float(params["timeout"]), key, params["hash_algorithm"], params["tcp_established"],
                     params["target_pidfile"], params["cleanup"])
@@ -279,15 +281,15 @@ class Worker:
                 continue
             fd = integrity.open_image(images.fd, name)
             try:
-                digest, offset = integrity.new_digest(self.settings.algorithm), 0
+                digester, offset = integrity.Digester(self.settings.algorithm), 0
                 while True:
                     data = os.pread(fd, SEND_CHUNK, offset)
                     if not data:
                         break
-                    digest.update(data)
+                    digester.update(data)
                     self._send_chunk(name, offset, memoryview(data))
                     offset += len(data)
-                hashed[name] = integrity.FileDigest(offset, digest.hexdigest())
+                hashed[name] = digester.result()
             finally:
                 os.close(fd)
         return hashed
@@ -312,8 +314,7 @@ class Worker:
         runtime.on_spawn = lambda criu_pid: journal.record(journal.phase, criu=procfs.tree_identity(criu_pid)[0])
         st = procfs.read_stat(pid)
         options = checkpoint_.dump_options(
-            {"leave_running": False, "leave_stopped": True, "tcp_established": s.tcp_established, "ext_unix_sk": False,
-             "file_locks": False, "shell_job": None, "network_lock": "nftables"}, pid, st,
+            CHECKPOINT.defaults(leave_stopped=True, tcp_established=s.tcp_established), pid, st,
             [member[0] for member in journal.get("process")["tree"]])
         options["lazy_pages"] = s.mode == "postcopy"
         with store.location(os.path.join(s.directory, s.name)) as loc, store.Lock(loc, s.timeout):
@@ -340,17 +341,16 @@ class Worker:
             else:
                 dump_seconds = runtime.dump(pid, images, work, options, s.timeout).duration
             hashed = follower.digests()
-        journal.record("frozen", dump_seconds=round(dump_seconds, 3))
         hashed = self._send_rest(images, hashed)
-        manifest = [{"path": name, "size": hashed[name].size, s.algorithm: hashed[name].digest} for name in sorted(hashed)]
+        manifest = [integrity.manifest_entry(name, hashed[name]) for name in sorted(hashed)]
         metadata = checkpoint_.describe(runtime, s.name, facts, options, s.algorithm, manifest)
         self.agent.channel.send(sealed=True, metadata=integrity.canonical(metadata).decode("ascii"),  # type: ignore[union-attr]
                                 signature=integrity.sign(metadata, s.key) if s.key else None)
+        journal.record("frozen", dump_seconds=round(dump_seconds, 3), checkpoint_id=metadata["id"],
+                       image_bytes=sum(e["size"] for e in manifest), transfer_seconds=round(time.monotonic() - self._started, 3))
         self._progress("verify", force=True)
-        checkpoint_.seal(staging, metadata, s.key)
-        staging.publish()
-        journal.record("frozen", checkpoint_id=metadata["id"], image_bytes=sum(e["size"] for e in manifest),
-                       transfer_seconds=round(time.monotonic() - self._started, 3))
+        checkpoint_.seal(staging, metadata, s.key, durable=False)
+        staging.publish(durable=False)
         self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]  # verified
         restored = self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]
         if restored.get("running_for") is not None:

@@ -68,6 +68,7 @@ class SshTarget(t.NamedTuple):
     python: str = "/usr/bin/python3"
     connect_timeout: int = 10
     keepalive: int = 5
+    compress: bool = False
 
     def argv(self, command: t.Sequence[str]) -> t.List[str]:
         """ssh argv running ``command`` on the target. The caller's extra args come first: for ssh the first
@@ -76,6 +77,7 @@ class SshTarget(t.NamedTuple):
             "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout,
             "-o", "ServerAliveInterval=%d" % self.keepalive, "-o", "ServerAliveCountMax=3",
             "-o", CIPHER_PREFERENCE, "-o", "ControlMaster=no", "-o", "ControlPath=none", "-T",
+            "-o", "Compression=%s" % ("yes" if self.compress else "no"),
         ]
         if self.port:
             argv += ["-p", str(self.port)]

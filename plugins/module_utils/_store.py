@@ -159,9 +159,9 @@ def open_checkpoint(loc: Location) -> Checkpoint:
     return opened
 
 
-def replace_problem(loc: Location) -> t.Optional[str]:
-    """Why ``force`` may not replace what is at ``loc`` (None: nothing there, an empty directory, or a checkpoint
-    directory this collection made, owned by root or the caller)."""
+def replace_problem(loc: Location, empty_ok: bool = True) -> t.Optional[str]:
+    """Why ``force`` may not replace what is at ``loc`` (None: nothing there, an empty directory unless not
+    ``empty_ok``, or a checkpoint directory this collection made, owned by root or the caller)."""
     st = _lstat(loc.parent_fd, loc.name)
     if st is None:
         return None
@@ -174,7 +174,8 @@ def replace_problem(loc: Location) -> t.Optional[str]:
     with opened:
         entries = opened.entries()
         if not entries:
-            return None
+            return None if empty_ok else ("%s is an empty directory, not a checkpoint made by nucleus.criu: "
+                                          "remove it yourself (rmdir %s) or choose another dest." % (loc.path, loc.path))
         try:
             raw = opened.read(METADATA)
             document = json.loads(raw.decode("utf-8")) if raw else None
@@ -281,9 +282,9 @@ class Staging:
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def publish(self) -> None:
+    def publish(self, durable: bool = True) -> None:
         """Rename the complete staging directory to the checkpoint's name; a checkpoint already there (force) is
-        swapped out first, then removed. The parent is flushed so the new name survives a crash."""
+        swapped out first, then removed. The parent is flushed (``durable``) so the new name survives a crash."""
         parent_fd = self.loc.parent_fd
         old = None
         st = _lstat(parent_fd, self.loc.name)
@@ -291,7 +292,8 @@ class Staging:
             old = _scratch_prefixes(self.loc)[1] + secrets.token_hex(4)
             os.rename(self.loc.name, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         os.rename(self.name, self.loc.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-        os.fsync(parent_fd)
+        if durable:
+            os.fsync(parent_fd)
         self.close()
         if old:
             shutil.rmtree(os.path.join(self.loc.parent, old))
@@ -369,7 +371,7 @@ def copy_file(src_dir: str, name: str, dest_fd: int) -> bool:
             data = handle.read()
     except FileNotFoundError:
         return False
-    write_file(dest_fd, name, data, replace=True)
+    write_file(dest_fd, name, data, replace=True, durable=False)  # a log: nothing is decided from it
     return True
 
 

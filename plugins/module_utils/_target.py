@@ -27,6 +27,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as
 from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore_
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
@@ -68,12 +69,24 @@ class Context:
         return Journal.load(self.dir_fd, self.directory, self.name)
 
 
-def _remove_checkpoint(ctx: Context) -> None:
+def failed_log_name(name: str) -> str:
+    return ".%s.restore-failed.log" % name
+
+
+def _remove_checkpoint(ctx: Context, keep_log: bool = False) -> None:
+    """Remove what this migration left here; an aborted restore's log is kept aside (.NAME.restore-failed.log)."""
     with store.location(ctx.checkpoint_path) as loc:
         store.remove_litter(loc)
         if os.path.lexists(loc.path):
             problem = store.replace_problem(loc)
             if problem is None:
+                try:
+                    if not keep_log:
+                        raise FileNotFoundError()
+                    os.rename(os.path.join(loc.name, store.RESTORE_LOG), failed_log_name(ctx.name),
+                              src_dir_fd=loc.parent_fd, dst_dir_fd=loc.parent_fd)
+                except OSError:
+                    pass
                 store.remove_tree(loc.path)
     for leftover in (pages_socket_name(ctx.name), restore_pidfile_name(ctx.name)):
         try:
@@ -86,9 +99,9 @@ def _kill_restored(journal: Journal) -> None:
     """Kill whatever this migration restored here: the tree it recorded, a criu restore still running (and the tree
     it was building), and a tree whose pid criu wrote after the agent that started it died."""
     victims = []
-    criu = journal.get("criu")
-    if criu and procfs.is_alive(criu[0], criu[1]):
-        victims += procfs.kill_tree(criu[0])
+    for daemon in (journal.get("criu"), journal.get("lazy_pages_daemon")):
+        if daemon and procfs.is_alive(daemon[0], daemon[1]):
+            victims += procfs.kill_tree(daemon[0])
     victims += procfs.signal_identified(journal.get("tree") or [], signal.SIGKILL)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
@@ -107,7 +120,7 @@ def abort(ctx: Context, journal: Journal, reason: str) -> None:
     """Undo everything this migration did here; idempotent."""
     journal.record("aborting", error=reason)
     _kill_restored(journal)
-    _remove_checkpoint(ctx)
+    _remove_checkpoint(ctx, keep_log=True)
     journal.record("aborted", outcome="aborted")
 
 
@@ -155,7 +168,7 @@ class _Receiver:
         if name not in self.files:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE,
                          dir_fd=self.staging.images_fd)
-            self.files[name] = (fd, integrity.new_digest(self.algorithm), 0)
+            self.files[name] = (fd, integrity.Digester(self.algorithm), 0)
         fd, digest, size = self.files[name]
         if offset != size:
             raise CriuError("The source sent bytes of %s at offset %d, expected %d." % (name, offset, size))
@@ -167,7 +180,7 @@ class _Receiver:
         self.bytes += len(data)
 
     def digests(self) -> t.Dict[str, integrity.FileDigest]:
-        return {name: integrity.FileDigest(size, digest.hexdigest()) for name, (_fd, digest, size) in self.files.items()}
+        return {name: digester.result() for name, (_fd, digester, _size) in self.files.items()}
 
     def close(self) -> None:
         for fd, _digest, _size in self.files.values():
@@ -200,10 +213,10 @@ def _receive_images(channel: wire.Channel, staging: store.Staging, request: t.Ma
     signature = body.get("signature")
     problems = integrity.signature_problems(None if signature is None else signature.encode("ascii"), metadata, key,
                                             bool(key), False)
-    problems += integrity.received_problems(metadata["manifest"], integrity.manifest_algorithm(metadata), digests)
+    problems += integrity.received_problems(metadata, digests)
     if problems:
         raise restore_.refusal(staging.loc.path, problems)
-    checkpoint_.seal(staging, metadata, key)
+    checkpoint_.seal(staging, metadata, key, durable=False)
     return metadata
 
 
@@ -222,20 +235,22 @@ def _accept_pages(listener: socket.socket, timeout: float) -> socket.socket:
     return conn
 
 
-def _restore(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata: t.Mapping[str, t.Any],
+def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store.Checkpoint, metadata: t.Mapping[str, t.Any],
              page_conn: t.Optional[socket.socket], stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
     """Restore the verified checkpoint: stopped (copy), or running with its memory still at the source (post-copy,
     the lazy-pages fetcher and its work directory then live as long as ``stack``)."""
     problems = host.restore_problems(metadata)
     if problems:
         raise CriuError("Cannot restore %s on this host: %s." % (opened.path, "; ".join(problems)), problems=problems)
-    host.require_privileges()
-    runtime = CriuRuntime.load(None)
-    runtime.on_spawn = lambda pid: journal.record("restoring", criu=procfs.tree_identity(pid)[0])
-    journal.record("restoring", restore_started_ticks=procfs.read_stat(os.getpid()).starttime)
+
+    def restoring(criu_pid: int) -> None:
+        journal.record("restoring", criu=procfs.tree_identity(criu_pid)[0])
+
     pidfile = os.path.join(ctx.directory, restore_pidfile_name(ctx.name))
     if page_conn is None:
-        pid, run = restore_.restore_tree(runtime, opened, metadata, ctx.timeout, leave_stopped=True, pidfile=pidfile)
+        runtime.on_spawn = restoring
+        pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, {}), ctx.timeout, leave_stopped=True,
+                                         pidfile=pidfile)
         restore_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
         return pid, None
     # lazy-pages and restore share a work directory: restore finds the fetcher through its socket there.
@@ -246,8 +261,10 @@ def _restore(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata:
                                        page_conn.fileno(), ctx.timeout)
     stack.callback(fetcher.stop)
     page_conn.close()
-    journal.record("restoring", lazy_log=fetcher.log_path)
-    pid, run = restore_.restore_tree(runtime, opened, metadata, ctx.timeout, lazy=True, pidfile=pidfile, work=work)
+    journal.record("received", lazy_log=fetcher.log_path, lazy_pages_daemon=procfs.tree_identity(fetcher.proc.pid)[0])
+    runtime.on_spawn = restoring
+    pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, {}), ctx.timeout, lazy=True,
+                                     pidfile=pidfile, work=work)
     journal.data["running_since"] = time.monotonic()
     restore_.confirm_alive(pid, run.log_path, opened.path)
     return pid, fetcher
@@ -273,19 +290,23 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
                 raise CriuError("Cannot receive into %s: %s" % (loc.path, problem))
             if request["mode"] == "postcopy":
                 listener = _listen(ctx)
+            # Everything that needs no images is done before the source freezes anything.
+            host.require_privileges()
+            runtime = CriuRuntime.load(None)
             channel.send(ready=True, pages_socket=os.path.join(ctx.directory, pages_socket_name(ctx.name)) if listener else None,
                          free_bytes=store.free_bytes(ctx.dir_fd))
             staging = store.Staging(loc)
             try:
                 metadata = _receive_images(channel, staging, request, key, link_timeout)
-                staging.publish()
+                staging.publish(durable=False)
             finally:
                 staging.remove()
-            journal.record("received", checkpoint_id=metadata["id"])
+            # The agent's own start: any process with a later start time that criu's pidfile names is this restore's.
+            journal.record("received", checkpoint_id=metadata["id"], restore_started_ticks=procfs.read_stat(os.getpid()).starttime)
             channel.send(verified=True)
             page_conn = _accept_pages(listener, link_timeout) if listener else None
             with store.open_checkpoint(loc) as opened, contextlib.ExitStack() as stack:
-                pid, fetcher = _restore(ctx, journal, opened, metadata, page_conn, stack)
+                pid, fetcher = _restore(ctx, journal, runtime, opened, metadata, page_conn, stack)
                 journal.record("restored", tree=procfs.tree_identity(pid), restored_at=procfs.utc_now())
                 since = journal.get("running_since")
                 channel.send(restored=True, pid=pid, running_for=None if since is None else time.monotonic() - since)
@@ -306,6 +327,9 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
         except (CriuError, OSError) as exc:
             # Before the vote, or a post-copy copy whose pages did not all arrive: it must not live.
             abort(ctx, journal, getattr(exc, "msg", None) or str(exc))
+            if isinstance(exc, CriuError):
+                exc.msg = exc.msg.replace(os.path.join(ctx.checkpoint_path, store.RESTORE_LOG),
+                                          os.path.join(ctx.directory, failed_log_name(ctx.name)))
             raise
         finally:
             if listener is not None:

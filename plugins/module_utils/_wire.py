@@ -34,6 +34,7 @@ class Channel:
         self.read_fd = read_fd
         self.write_fd = write_fd
         self.bytes_sent = 0
+        self._buffer = bytearray(1 << 16)
 
     def write_raw(self, data: t.Union[bytes, memoryview]) -> None:
         """Bytes outside any frame (the agent's code, before the first frame)."""
@@ -59,30 +60,36 @@ class Channel:
         self._write(_HEADER.pack(CHUNK, len(header) + len(data)) + header)
         self._write(data)
 
-    def _read_exactly(self, size: int, deadline: t.Optional[float]) -> bytes:
-        parts = []
-        while size:
+    def _read_into(self, view: memoryview, deadline: t.Optional[float]) -> None:
+        """Fill ``view`` from the link (no intermediate copies: image chunks are large)."""
+        while view:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not select.select([self.read_fd], [], [], remaining)[0]:
                     raise LinkError("nothing arrived in time (the link or the other host is stuck)")
-            data = os.read(self.read_fd, min(size, 1 << 20))
-            if not data:
+            count = os.readv(self.read_fd, [view])
+            if not count:
                 raise LinkError("the other host closed the connection")
-            parts.append(data)
-            size -= len(data)
-        return b"".join(parts)
+            view = view[count:]
+
+    def _read_exactly(self, size: int, deadline: t.Optional[float]) -> memoryview:
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        view = memoryview(self._buffer)[:size]
+        self._read_into(view, deadline)
+        return view
 
     def receive(self, timeout: t.Optional[float] = None) -> t.Tuple[int, t.Any]:
-        """The next frame: (MESSAGE, dict) or (CHUNK, (name, offset, bytes))."""
+        """The next frame: (MESSAGE, dict) or (CHUNK, (name, offset, bytes valid until the next receive))."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        kind, length = _HEADER.unpack(self._read_exactly(_HEADER.size, deadline))
+        kind, length = _HEADER.unpack(bytes(self._read_exactly(_HEADER.size, deadline)))
         if length > MAX_FRAME + 1024:
             raise LinkError("a frame of %d bytes is larger than any this protocol sends" % length)
+        # The body is valid until the next receive(): it lives in the channel's buffer.
         body = self._read_exactly(length, deadline)
         if kind == MESSAGE:
             try:
-                message = json.loads(body.decode("utf-8"))
+                message = json.loads(bytes(body).decode("utf-8"))
             except ValueError as exc:
                 raise LinkError("a message was not JSON: %s" % exc) from exc
             if not isinstance(message, dict):
@@ -92,8 +99,8 @@ class Channel:
             name_length, offset = _CHUNK_HEADER.unpack_from(body)
             start = int(_CHUNK_HEADER.size)
             end = start + int(name_length)
-            name = body[start:end].decode("utf-8")
-            return kind, (name, offset, memoryview(body)[end:])
+            name = bytes(body[start:end]).decode("utf-8")
+            return kind, (name, offset, body[end:])
         raise LinkError("unknown frame kind %d" % kind)
 
     def message(self, timeout: t.Optional[float] = None) -> t.Dict[str, t.Any]:

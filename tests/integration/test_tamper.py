@@ -90,7 +90,7 @@ CASES = [
     ("path-dotdot", edit_metadata(_set_first_path("../metadata.json")), KEY, "not normalised or leaves images/"),
     ("path-absolute", edit_metadata(_set_first_path("/etc/passwd")), KEY, "is absolute"),
     ("metadata-edited", edit_metadata(_set_pid), KEY, "checkpoint.hmac does not match"),
-    ("newer-schema", edit_metadata(_newer_schema), KEY, "newer than the 1 this nucleus.criu understands"),
+    ("newer-schema", edit_metadata(_newer_schema), KEY, "newer than the 2 this nucleus.criu understands"),
     ("signature-removed", remove_signature, KEY, "checkpoint.hmac is missing"),
     ("wrong-key", lambda dest: None, "not-the-key-0123456789", "checkpoint.hmac does not match"),
 ]

@@ -44,3 +44,23 @@ def scripts_as_elf(monkeypatch):
 
     monkeypatch.setattr(binary.elf, "read_elf", read_elf)
     return read_elf
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Shrink _integrity's mapping window and manifest chunk to SMALL_WINDOW and SMALL_CHUNK (so a few hundred KiB
+    span many chunks), for the manifests built, the metadata written by mu_helpers and every Digester made without an
+    explicit chunk size (its default is bound when the class is defined, so the class is replaced by a subclass)."""
+    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from .mu_helpers import SMALL_CHUNK, SMALL_WINDOW
+
+    real = integrity.Digester
+
+    class SmallDigester(real):
+        def __init__(self, algorithm, chunk_bytes=SMALL_CHUNK):
+            super().__init__(algorithm, chunk_bytes)
+
+    monkeypatch.setattr(integrity, "WINDOW", SMALL_WINDOW)
+    monkeypatch.setattr(integrity, "CHUNK_BYTES", SMALL_CHUNK)
+    monkeypatch.setattr(integrity, "Digester", SmallDigester)
+    return SMALL_CHUNK

@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from .mu_helpers import dir_fd, manifest_of
+from .mu_helpers import SMALL_CHUNK, chunk_digests, dir_fd, manifest_of
 
 
 def _append(path, chunks, follower):
@@ -40,9 +40,23 @@ def test_follower_hashes_a_growing_page_image(tmp_path, monkeypatch, algorithm):
     data = b"".join(chunks)
     expected = integrity.new_digest(algorithm)
     expected.update(data)
-    assert digests["pages-1.img"] == integrity.FileDigest(len(data), expected.hexdigest())
+    assert digests["pages-1.img"] == integrity.FileDigest(len(data), (expected.hexdigest(),))
     assert digests["pages-2.img"].size == len(b"written at the very end")
     assert "pagemap-1.img" not in digests
+
+
+@pytest.mark.parametrize("algorithm", integrity.available_algorithms())
+def test_follower_splits_a_growing_page_image_into_chunks(tmp_path, monkeypatch, small_chunks, algorithm):
+    """Appends and reads that straddle chunk boundaries still give each chunk's digest."""
+    monkeypatch.setattr(follow, "FLUSH_EVERY", 64 * 1024)
+    monkeypatch.setattr(follow, "CHUNK", SMALL_CHUNK // 3 + 5)
+    chunks = [os.urandom(SMALL_CHUNK // 4 + 1001 * n) for n in range(12)]
+    with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), algorithm) as follower:
+        _append(str(tmp_path / "pages-1.img"), chunks, follower)
+        digests = follower.digests()
+    data = b"".join(chunks)
+    assert len(data) > 3 * SMALL_CHUNK
+    assert digests["pages-1.img"] == integrity.FileDigest(len(data), tuple(chunk_digests(data, SMALL_CHUNK, algorithm)))
 
 
 def test_follower_hashed_image_matches_the_manifest_of_the_same_file(tmp_path):
@@ -50,8 +64,21 @@ def test_follower_hashed_image_matches_the_manifest_of_the_same_file(tmp_path):
     with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), "sha256") as follower:
         digests = follower.digests()
     manifest = manifest_of(tmp_path)
-    assert manifest == [{"path": "pages-7.img", "size": digests["pages-7.img"].size, "sha256": digests["pages-7.img"].digest}]
-    assert digests["pages-7.img"].digest == hashlib.sha256((tmp_path / "pages-7.img").read_bytes()).hexdigest()
+    assert manifest == [{"path": "pages-7.img", "size": digests["pages-7.img"].size, "chunks": list(digests["pages-7.img"].chunks)}]
+    assert digests["pages-7.img"].chunks == (hashlib.sha256((tmp_path / "pages-7.img").read_bytes()).hexdigest(),)
+
+
+def test_follower_chunks_match_the_manifest_of_the_same_file(tmp_path, small_chunks):
+    """What the dump hashes as criu writes and what build_manifest hashes afterwards are the same chunks."""
+    data = os.urandom(5 * SMALL_CHUNK + 123)
+    (tmp_path / "pages-7.img").write_bytes(data)
+    (tmp_path / "pages-8.img").write_bytes(data[:2 * SMALL_CHUNK])  # ends exactly at a chunk boundary
+    with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), "sha256") as follower:
+        digests = follower.digests()
+    assert manifest_of(tmp_path) == manifest_of(tmp_path, hashed=digests)
+    assert [integrity.manifest_entry(name, digests[name]) for name in sorted(digests)] == manifest_of(tmp_path)
+    assert digests["pages-7.img"].chunks == tuple(chunk_digests(data, SMALL_CHUNK))
+    assert len(digests["pages-8.img"].chunks) == 2
 
 
 def test_follower_refuses_a_symlinked_page_image(tmp_path):

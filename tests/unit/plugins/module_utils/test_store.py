@@ -181,11 +181,12 @@ def _replace_problem(path):
         return store.replace_problem(loc)
 
 
-def test_replace_problem_allows_absent_empty_and_our_checkpoints(tmp_path):
+@pytest.mark.parametrize("schema", [1, 2])
+def test_replace_problem_allows_absent_empty_and_our_checkpoints(tmp_path, schema):
     assert _replace_problem(tmp_path / "absent") is None
     (tmp_path / "empty").mkdir()
     assert _replace_problem(tmp_path / "empty") is None
-    make_checkpoint(tmp_path / "ours")
+    make_checkpoint(tmp_path / "ours", schema=schema)  # ours whichever schema made it
     assert _replace_problem(tmp_path / "ours") is None
 
 
@@ -479,6 +480,44 @@ def test_fsync_dir_entries_flushes_regular_files_and_the_directory(tmp_path, mon
     assert flushed[-1] == str(tmp_path)
 
 
+@pytest.mark.parametrize("replace", [False, True])
+def test_write_file_flushes_file_and_directory_unless_not_durable(tmp_path, monkeypatch, replace):
+    flushed = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(_real_of(fd)), real(fd)))
+    with dir_fd(tmp_path) as fd:
+        store.write_file(fd, "metadata.json", b"{}", replace=replace)
+        assert flushed == [str(tmp_path / (".metadata.json.tmp" if replace else "metadata.json")), str(tmp_path)]
+        del flushed[:]
+        store.write_file(fd, "restored.json", b"[]", replace=replace, durable=False)
+        assert flushed == []
+    assert (tmp_path / "metadata.json").read_bytes() == b"{}" and (tmp_path / "restored.json").read_bytes() == b"[]"
+    assert stat.S_IMODE(os.stat(tmp_path / "restored.json").st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["metadata.json", "restored.json"]
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_publish_flushes_the_parent_unless_not_durable(tmp_path, monkeypatch, durable):
+    with store.location(str(tmp_path / "ckpt")) as loc:
+        staging = _staged(loc, b"new")
+        flushed = []
+        real = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(_real_of(fd)), real(fd)))
+        staging.publish(durable=durable)
+    assert flushed == ([str(tmp_path)] if durable else [])
+    assert (tmp_path / "ckpt" / store.METADATA).read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_copy_file_does_not_flush(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "work" / "restore.log").write_text("the log")
+    monkeypatch.setattr(os, "fsync", lambda fd: pytest.fail("a copied log is not flushed"))
+    with dir_fd(tmp_path / "ckpt") as fd:
+        assert store.copy_file(str(tmp_path / "work"), "restore.log", fd) is True
+    assert (tmp_path / "ckpt" / "restore.log").read_text() == "the log"
+
+
 def test_copy_file(tmp_path):
     (tmp_path / "work").mkdir()
     (tmp_path / "ckpt").mkdir()
@@ -506,7 +545,9 @@ def test_private_dir():
     assert not os.path.lexists(path)
 
 
-def test_metadata_of_a_checkpoint_made_here_parses(tmp_path):
-    metadata = make_checkpoint(tmp_path / "ckpt")
+@pytest.mark.parametrize("schema", [1, 2])
+def test_metadata_of_a_checkpoint_made_here_parses(tmp_path, schema):
+    metadata = make_checkpoint(tmp_path / "ckpt", schema=schema)
+    assert metadata["schema_version"] == schema
     with _open(tmp_path / "ckpt") as opened:
         assert json.loads(opened.read(store.METADATA)) == metadata
