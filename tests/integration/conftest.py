@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -24,34 +23,39 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 COUNTER = os.path.join(REPO, "demo", "counter.py")
 
-pytestmark = pytest.mark.integration
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="integration tests checkpoint real processes and need root")
-        for item in items:
-            if "integration" in str(item.fspath):
+    """Mark every test under this directory ``integration`` (so ``-m integration`` selects them; a ``pytestmark`` in a
+    conftest marks nothing), and skip them when not root."""
+    skip = pytest.mark.skip(reason="integration tests checkpoint real processes and need root")
+    for item in items:
+        if str(item.path).startswith(HERE + os.sep):
+            item.add_marker(pytest.mark.integration)
+            if os.geteuid() != 0:
                 item.add_marker(skip)
 
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
                env: t.Optional[t.Mapping[str, str]] = None) -> t.Dict[str, t.Any]:
-    """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` (``env``: extra environment) and return the task result."""
-    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0", ANSIBLE_NOCOLOR="1",
-               **(env or {}))
+    """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` (``env``: extra environment) and return the task result.
+
+    The result is read from ansible-core's ``json`` stdout callback, not from the human output. (pytest-ansible's
+    ``ansible_module`` fixture would run in-process, but its host management is deprecated upstream.)
+    """
+    env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+               ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", **(env or {}))
     argv = [ANSIBLE, "localhost", "-m", "nucleus.criu.%s" % module] + (["-a", json.dumps(dict(args))] if args else [])
     if check:
         argv.append("--check")
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
-    # The ad-hoc output is "localhost | CHANGED => {json}" (SUCCESS, FAILED!, ...).
-    match = re.search(r"^localhost \| ([A-Z]+)!? => ", proc.stdout, re.MULTILINE)
     try:
-        result = json.loads(proc.stdout[match.end():])
-        result["failed"] = match.group(1) == "FAILED"
-        return result
-    except (AttributeError, ValueError) as exc:
+        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (LookupError, ValueError) as exc:
         raise AssertionError("ansible gave no JSON result (rc %d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
+    result.setdefault("failed", False)
+    return result
 
 
 def read_state(path: str) -> t.Tuple[str, int]:
@@ -97,16 +101,20 @@ def free_port() -> int:
 class Workload:
     """A counter process (optionally a tree, a TCP server, in its own PID namespace) started by the test."""
 
-    def __init__(self, state_file: str, args: t.Sequence[str], pid_namespace: bool) -> None:
+    def __init__(self, state_file: str, args: t.Sequence[str], pid_namespace: bool, program: str = COUNTER,
+                 net_namespace: bool = False) -> None:
         self.state_file = state_file
-        argv = [sys.executable, COUNTER, state_file] + list(args)
-        if pid_namespace:
+        argv = [sys.executable, program, state_file] + list(args)
+        if net_namespace:
+            # Its own network namespace (loopback up): its sockets die with it, and a restore recreates them there.
+            argv = ["unshare", "--pid", "--net", "--fork", "setsid", "sh", "-c", 'ip link set lo up && exec "$0" "$@"'] + argv
+        elif pid_namespace:
             argv = ["unshare", "--pid", "--fork", "setsid"] + argv
         # A session of its own: no shell job, and our own session is never part of the dump.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
-        if pid_namespace:
+        if pid_namespace or net_namespace:
             self.pid = wait_for(lambda: self._only_child(self.proc.pid), what="namespace init")
         self.extra_pids: t.List[int] = []
 

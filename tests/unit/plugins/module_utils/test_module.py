@@ -205,8 +205,10 @@ def test_checkpoint_spec_state_absent_needs_no_pid():
 
 
 def _documented_options(name):
+    # ansible-test units narrows PYTHONPATH to module code; the ansible-doc command needs all of ansible.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     proc = subprocess.run([ANSIBLE_DOC, "-j", "-t", "module", "nucleus.criu.%s" % name], cwd=REPO, capture_output=True,
-                          text=True, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+                          text=True, check=False, env=dict(env, ANSIBLE_NOCOLOR="1"))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["nucleus.criu.%s" % name]["doc"]["options"]
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run `ansible-test units` for nucleus.criu, as a contributor would, offline.
+#
+# Usage: scripts/units.sh [extra ansible-test units args, e.g. tests/unit/plugins/module_utils/test_store.py]
+#
+# Environment:
+#   VENV          virtualenv holding ansible-core and the unit tests' requirements (default: <repo>/.venv)
+#   UNITS_BUILD   where the ansible_collections/ copy lives (default: <repo>/build/ansible-test-units)
+#
+# How it works (as scripts/sanity.sh):
+#   * ansible-test needs a REAL .../ansible_collections/nucleus/criu/ path, so the git-tracked plus
+#     untracked-but-not-ignored files are copied into UNITS_BUILD/ansible_collections/nucleus/criu/;
+#   * `--local`: the tests run with this venv's Python, which has ansible-test's unit test requirements
+#     (pytest, pytest-mock, pytest-xdist, mock) and tests/unit/requirements.txt (hypothesis, protobuf),
+#     all pinned in requirements/test.txt; nothing is installed. Elsewhere,
+#     `ansible-test units --venv --requirements --python X.Y` installs them from those files.
+#   * No root needed; tests that need root skip themselves.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+UNITS_BUILD="${UNITS_BUILD:-$ROOT/build/ansible-test-units}"
+DEST="$UNITS_BUILD/ansible_collections/nucleus/criu"
+PY="$VENV/bin/python"
+
+if [[ ! -x "$PY" ]]; then
+    echo "units.sh: no Python at $PY (create the venv first: scripts/setup.sh)" >&2
+    exit 2
+fi
+PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+export PATH="$VENV/bin:$PATH"
+
+# --- real-path copy of the collection (tracked and untracked, .gitignore honoured) --------------------
+rm -rf -- "$DEST"
+mkdir -p "$DEST"
+(
+    cd "$ROOT"
+    git ls-files -z -co --exclude-standard |
+        while IFS= read -r -d '' f; do
+            if [[ -e "$f" || -L "$f" ]]; then printf '%s\0' "$f"; fi
+        done |
+        tar --null --no-recursion -T - -cf - |
+        tar -xf - -C "$DEST"
+)
+# Without a .git of its own, ansible-test would list files with the outer repo's git (which ignores build/).
+git -C "$DEST" init -q
+
+cd "$DEST"
+ansible-test units --local --python "$PYVER" --color no "$@"
+echo "units.sh: OK"
