@@ -80,3 +80,14 @@ def test_role_prepares_a_post_copy_source(tmp_path):
         assert "fs.pipe-max-size = 4194304" in sysctl_file.read_text()
         again = role()
         assert "changed=0" in again and "failed=0" in again, again
+
+
+def test_role_refuses_an_os_family_it_cannot_install_on(clean_prefix):
+    """On a host that needs criu, an unsupported OS family fails before apt is touched, naming what is supported."""
+    argv = [PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+            "-e", json.dumps(dict(PREFIX, criu_supported_os_families=["RedHat"])), "playbooks/criu.yml"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "installs criu with apt and dpkg, on the OS families RedHat" in proc.stdout, proc.stdout
+    assert "(Debian family)" in proc.stdout and "which criu they offer" not in proc.stdout, proc.stdout
+    assert not os.path.lexists(TREE) and not os.path.lexists(LINK)
