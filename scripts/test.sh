@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on this machine: set up, then the sanity and lint gates, a clean
-# build, the Molecule scenarios, a benchmark smoke run, and finally unit and integration
+# The whole test suite on this machine: set up, then the sanity and lint gates, the docs site
+# (offline, no warnings), a clean build and the execution environment check, the Molecule
+# scenarios, a benchmark smoke run, the unit tests (ansible-test units) and finally the integration
 # tests (real CRIU, real processes, real ssh hosts, as root). Extra arguments go to pytest.
 set -euo pipefail
 
@@ -17,9 +18,13 @@ trap stop_test_hosts EXIT
 
 bash scripts/sanity.sh
 bash scripts/lint.sh
+bash scripts/docs.sh
 bash scripts/build.sh
+bash scripts/ee.sh
 molecule test -s default
 molecule test -s migration
+bash scripts/molecule_example.sh
 # Smoke only: the smallest size once, asserting nothing about time, on a host pair of its own.
-NUCLEUS_BENCH_PORT=2277 .venv/bin/python scripts/bench.py --sizes 16 --runs 1 --json build/bench/smoke.json
-python -m pytest tests/unit tests/integration -p no:cacheprovider -ra "$@"
+NUCLEUS_BENCH_PORT=2277 bash scripts/bench.sh --sizes 16 --runs 1 --json build/bench/smoke.json
+bash scripts/units.sh
+python -m pytest tests/integration -p no:cacheprovider -ra "$@"

@@ -12,6 +12,12 @@
 # NUCLEUS_TESTHOSTS_PORT (default 2222) runs another, independent pair on that port,
 # with its files in build/testhosts-PORT. NUCLEUS_TESTHOSTS_PYTHON (default /usr/bin/python3)
 # is the interpreter the inventory gives Ansible for both hosts.
+#
+# More hosts (the benchmark's fan-out): `up N` (or NUCLEUS_TESTHOSTS_COUNT=N with `up`) starts
+# host-1 .. host-N instead, on 127.0.0.2 .. 127.0.0.(N+1), each sshd in its own mount namespace
+# with its private tmpfs, and lists them all in the inventory; `pid 3` prints host-3's sshd pid,
+# and `down` stops every host of the port, lettered or numbered. One form per port at a time:
+# host-1 and host-a would both listen on 127.0.0.2.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -20,6 +26,12 @@ readonly PORT=${NUCLEUS_TESTHOSTS_PORT:-2222}
 if [[ $PORT == 2222 ]]; then readonly DIR="$REPO/build/testhosts"; else readonly DIR="$REPO/build/testhosts-$PORT"; fi
 readonly PRIVATE=/var/lib/nucleus-criu
 declare -A ADDRESS=([a]=127.0.0.2 [b]=127.0.0.3)
+readonly MAX_COUNT=253
+
+# The address of host a or b, or of numbered host N (127.0.0.(N+1)).
+address() {
+    if [[ $1 =~ ^[0-9]+$ ]]; then echo "127.0.0.$(($1 + 1))"; else echo "${ADDRESS[$1]}"; fi
+}
 
 # The host's sshd pid, if it runs. A killed sshd stays a zombie until init reaps it (here 1-2 s later),
 # and kill -0 succeeds on a zombie: read its state instead.
@@ -30,11 +42,24 @@ host_pid() {
     [[ $state != Z* ]] && cat "$pidfile"
 }
 
+# Names of the hosts with a pid file on this port: a and b first, then the numbered ones.
+known_hosts() {
+    local pidfile name
+    echo a
+    echo b
+    for pidfile in "$DIR"/sshd-*.pid; do
+        [[ -e $pidfile ]] || continue
+        name=${pidfile##*/sshd-}
+        name=${name%.pid}
+        [[ $name == a || $name == b ]] || echo "$name"
+    done
+}
+
 write_config() {
     local name=$1
     [[ -f $DIR/hostkey-$name ]] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/hostkey-$name"
     cat >"$DIR/sshd-$name.conf" <<EOF
-ListenAddress ${ADDRESS[$name]}:$PORT
+ListenAddress $(address "$name"):$PORT
 HostKey $DIR/hostkey-$name
 PidFile none
 AuthorizedKeysFile $DIR/authorized_keys
@@ -60,7 +85,7 @@ start() {
     echo "$pid" >"$DIR/sshd-$name.pid"
     for _ in $(seq 100); do
         if ssh -q -p "$PORT" -i "$DIR/id_ed25519" -o BatchMode=yes -o StrictHostKeyChecking=no \
-            -o UserKnownHostsFile=/dev/null "root@${ADDRESS[$name]}" true 2>/dev/null; then
+            -o UserKnownHostsFile=/dev/null "root@$(address "$name")" true 2>/dev/null; then
             return 0
         fi
         kill -0 "$pid" 2>/dev/null || break
@@ -71,17 +96,30 @@ start() {
     exit 1
 }
 
+# up: host-a and host-b. up N: host-1 .. host-N.
 up() {
+    local count=${1:-${NUCLEUS_TESTHOSTS_COUNT:-}} name names=()
+    if [[ -n $count ]] && ! [[ $count =~ ^[0-9]+$ && $count -ge 1 && $count -le $MAX_COUNT ]]; then
+        echo "testhosts: the host count must be 1..$MAX_COUNT, got '$count'" >&2
+        exit 2
+    fi
     mkdir -p "$DIR" /run/sshd
     chmod 0700 "$DIR"
+    # The two forms share 127.0.0.2 and 127.0.0.3: refuse to start one while the other runs on this port.
+    for name in $(known_hosts); do
+        if [[ -z $count && $name =~ ^[0-9]+$ || -n $count && ! $name =~ ^[0-9]+$ ]] && host_pid "$name" >/dev/null; then
+            echo "testhosts: host-$name runs on port $PORT already: run \`down\` first" >&2
+            exit 1
+        fi
+    done
     [[ -f $DIR/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C nucleus-criu-tests -f "$DIR/id_ed25519"
     cp "$DIR/id_ed25519.pub" "$DIR/authorized_keys"
-    start a
-    start b
-    cat >"$DIR/inventory.ini" <<EOF
-[criu_hosts]
-host-a ansible_host=${ADDRESS[a]}
-host-b ansible_host=${ADDRESS[b]}
+    if [[ -n $count ]]; then mapfile -t names < <(seq 1 "$count"); else names=(a b); fi
+    for name in "${names[@]}"; do start "$name"; done
+    {
+        echo "[criu_hosts]"
+        for name in "${names[@]}"; do echo "host-$name ansible_host=$(address "$name")"; done
+        cat <<EOF
 
 [criu_hosts:vars]
 ansible_port=$PORT
@@ -90,13 +128,14 @@ ansible_ssh_private_key_file=$DIR/id_ed25519
 ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
 ansible_python_interpreter=${NUCLEUS_TESTHOSTS_PYTHON:-/usr/bin/python3}
 EOF
+    } >"$DIR/inventory.ini"
 }
 
 # Everything that lives in the host's mount namespace: the listener, the sshd serving each
 # (possibly multiplexed, still open) connection, and whatever those started there.
 down() {
     local name pid ns proc
-    for name in a b; do
+    for name in $(known_hosts); do
         if pid=$(host_pid "$name"); then
             ns=$(readlink "/proc/$pid/ns/mnt")
             for proc in /proc/[0-9]*; do
@@ -109,8 +148,8 @@ down() {
 }
 
 case ${1:-} in
-    up) up ;;
+    up) up "${2:-}" ;;
     down) down ;;
     pid) host_pid "${2,,}" || { echo "testhosts: host-$2 is not running" >&2; exit 1; } ;;
-    *) echo "usage: $0 up|down|pid a|b" >&2; exit 2 ;;
+    *) echo "usage: $0 up [N]|down|pid a|b|N" >&2; exit 2 ;;
 esac

@@ -212,3 +212,49 @@ class Remote:
     def stop(self) -> None:
         for pid in processes_running(self.state_file):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- more hosts: the benchmark's fan-out ---------------------------------------------------------------
+
+class Fleet(Hosts):
+    """``count`` numbered test hosts on ``port`` (``testhosts.sh up N``): host-1 .. host-N on 127.0.0.2 ..
+    127.0.0.(N+1), each in its own mount namespace with its private tmpfs. Host names here are "1" .. "N"."""
+
+    def __init__(self, count: int, port: int) -> None:
+        super().__init__(port)
+        self.count = count
+
+    @property
+    def names(self) -> t.List[str]:
+        return [str(index) for index in range(1, self.count + 1)]
+
+    @staticmethod
+    def address(name: str) -> str:
+        return "127.0.0.%d" % (int(name) + 1)
+
+    def up(self) -> None:
+        subprocess.run(["bash", TESTHOSTS, "up", str(self.count)], check=True, env=self.env)
+
+    def run(self, name: str, command: str, check: bool = True) -> str:
+        argv = ["ssh", "-q", "-p", str(self.port), "-i", self.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "root@%s" % self.address(name), command]
+        return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
+
+
+class RemoteOn(Remote):
+    """A counter workload like Remote, started on any host of ``hosts`` (a pair's "a" or "b", a fleet's "1" .. "N"),
+    with ``fill_timeout`` seconds to fill its memory."""
+
+    def __init__(self, hosts: Hosts, host: str, name: str, tmp: str, args: str = "",  # pylint: disable=super-init-not-called
+                 fill_timeout: float = 120) -> None:
+        self.hosts = hosts
+        self.host = host
+        self.name = name
+        self.state_file = os.path.join(tmp, name + ".state")
+        self.pidfile = "%s/%s.pid" % (PRIVATE, name)
+        program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
+        hosts.run(host, "setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % program)
+        self.pid = wait_for(self._find, what="workload %s to start" % name)
+        hosts.run(host, "echo %d > %s" % (self.pid, self.pidfile))
+        wait_for(lambda: os.path.exists(self.state_file), timeout=fill_timeout, what="workload %s to fill its memory" % name)
+        wait_for(lambda: read_state(self.state_file)[1] > 5, what="workload %s to count" % name)
