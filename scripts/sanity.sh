@@ -8,10 +8,8 @@
 #   SANITY_BUILD    where the ansible_collections/ copy lives (default: <repo>/build/ansible-test)
 #
 # How it works:
-#   * ansible-test insists on a REAL .../ansible_collections/nucleus/criu/ path
-#     (symlinks are resolved and rejected), so the git-tracked plus
-#     untracked-but-not-ignored files are mirrored into
-#     build/ansible-test/ansible_collections/nucleus/criu/ (rm + tar copy).
+#   * ansible-test insists on a REAL .../ansible_collections/nucleus/criu/ path, so
+#     the collection is copied into build/ansible-test/ (scripts/lib/collection_tree.sh).
 #   * Mode: `--local` (the default "origin" controller, i.e. this venv's Python).
 #     Either way ansible-test builds one cached venv per sanity test under
 #     ~/.ansible/test/venv/ (pinned linters from PyPI, first run only), so
@@ -109,25 +107,9 @@ EOF
 fi
 
 # --- real-path copy of the collection --------------------------------------
-# rm + copy (tar, no rsync dependency): the copy is exact, including deletions.
-# -c tracked, -o untracked, --exclude-standard honours .gitignore; tracked files
-# deleted in the worktree are filtered out.
-rm -rf -- "$DEST"
-mkdir -p "$DEST"
-(
-    cd "$ROOT"
-    git ls-files -z -co --exclude-standard |
-        while IFS= read -r -d '' f; do
-            if [[ -e "$f" || -L "$f" ]]; then printf '%s\0' "$f"; fi
-        done |
-        tar --null --no-recursion -T - -cf - |
-        tar -xf - -C "$DEST"
-)
-# The copy sits inside this repo's ignored build/ dir: without its own .git,
-# ansible-test would use the outer repo's `git ls-files` (which ignores build/)
-# and report "All targets skipped". An empty repo makes every file untracked
-# content, which ansible-test's git provider lists (-co --exclude-standard).
-git -C "$DEST" init -q
+# shellcheck source=scripts/lib/collection_tree.sh
+source "$ROOT/scripts/lib/collection_tree.sh"
+collection_tree "$ROOT" "$DEST"
 
 # --- run ----------------------------------------------------------------------
 LOG="$SANITY_BUILD/sanity.log"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on this machine: set up, then the sanity and lint gates, the docs site
 # (offline, no warnings), a clean build and the execution environment check, the Molecule
-# scenarios, a benchmark smoke run, the unit tests (ansible-test units) and finally the integration
-# tests (real CRIU, real processes, real ssh hosts, as root). Extra arguments go to pytest.
+# scenarios, a benchmark smoke run, the unit tests (ansible-test units), the modules' integration
+# targets (ansible-test integration) and finally the pytest integration tests (real CRIU, real
+# processes, real ssh hosts, as root). Extra arguments go to pytest.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -27,4 +28,5 @@ bash scripts/molecule_example.sh
 # Smoke only: the smallest size once, asserting nothing about time, on a host pair of its own.
 NUCLEUS_BENCH_PORT=2277 bash scripts/bench.sh --sizes 16 --runs 1 --json build/bench/smoke.json
 bash scripts/units.sh
+bash scripts/integration.sh
 python -m pytest tests/integration -p no:cacheprovider -ra "$@"

@@ -8,8 +8,8 @@
 #   UNITS_BUILD   where the ansible_collections/ copy lives (default: <repo>/build/ansible-test-units)
 #
 # How it works (as scripts/sanity.sh):
-#   * ansible-test needs a REAL .../ansible_collections/nucleus/criu/ path, so the git-tracked plus
-#     untracked-but-not-ignored files are copied into UNITS_BUILD/ansible_collections/nucleus/criu/;
+#   * ansible-test needs a REAL .../ansible_collections/nucleus/criu/ path, so the collection is copied
+#     into UNITS_BUILD (scripts/lib/collection_tree.sh);
 #   * `--local`: the tests run with this venv's Python, which has ansible-test's unit test requirements
 #     (pytest, pytest-mock, pytest-xdist, mock) and tests/unit/requirements.txt (hypothesis, protobuf),
 #     all pinned in requirements/test.txt; nothing is installed. Elsewhere,
@@ -30,20 +30,9 @@ fi
 PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 export PATH="$VENV/bin:$PATH"
 
-# --- real-path copy of the collection (tracked and untracked, .gitignore honoured) --------------------
-rm -rf -- "$DEST"
-mkdir -p "$DEST"
-(
-    cd "$ROOT"
-    git ls-files -z -co --exclude-standard |
-        while IFS= read -r -d '' f; do
-            if [[ -e "$f" || -L "$f" ]]; then printf '%s\0' "$f"; fi
-        done |
-        tar --null --no-recursion -T - -cf - |
-        tar -xf - -C "$DEST"
-)
-# Without a .git of its own, ansible-test would list files with the outer repo's git (which ignores build/).
-git -C "$DEST" init -q
+# shellcheck source=scripts/lib/collection_tree.sh
+source "$ROOT/scripts/lib/collection_tree.sh"
+collection_tree "$ROOT" "$DEST"
 
 cd "$DEST"
 ansible-test units --local --python "$PYVER" --color no "$@"
