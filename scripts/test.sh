@@ -2,8 +2,9 @@
 # The whole test suite on this machine: set up, then the sanity and lint gates, the docs site
 # (offline, no warnings), a clean build and the execution environment check, the Molecule
 # scenarios, a benchmark smoke run, the unit tests (ansible-test units), the modules' integration
-# targets (ansible-test integration) and finally the pytest integration tests (real CRIU, real
-# processes, real ssh hosts, as root). Extra arguments go to pytest.
+# targets (ansible-test integration), both again under the oldest ansible-core claimed, and finally
+# the pytest integration tests (real CRIU, real processes, real ssh hosts, as root). Extra arguments
+# go to pytest.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -29,4 +30,5 @@ bash scripts/molecule_example.sh
 NUCLEUS_BENCH_PORT=2277 bash scripts/bench.sh --sizes 16 --runs 1 --json build/bench/smoke.json
 bash scripts/units.sh
 bash scripts/integration.sh
+bash scripts/compat.sh
 python -m pytest tests/integration -p no:cacheprovider -ra "$@"
