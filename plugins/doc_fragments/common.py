@@ -68,7 +68,21 @@ options:
 """
 
     ATTRIBUTES = r"""
+requirements:
+  - criu 4.2 or newer on the managed host, at a trusted path or O(criu_path) (the P(nucleus.criu.criu#role) role
+    installs it and proves it).
+  - Root on the managed host (C(become=true)); criu needs capabilities only root has.
+  - Optional, on the managed host - the Python package C(blake3) for BLAKE3 manifests; CRIU's C(pycriu) with
+    C(protobuf) for criu's own statistics and checkpoint details (the P(nucleus.criu.criu#role) role installs both).
 attributes:
+  action_group:
+    description: Use C(group/nucleus.criu.criu) in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - nucleus.criu.criu
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second run reports no change.
+    support: full
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
   diff_mode:

@@ -39,8 +39,8 @@ options:
   state:
     description:
       - V(present) makes sure O(dest) holds a checkpoint of the process.
-      - V(absent) deletes the checkpoint at O(dest), if it is a checkpoint directory this collection made (or an empty
-        directory), owned by root or the calling user; anything else there is refused, naming it.
+      - V(absent) deletes the checkpoint at O(dest), if it is a checkpoint directory this collection made, owned by root
+        or the calling user; anything else there (an empty directory too) is refused, naming it.
     type: str
     choices: [present, absent]
     default: present
@@ -198,6 +198,21 @@ checkpoint:
     - C(process.cmdline) is left out (arguments may hold secrets); it stays in the root-only C(metadata.json).
   returned: when a checkpoint exists at dest after the task
   type: dict
+  sample:
+    schema_version: 2
+    id: ebcf018e-b18e-4eda-8f02-24b1a177c61d
+    name: job
+    created_at: "2026-11-30T11:22:38.165114Z"
+    source: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
+             machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
+    criu: {path: /usr/local/sbin/criu, version: 4.2.1}
+    process: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
+              pid_namespace_init: false, tree: [4242]}
+    options: {leave_running: true, tcp_established: false, network_lock: nftables}
+    restore_needs: {}
+    manifest_algorithm: sha256
+    manifest_chunk_bytes: 67108864
+    manifest: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
 stats:
   description: Dump statistics.
   returned: when a dump happened
@@ -218,6 +233,8 @@ stats:
           C(frozen_time), C(memdump_time), C(memwrite_time) (microseconds), C(pages_scanned), C(pages_written).
         - C(unavailable) says why when they cannot be read.
       type: dict
+      sample: {freezing_time: 1210, frozen_time: 412345, memdump_time: 98765, memwrite_time: 301234,
+               pages_scanned: 65612, pages_written: 65536}
     image_bytes:
       description: Total size of the image files.
       type: int

@@ -103,9 +103,11 @@ checkpoints:
     process:
       description: Pid and command name of the root of the dumped tree (never its arguments).
       type: dict
+      sample: {pid: 4242, comm: python3}
     source:
       description: Host name, architecture and kernel it was made on.
       type: dict
+      sample: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64}
     criu_version:
       description: Version of the criu that made it.
       type: str
@@ -121,6 +123,7 @@ checkpoints:
     options:
       description: The criu options it was made with (those set).
       type: dict
+      sample: {leave_running: true, network_lock: nftables}
     valid:
       description: Whether it verifies.
       type: bool
@@ -139,15 +142,18 @@ checkpoints:
           description: Each process (pid, ppid, comm, threads, memory_bytes), pids as in the checkpoint.
           type: list
           elements: dict
+          sample: [{pid: 1, ppid: 0, comm: python3, threads: 1, memory_bytes: 268435456}]
         memory_bytes:
           description: Memory of all processes.
           type: int
         files:
           description: Open files by kind (REG, PIPE, ...).
           type: dict
+          sample: {REG: 3, PIPE: 2}
         sockets:
           description: Open sockets by kind (INETSK, UNIXSK, ...).
           type: dict
+          sample: {INETSK: 2}
         unavailable:
           description: Why nothing could be read (pycriu or protobuf missing, or the checkpoint does not verify).
           type: str

@@ -40,8 +40,7 @@ attributes:
     support: full
     details: Runs every preflight check on both hosts and predicts whether a migration would start; freezes nothing.
 requirements:
-  - criu >= 4.2 on both hosts (the P(nucleus.criu.criu#role) role installs it).
-  - Root on both hosts (C(become=true) here; the ssh login to the target must be root).
+  - On the target too - criu 4.2 or newer, and root (the ssh login to the target must be root).
   - ssh from the source to the target without a password prompt (a key file on the source; an agent only lives as long
     as the controller's connection), and Python 3.9 or newer at O(target_python) on the target.
 options:
@@ -203,9 +202,11 @@ migration:
       description: Every phase with its UTC time.
       type: list
       elements: dict
+      sample: [{phase: prepared, at: "2026-11-30T10:00:00.100000Z"}, {phase: freezing, at: "2026-11-30T10:00:00.650000Z"}]
     progress:
       description: Last progress report (step, bytes_sent, rate_mib_s).
       type: dict
+      sample: {step: transferring, bytes_sent: 134217728, rate_mib_s: 181.4}
     journal:
       description: Path of the source's journal.
       type: str

@@ -113,12 +113,29 @@ checkpoint:
   description: The checkpoint's metadata.
   returned: when a restore happened or would happen
   type: dict
+  sample:
+    schema_version: 2
+    id: ebcf018e-b18e-4eda-8f02-24b1a177c61d
+    name: job
+    created_at: "2026-11-30T11:22:38.165114Z"
+    source: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
+             machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
+    criu: {path: /usr/local/sbin/criu, version: 4.2.1}
+    process: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
+              pid_namespace_init: false, tree: [4242]}
+    options: {leave_running: true, tcp_established: false, network_lock: nftables}
+    restore_needs: {}
+    manifest_algorithm: sha256
+    manifest_chunk_bytes: 67108864
+    manifest: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
 restored:
   description:
     - The record written to C(restored.json) (pid, starttime, boot_id, host, checkpoint_id, restored_at).
     - C(restored_at) is the UTC time criu restore returned with the tree running; the end of the workload's downtime.
   returned: when the process is restored
   type: dict
+  sample: {pid: 4242, starttime: 987654, boot_id: 0e6a..., host: web2, checkpoint_id: ebcf018e-b18e-4eda-8f02-24b1a177c61d,
+           restored_at: "2026-11-30T10:00:01.654321Z"}
 stats:
   description: Restore statistics.
   returned: when a restore happened
@@ -138,6 +155,7 @@ stats:
         - criu's own statistics of the restore (its C(stats-restore), read with pycriu), for example C(forking_time),
           C(restore_time) (microseconds), C(pages_restored); C(unavailable) says why when they cannot be read.
       type: dict
+      sample: {forking_time: 2100, restore_time: 187000, pages_restored: 65536}
 actions:
   description: What was done, or would be done in check mode.
   returned: always

@@ -68,6 +68,21 @@ checkpoint:
   description: The checkpoint's metadata.
   returned: success
   type: dict
+  sample:
+    schema_version: 2
+    id: ebcf018e-b18e-4eda-8f02-24b1a177c61d
+    name: job
+    created_at: "2026-11-30T11:22:38.165114Z"
+    source: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
+             machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
+    criu: {path: /usr/local/sbin/criu, version: 4.2.1}
+    process: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
+              pid_namespace_init: false, tree: [4242]}
+    options: {leave_running: true, tcp_established: false, network_lock: nftables}
+    restore_needs: {}
+    manifest_algorithm: sha256
+    manifest_chunk_bytes: 67108864
+    manifest: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
 signed:
   description: Whether the checkpoint carries a C(checkpoint.hmac).
   returned: success
