@@ -14,7 +14,7 @@ import uuid
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
+from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _lifecycle as lifecycle
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
@@ -169,7 +169,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
                 dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path), dict(options, leave_stopped=True) if ending
                                             else options, params["timeout"]).duration
                 hashed = follower.digests()
-            criu_stats = inspect_.stats(runtime.path, staging.fd, store.DUMP_STATS)
+            criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
             identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
             # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
             flush_started = time.monotonic()

@@ -1,6 +1,6 @@
 # Copyright (c) nucleus.criu contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What a checkpoint holds and what criu measured, read with CRIU's own image parser (pycriu).
+"""What a checkpoint holds, read with CRIU's own image parser (pycriu).
 
 pycriu ships with criu (the criu role puts it in its private tree, with the host's python3-protobuf); it
 is imported only from the directory beside the validated criu binary, after that directory passed the
@@ -84,24 +84,6 @@ def _load_image(images: t.Any, dir_fd: int, name: str) -> t.Dict[str, t.Any]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as handle:
         return images.load(handle)
-
-
-def stats(criu_path: str, dir_fd: int, name: str) -> t.Dict[str, t.Any]:
-    """criu's own statistics file (stats-dump / stats-restore) as a dict of counters, times in microseconds."""
-    images, why = load(criu_path)
-    if images is None:
-        return {"unavailable": why}
-    try:
-        entries = _load_image(images, dir_fd, name)["entries"]
-    except FileNotFoundError:
-        return {"unavailable": "criu wrote no %s" % name}
-    except Exception as exc:  # pylint: disable=broad-exception-caught  # pycriu raises anything on bad input
-        return {"unavailable": "%s cannot be read: %s" % (name, exc)}
-    found: t.Dict[str, t.Any] = {}
-    for entry in entries:
-        for counters in entry.values():
-            found.update(counters)
-    return found
 
 
 def inspect(criu_path: str, checkpoint: store.Checkpoint) -> t.Dict[str, t.Any]:

@@ -17,7 +17,7 @@ import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
+from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
@@ -136,7 +136,7 @@ def restore_tree(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.
         with logs_kept_in(checkpoint, work):
             pid, run = runtime.restore(Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES)), work,
                                        options, timeout, lazy=lazy, leave_stopped=leave_stopped, pidfile=pidfile)
-        criu_stats = inspect_.stats(runtime.path, work.fd, store.RESTORE_STATS)
+        criu_stats = criustats.read(work.fd, store.RESTORE_STATS)
     return pid, Run(run.duration, os.path.join(checkpoint.path, store.RESTORE_LOG), criu_stats)
 
 

@@ -229,7 +229,7 @@ stats:
       type: float
     criu:
       description:
-        - criu's own statistics of the dump (its C(stats-dump), read with pycriu), for example C(freezing_time),
+        - criu's own statistics of the dump (its C(stats-dump)), for example C(freezing_time),
           C(frozen_time), C(memdump_time), C(memwrite_time) (microseconds), C(pages_scanned), C(pages_written).
         - C(unavailable) says why when they cannot be read.
       type: dict

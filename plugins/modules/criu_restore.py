@@ -152,7 +152,7 @@ stats:
       type: int
     criu:
       description:
-        - criu's own statistics of the restore (its C(stats-restore), read with pycriu), for example C(forking_time),
+        - criu's own statistics of the restore (its C(stats-restore)), for example C(forking_time),
           C(restore_time) (microseconds), C(pages_restored); C(unavailable) says why when they cannot be read.
       type: dict
       sample: {forking_time: 2100, restore_time: 187000, pages_restored: 65536}

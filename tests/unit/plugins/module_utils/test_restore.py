@@ -10,7 +10,6 @@ import time
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
-from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore
@@ -18,6 +17,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _store as stor
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir, Run
 from .mu_helpers import KEY, make_checkpoint, opened_checkpoint, wait_for, write_exe
+from .test_criustats import RESTORE_COUNTERS, STATS_RESTORE
 
 PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 
@@ -47,7 +47,6 @@ class FakeRuntime:
     def __init__(self, spawn, path, fail=False):
         self.spawn = spawn
         self.path = path  # no pycriu beside it: criu's statistics are "unavailable"
-        self.no_pycriu = {"unavailable": "pycriu is not installed beside %s (the nucleus.criu.criu role installs it)" % path}
         self.fail = fail
         self.calls = []
 
@@ -58,7 +57,7 @@ class FakeRuntime:
         with open(work.file("restore.log"), "w") as handle:
             handle.write("(00.1) Restore finished successfully\n")
         with open(work.file("stats-restore"), "wb") as handle:
-            handle.write(b"\x01stats")
+            handle.write(STATS_RESTORE)
         if self.fail:
             raise CriuError("criu restore failed (exit code 1). Log: %s. Last errors: boom" % work.file("restore.log"),
                             log=work.file("restore.log"))
@@ -68,12 +67,10 @@ class FakeRuntime:
 @pytest.fixture
 def fake_criu(spawn, monkeypatch, tmp_path_factory):
     prefix = tmp_path_factory.mktemp("criu")
-    os.makedirs(prefix / "lib" / "python3" / "dist-packages")  # where pycriu would be, empty
     runtime = FakeRuntime(spawn, str(prefix / "sbin" / "criu"))
     monkeypatch.setattr(restore.CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
     monkeypatch.setattr(restore.host, "require_privileges", lambda: None)
     monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
-    monkeypatch.setattr(inspect_, "_loaded", {})  # never a pycriu another test loaded
     return runtime
 
 
@@ -214,7 +211,7 @@ def test_restore_runs_criu_on_the_verified_fds_in_a_private_work_dir(tmp_path, f
     stats = result["stats"]
     assert set(stats) == {"verify_seconds", "verify_bytes", "restore_seconds", "criu"}
     assert stats["restore_seconds"] == 0.5 and stats["verify_bytes"] == len(b"inventory") and stats["verify_seconds"] >= 0
-    assert stats["criu"] == fake_criu.no_pycriu
+    assert stats["criu"] == RESTORE_COUNTERS
     assert call["images"] == os.path.join(src, "images") and call["images_path"] == os.path.join(src, "images")
     # the effective options: what the dump recorded that criu needs again (the rest off), nothing chosen at restore
     assert call["options"] == {"shell_job": True, "tcp_established": False, "tcp_close": False, "ext_unix_sk": False,
@@ -226,7 +223,7 @@ def test_restore_runs_criu_on_the_verified_fds_in_a_private_work_dir(tmp_path, f
     assert record["starttime"] == procfs.read_stat(pid).starttime and record["boot_id"] == procfs.boot_id()
     assert stat.S_IMODE(os.stat(tmp_path / "c" / "restored.json").st_mode) == 0o600
     assert (tmp_path / "c" / "restore.log").read_text() == "(00.1) Restore finished successfully\n"
-    assert (tmp_path / "c" / "stats-restore").read_bytes() == b"\x01stats"
+    assert (tmp_path / "c" / "stats-restore").read_bytes() == STATS_RESTORE
     assert (tmp_path / "app.pid").read_text() == "%d\n" % pid
     assert sorted(os.listdir(tmp_path)) == ["app.pid", "c"]  # the lock is gone
     # the restored process lives: a second run changes nothing
@@ -306,35 +303,35 @@ def test_restore_tree_uses_a_private_work_dir_and_copies_logs(tmp_path, fake_cri
     [call] = fake_criu.calls
     assert call["options"] == options  # passed to criu as given
     assert run.log_path == str(tmp_path / "c" / "restore.log") and run.duration == 0.5
-    assert run.criu_stats == fake_criu.no_pycriu
+    assert run.criu_stats == RESTORE_COUNTERS
     assert call["kwargs"]["leave_stopped"] is True and call["timeout"] == 12
     assert os.path.dirname(call["work"]) == os.path.realpath("/tmp") and call["work_fd"] == call["work"]
     assert not os.path.exists(call["work"]) and procfs.is_alive(pid)
     assert (tmp_path / "c" / "restore.log").read_text() == "(00.1) Restore finished successfully\n"
-    assert (tmp_path / "c" / "stats-restore").read_bytes() == b"\x01stats"
+    assert (tmp_path / "c" / "stats-restore").read_bytes() == STATS_RESTORE
 
 
 def test_restore_tree_reads_criu_stats_from_the_work_dir(tmp_path, fake_criu, monkeypatch):
     _free_ckpt(tmp_path / "c")
     seen = []
 
-    def stats(criu_path, dir_fd, name):
-        seen.append((criu_path, os.readlink("/proc/self/fd/%d" % dir_fd), name, os.listdir("/proc/self/fd/%d" % dir_fd)))
+    def stats(dir_fd, name):
+        seen.append((os.readlink("/proc/self/fd/%d" % dir_fd), name, os.listdir("/proc/self/fd/%d" % dir_fd)))
         return {"restore_time": 1234}
 
-    monkeypatch.setattr(restore.inspect_, "stats", stats)
+    monkeypatch.setattr(restore.criustats, "read", stats)
     with opened_checkpoint(tmp_path / "c") as checkpoint:
         _pid, run = restore.restore_tree(fake_criu, checkpoint, {}, 12)
     [call] = fake_criu.calls
-    # read from criu's private work dir while it still exists (the file criu wrote there), with the runtime's criu
-    [(criu_path, where, name, entries)] = seen
-    assert (criu_path, where, name) == (fake_criu.path, call["work"], "stats-restore") and "stats-restore" in entries
+    # read from criu's private work dir while it still exists (the file criu wrote there)
+    [(where, name, entries)] = seen
+    assert (where, name) == (call["work"], "stats-restore") and "stats-restore" in entries
     assert run.criu_stats == {"restore_time": 1234}
 
 
 def test_restore_result_carries_criu_stats(tmp_path, fake_criu, monkeypatch):
     _free_ckpt(tmp_path / "c")
-    monkeypatch.setattr(restore.inspect_, "stats", lambda criu_path, dir_fd, name: {"restore_time": 1234, "forking_time": 5})
+    monkeypatch.setattr(restore.criustats, "read", lambda dir_fd, name: {"restore_time": 1234, "forking_time": 5})
     result = restore.restore(params(src=str(tmp_path / "c"), verify=False), False)
     assert result["stats"] == {"verify_seconds": 0.0, "verify_bytes": 0, "restore_seconds": 0.5,
                                "criu": {"restore_time": 1234, "forking_time": 5}}
