@@ -161,7 +161,8 @@ def test_blake3_checkpoint_restores_and_its_tampering_is_named(workloads, ckpt_d
     token, count = workload.state()
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), hmac_key=KEY, hash_algorithm="blake3"))
     assert made["changed"] and made["checkpoint"]["manifest_algorithm"] == "blake3", made
-    assert all("blake3" in entry and "sha256" not in entry for entry in made["checkpoint"]["manifest"])
+    assert made["checkpoint"]["schema_version"] == 2 and all(
+        set(entry) == {"path", "size", "chunks"} and entry["chunks"] for entry in made["checkpoint"]["manifest"]), made
     workload.reap()
 
     copy = tmp_path / "b3-copy"

@@ -22,6 +22,18 @@ from conftest import REPO, Workload, processes_running, run_module
 KEY = "trust-test-key-0123456789abcdef"
 NOBODY = 65534
 ATTACKER = os.path.join(REPO, "tests", "integration", "attacker.py")
+
+
+@pytest.fixture(scope="module")
+def attacker_script():
+    """attacker.py where uid 65534 can read it but not change it (the repository may sit in a 0700 directory)."""
+    home = tempfile.mkdtemp(prefix="nucleus-attacker-", dir="/tmp")
+    os.chmod(home, 0o755)
+    script = os.path.join(home, "attacker.py")
+    shutil.copyfile(ATTACKER, script)
+    os.chmod(script, 0o644)
+    yield script
+    shutil.rmtree(home, ignore_errors=True)
 CRIU = os.path.realpath("/usr/local/sbin/criu")
 
 
@@ -47,9 +59,9 @@ def owned_by_nobody(path: str, mode: int = 0o755, recursive: bool = False) -> st
 class Attacker:
     """attacker.py running as uid 65534; ``start`` returns once its inotify watch is armed."""
 
-    def __init__(self, *args: str, timeout: float = 60) -> None:
+    def __init__(self, script: str, *args: str, timeout: float = 60) -> None:
         argv = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
-                "/usr/bin/python3", ATTACKER, "--timeout", str(timeout)] + list(args)
+                "/usr/bin/python3", script, "--timeout", str(timeout)] + list(args)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         assert json.loads(line or "{}").get("ready"), line + self.proc.stderr.read()
@@ -109,7 +121,7 @@ def test_restore_never_writes_through_a_planted_log_symlink(pidns_workloads, ckp
 
 # 2. Images swapped after verification, by a user who owns SRC's parent or can write into SRC.
 @pytest.mark.parametrize("where", ["parent-owned-by-attacker", "src-writable-by-others"])
-def test_restore_refuses_a_checkpoint_others_can_swap(pidns_workloads, ckpt_dir, attack_base, where):
+def test_restore_refuses_a_checkpoint_others_can_swap(pidns_workloads, ckpt_dir, attack_base, attacker_script, where):
     legit, evil = pidns_workloads("legit"), pidns_workloads("evil")
     signed_checkpoint(legit, str(ckpt_dir / "legit"), leave_running=True)
     signed_checkpoint(evil, str(ckpt_dir / "evil"))
@@ -123,13 +135,13 @@ def test_restore_refuses_a_checkpoint_others_can_swap(pidns_workloads, ckpt_dir,
         owned_by_nobody(parent)
         shutil.copytree(str(ckpt_dir / "evil"), os.path.join(parent, "evil"))
         owned_by_nobody(os.path.join(parent, "evil"), recursive=True)
-        attacker = Attacker("swap-on-create", parent, ".ck.lock", src, os.path.join(parent, "evil"))
+        attacker = Attacker(attacker_script, "swap-on-create", parent, ".ck.lock", src, os.path.join(parent, "evil"))
     else:
         # A root-owned SRC that others may write: the attacker swaps images/ once verification is done.
         os.chmod(src, 0o777)
         shutil.copytree(str(ckpt_dir / "evil" / "images"), os.path.join(src, "evil-images"))
         owned_by_nobody(os.path.join(src, "evil-images"), recursive=True)
-        attacker = Attacker("swap-on-create", parent, ".ck.lock", os.path.join(src, "images"),
+        attacker = Attacker(attacker_script, "swap-on-create", parent, ".ck.lock", os.path.join(src, "images"),
                             os.path.join(src, "evil-images"))
 
     restored = run_module("criu_restore", dict(src=src, hmac_key=KEY))
@@ -156,10 +168,10 @@ def test_verify_refuses_a_checkpoint_others_can_write(pidns_workloads, ckpt_dir,
 
 
 # 3. Whoever owns DEST's parent must not be able to take over the dump.
-def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(pidns_workloads, attack_base):
+def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(pidns_workloads, attack_base, attacker_script):
     workload = pidns_workloads("secret")
     parent = owned_by_nobody(os.path.join(attack_base, "p"))
-    attacker = Attacker("hijack-staging", parent, ".ck.staging-", "ck", timeout=30)
+    attacker = Attacker(attacker_script, "hijack-staging", parent, ".ck.staging-", "ck", timeout=30)
 
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=os.path.join(parent, "ck"),
                                               hmac_key=KEY, leave_running=True))
@@ -172,7 +184,7 @@ def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(pidns_workload
 
 
 # 4. The criu that is checked is the criu that runs.
-def test_criu_path_through_a_hop_another_user_controls_is_refused(pidns_workloads, ckpt_dir, attack_base):
+def test_criu_path_through_a_hop_another_user_controls_is_refused(pidns_workloads, ckpt_dir, attack_base, attacker_script):
     workload = pidns_workloads("w")
     hop = owned_by_nobody(os.path.join(attack_base, "hop"))
     marker = os.path.join(attack_base, "pwned")
@@ -186,7 +198,7 @@ def test_criu_path_through_a_hop_another_user_controls_is_refused(pidns_workload
     trusted = os.path.join(attack_base, "trusted")
     os.mkdir(trusted, 0o755)
     os.symlink(os.path.join(hop, "criu"), os.path.join(trusted, "criu"))
-    attacker = Attacker("repoint-on-open", CRIU, os.path.join(hop, "criu"), evil)
+    attacker = Attacker(attacker_script, "repoint-on-open", CRIU, os.path.join(hop, "criu"), evil)
 
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ck"), leave_running=True,
                                               criu_path=os.path.join(trusted, "criu")))
@@ -381,6 +393,7 @@ def test_verification_is_bounded_by_the_timeout(pidns_workloads, ckpt_dir):
     for entry in metadata["manifest"]:
         if entry["path"] == pages.name:
             entry["size"] = 64 << 30
+            entry["chunks"] = ["0" * 64] * ((64 << 30) // metadata["manifest_chunk_bytes"])
     (src / "metadata.json").write_text(json.dumps(metadata))
     started = time.monotonic()
     verdict = run_module("criu_verify", dict(path=str(src), timeout=2))
