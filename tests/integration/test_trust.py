@@ -22,6 +22,7 @@ from conftest import REPO, Workload, processes_running, run_module
 KEY = "trust-test-key-0123456789abcdef"
 NOBODY = 65534
 ATTACKER = os.path.join(REPO, "tests", "integration", "attacker.py")
+CRIU = os.path.realpath("/usr/local/sbin/criu")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,6 @@ def attacker_script():
     os.chmod(script, 0o644)
     yield script
     shutil.rmtree(home, ignore_errors=True)
-CRIU = os.path.realpath("/usr/local/sbin/criu")
 
 
 @pytest.fixture

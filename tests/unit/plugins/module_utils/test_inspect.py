@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
-from .mu_helpers import dir_fd, make_checkpoint, needs_root, OTHER_UID, opened_checkpoint
+from .mu_helpers import make_checkpoint, needs_root, OTHER_UID, opened_checkpoint
 
 REAL_CRIU = "/opt/criu-forky/usr/sbin/criu"
 
