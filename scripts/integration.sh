@@ -14,21 +14,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 INTEGRATION_BUILD="${INTEGRATION_BUILD:-$ROOT/build/ansible-test-integration}"
 DEST="$INTEGRATION_BUILD/ansible_collections/nucleus/criu"
-PY="$VENV/bin/python"
 
-if [[ ! -x "$PY" ]]; then
-    echo "integration.sh: no Python at $PY (create the venv first: scripts/setup.sh)" >&2
-    exit 2
-fi
+# shellcheck source=scripts/lib/collection_tree.sh
+source "$ROOT/scripts/lib/collection_tree.sh"
+PYVER="$(venv_python_version integration.sh "$VENV")"
 if [[ $(id -u) -ne 0 ]]; then
     echo "integration.sh: the targets checkpoint real processes: run as root" >&2
     exit 2
 fi
-PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 export PATH="$VENV/bin:$PATH"
 
-# shellcheck source=scripts/lib/collection_tree.sh
-source "$ROOT/scripts/lib/collection_tree.sh"
 collection_tree "$ROOT" "$DEST"
 
 cd "$DEST"

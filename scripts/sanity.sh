@@ -31,25 +31,22 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 SANITY_BUILD="${SANITY_BUILD:-$ROOT/build/ansible-test}"
 DEST="$SANITY_BUILD/ansible_collections/nucleus/criu"
-PY="$VENV/bin/python"
 
-if [[ ! -x "$PY" ]]; then
-    echo "sanity.sh: no Python at $PY (create the venv first: scripts/setup.sh)" >&2
-    exit 2
-fi
+# shellcheck source=scripts/lib/collection_tree.sh
+source "$ROOT/scripts/lib/collection_tree.sh"
+PYVER="$(venv_python_version sanity.sh "$VENV")"
 if ! command -v shellcheck >/dev/null 2>&1; then
     echo "sanity.sh: shellcheck is not installed (apt-get install shellcheck);" \
         "ansible-test would silently skip the shellcheck test" >&2
     exit 2
 fi
 
-PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 # Put the venv first so `python$PYVER` / ansible-test resolve to it and not to
 # a pyenv shim.
 export PATH="$VENV/bin:$PATH"
 
 # --- get-pip stand-in -------------------------------------------------------
-PIP_BOOTSTRAP_VERSION="$("$PY" - <<'EOF'
+PIP_BOOTSTRAP_VERSION="$("$VENV/bin/python" - <<'EOF'
 import importlib.util, os, re
 spec = importlib.util.find_spec("ansible_test")
 src = os.path.join(os.path.dirname(spec.origin), "_internal", "python_requirements.py")
@@ -107,8 +104,6 @@ EOF
 fi
 
 # --- real-path copy of the collection --------------------------------------
-# shellcheck source=scripts/lib/collection_tree.sh
-source "$ROOT/scripts/lib/collection_tree.sh"
 collection_tree "$ROOT" "$DEST"
 
 # --- run ----------------------------------------------------------------------

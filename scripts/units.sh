@@ -21,17 +21,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 UNITS_BUILD="${UNITS_BUILD:-$ROOT/build/ansible-test-units}"
 DEST="$UNITS_BUILD/ansible_collections/nucleus/criu"
-PY="$VENV/bin/python"
-
-if [[ ! -x "$PY" ]]; then
-    echo "units.sh: no Python at $PY (create the venv first: scripts/setup.sh)" >&2
-    exit 2
-fi
-PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-export PATH="$VENV/bin:$PATH"
 
 # shellcheck source=scripts/lib/collection_tree.sh
 source "$ROOT/scripts/lib/collection_tree.sh"
+PYVER="$(venv_python_version units.sh "$VENV")"
+export PATH="$VENV/bin:$PATH"
+
 collection_tree "$ROOT" "$DEST"
 
 cd "$DEST"

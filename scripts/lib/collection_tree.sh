@@ -20,3 +20,14 @@ collection_tree() {
     )
     git -C "$dest" init -q
 }
+
+# venv_python_version NAME VENV: the X.Y of VENV's Python, for ansible-test --python; without that Python, NAME
+# says so and how to get it, and the caller's $(...) fails (set -e stops the script).
+venv_python_version() {
+    local name=$1 py="$2/bin/python"
+    if [[ ! -x "$py" ]]; then
+        echo "$name: no Python at $py (create the venv first: scripts/setup.sh)" >&2
+        exit 2
+    fi
+    "$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])'
+}

@@ -163,8 +163,9 @@ def workloads(tmp_path):
     """Start workloads with ``workloads(*args, pid_namespace=False)``; all are killed at teardown."""
     started: t.List[Workload] = []
 
-    def start(*args: str, pid_namespace: bool = False, minimum: int = 5) -> Workload:
-        workload = Workload(str(tmp_path / ("state-%d" % len(started))), args, pid_namespace)
+    def start(*args: str, pid_namespace: bool = False, minimum: int = 5, program: str = COUNTER,
+              net_namespace: bool = False) -> Workload:
+        workload = Workload(str(tmp_path / ("state-%d" % len(started))), args, pid_namespace, program, net_namespace)
         started.append(workload)
         workload.wait_count(minimum)
         return workload

@@ -19,19 +19,13 @@ PROGRAM = os.path.join(REPO, "tests", "integration", "option_workload.py")
 
 
 @pytest.fixture
-def option_workloads(tmp_path):
-    started: t.List[Workload] = []
+def option_workloads(workloads):
+    """option_workload.py in a given mode, in its own PID namespace."""
 
     def start(mode: str, *args: str, net_namespace: bool = False) -> Workload:
-        workload = Workload(str(tmp_path / ("%s-%d" % (mode, len(started)))), [mode] + list(args), pid_namespace=True,
-                            program=PROGRAM, net_namespace=net_namespace)
-        started.append(workload)
-        workload.wait_count(3)
-        return workload
+        return workloads(mode, *args, pid_namespace=True, minimum=3, program=PROGRAM, net_namespace=net_namespace)
 
-    yield start
-    for workload in started:
-        workload.stop()
+    return start
 
 
 def info(workload: Workload) -> str:

@@ -76,22 +76,6 @@ class Attacker:
         return fields
 
 
-@pytest.fixture
-def pidns_workloads(tmp_path):
-    """Workloads in their own PID namespace (they restore while the original pids are busy)."""
-    started: t.List[Workload] = []
-
-    def start(name: str, *args: str) -> Workload:
-        workload = Workload(str(tmp_path / name), args, pid_namespace=True)
-        started.append(workload)
-        workload.wait_count(3)
-        return workload
-
-    yield start
-    for workload in started:
-        workload.stop()
-
-
 def signed_checkpoint(workload: Workload, dest: str, **options: t.Any) -> t.Dict[str, t.Any]:
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=dest, hmac_key=KEY, **options))
     assert made["changed"] and not made["failed"], made
@@ -99,8 +83,8 @@ def signed_checkpoint(workload: Workload, dest: str, **options: t.Any) -> t.Dict
 
 
 # 1. A signed checkpoint with a planted symlink at its top level must not make the restore write through it.
-def test_restore_never_writes_through_a_planted_log_symlink(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("victimwork")
+def test_restore_never_writes_through_a_planted_log_symlink(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     src = str(ckpt_dir / "ck")
     signed_checkpoint(workload, src, leave_running=True)
     victim = ckpt_dir / "victim"
@@ -121,8 +105,8 @@ def test_restore_never_writes_through_a_planted_log_symlink(pidns_workloads, ckp
 
 # 2. Images swapped after verification, by a user who owns SRC's parent or can write into SRC.
 @pytest.mark.parametrize("where", ["parent-owned-by-attacker", "src-writable-by-others"])
-def test_restore_refuses_a_checkpoint_others_can_swap(pidns_workloads, ckpt_dir, attack_base, attacker_script, where):
-    legit, evil = pidns_workloads("legit"), pidns_workloads("evil")
+def test_restore_refuses_a_checkpoint_others_can_swap(workloads, ckpt_dir, attack_base, attacker_script, where):
+    legit, evil = workloads(pid_namespace=True, minimum=3), workloads(pid_namespace=True, minimum=3)
     signed_checkpoint(legit, str(ckpt_dir / "legit"), leave_running=True)
     signed_checkpoint(evil, str(ckpt_dir / "evil"))
     evil.reap()
@@ -156,8 +140,8 @@ def test_restore_refuses_a_checkpoint_others_can_swap(pidns_workloads, ckpt_dir,
     assert "Nothing was restored" in restored["msg"], restored
 
 
-def test_verify_refuses_a_checkpoint_others_can_write(pidns_workloads, ckpt_dir, attack_base):
-    workload = pidns_workloads("w")
+def test_verify_refuses_a_checkpoint_others_can_write(workloads, ckpt_dir, attack_base):
+    workload = workloads(pid_namespace=True, minimum=3)
     signed_checkpoint(workload, str(ckpt_dir / "ck"), leave_running=True)
     src = os.path.join(attack_base, "ck")
     shutil.copytree(str(ckpt_dir / "ck"), src)
@@ -168,8 +152,8 @@ def test_verify_refuses_a_checkpoint_others_can_write(pidns_workloads, ckpt_dir,
 
 
 # 3. Whoever owns DEST's parent must not be able to take over the dump.
-def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(pidns_workloads, attack_base, attacker_script):
-    workload = pidns_workloads("secret")
+def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(workloads, attack_base, attacker_script):
+    workload = workloads(pid_namespace=True, minimum=3)
     parent = owned_by_nobody(os.path.join(attack_base, "p"))
     attacker = Attacker(attacker_script, "hijack-staging", parent, ".ck.staging-", "ck", timeout=30)
 
@@ -184,8 +168,8 @@ def test_checkpoint_refuses_a_dest_whose_parent_another_user_owns(pidns_workload
 
 
 # 4. The criu that is checked is the criu that runs.
-def test_criu_path_through_a_hop_another_user_controls_is_refused(pidns_workloads, ckpt_dir, attack_base, attacker_script):
-    workload = pidns_workloads("w")
+def test_criu_path_through_a_hop_another_user_controls_is_refused(workloads, ckpt_dir, attack_base, attacker_script):
+    workload = workloads(pid_namespace=True, minimum=3)
     hop = owned_by_nobody(os.path.join(attack_base, "hop"))
     marker = os.path.join(attack_base, "pwned")
     evil = os.path.join(hop, "evil")
@@ -230,8 +214,8 @@ def test_private_criu_tree_is_validated_end_to_end():
 
 # 5. criu reads no configuration and no environment of the caller.
 @pytest.mark.parametrize("how", ["home", "env"])
-def test_criu_ignores_the_callers_config_and_environment(pidns_workloads, ckpt_dir, attack_base, how):
-    workload = pidns_workloads("w")
+def test_criu_ignores_the_callers_config_and_environment(workloads, ckpt_dir, attack_base, how):
+    workload = workloads(pid_namespace=True, minimum=3)
     marker = os.path.join(attack_base, "hook-ran")
     hook = os.path.join(attack_base, "hook.sh")
     with open(hook, "w") as handle:
@@ -252,8 +236,8 @@ def test_criu_ignores_the_callers_config_and_environment(pidns_workloads, ckpt_d
 
 # 7. Keys: an empty key never turns signature checking off, short keys are refused.
 @pytest.mark.parametrize("option", ["hmac_key", "hmac_key_file"])
-def test_empty_key_is_refused_not_ignored(pidns_workloads, ckpt_dir, option):
-    workload = pidns_workloads("w")
+def test_empty_key_is_refused_not_ignored(workloads, ckpt_dir, option):
+    workload = workloads(pid_namespace=True, minimum=3)
     src = str(ckpt_dir / "ck")
     signed_checkpoint(workload, src, leave_running=True)
     metadata = json.loads(open(os.path.join(src, "metadata.json")).read())
@@ -268,8 +252,8 @@ def test_empty_key_is_refused_not_ignored(pidns_workloads, ckpt_dir, option):
     assert workload.copies() == [workload.pid], "nothing may be restored"
 
 
-def test_signed_checkpoint_without_key_fails_unless_the_caller_opts_out(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("w")
+def test_signed_checkpoint_without_key_fails_unless_the_caller_opts_out(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     src = str(ckpt_dir / "ck")
     signed_checkpoint(workload, src, leave_running=True)
     verdict = run_module("criu_verify", dict(path=src))
@@ -278,8 +262,8 @@ def test_signed_checkpoint_without_key_fails_unless_the_caller_opts_out(pidns_wo
     assert opted_out["valid"] and opted_out["signed"] and not opted_out["signature_checked"], opted_out
 
 
-def test_short_key_is_refused_for_signing(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("w")
+def test_short_key_is_refused_for_signing(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "ck"), hmac_key="k", leave_running=True))
     assert made["failed"] and "16 bytes" in made["msg"], made
     assert not os.path.exists(str(ckpt_dir / "ck"))
@@ -287,8 +271,8 @@ def test_short_key_is_refused_for_signing(pidns_workloads, ckpt_dir):
 
 # 8. force replaces only a checkpoint this collection made.
 @pytest.mark.parametrize("kind", ["other-users-dir", "regular-file", "symlink", "foreign-dir"])
-def test_force_replaces_only_our_checkpoints(pidns_workloads, ckpt_dir, kind):
-    workload = pidns_workloads("w")
+def test_force_replaces_only_our_checkpoints(workloads, ckpt_dir, kind):
+    workload = workloads(pid_namespace=True, minimum=3)
     dest = str(ckpt_dir / "dest")
     precious = str(ckpt_dir / "precious")
     with open(precious, "w") as handle:
@@ -330,16 +314,16 @@ def test_results_carry_the_command_name_not_its_arguments(tmp_path, ckpt_dir):
     assert os.stat(str(ckpt_dir / "ck" / "metadata.json")).st_mode & 0o077 == 0
 
 
-def test_images_are_private(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("w")
+def test_images_are_private(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     signed_checkpoint(workload, str(ckpt_dir / "ck"), leave_running=True)
     images = ckpt_dir / "ck" / "images"
     modes = {p.name: p.stat().st_mode & 0o777 for p in images.iterdir()}
     assert modes and all(mode == 0o600 for mode in modes.values()), modes
 
 
-def test_an_image_hard_linked_elsewhere_is_refused(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("w")
+def test_an_image_hard_linked_elsewhere_is_refused(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     src = ckpt_dir / "ck"
     signed_checkpoint(workload, str(src), leave_running=True)
     core = next(src.glob("images/core-*.img"))
@@ -348,8 +332,8 @@ def test_an_image_hard_linked_elsewhere_is_refused(pidns_workloads, ckpt_dir):
     assert verdict["failed"] and any(core.name in p and "hard link" in p for p in verdict["problems"]), verdict
 
 
-def test_overlong_dest_name_is_a_clear_error(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("w")
+def test_overlong_dest_name_is_a_clear_error(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / ("x" * 245)), leave_running=True))
     assert made["failed"] and "Errno" not in made["msg"] and "200" in made["msg"], made
 
@@ -368,8 +352,8 @@ def test_empty_checkpoint_is_not_valid(ckpt_dir):
     assert verdict["failed"] and any("inventory.img" in p for p in verdict["problems"]), verdict
 
 
-def test_huge_sparse_image_is_refused_by_size_before_hashing(pidns_workloads, ckpt_dir):
-    workload = pidns_workloads("w")
+def test_huge_sparse_image_is_refused_by_size_before_hashing(workloads, ckpt_dir):
+    workload = workloads(pid_namespace=True, minimum=3)
     src = ckpt_dir / "ck"
     signed_checkpoint(workload, str(src), leave_running=True)
     pages = max(src.glob("images/pages-*.img"), key=lambda p: p.stat().st_size)
@@ -381,9 +365,9 @@ def test_huge_sparse_image_is_refused_by_size_before_hashing(pidns_workloads, ck
     assert elapsed < 20, "a size mismatch must be found without hashing 64 GiB (took %.1fs)" % elapsed
 
 
-def test_verification_is_bounded_by_the_timeout(pidns_workloads, ckpt_dir):
+def test_verification_is_bounded_by_the_timeout(workloads, ckpt_dir):
     """An unsigned checkpoint whose manifest claims a huge image: hashing stops at the timeout."""
-    workload = pidns_workloads("w")
+    workload = workloads(pid_namespace=True, minimum=3)
     src = ckpt_dir / "ck"
     made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(src), leave_running=True))
     assert made["changed"], made
