@@ -61,6 +61,7 @@ def small_chunks(monkeypatch):
             super().__init__(algorithm, chunk_bytes)
 
     monkeypatch.setattr(integrity, "WINDOW", SMALL_WINDOW)
+    monkeypatch.setattr(integrity, "CHUNK_ALIGN", SMALL_WINDOW)
     monkeypatch.setattr(integrity, "CHUNK_BYTES", SMALL_CHUNK)
     monkeypatch.setattr(integrity, "Digester", SmallDigester)
     return SMALL_CHUNK

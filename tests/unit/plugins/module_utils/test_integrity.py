@@ -599,6 +599,7 @@ def test_hash_windows_and_chunks_cover_every_byte(tmp_path, monkeypatch, windows
     of its bytes."""
     window = 3 * integrity.mmap.ALLOCATIONGRANULARITY
     monkeypatch.setattr(integrity, "WINDOW", window)
+    monkeypatch.setattr(integrity, "CHUNK_ALIGN", window)
     monkeypatch.setattr(integrity, "CHUNK_BYTES", windows_per_chunk * window)
     data = os.urandom(10 * integrity.mmap.ALLOCATIONGRANULARITY + 123)
     (tmp_path / BIG).write_bytes(data)
@@ -675,7 +676,8 @@ def _feed(digester, data, sizes):
 
 
 def test_the_real_chunk_and_window_sizes():
-    assert (integrity.CHUNK_BYTES, integrity.WINDOW, integrity.MAX_CHUNK_BYTES) == (64 * MIB, 8 * MIB, 1024 * MIB)
+    assert (integrity.CHUNK_BYTES, integrity.CHUNK_ALIGN, integrity.MAX_CHUNK_BYTES) == (64 * MIB, 8 * MIB, 1024 * MIB)
+    assert integrity.WINDOW == MIB
     assert integrity.SCHEMA_VERSION == 2 and integrity.SCHEMA_VERSIONS == (1, 2)
     assert integrity.Digester("sha256").chunk_bytes == 64 * MIB
 
@@ -819,7 +821,7 @@ def test_verification_uses_the_chunk_size_the_checkpoint_names(chunked_ckpt, mon
     assert problem.endswith("(bytes %d-%d)" % (SMALL_CHUNK, 2 * SMALL_CHUNK - 1))
 
 
-W, MAX = integrity.WINDOW, integrity.MAX_CHUNK_BYTES
+W, MAX = integrity.CHUNK_ALIGN, integrity.MAX_CHUNK_BYTES
 
 
 @pytest.mark.parametrize("size, count", [(0, 0), (0, 2), (1, 0), (1, 2), (CHUNK, 2), (CHUNK + 1, 1), (CHUNK + 1, 3),

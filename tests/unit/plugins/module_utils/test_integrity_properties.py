@@ -32,7 +32,7 @@ _sizes = _json.filter(lambda v: not isinstance(v, int) or abs(v) < MAX_SIZE) | s
 _chunk_lists = _json | st.lists(st.text(max_size=64), max_size=4) | st.lists(_json, max_size=3)
 _entries = st.fixed_dictionaries({"path": _paths, "size": _sizes, "chunks": _chunk_lists})
 _v1_entries = st.fixed_dictionaries({"path": _paths, "size": _sizes, "sha256": _json | st.text(max_size=64)})
-_chunk_bytes = st.sampled_from([integrity.WINDOW, CHUNK, integrity.MAX_CHUNK_BYTES]) | _json.filter(
+_chunk_bytes = st.sampled_from([integrity.CHUNK_ALIGN, CHUNK, integrity.MAX_CHUNK_BYTES]) | _json.filter(
     lambda v: not isinstance(v, int) or abs(v) < MAX_SIZE)
 
 
@@ -81,7 +81,7 @@ def _check_parse(raw):
         assert chunk_bytes is None
     else:
         assert isinstance(chunk_bytes, int) and not isinstance(chunk_bytes, bool)
-        assert 0 < chunk_bytes <= integrity.MAX_CHUNK_BYTES and chunk_bytes % integrity.WINDOW == 0
+        assert 0 < chunk_bytes <= integrity.MAX_CHUNK_BYTES and chunk_bytes % integrity.CHUNK_ALIGN == 0
     paths = []
     for entry in metadata["manifest"]:
         path = entry["path"]
@@ -161,7 +161,7 @@ _names = st.from_regex(r"[a-z0-9-]{1,12}\.img", fullmatch=True)
 
 @settings(deadline=None, max_examples=200)
 @given(st.lists(st.tuples(_names, st.integers(min_value=0, max_value=2 ** 33), _hex), max_size=6, unique_by=lambda e: e[0]),
-       st.sampled_from([integrity.WINDOW, 3 * integrity.WINDOW, CHUNK, integrity.MAX_CHUNK_BYTES]))
+       st.sampled_from([integrity.CHUNK_ALIGN, 3 * integrity.CHUNK_ALIGN, CHUNK, integrity.MAX_CHUNK_BYTES]))
 def test_a_well_formed_metadata_is_accepted_unchanged(entries, chunk_bytes):
     entries = [{"path": path, "size": size, "chunks": [digest] * len(integrity.chunk_ranges(size, chunk_bytes))}
                for path, size, digest in entries if path != "inventory.img"]
@@ -182,7 +182,7 @@ def test_a_well_formed_schema_1_metadata_is_accepted_unchanged(entries):
 
 @settings(deadline=None, max_examples=300)
 @given(st.integers(min_value=0, max_value=12 * CHUNK), st.integers(min_value=0, max_value=14),
-       st.sampled_from([integrity.WINDOW, CHUNK, 2 * CHUNK]))
+       st.sampled_from([integrity.CHUNK_ALIGN, CHUNK, 2 * CHUNK]))
 def test_a_chunk_list_is_accepted_exactly_when_it_has_one_digest_per_chunk(size, count, chunk_bytes):
     entry = {"path": "pages-1.img", "size": size, "chunks": [DIGEST] * count}
     parsed, problems = integrity.parse_metadata(integrity.canonical(metadata_for([INVENTORY, entry],
