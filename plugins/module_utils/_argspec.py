@@ -13,6 +13,8 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils._options import OPTIONS
 
 DEFAULT_TIMEOUT = 120
+ENGINES = ["podman"]
+COMPRESS_CHOICES = ["none", "gzip", "zstd"]
 HASH_ALGORITHM_CHOICES = ["sha256", "blake3", "auto"]
 
 COMMON: t.Dict[str, t.Dict[str, t.Any]] = {
@@ -74,6 +76,9 @@ def _spec(options: t.Mapping[str, t.Dict[str, t.Any]], exclusive: t.Sequence[t.T
 CHECKPOINT = _spec(dict({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
+    "container": {"type": "str"},
+    "engine": {"type": "str", "default": "podman", "choices": ENGINES},
+    "compress": {"type": "str", "default": "none", "choices": COMPRESS_CHOICES},
     "dest": {"type": "path", "required": True},
     "name": {"type": "str"},
     "leave_running": {"type": "bool", "default": False},
@@ -82,9 +87,9 @@ CHECKPOINT = _spec(dict({
     "force": {"type": "bool", "default": False},
     "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
     "keep": {"type": "int"},
-}, **_criu_options("dump")), exclusive=[("pid", "pidfile"), ("leave_running", "leave_stopped"),
+}, **_criu_options("dump")), exclusive=[("pid", "pidfile", "container"), ("leave_running", "leave_stopped"),
                                         ("tcp_established", "tcp_close")],
-    required_if=[("state", "present", ("pid", "pidfile"), True)])
+    required_if=[("state", "present", ("pid", "pidfile", "container"), True)])
 
 CHECKPOINT_INFO = _spec({
     "path": {"type": "path", "required": True},
@@ -97,6 +102,9 @@ RESTORE = _spec(dict({
     "src": {"type": "path", "required": True},
     "verify": {"type": "bool", "default": True},
     "pidfile": {"type": "path"},
+    "container_name": {"type": "str"},
+    "ignore_static_ip": {"type": "bool", "default": False},
+    "ignore_static_mac": {"type": "bool", "default": False},
     "force": {"type": "bool", "default": False},
 }, **_SIGNATURE, **_criu_options("restore")))
 
@@ -108,6 +116,7 @@ VERIFY = _spec(dict({
 INFO = _spec({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
+    "engine": {"type": "str", "choices": ENGINES},
 }, exclusive=[("pid", "pidfile")])
 
 MIGRATE_MODES = ["copy", "postcopy"]

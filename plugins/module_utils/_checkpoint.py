@@ -12,12 +12,14 @@ import time
 import typing as t
 import uuid
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _lifecycle as lifecycle
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -39,8 +41,17 @@ def same_process(metadata: t.Mapping[str, t.Any], pid: int) -> bool:
     return st is None or st.exited or st.starttime == recorded.get("starttime")
 
 
-def existing_checkpoint(loc: store.Location, pid: int, key: t.Optional[bytes], timeout: float) -> t.Optional[t.Dict[str, t.Any]]:
-    """The valid checkpoint of ``pid`` already at DEST, None when DEST is absent or empty; else a clear refusal."""
+def subject(metadata: t.Mapping[str, t.Any]) -> str:
+    """What a checkpoint holds, as messages name it: "process (pid 42, python3)" or "container (web, 1f2e3d4c5b6a)"."""
+    if isinstance(metadata.get("container"), dict):
+        return "container (%s, %s)" % (metadata["container"].get("name"), str(metadata["container"].get("id"))[:12])
+    return "process (pid %s, %s)" % (metadata["process"].get("pid"), metadata["process"].get("comm"))
+
+
+def existing_checkpoint(loc: store.Location, same: t.Callable[[t.Mapping[str, t.Any]], bool], key: t.Optional[bytes],
+                        timeout: float) -> t.Optional[t.Dict[str, t.Any]]:
+    """The valid checkpoint already at DEST of what ``same`` recognises, None when DEST is absent or empty; else a
+    clear refusal."""
     opened = store.Checkpoint.open(loc)
     if opened is None:
         return None
@@ -55,12 +66,9 @@ def existing_checkpoint(loc: store.Location, pid: int, key: t.Optional[bytes], t
             path=loc.path, problems=verdict.problems,
         )
     metadata = verdict.metadata
-    if not same_process(metadata, pid):
-        raise CriuError(
-            "%s already holds a checkpoint of another process (pid %s, %s). Set force=true to replace it, or choose another dest."
-            % (loc.path, metadata["process"].get("pid"), metadata["process"].get("comm")),
-            path=loc.path,
-        )
+    if not same(metadata):
+        raise CriuError("%s already holds a checkpoint of another %s. Set force=true to replace it, or choose another dest."
+                        % (loc.path, subject(metadata)), path=loc.path)
     return metadata
 
 
@@ -122,23 +130,28 @@ def _forget_failed_log(loc: store.Location) -> None:
         pass
 
 
-def describe(runtime: CriuRuntime, name: str, facts: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
-             algorithm: str, manifest: t.List[t.Dict[str, t.Any]]) -> t.Dict[str, t.Any]:
-    """metadata.json of a fresh dump, with what its images need at restore beyond the dump's options."""
-    return {
+def describe(criu: t.Mapping[str, str], name: str, facts: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
+             algorithm: str, manifest: t.List[t.Dict[str, t.Any]],
+             container_: t.Optional[t.Mapping[str, t.Any]] = None) -> t.Dict[str, t.Any]:
+    """metadata.json of a fresh dump (``criu``: the path and version that dumped), with what its images need at restore
+    beyond the dump's options; a container's checkpoint also records the container."""
+    metadata = {
         "restore_needs": criu_options.images_need([entry["path"] for entry in manifest], options),
         "schema_version": integrity.SCHEMA_VERSION,
         "id": str(uuid.uuid4()),
         "name": name,
         "created_at": procfs.utc_now(),
         "source": procfs.host_facts(),
-        "criu": {"path": runtime.path, "version": runtime.version_string},
+        "criu": dict(criu),
         "process": dict(facts),
         "options": dict(options),
         "manifest_algorithm": algorithm,
         "manifest_chunk_bytes": integrity.CHUNK_BYTES,
         "manifest": manifest,
     }
+    if container_ is not None:
+        metadata["container"] = dict(container_)
+    return metadata
 
 
 def seal(staging: store.Staging, metadata: t.Mapping[str, t.Any], key: t.Optional[bytes], durable: bool = True) -> None:
@@ -177,7 +190,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
                 flushed = flusher.submit(store.fsync_dir_entries, images.fd)
                 manifest = integrity.build_manifest(images.fd, algorithm, hashed)
                 flushed.result()
-            metadata = describe(runtime, params["name"] or loc.name, facts, options, algorithm, manifest)
+            metadata = describe(runtime.identity(), params["name"] or loc.name, facts, options, algorithm, manifest)
             seal(staging, metadata, key)
             staging.publish()
             fsync_seconds = time.monotonic() - flush_started
@@ -201,6 +214,43 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
     }
 
 
+def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: store.Location, params: t.Mapping[str, t.Any],
+                    key: t.Optional[bytes], algorithm: str) -> t.Dict[str, t.Any]:
+    """Podman's export into a staging dir, hashed, described, signed and published as DEST in one rename. Whatever
+    fails once the checkpoint stopped the container, Podman's own copy of the checkpoint brings it back."""
+    options = container.dump_options(params)
+    recorded, facts = container.describe(engine, found, params["timeout"])
+    try:
+        with staged(loc) as staging:
+            frozen_at = procfs.utc_now()
+            podman_stats, dump_seconds = container.export(engine, found, staging.images_fd, options, params["timeout"])
+            flush_started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
+                flushed = flusher.submit(store.fsync_dir_entries, staging.images_fd)
+                manifest = integrity.build_manifest(staging.images_fd, algorithm)
+                flushed.result()
+            metadata = describe(recorded.pop("criu"), params["name"] or loc.name, facts, options, algorithm, manifest, recorded)
+            seal(staging, metadata, key)
+            staging.publish()
+            fsync_seconds = time.monotonic() - flush_started
+    except BaseException as exc:
+        fate = container.bring_back(engine, found, facts["starttime"], params["timeout"])
+        if isinstance(exc, CriuError):
+            exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg, fate, loc.path)
+        raise
+    return {
+        "checkpoint": integrity.public(metadata),
+        "stats": {
+            "frozen_at": frozen_at,
+            "dump_seconds": round(dump_seconds, 3),
+            "fsync_seconds": round(fsync_seconds, 3),
+            "image_bytes": sum(entry["size"] for entry in manifest),
+            "image_files": len(manifest),
+            "podman": podman_stats,
+        },
+    }
+
+
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_checkpoint module's work: returns the module result."""
     require_timeout(params["timeout"])
@@ -213,35 +263,56 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     criu_options.normalise(params, "dump")  # refuses bad values and contradictions before anything is touched
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     algorithm = integrity.choose_algorithm(params["hash_algorithm"])
-    pid = procfs.resolve_pid(params["pid"], params["pidfile"])
+    if params["container"]:
+        container.refuse_unsupported(params, "dump")
+        engine = podman.Podman.load(params["timeout"])
+        found = engine.inspect(params["container"], params["timeout"])
+
+        def same(metadata: t.Mapping[str, t.Any]) -> bool:
+            return container.same_container(metadata, found, params["container"])
+        result: t.Dict[str, t.Any] = {"container": params["container"]}
+    else:
+        pid = procfs.resolve_pid(params["pid"], params["pidfile"])
+
+        def same(metadata: t.Mapping[str, t.Any]) -> bool:
+            return same_process(metadata, pid)
+        result = {"pid": pid}
     dest = os.path.normpath(params["dest"])
     enclosing = store.enclosing_checkpoint(dest)
     if enclosing:
         raise CriuError("dest %s lies inside the checkpoint %s; writing there would corrupt it. Choose a path outside it." % (dest, enclosing), path=dest)
     with store.location(dest) as loc:
-        result: t.Dict[str, t.Any] = {"dest": loc.path, "pid": pid}
+        result["dest"] = loc.path
         if not params["force"]:
-            existing = existing_checkpoint(loc, pid, key, params["timeout"])
+            existing = existing_checkpoint(loc, same, key, params["timeout"])
             if existing is not None:
                 return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
         else:
             problem = store.replace_problem(loc)
             if problem:
                 raise CriuError("Refusing force=true on %s: %s" % (loc.path, problem), path=loc.path)
-        st = procfs.require_checkpointable(pid)
-        host.require_privileges()
-        runtime = CriuRuntime.load(params["criu_path"])
         exists = os.path.lexists(loc.path)
-        action = "%s pid %d (%s) to %s" % ("replace the checkpoint with a dump of" if exists else "dump", pid, st.comm, loc.path)
+        if params["container"]:
+            found = container.running_container(engine, params["container"], params["timeout"])
+            what = "container %s" % params["container"]
+        else:
+            st = procfs.require_checkpointable(pid)
+            runtime = CriuRuntime.load(params["criu_path"])
+            what = "pid %d (%s)" % (pid, st.comm)
+        host.require_privileges()
+        action = "%s %s to %s" % ("replace the checkpoint with a dump of" if exists else "dump", what, loc.path)
         if check_mode:
             return dict(result, changed=True, actions=["would " + action])
         with store.Lock(loc, params["timeout"]):
             store.remove_litter(loc)
             if not params["force"]:
-                existing = existing_checkpoint(loc, pid, key, params["timeout"])
+                existing = existing_checkpoint(loc, same, key, params["timeout"])
                 if existing is not None:
                     return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
-            result.update(_dump(runtime, pid, st, loc, params, key, algorithm))
+            if params["container"]:
+                result.update(_dump_container(engine, found, loc, params, key, algorithm))
+            else:
+                result.update(_dump(runtime, pid, st, loc, params, key, algorithm))
         actions = [action[0].upper() + action[1:]]
         if params["keep"]:
             result["removed"] = lifecycle.prune(loc, result["checkpoint"]["name"], params["keep"], params["timeout"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -146,4 +147,6 @@ def info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     }
     if params["pid"] is not None or params["pidfile"]:
         result["process"] = procfs.process_state(procfs.resolve_pid(params["pid"], params["pidfile"]))
+    if params["engine"]:
+        result["containers"] = podman.container_facts(params["engine"], params["timeout"], effective_caps())
     return result

@@ -343,7 +343,7 @@ class Worker:
             hashed = follower.digests()
         hashed = self._send_rest(images, hashed)
         manifest = [integrity.manifest_entry(name, hashed[name]) for name in sorted(hashed)]
-        metadata = checkpoint_.describe(runtime, s.name, facts, options, s.algorithm, manifest)
+        metadata = checkpoint_.describe(runtime.identity(), s.name, facts, options, s.algorithm, manifest)
         self.agent.channel.send(sealed=True, metadata=integrity.canonical(metadata).decode("ascii"),  # type: ignore[union-attr]
                                 signature=integrity.sign(metadata, s.key) if s.key else None)
         journal.record("frozen", dump_seconds=round(dump_seconds, 3), checkpoint_id=metadata["id"],

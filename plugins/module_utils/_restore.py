@@ -16,20 +16,23 @@ import socket
 import time
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
 from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime, Dir, Run
 
 
-def live_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
-    """restored.json, when it names a live process restored from THIS checkpoint on this boot (nothing left to do)."""
+def recorded_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+    """restored.json, when it records a restore of THIS checkpoint on this boot."""
     try:
         raw = checkpoint.read(store.RESTORED)
         record = json.loads(raw.decode("utf-8")) if raw else None
@@ -38,7 +41,13 @@ def live_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) 
     if (not isinstance(record, dict) or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int)
             or record.get("checkpoint_id") != metadata["id"]):
         return None
-    return record if procfs.is_alive(record["pid"], record.get("starttime")) else None
+    return record
+
+
+def live_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+    """restored.json, when it names a live process restored from THIS checkpoint on this boot (nothing left to do)."""
+    record = recorded_restore(checkpoint, metadata)
+    return record if record and procfs.is_alive(record["pid"], record.get("starttime")) else None
 
 
 def refusal(src: str, problems: t.List[str]) -> CriuError:
@@ -71,6 +80,7 @@ def write_pidfile(path: str, pid: int) -> None:
 
 
 STOP_WAIT = 1.0
+CONTAINER_ONLY = ("container_name", "ignore_static_ip", "ignore_static_mac")
 
 
 def confirm_alive(pid: int, log_path: str, src: str, stopped: bool = False) -> procfs.ProcStat:
@@ -165,6 +175,57 @@ def opened(src: str, timeout: float, lock: bool) -> t.Iterator[store.Checkpoint]
         yield checkpoint
 
 
+def record_pid(params: t.Mapping[str, t.Any], src: str, pid: int) -> None:
+    """The restored workload's pid into the caller's pidfile; the workload runs whatever happens here."""
+    if not params["pidfile"]:
+        return
+    try:
+        write_pidfile(params["pidfile"], pid)
+    except (CriuError, OSError) as exc:
+        raise CriuError("The workload was restored and runs as pid %d (recorded in %s/%s), but its pidfile %s could not be "
+                        "written: %s Fix the pidfile's directory, then write the pid there yourself."
+                        % (pid, src, store.RESTORED, params["pidfile"], getattr(exc, "msg", exc)),
+                        path=params["pidfile"], pid=pid) from exc
+
+
+def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, params: t.Mapping[str, t.Any],
+                      check_mode: bool) -> t.Dict[str, t.Any]:
+    """A container's checkpoint: Podman imports and restores the verified export, under ``container_name``."""
+    metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
+    src, timeout = checkpoint.path, params["timeout"]
+    shown = integrity.public(metadata)
+    container.refuse_unsupported(params, "restore")
+    engine = podman.Podman.load(timeout)
+    previous = recorded_restore(checkpoint, metadata)
+    running = previous and engine.inspect(str(previous.get("container_id")), timeout)
+    if previous and running and running["state"] == "running" and not params["force"]:
+        return {"changed": False, "src": src, "pid": running["pid"], "container": running, "checkpoint": shown,
+                "restored": previous, "actions": []}
+    recorded = metadata["options"]
+    options = {"tcp_established": bool(recorded.get("tcp_established") or params.get("tcp_established")),
+               "file_locks": bool(recorded.get("file_locks")),
+               "ignore_static_ip": params["ignore_static_ip"], "ignore_static_mac": params["ignore_static_mac"]}
+    name = container.restore_name(metadata, params, options["tcp_established"])
+    problems = host.restore_problems(metadata) + container.restore_problems(engine, metadata, name, timeout)
+    if problems:
+        raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
+    host.require_privileges()
+    action = "restore %s (checkpoint of container %s) as container %s" % (src, metadata["container"]["name"], name)
+    if check_mode:
+        return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action]}
+    restored, podman_stats, seconds = container.restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
+                                                               options, timeout)
+    record = {"pid": restored["pid"], "container_id": restored["id"], "container_name": restored["name"],
+              "boot_id": procfs.boot_id(), "host": socket.gethostname(), "checkpoint_id": metadata["id"],
+              "restored_at": procfs.utc_now()}
+    store.write_file(checkpoint.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+    record_pid(params, src, restored["pid"])
+    return {
+        "changed": True, "src": src, "pid": restored["pid"], "container": restored, "checkpoint": shown, "restored": record,
+        "stats": dict(verdict.stats(), restore_seconds=round(seconds, 3), podman=podman_stats), "actions": [action],
+    }
+
+
 def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_restore module's work: returns the module result."""
     require_timeout(params["timeout"])
@@ -173,6 +234,12 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     with opened(src, params["timeout"], lock=not check_mode) as checkpoint:
         verdict = load_verified(checkpoint, key, params)
         metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
+        if "container" in metadata:
+            return restore_container(checkpoint, verdict, params, check_mode)
+        given = [name for name in CONTAINER_ONLY if params.get(name)]
+        if given:
+            raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of a %s. Leave it out."
+                            % (", ".join(given), src, checkpoint_.subject(metadata)), path=src)
         shown = integrity.public(metadata)
         previous = live_restore(checkpoint, metadata)
         if previous and not params["force"]:
@@ -190,14 +257,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         restored_at = procfs.utc_now()
         record = restore_record(metadata, pid, confirm_alive(pid, run.log_path, src), restored_at)
         store.write_file(checkpoint.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
-    if params["pidfile"]:
-        try:
-            write_pidfile(params["pidfile"], pid)
-        except (CriuError, OSError) as exc:
-            raise CriuError("The workload was restored and runs as pid %d (recorded in %s/%s), but its pidfile %s could not be "
-                            "written: %s Fix the pidfile's directory, then write the pid there yourself."
-                            % (pid, src, store.RESTORED, params["pidfile"], getattr(exc, "msg", exc)),
-                            path=params["pidfile"], pid=pid) from exc
+    record_pid(params, src, pid)
     return {
         "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,
         "stats": dict(verdict.stats(), restore_seconds=round(run.duration, 3), criu=run.criu_stats), "actions": [action],

@@ -124,6 +124,10 @@ class CriuRuntime:
     def version_string(self) -> str:
         return binary.format_version(self.version)
 
+    def identity(self) -> t.Dict[str, str]:
+        """The criu a checkpoint's metadata names as the one that dumped it."""
+        return {"path": self.path, "version": self.version_string}
+
     def _transition(self, target: State) -> None:
         if not can_transition(self.state, target):
             raise CriuError("Internal error: CRIU state cannot go from %s to %s." % (self.state.value, target.value))

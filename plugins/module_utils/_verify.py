@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
@@ -29,7 +30,10 @@ def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         verdict = integrity.Verdict(None, [exc.msg], [])
     problems = list(verdict.problems)
     if verdict.metadata is not None and params["check_host"]:
-        problems += host.criu_facts(params["criu_path"])["problems"]
+        if "container" in verdict.metadata:
+            problems += container.host_problems(verdict.metadata, params["timeout"], host.effective_caps())
+        else:
+            problems += host.criu_facts(params["criu_path"])["problems"]
         problems += host.restore_problems(verdict.metadata)
     if problems:
         raise CriuError("Checkpoint %s is not valid: %s." % (path, "; ".join(problems)), path=path, problems=problems, valid=False,

@@ -54,12 +54,40 @@ options:
     description:
       - Pid of the root of the process tree to checkpoint.
       - For a workload in its own PID namespace, the pid (as seen from this host) of the namespace's init.
-      - With O(state=present), exactly one of O(pid) and O(pidfile) is required.
+      - With O(state=present), exactly one of O(pid), O(pidfile) and O(container) is required.
     type: int
   pidfile:
     description:
       - File holding the pid to checkpoint. It must contain only digits (and whitespace) and must not be a symlink.
     type: path
+  container:
+    description:
+      - Name or id of a running container to checkpoint instead of a process tree, with O(engine).
+      - The engine's export (the container's memory, its file changes and its configuration, not its image) becomes
+        the checkpoint's only image, C(images/export.tar), under the same manifest, signature and staging as a
+        process's images; M(nucleus.criu.criu_restore) imports it again.
+      - Podman passes O(tcp_established) and O(file_locks) to criu for a container; every other criu option (and
+        O(leave_stopped)) is refused. Without O(leave_running) the container stops (it stays, exited, on the host);
+        should anything fail after that, it is restored in place from the copy Podman keeps.
+      - The host must be able to checkpoint containers, see M(nucleus.criu.criu_info)'s O(nucleus.criu.criu_info#module:engine)
+        (the C(nucleus.criu.criu) role's C(criu_containers) prepares it).
+    type: str
+    version_added: 0.2.0
+  engine:
+    description:
+      - The container engine of O(container).
+    type: str
+    choices: [podman]
+    default: podman
+    version_added: 0.2.0
+  compress:
+    description:
+      - Compression of a container's export (Podman's C(--compress)). Memory rarely compresses, so the default
+        spends no time on it.
+    type: str
+    choices: [none, gzip, zstd]
+    default: none
+    version_added: 0.2.0
   dest:
     description:
       - Checkpoint directory to create. Its parent must exist, and it and every directory above it must be owned by
@@ -171,6 +199,13 @@ EXAMPLES = r"""
     dest: /var/lib/criu/job
     leave_running: true
 
+- name: Checkpoint a Podman container, leaving it running, signed
+  nucleus.criu.criu_checkpoint:
+    container: web
+    dest: /var/lib/criu/web
+    leave_running: true
+    hmac_key_file: /etc/nucleus-criu/hmac.key
+
 - name: Freeze a server with open TCP connections for migration, signing the checkpoint
   nucleus.criu.criu_checkpoint:
     pidfile: /run/game.pid
@@ -188,13 +223,20 @@ dest:
   sample: /var/lib/criu/job
 pid:
   description: The pid that was (or would be) checkpointed.
-  returned: always
+  returned: when O(pid) or O(pidfile) is given
   type: int
   sample: 4242
+container:
+  description: The container that was (or would be) checkpointed, as O(container) named it.
+  returned: when O(container) is given
+  type: str
+  sample: web
 checkpoint:
   description:
     - The checkpoint's C(metadata.json) (schema_version, id, name, created_at, source, criu, process, options,
       restore_needs, manifest_algorithm, manifest_chunk_bytes, manifest).
+    - A container's checkpoint also has C(container) (engine, engine_version, runtime, id, name, image_id, image_name);
+      its C(process) is the container's main process as this host saw it.
     - C(process.cmdline) is left out (arguments may hold secrets); it stays in the root-only C(metadata.json).
   returned: when a checkpoint exists at dest after the task
   type: dict
@@ -227,6 +269,12 @@ stats:
     fsync_seconds:
       description: Time from the end of the dump until the checkpoint was flushed to disk and published.
       type: float
+    podman:
+      description: Podman's C(--print-stats) of a container's checkpoint (with criu's own figures in it).
+      type: dict
+      returned: when a container was checkpointed
+      sample: {podman_checkpoint_duration: 487220, container_statistics: [{runtime_checkpoint_duration: 261691,
+               criu_statistics: {freezing_time: 100743, frozen_time: 73118, pages_written: 17}}]}
     criu:
       description:
         - criu's own statistics of the dump (its C(stats-dump)), for example C(freezing_time),

@@ -13,6 +13,7 @@ description:
     whether the caller has the privileges CRIU needs.
   - With O(hmac_key) or O(hmac_key_file) (for example from C(module_defaults) for the whole C(group/nucleus.criu.criu)),
     also reports whether that key can be used (RV(signing_key)), never the key itself.
+  - With O(engine), also reports whether this host can checkpoint containers (RV(containers)).
   - Never changes anything.
 author:
   - nucleus.criu maintainers (@nucleus-criu)
@@ -26,6 +27,13 @@ options:
     description:
       - Also report on the process named by this pidfile, read as strictly as M(nucleus.criu.criu_checkpoint) reads it.
     type: path
+  engine:
+    description:
+      - Also report whether this host can checkpoint containers with this engine (see RV(containers)).
+      - The engine runs with the modules' own environment, never the caller's (no C(CONTAINERS_CONF), no PATH of
+        theirs); its runtime executes the first C(criu) on a PATH of the trusted criu directories.
+    type: str
+    choices: [podman]
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
   - nucleus.criu.common.TIMEOUT
@@ -43,6 +51,11 @@ EXAMPLES = r"""
 - name: Find out whether this host can checkpoint
   nucleus.criu.criu_info:
   register: criu_host
+
+- name: Find out whether this host can checkpoint Podman containers
+  nucleus.criu.criu_info:
+    engine: podman
+  register: criu_containers
 
 - name: Stop early when it cannot
   ansible.builtin.assert:
@@ -145,6 +158,73 @@ signing_key:
     problem:
       description: Why it cannot be used, naming the fix; empty when it can.
       type: str
+containers:
+  description: Whether this host can checkpoint containers with O(engine), and every fact that decides it.
+  returned: when O(engine) is given
+  type: dict
+  contains:
+    engine:
+      description: The engine asked about.
+      type: str
+      sample: podman
+    path:
+      description: The engine binary's real path, null when none was found at a trusted path.
+      type: str
+      sample: /usr/bin/podman
+    version:
+      description: The engine's version.
+      type: str
+      sample: 4.3.1
+    usable:
+      description: Whether containers can be checkpointed here (no problem found).
+      type: bool
+    problems:
+      description: What stands in the way, each with its remedy.
+      type: list
+      elements: str
+    runtime:
+      description: The OCI runtime the engine uses, and whether it can checkpoint (runc; crun only when built with CRIU).
+      type: dict
+      returned: when the engine answered
+      sample: {name: runc, path: /usr/bin/runc, version: runc version 1.1.5+ds1, checkpoint: true}
+    criu:
+      description: The criu the runtime will execute (the first on the modules' PATH), validated like criu discovery.
+      type: dict
+      returned: when the engine answered
+      sample: {path: /opt/criu-forky/usr/sbin/criu, version: 4.2.1, problem: ""}
+    cgroup_manager:
+      description: The engine's cgroup manager (systemd needs systemd running).
+      type: str
+      returned: when the engine answered
+      sample: cgroupfs
+    cgroup_version:
+      description: The cgroup version the engine sees.
+      type: str
+      returned: when the engine answered
+      sample: v1
+    events_logger:
+      description: Where the engine logs events (journald needs systemd running).
+      type: str
+      returned: when the engine answered
+      sample: file
+    default_ulimits:
+      description: C(default_ulimits) as the containers.conf files set them (the last file that sets it wins).
+      type: list
+      elements: str
+      returned: when the engine answered
+      sample: ["nofile=20000:20000", "nproc=32768:32768"]
+    limit_ceilings:
+      description:
+        - The highest C(nofile) and C(nproc) a container can get without C(CAP_SYS_RESOURCE) (null - unlimited). The
+          engine lowers its own nproc limit to C(kernel.pid_max), which bounds nproc too.
+      type: dict
+      sample: {nofile: 20000, nproc: 32768}
+    cap_sys_resource:
+      description: Whether the caller holds C(CAP_SYS_RESOURCE); without it, containers need limits under RV(containers.limit_ceilings).
+      type: bool
+    systemd:
+      description: Whether systemd runs this host (C(/run/systemd/system) exists).
+      type: bool
 process:
   description: The process given by O(pid) or O(pidfile).
   returned: when O(pid) or O(pidfile) is given

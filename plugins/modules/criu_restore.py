@@ -55,6 +55,29 @@ options:
       - Restore again even if a previous restore from O(src) is still running.
     type: bool
     default: false
+  container_name:
+    description:
+      - The name of the restored container, for a container's checkpoint (see M(nucleus.criu.criu_checkpoint)'s
+        O(nucleus.criu.criu_checkpoint#module:container)). Default - the checkpointed container's name.
+      - The engine imports the verified export (a new container) and restores it; its image must be on this host
+        (an export does not hold it), and no container of that name may exist.
+      - A container with established TCP connections is restored under its own name only (Podman refuses
+        C(--tcp-established) with another name).
+    type: str
+    version_added: 0.2.0
+  ignore_static_ip:
+    description:
+      - For a container's checkpoint - give the restored container a new IP address instead of the one it had
+        (Podman's C(--ignore-static-ip)), for a copy beside the original.
+    type: bool
+    default: false
+    version_added: 0.2.0
+  ignore_static_mac:
+    description:
+      - For a container's checkpoint - give the restored container a new MAC address (Podman's C(--ignore-static-mac)).
+    type: bool
+    default: false
+    version_added: 0.2.0
   tcp_established:
     description:
       - Restore the TCP connections saved in the checkpoint as they were (C(--tcp-established)).
@@ -97,6 +120,12 @@ EXAMPLES = r"""
   nucleus.criu.criu_restore:
     src: /var/lib/criu/game
     hmac_key_file: /etc/nucleus-criu/hmac.key
+
+- name: Restore a container's checkpoint as a copy beside the original
+  nucleus.criu.criu_restore:
+    src: /var/lib/criu/web
+    container_name: web-copy
+    ignore_static_ip: true
 """
 
 RETURN = r"""
@@ -105,10 +134,19 @@ src:
   returned: always
   type: str
 pid:
-  description: Pid (on this host) of the restored root process; null in check mode when a restore would happen.
+  description:
+    - Pid (on this host) of the restored root process (a container's main process); null in check mode when a restore
+      would happen.
   returned: always
   type: int
   sample: 4242
+container:
+  description: The restored container (its id, name, state, main pid, image), for a container's checkpoint.
+  returned: when a container was restored or is still running from an earlier restore
+  type: dict
+  sample: {id: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, name: web, state: running, pid: 4242,
+           image_id: 3f1394ce8db03bd98578ad312f91c2e0e10bcb0fc96750a0eef1fcee62c32218, image_name: "localhost/web:1",
+           runtime: runc}
 checkpoint:
   description: The checkpoint's metadata.
   returned: when a restore happened or would happen
@@ -156,6 +194,12 @@ stats:
           C(restore_time) (microseconds), C(pages_restored); C(unavailable) says why when they cannot be read.
       type: dict
       sample: {forking_time: 2100, restore_time: 187000, pages_restored: 65536}
+    podman:
+      description: Podman's C(--print-stats) of a container's restore (with criu's own figures in it).
+      type: dict
+      returned: when a container was restored
+      sample: {podman_restore_duration: 400967, container_statistics: [{runtime_restore_duration: 256829,
+               criu_statistics: {forking_time: 438, restore_time: 120798, pages_restored: 32}}]}
 actions:
   description: What was done, or would be done in check mode.
   returned: always

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import typing as t
 
@@ -21,6 +23,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
+PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 COUNTER = os.path.join(REPO, "demo", "counter.py")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,6 +59,41 @@ def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
         raise AssertionError("ansible gave no JSON result (rc %d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
     result.setdefault("failed", False)
     return result
+
+
+def criu_role(role_vars: t.Mapping[str, t.Any], *flags: str) -> str:
+    """playbooks/criu.yml (the nucleus.criu.criu role) on localhost with ``role_vars``; returns its output."""
+    argv = [PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
+            "-e", json.dumps(dict(role_vars)), "playbooks/criu.yml"] + list(flags)
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+# Podman as the modules run it: the trusted criu directories first on PATH (runc executes the criu it finds there).
+PODMAN_ENV = {"PATH": "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
+TEST_IMAGE = "localhost/nucleus-criu-test:busybox"
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["podman"] + list(args), env=PODMAN_ENV, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 or not check, "podman %s: %s" % (" ".join(args), proc.stderr)
+    return proc
+
+
+def ensure_test_image() -> str:
+    """A container image made offline from Debian's busybox-static (no registry here), once."""
+    if podman("image", "exists", TEST_IMAGE, check=False).returncode != 0:
+        with tempfile.TemporaryDirectory() as rootfs:
+            os.makedirs(os.path.join(rootfs, "bin"))
+            os.makedirs(os.path.join(rootfs, "tmp"), mode=0o1777)
+            shutil.copy("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
+            for applet in ("sh", "sleep", "cat", "echo", "nc"):
+                os.symlink("busybox", os.path.join(rootfs, "bin", applet))
+            tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+            subprocess.run(["podman", "import", "-", TEST_IMAGE], stdin=tar.stdout, env=PODMAN_ENV, capture_output=True, check=True)
+            assert tar.wait() == 0
+    return TEST_IMAGE
 
 
 def read_state(path: str) -> t.Tuple[str, int]:

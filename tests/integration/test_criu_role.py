@@ -14,24 +14,20 @@ import sys
 
 import pytest
 
-from conftest import REPO, pipe_max_size
+from conftest import PLAYBOOK, REPO, criu_role, ensure_test_image, pipe_max_size, podman, run_module
 
-PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 TREE = "/opt/criu-roletest"
 LINK = "/usr/local/sbin/criu-roletest"
 WORKDIR = "/var/cache/nucleus-criu-roletest"
 
 
+CONTAINERS_CONF = "/etc/containers/containers.conf.d/60-nucleus-criu.conf"
 PREFIX = {"criu_private_tree": TREE, "criu_link_path": LINK, "criu_workdir": WORKDIR}
 
 
 def run_role(*flags, role_vars=None):
     """playbooks/criu.yml on localhost, by default into the test's own prefix; returns its output."""
-    argv = [PLAYBOOK, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=%s" % sys.executable,
-            "-e", json.dumps(PREFIX if role_vars is None else role_vars), "playbooks/criu.yml"] + list(flags)
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return criu_role(PREFIX if role_vars is None else role_vars, *flags)
 
 
 @pytest.fixture
@@ -91,3 +87,34 @@ def test_role_refuses_an_os_family_it_cannot_install_on(clean_prefix):
     assert "installs criu with apt and dpkg, on the OS families RedHat" in proc.stdout, proc.stdout
     assert "(Debian family)" in proc.stdout and "which criu they offer" not in proc.stdout, proc.stdout
     assert not os.path.lexists(TREE) and not os.path.lexists(LINK)
+
+
+def test_role_prepares_a_container_host():
+    """criu_containers: Podman and runc installed, a containers.conf drop-in that makes them work here (runc; this host's
+    limits when it withholds CAP_SYS_RESOURCE), proven by criu_info; check mode predicts; a rerun changes nothing.
+    Without the drop-in criu_info names the problem, and it is real: no container starts."""
+    role_vars = {"criu_containers": True}
+    criu_role(role_vars)  # Podman installed (a no-op when it is)
+    os.unlink(CONTAINERS_CONF)
+    before = run_module("criu_info", {"engine": "podman"})["containers"]
+    assert before["path"] == "/usr/bin/podman" and before["runtime"]["name"] == "runc", before
+    assert before["criu"]["version"].startswith("4.") and not before["criu"]["problem"], before
+    if not before["cap_sys_resource"]:
+        assert not before["usable"] and any("CAP_SYS_RESOURCE" in p and CONTAINERS_CONF in p for p in before["problems"]), before
+        started = podman("run", "--rm", ensure_test_image(), "sh", "-c", "exit 0", check=False)
+        assert started.returncode != 0 and "rlimit" in started.stderr, started.stderr
+
+    predicted = criu_role(role_vars, "--check")
+    assert "changed=0" not in predicted and not os.path.exists(CONTAINERS_CONF), predicted
+    assert "changed=0" not in criu_role(role_vars)
+    written = open(CONTAINERS_CONF).read()
+    assert 'runtime = "runc"' in written, written
+    after = run_module("criu_info", {"engine": "podman"})["containers"]
+    assert after["usable"] and after["problems"] == [], after
+    if not after["cap_sys_resource"]:
+        ceilings = after["limit_ceilings"]
+        assert after["default_ulimits"] == ["nofile=%d:%d" % (ceilings["nofile"], ceilings["nofile"]),
+                                            "nproc=%d:%d" % (ceilings["nproc"], ceilings["nproc"])], after
+    assert podman("run", "--rm", ensure_test_image(), "sh", "-c", "exit 0").returncode == 0
+    again = criu_role(role_vars)
+    assert "changed=0" in again and "failed=0" in again, again

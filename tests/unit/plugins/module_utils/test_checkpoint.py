@@ -42,6 +42,9 @@ class FakeRuntime:
     path = "/usr/sbin/criu"
     version_string = "4.2.0"
 
+    def identity(self):
+        return {"path": self.path, "version": self.version_string}
+
     def __init__(self, fail=False):
         self.fail = fail
         self.dumps = []
@@ -468,7 +471,7 @@ def test_seal_without_key_writes_no_signature(tmp_path):
 ])
 def test_describe_records_what_the_images_need_at_restore(images, options, needs):
     manifest = [{"path": name, "size": 0, "chunks": [hashlib.sha256(b"").hexdigest()]} for name in images]
-    metadata = checkpoint.describe(FakeRuntime(), "job", {"pid": 42}, options, "sha256", manifest)
+    metadata = checkpoint.describe(FakeRuntime().identity(), "job", {"pid": 42}, options, "sha256", manifest)
     assert metadata["restore_needs"] == needs
     assert metadata["options"] == options and metadata["manifest"] == manifest and metadata["name"] == "job"
     assert metadata["manifest_chunk_bytes"] == integrity.CHUNK_BYTES and metadata["schema_version"] == integrity.SCHEMA_VERSION

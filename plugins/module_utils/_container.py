@@ -1,0 +1,163 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A container's checkpoint: Podman's export, held in the same staged, hashed, signed checkpoint directory as a
+process's images, and restored from exactly the verified bytes.
+
+Podman writes the export into a file this module created and holds open (``/proc/self/fd/N``), and reads it back at
+restore through an fd opened before verification: the export is never reached by a path someone could swap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+
+EXPORT = integrity.CONTAINER_EXPORT
+# The criu options Podman passes on for a container; every other one is refused rather than silently dropped.
+DUMP_OPTIONS = ("tcp_established", "file_locks")
+RESTORE_OPTIONS = ("tcp_established", "file_locks", "ignore_static_ip", "ignore_static_mac")
+
+
+def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
+    """A criu option Podman cannot pass for a container is an error naming it, never ignored."""
+    given = [option.name for option in criu_options.OPTIONS
+             if (option.at_dump if at == "dump" else option.at_restore) and option.name not in DUMP_OPTIONS
+             and params.get(option.name) not in (None, False, [], "nftables" if option.name == "network_lock" else None)]
+    if at == "dump" and params.get("leave_stopped"):
+        given.append("leave_stopped")
+    if given:
+        raise CriuError("%s cannot be used with a container: Podman does not pass %s to criu. Leave %s out (Podman takes "
+                        "%s for a container)." % (", ".join(given), "it" if len(given) == 1 else "them",
+                                                  "it" if len(given) == 1 else "them",
+                                                  ", ".join(DUMP_OPTIONS if at == "dump" else RESTORE_OPTIONS)))
+
+
+def running_container(engine: podman.Podman, name: str, timeout: float) -> t.Dict[str, t.Any]:
+    """The container to checkpoint, which must exist and run."""
+    found = engine.inspect(name, timeout)
+    if found is None:
+        raise CriuError("There is no container %s on this host (podman ps -a lists them). Check the name, or the host." % name)
+    if found["state"] != "running" or not found["pid"]:
+        raise CriuError("Container %s is %s: only a running container can be checkpointed. Start it (podman start %s), or "
+                        "restore it from its checkpoint." % (name, found["state"], name))
+    return found
+
+
+def same_container(metadata: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[str, t.Any]], name: str) -> bool:
+    """Is the checkpoint at DEST of this container? After a dump without leave_running it has exited, or is gone."""
+    recorded = metadata.get("container")
+    if not isinstance(recorded, dict):
+        return False
+    if found is None:
+        return recorded.get("name") == name
+    return recorded.get("id") == found["id"]
+
+
+def dump_options(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    options = {name: bool(params.get(name)) for name in DUMP_OPTIONS}
+    options.update(leave_running=params["leave_running"], leave_stopped=False, compress=params["compress"])
+    return options
+
+
+def export(engine: podman.Podman, found: t.Mapping[str, t.Any], images_fd: int, options: t.Mapping[str, t.Any],
+           timeout: float) -> t.Tuple[t.Dict[str, t.Any], float]:
+    """Podman's export into images/export.tar, a file created here (0600, never an existing one)."""
+    fd = os.open(EXPORT, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=images_fd)
+    try:
+        return engine.checkpoint(found["id"], fd, options, timeout)
+    finally:
+        os.close(fd)
+
+
+SETTLE_SECONDS = 10.0
+
+
+def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: int, timeout: float) -> str:
+    """After a failed checkpoint, make sure the container runs as before; say what happened to it. A container the
+    checkpoint stopped is restored in place from the copy Podman keeps in its own storage (``--keep``), once Podman
+    has seen it stop (its state lags its main process by a moment: it refuses a restore until then)."""
+    if procfs.is_alive(found["pid"], starttime):
+        return "The container %s is still running, untouched." % found["name"]
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        try:
+            engine.restore_in_place(found["id"], timeout)
+            break
+        except CriuError as exc:
+            if "running or paused" in exc.msg and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            return ("The container %s was stopped by the checkpoint and could not be brought back: %s Run podman container "
+                    "restore %s." % (found["name"], exc.msg, found["id"]))
+    return "The container %s was brought back from Podman's own copy of the checkpoint (podman container restore)." % found["name"]
+
+
+def describe(engine: podman.Podman, found: t.Mapping[str, t.Any], timeout: float) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any]]:
+    """What metadata.json records about the container (``container``) and its main process (``process``), before
+    the dump: afterwards the process may be gone."""
+    pid = found["pid"]
+    st = procfs.read_stat(pid)
+    if st is None:
+        raise CriuError("The main process %d of container %s is gone; is the container still running?" % (pid, found["name"]))
+    criu = podman.runtime_criu(timeout)
+    if criu["problem"]:
+        raise CriuError(criu["problem"])
+    container = {"engine": "podman", "engine_version": engine.version, "runtime": found["runtime"], "id": found["id"],
+                 "name": found["name"], "image_id": found["image_id"], "image_name": found["image_name"]}
+    return dict(container, criu={"path": criu["path"], "version": criu["version"]}), procfs.process_facts(pid, st)
+
+
+def restore_name(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any], tcp_established: bool) -> str:
+    """The restored container's name: ``container_name``, else the checkpointed one's. Podman keeps established TCP
+    connections only under the container's own name (it refuses --tcp-established with --name)."""
+    name = params.get("container_name") or metadata["container"]["name"]
+    if tcp_established and name != metadata["container"]["name"]:
+        raise CriuError("Container %s holds established TCP connections, which Podman restores only under the container's own "
+                        "name: leave container_name out, and remove the stopped original first (podman rm %s) or restore on "
+                        "another host." % (metadata["container"]["name"], metadata["container"]["name"]))
+    return name
+
+
+def restore_problems(engine: podman.Podman, metadata: t.Mapping[str, t.Any], name: t.Optional[str],
+                     timeout: float) -> t.List[str]:
+    """Why this host cannot restore the container checkpoint (under ``name``, when given); empty when it can."""
+    recorded = metadata["container"]
+    problems = []
+    if not engine.image_exists(recorded["image_id"], timeout):
+        problems.append("the container's image %s (%s) is not on this host, and an export does not hold it: load it first "
+                        "(podman save on the source, podman load here)" % (recorded["image_name"], recorded["image_id"][:12]))
+    if name is not None and engine.inspect(name, timeout) is not None:
+        problems.append("a container named %s exists on this host: set container_name to another name, or remove that "
+                        "container (podman rm %s) if it is the stopped original" % (name, name))
+    return problems
+
+
+def restore_export(engine: podman.Podman, images_fd: int, name: str, recorded_name: str, options: t.Mapping[str, t.Any],
+                   timeout: float) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any], float]:
+    """Import and restore the verified export held open under ``images_fd``; the new container and Podman's stats."""
+    fd = os.open(EXPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=images_fd)
+    try:
+        stats, seconds = engine.restore_import(fd, None if name == recorded_name else name, options, timeout)
+    finally:
+        os.close(fd)
+    restored = engine.inspect(name, timeout)
+    if restored is None or restored["state"] != "running" or not restored["pid"]:
+        raise CriuError("podman container restore reported success, but container %s is %s." % (
+            name, restored["state"] if restored else "not there"))
+    return restored, stats, seconds
+
+
+def host_problems(metadata: t.Mapping[str, t.Any], timeout: float, caps: int) -> t.List[str]:
+    """Why this host cannot restore the container checkpoint: Podman's readiness, and the image."""
+    facts = podman.container_facts(metadata["container"].get("engine", "podman"), timeout, caps)
+    if facts["path"] is None or not facts.get("runtime"):
+        return facts["problems"]
+    return facts["problems"] + restore_problems(podman.Podman(facts["path"], facts["version"]), metadata, None, timeout)

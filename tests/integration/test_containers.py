@@ -1,0 +1,219 @@
+"""Podman containers through the same modules: checkpointed into a staged, hashed, signed checkpoint directory,
+verified, restored from exactly the verified bytes, idempotent, with check mode; never a container lost.
+
+Real Podman and runc (installed and configured by the criu role's criu_containers), a container image made offline
+from busybox-static, containers this test started; every one of them is removed at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import time
+import typing as t
+
+import pytest
+
+from conftest import criu_role, ensure_test_image, podman, run_module, wait_for
+
+KEY = "container-test-key-0123456789"
+# Counts in memory (the shell's variable), shows the count in a file: after a restore the count goes on from where it
+# was, where a restarted container would start again from 1.
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"
+
+
+class Containers:
+    """Containers this test started or restored, removed at teardown."""
+
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.names: t.List[str] = []
+
+    def name(self, label: str) -> str:
+        name = "nucleus-test-%s-%s" % (label, secrets.token_hex(3))
+        self.names.append(name)
+        return name
+
+    def start(self, label: str, command: str = COUNTER) -> str:
+        name = self.name(label)
+        podman("run", "-d", "--name", name, self.image, "sh", "-c", command)
+        if command == COUNTER:
+            wait_for(lambda: count(name) >= 3, what="container %s counting" % name)
+        return name
+
+    def remove_all(self) -> None:
+        for name in self.names:
+            podman("rm", "--force", "--", name, check=False)
+
+
+def count(name: str) -> int:
+    proc = podman("exec", name, "cat", "/tmp/n", check=False)
+    return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
+
+
+def state(name: str) -> t.Optional[str]:
+    proc = podman("container", "inspect", "--format", "{{.State.Status}}", name, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def podman_image():
+    """This host prepared for containers by the criu role itself, and the test image."""
+    criu_role({"criu_containers": True})
+    return ensure_test_image()
+
+
+@pytest.fixture
+def containers(podman_image):
+    made = Containers(podman_image)
+    yield made
+    made.remove_all()
+
+
+def test_checkpoint_verify_restore_a_container(containers, ckpt_dir, tmp_path):
+    """The quartet (check mode, for real, both again), the count going on after the restore, the copy's pid reported."""
+    name = containers.start("quartet")
+    dest = str(ckpt_dir / "ck")
+    args = dict(container=name, dest=dest, hmac_key=KEY)
+
+    predicted = run_module("criu_checkpoint", args, check=True)
+    assert predicted["changed"] and not predicted["failed"] and not os.path.exists(dest), predicted
+    assert state(name) == "running"
+    before = count(name)
+    made = run_module("criu_checkpoint", args)
+    assert made["changed"] and not made["failed"], made
+    recorded = made["checkpoint"]["container"]
+    assert recorded["name"] == name and recorded["engine"] == "podman" and recorded["image_name"].startswith(containers.image)
+    assert [entry["path"] for entry in made["checkpoint"]["manifest"]] == ["export.tar"], made["checkpoint"]
+    assert made["stats"]["podman"]["container_statistics"], made["stats"]
+    assert state(name) == "exited", "a checkpoint without leave_running stops the container"
+    assert sorted(os.listdir(dest)) == ["checkpoint.hmac", "images", "metadata.json"]
+    assert os.stat(os.path.join(dest, "images", "export.tar")).st_mode & 0o777 == 0o600
+    for check in (False, True):
+        again = run_module("criu_checkpoint", args, check=check)
+        assert not again["changed"] and not again["failed"], again
+
+    verified = run_module("criu_verify", dict(path=dest, hmac_key=KEY, check_host=True))
+    assert verified["valid"] and verified["signature_checked"], verified
+
+    copy = containers.name("copy")
+    pidfile = tmp_path / "copy.pid"
+    restore_args = dict(src=dest, hmac_key=KEY, container_name=copy, pidfile=str(pidfile))
+    predicted = run_module("criu_restore", restore_args, check=True)
+    assert predicted["changed"] and not predicted["failed"] and state(copy) is None, predicted
+    restored = run_module("criu_restore", restore_args)
+    assert restored["changed"] and not restored["failed"], restored
+    assert restored["container"]["name"] == copy and state(copy) == "running", restored
+    assert int(pidfile.read_text()) == restored["pid"] == restored["container"]["pid"]
+    resumed = count(copy)
+    assert resumed >= before, "the count started again (%d after %d): memory was not restored" % (resumed, before)
+    wait_for(lambda: count(copy) > resumed, what="the restored container counting on")
+    for check in (True, False):
+        again = run_module("criu_restore", restore_args, check=check)
+        assert not again["changed"] and not again["failed"] and again["pid"] == restored["pid"], again
+
+
+def test_leave_running_and_a_copy_beside_it(containers, ckpt_dir):
+    name = containers.start("beside")
+    dest = str(ckpt_dir / "ck")
+    made = run_module("criu_checkpoint", dict(container=name, dest=dest, leave_running=True))
+    assert made["changed"] and made["checkpoint"]["options"]["leave_running"], made
+    assert state(name) == "running"
+    taken = run_module("criu_restore", dict(src=dest))
+    assert taken["failed"] and "a container named %s exists" % name in taken["msg"] and "container_name" in taken["msg"], taken
+    copy = containers.name("twin")
+    restored = run_module("criu_restore", dict(src=dest, container_name=copy))
+    assert restored["changed"] and state(copy) == "running" and state(name) == "running", restored
+
+
+def test_tcp_connection_kept_across_a_restore(containers, ckpt_dir):
+    """On the bridge network, an established connection from the host survives checkpoint and restore."""
+    name = containers.start("tcp", "nc -l -p 9000 > /tmp/got; sleep 1000")
+    address = podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", name).stdout.strip()
+    client = wait_for(lambda: _connect(address, 9000), what="the container's listener")
+    try:
+        client.sendall(b"before\n")
+        dest = str(ckpt_dir / "ck")
+        made = run_module("criu_checkpoint", dict(container=name, dest=dest, tcp_established=True))
+        assert made["changed"] and made["checkpoint"]["options"]["tcp_established"], made
+        renamed = run_module("criu_restore", dict(src=dest, container_name=containers.name("renamed")))
+        assert renamed["failed"] and "only under the container's own name" in renamed["msg"], renamed
+        podman("rm", name)
+        restored = run_module("criu_restore", dict(src=dest))
+        assert restored["changed"] and restored["container"]["name"] == name, restored
+        client.sendall(b"after\n")
+    finally:
+        client.close()
+    wait_for(lambda: podman("exec", name, "cat", "/tmp/got").stdout == "before\nafter\n", what="both lines over one connection")
+
+
+def _connect(address: str, port: int) -> t.Optional[socket.socket]:
+    try:
+        return socket.create_connection((address, port), timeout=5)
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("tamper", ["export-byte", "metadata-name"])
+def test_tampered_container_checkpoint_is_refused(containers, ckpt_dir, tamper):
+    name = containers.start("tamper")
+    dest = str(ckpt_dir / "ck")
+    assert run_module("criu_checkpoint", dict(container=name, dest=dest, hmac_key=KEY, leave_running=True))["changed"]
+    if tamper == "export-byte":
+        with open(os.path.join(dest, "images", "export.tar"), "r+b") as handle:
+            handle.seek(1000)
+            byte = handle.read(1)
+            handle.seek(1000)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    else:
+        path = os.path.join(dest, "metadata.json")
+        with open(path) as handle:
+            text = handle.read()
+        with open(path, "w") as handle:
+            handle.write(text.replace('"name":"%s"' % name, '"name":"%s-forged"' % name, 1))
+    verified = run_module("criu_verify", dict(path=dest, hmac_key=KEY))
+    assert verified["failed"] and not verified.get("valid", False), verified
+    copy = containers.name("forged")
+    restored = run_module("criu_restore", dict(src=dest, hmac_key=KEY, container_name=copy))
+    assert restored["failed"] and "Nothing was restored" in restored["msg"], restored
+    assert state(copy) is None and state(name + "-forged") is None
+
+
+def test_options_podman_cannot_pass_are_refused(containers, ckpt_dir):
+    name = containers.start("options")
+    dest = str(ckpt_dir / "ck")
+    for option in ({"link_remap": True}, {"ghost_limit": "8M"}, {"leave_stopped": True}):
+        refused = run_module("criu_checkpoint", dict(container=name, dest=dest, **option))
+        assert refused["failed"] and list(option)[0] in refused["msg"] and "cannot be used with a container" in refused["msg"], refused
+    assert state(name) == "running" and not os.path.exists(dest)
+    missing = run_module("criu_checkpoint", dict(container="nucleus-test-no-such", dest=dest))
+    assert missing["failed"] and "no container nucleus-test-no-such" in missing["msg"], missing
+
+
+def test_a_failed_export_brings_the_container_back(containers, tmp_path):
+    """The export fails on a full disk after Podman stopped the container: the container is restored in place from
+    Podman's own copy, counting on, and nothing is published."""
+    name = containers.start("full")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(tiny)], check=True)
+    try:
+        before = count(name)
+        failed = run_module("criu_checkpoint", dict(container=name, dest=str(tiny / "ck")))
+        assert failed["failed"] and "no space left on device" in failed["msg"], failed
+        assert "was brought back" in failed["msg"] and "No checkpoint was written" in failed["msg"], failed
+        assert os.listdir(str(tiny)) == []
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
+    assert state(name) == "running"
+    time.sleep(0.2)
+    assert count(name) >= before, "the container started again from scratch instead of being restored"
+
+
+def test_criu_info_reports_a_ready_container_host(podman_image):
+    info = run_module("criu_info", {"engine": "podman"})
+    facts = info["containers"]
+    assert facts["usable"] and facts["runtime"] == dict(facts["runtime"], name="runc", checkpoint=True), facts
+    assert facts["criu"]["version"].startswith("4.") and facts["cgroup_manager"] in ("cgroupfs", "systemd"), facts

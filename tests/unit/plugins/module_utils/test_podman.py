@@ -1,0 +1,170 @@
+"""Podman for containers (_podman, _container): the pure decisions, and the argv given to a stand-in podman.
+
+The real Podman, runc and criu are exercised by tests/integration/test_containers.py; here a script records its
+argv, so that what the modules ask Podman to do is pinned down without a container engine.
+"""
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from .mu_helpers import metadata_for, write_exe
+
+CONTAINER = {"engine": "podman", "id": "c0ffee" * 10, "name": "web", "image_id": "beef" * 16, "image_name": "localhost/web:1"}
+
+
+@pytest.mark.parametrize("name, version, ok", [
+    ("runc", "runc version 1.1.5", True),
+    ("crun", "crun version 1.8.1\ncommit: x\n+SYSTEMD +SELINUX +CRIU +YAJL", True),
+    ("crun", "crun version 1.8.1\ncommit: x\n+SYSTEMD +SELINUX -CRIU +YAJL", False),
+    ("kata", "kata 3", False),
+])
+def test_runtime_can_checkpoint(name, version, ok):
+    problem = podman.runtime_problem(name, version)
+    assert (problem == "") is ok
+    if not ok:
+        assert 'runtime = "runc"' in problem and podman.CONF_DROP_IN in problem
+
+
+def test_default_ulimits_the_last_file_that_sets_them_wins(tmp_path):
+    first, second, third = (tmp_path / n for n in ("a.conf", "b.conf", "c.conf"))
+    first.write_text('[containers]\ndefault_ulimits = [\n  "nofile=1024:2048",\n  "nproc=100",\n]\n')
+    second.write_text('[containers]\n# default_ulimits = ["nofile=1:1"]\n')
+    third.write_text("[engine]\nruntime = \"runc\"\n")
+    assert podman.conf_ulimits([str(first), str(second), str(third), str(tmp_path / "missing.conf")]) == {
+        "nofile": (1024, 2048), "nproc": (100, 100)}
+    second.write_text('[containers]\ndefault_ulimits = ["nofile=20000:20000"]\n')
+    assert podman.conf_ulimits([str(first), str(second)]) == {"nofile": (20000, 20000)}
+
+
+@pytest.mark.parametrize("configured, cap, wrong", [
+    ({}, True, []),
+    ({}, False, ["nofile is not set", "nproc is not set"]),
+    ({"nofile": (20000, 20000), "nproc": (32768, 32768)}, False, []),
+    ({"nofile": (20000, 20001), "nproc": (32768, 32768)}, False, ["nofile=20000:20001 is above 20000"]),
+])
+def test_ulimits_without_cap_sys_resource_must_fit(configured, cap, wrong):
+    problem = podman.ulimits_problem(configured, {"nofile": 20000, "nproc": 32768}, cap)
+    assert all(part in problem for part in wrong) and (problem == "") is (not wrong), problem
+    if wrong:
+        assert 'default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]' in problem
+
+
+def test_unlimited_host_limits_need_nothing():
+    assert podman.ulimits_problem({}, {"nofile": None, "nproc": None}, False) == ""
+
+
+def test_settings_that_need_systemd():
+    info = {"cgroupManager": "systemd", "eventLogger": "journald"}
+    assert podman.host_problems(info, systemd=True) == []
+    problems = podman.host_problems(info, systemd=False)
+    assert len(problems) == 2 and 'cgroup_manager = "cgroupfs"' in problems[0] and 'events_logger = "file"' in problems[1]
+
+
+@pytest.fixture
+def recording_podman(tmp_path):
+    """A stand-in podman that records its argv and environment, prints what ``podman.out`` holds, and exits with
+    ``podman.rc``."""
+    log = tmp_path / "argv.json"
+    script = write_exe(tmp_path / "bin" / "podman", (
+        "#!/usr/bin/python3\nimport json, os, sys\n"
+        "open(%r, 'a').write(json.dumps({'argv': sys.argv[1:], 'env': dict(os.environ)}) + '\\n')\n"
+        "sys.stdout.write(open(%r).read())\nsys.stderr.write(open(%r).read())\nsys.exit(int(open(%r).read()))\n"
+    ) % (str(log), str(tmp_path / "podman.out"), str(tmp_path / "podman.err"), str(tmp_path / "podman.rc")))
+
+    def respond(out="", rc=0, err=""):
+        (tmp_path / "podman.out").write_text(out)
+        (tmp_path / "podman.err").write_text(err)
+        (tmp_path / "podman.rc").write_text(str(rc))
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    respond()
+    return podman.Podman(script, "4.3.1"), respond, calls
+
+
+def test_checkpoint_writes_into_the_held_file_and_keeps_podmans_copy(recording_podman, tmp_path):
+    engine, respond, calls = recording_podman
+    respond(json.dumps({"podman_checkpoint_duration": 5}))
+    fd = os.open(str(tmp_path / "export.tar"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        stats, _seconds = engine.checkpoint("abc", fd, dict(compress="none", leave_running=True, tcp_established=True,
+                                                            file_locks=False), 10)
+    finally:
+        os.close(fd)
+    call = calls()[0]
+    assert call["argv"] == ["container", "checkpoint", "--export", "/proc/self/fd/%d" % fd, "--compress", "none",
+                            "--print-stats", "--keep", "--leave-running", "--tcp-established", "--", "abc"]
+    assert call["env"]["PATH"].split(":")[:3] == ["/usr/local/sbin", "/usr/sbin", "/usr/bin"], "runc's criu: the trusted one"
+    assert "CONTAINERS_CONF" not in call["env"] and stats == {"podman_checkpoint_duration": 5}
+
+
+def test_restore_names_the_copy_only_when_asked(recording_podman):
+    engine, _respond, calls = recording_podman
+    engine.restore_import(5, None, {"tcp_established": True}, 10)
+    engine.restore_import(5, "copy", {"ignore_static_ip": True}, 10)
+    first, second = (call["argv"] for call in calls())
+    assert "--name" not in first and "--tcp-established" in first
+    assert second[second.index("--name") + 1] == "copy" and "--ignore-static-ip" in second
+
+
+def test_podman_errors_carry_the_remedy(recording_podman):
+    engine, respond, _calls = recording_podman
+    respond(rc=125, err="Error: creating container storage: the container name \"web\" is already in use by abc")
+    with pytest.raises(CriuError) as raised:
+        engine.restore_import(5, "web", {}, 10)
+    assert "already in use" in raised.value.msg and "set container_name" in raised.value.msg
+    respond(rc=125, err="Error: inspecting object: no such container web")
+    assert engine.inspect("web", 10) is None
+    respond(rc=1)
+    assert engine.image_exists("beef", 10) is False
+
+
+@pytest.mark.parametrize("given", [{"link_remap": True}, {"ghost_limit": "8M"}, {"network_lock": "iptables"},
+                                   {"leave_stopped": True}, {"ext_unix_sk": True}])
+def test_options_podman_cannot_pass_are_refused(given):
+    params = CHECKPOINT.defaults(container="web", dest="/x", **given)
+    with pytest.raises(CriuError, match="cannot be used with a container"):
+        container.refuse_unsupported(params, "dump")
+
+
+def test_options_podman_passes_are_taken():
+    container.refuse_unsupported(CHECKPOINT.defaults(container="web", dest="/x", tcp_established=True, file_locks=True), "dump")
+    container.refuse_unsupported(RESTORE.defaults(src="/x", tcp_established=True, ignore_static_ip=True), "restore")
+    with pytest.raises(CriuError, match="manage_cgroups"):
+        container.refuse_unsupported(RESTORE.defaults(src="/x", manage_cgroups="full"), "restore")
+
+
+def test_same_container_by_id_or_by_name_once_gone():
+    metadata = {"container": CONTAINER}
+    assert container.same_container(metadata, {"id": CONTAINER["id"]}, "web")
+    assert not container.same_container(metadata, {"id": "other"}, "web")
+    assert container.same_container(metadata, None, "web") and not container.same_container(metadata, None, "db")
+    assert not container.same_container({"process": {}}, {"id": CONTAINER["id"]}, "web")
+
+
+def test_established_tcp_restores_under_its_own_name_only():
+    metadata = {"container": CONTAINER}
+    assert container.restore_name(metadata, {"container_name": None}, True) == "web"
+    assert container.restore_name(metadata, {"container_name": "copy"}, False) == "copy"
+    with pytest.raises(CriuError, match="only under the container's own name"):
+        container.restore_name(metadata, {"container_name": "copy"}, True)
+
+
+def _container_metadata(paths):
+    return metadata_for([{"path": path, "size": 0, "chunks": ["0" * 64]} for path in paths], container=dict(CONTAINER))
+
+
+def test_a_container_checkpoint_holds_its_export_alone():
+    metadata, problems = integrity.parse_metadata(integrity.canonical(_container_metadata(["export.tar"])))
+    assert problems == [] and metadata["container"]["name"] == "web"
+    for paths in (["export.tar", "inventory.img"], ["inventory.img"]):
+        assert "must list export.tar alone" in "; ".join(integrity.parse_metadata(integrity.canonical(_container_metadata(paths)))[1])
+    broken = dict(_container_metadata(["export.tar"]), container={"name": "web"})
+    assert "container is not an object with" in integrity.parse_metadata(integrity.canonical(broken))[1][0]
