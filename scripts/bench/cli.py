@@ -14,8 +14,9 @@ For each workload size (demo/counter.py --mem N) and each of --runs runs, in an 
 
 then the fan-out: one migrate playbook with 1 and 4 workloads (one pair of hosts), and with --fanout N one workload on
 each of N pairs of hosts against one pair, with a profile of the controller's CPU. Medians of the runs; every ratio is
-computed within one run, then its median is reported. Prints a table and writes a JSON file (rewritten after each
-step, "complete": false until the end).
+computed within one run, then its median is reported. With --containers, Podman containers too: bare
+`podman container checkpoint --export` / `restore --import` against criu_checkpoint / criu_restore (bench/containers.py).
+Prints a table and writes a JSON file (rewritten after each step, "complete": false until the end).
 
 Everything it starts (workloads, restored copies, ssh test hosts on NUCLEUS_BENCH_PORT, default 2288, and with
 --fanout on NUCLEUS_BENCH_FANOUT_PORT, default 2301, ssh masters, playbooks) is killed or stopped before it exits,
@@ -37,10 +38,11 @@ import typing as t
 
 from bench import env
 from bench.env import BENCH_ROOT, POSTCOPY_PIPE_SIZE, BenchError, kill_and_wait, log
+from bench.containers import container_run
 from bench.local import local_run
 from bench.migration import Bench, fanout_run, migration_run
 from bench.summary import fanout_summary, rotate, summarise, table, targets
-from conftest import pipe_max_size, processes_running
+from conftest import criu_role, pipe_max_size, processes_running
 from testhosts import Fleet, Hosts
 
 LIST_FANOUT = 4
@@ -61,6 +63,10 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--migrate-hash-algorithm", choices=["auto", "sha256", "blake3"],
                         help="migrate_hash_algorithm for the role (default: the role's own default, auto)")
     parser.add_argument("--local-only", action="store_true", help="only the local rows: no ssh hosts, no migrations")
+    parser.add_argument("--containers", default="", metavar="SIZES",
+                        help="also Podman containers of these sizes in MiB (0: a small counter), bare Podman against the "
+                             "modules; prepares this host with the criu role's criu_containers (default: none)")
+    parser.add_argument("--containers-only", action="store_true", help="only the container rows (with --containers)")
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -68,6 +74,12 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--sizes takes integers in MiB, e.g. 16,256,1024")
     if not args.sizes or min(args.sizes) <= 0 or args.runs < 1 or args.fanout < 0 or args.fanout > 100:
         parser.error("--sizes must be positive, --runs at least 1, --fanout 0..100")
+    try:
+        args.containers = [int(s) for s in args.containers.split(",") if s.strip()]
+    except ValueError:
+        parser.error("--containers takes integers in MiB, e.g. 0,256")
+    if args.containers_only and not args.containers:
+        parser.error("--containers-only needs --containers SIZES")
     if args.fanout_mib is None:
         args.fanout_mib = min(args.sizes)
     return args
@@ -109,7 +121,19 @@ def stop_hosts(hosts: t.Optional[Hosts]) -> None:
         log("warning: stopping the test hosts on port %d: %s" % (hosts.port, exc))
 
 
+def measure_containers(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any]) -> None:
+    log("preparing this host for containers (the criu role, criu_containers: true)")
+    criu_role({"criu_containers": True})
+    for mib in args.containers:
+        runs = [container_run(run_dir, mib, index) for index in range(args.runs)]
+        results["containers"][str(mib)] = dict(summarise(runs), runs=runs)
+        save(results, args.json)
+
+
 def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any], stack: contextlib.ExitStack) -> None:
+    if args.containers_only:
+        measure_containers(args, run_dir, results)
+        return
     bench = Bench(run_dir, args.migrate_hash_algorithm)
     hosts: t.Optional[Hosts] = None
     if not args.local_only:
@@ -143,6 +167,8 @@ def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any],
         results["fanout"]["pairs"] = fanout(fleet, bench, "pairs", lambda count: [(str(2 * i + 1), str(2 * i + 2)) for i in range(count)],
                                             1, args.fanout, args)
         save(results, args.json)
+    if args.containers:
+        measure_containers(args, run_dir, results)
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
@@ -165,8 +191,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     started = time.monotonic()
     config = {"sizes": args.sizes, "runs": args.runs, "fanout_mib": args.fanout_mib, "fanout_pairs": args.fanout, "port": env.PORT,
               "fanout_port": env.FANOUT_PORT, "hash_algorithm": args.hash_algorithm, "local_only": args.local_only,
-              "migrate_hash_algorithm": args.migrate_hash_algorithm or "the role's default (auto)"}
-    results: t.Dict[str, t.Any] = {"machine": env.machine(), "config": config, "sizes": {}, "fanout": {}}
+              "migrate_hash_algorithm": args.migrate_hash_algorithm or "the role's default (auto)", "containers": args.containers}
+    results: t.Dict[str, t.Any] = {"machine": env.machine(), "config": config, "sizes": {}, "fanout": {}, "containers": {}}
     try:
         with contextlib.ExitStack() as stack:
             try:

@@ -50,6 +50,9 @@ RATIOS: t.Dict[str, t.Callable[[Run], float]] = {
     # Post-copy's copy runs from its restore on: the source journal's freeze -> target_restored (its phase history).
     "postcopy_freeze_to_restored_s": lambda r: r["postcopy_phases"]["freezing"] + r["postcopy_phases"]["frozen"],
     "postcopy_freeze_to_restored_vs_bare": lambda r: (r["postcopy_phases"]["freezing"] + r["postcopy_phases"]["frozen"]) / r["bare_downtime_s"],
+    # Containers (issue 14): the module against bare Podman on the same container size.
+    "container_checkpoint_module_vs_bare": lambda r: r["checkpoint_module_s"] / r["checkpoint_bare_s"],
+    "container_restore_module_vs_bare": lambda r: r["restore_module_s"] / r["restore_bare_s"],
 }
 # Fields of a run that are {label: seconds}: their medians are taken label by label.
 PHASE_FIELDS = ("copy_phases", "postcopy_phases")
@@ -331,6 +334,39 @@ def phase_lines(results: t.Mapping[str, t.Any]) -> t.List[str]:
     return lines
 
 
+def container_rows() -> t.List[t.Tuple[str, t.Callable[[t.Mapping[str, t.Any]], str]]]:
+    def m(key: str, spec: str = "%.3f") -> t.Callable[[t.Mapping[str, t.Any]], str]:
+        return lambda s: fmt(s["median"].get(key), spec)
+
+    def r(key: str) -> t.Callable[[t.Mapping[str, t.Any]], str]:
+        return lambda s: fmt(s["ratios"].get(key), "%.2fx")
+    return [
+        ("export size (MiB)", lambda s: _scaled(s["median"].get("export_bytes"), MIB, "%.1f")),
+        ("podman container checkpoint --export (s)", m("checkpoint_bare_s")),
+        ("criu_checkpoint, module (s)", m("checkpoint_module_s")),
+        ("  its podman checkpoint (stats.dump_seconds)", m("checkpoint_module_podman_s")),
+        ("  ratio module / bare", r("container_checkpoint_module_vs_bare")),
+        ("podman container restore --import (s)", m("restore_bare_s")),
+        ("criu_restore, module (s)", m("restore_module_s")),
+        ("  its verification (stats.verify_seconds)", m("restore_module_verify_s")),
+        ("  its podman restore (stats.restore_seconds)", m("restore_module_podman_s")),
+        ("  ratio module / bare", r("container_restore_module_vs_bare")),
+        ("peak RSS, checkpoint module (MiB)", m("checkpoint_module_rss_mib", "%.1f")),
+        ("peak RSS, restore module (MiB)", m("restore_module_rss_mib", "%.1f")),
+    ]
+
+
+def container_lines(results: t.Mapping[str, t.Any]) -> t.List[str]:
+    """The container table (issue 14): bare Podman against the modules, per container size (0: the small counter)."""
+    found = results.get("containers") or {}
+    if not found:
+        return []
+    cols = size_order(found)
+    lines = ["", _row("containers, median of %d run(s)" % results["config"]["runs"],
+                      ["counter" if c == "0" else "%s MiB" % c for c in cols]), _rule(len(cols))]
+    return lines + [_row(label, [cell(found[c]) for c in cols]) for label, cell in container_rows()]
+
+
 def table(results: t.Mapping[str, t.Any]) -> str:
     """The per-size table, the fan-out table, the CPU profiles and the targets, as printed and pasted in the docs."""
     lines: t.List[str] = []
@@ -361,6 +397,7 @@ def table(results: t.Mapping[str, t.Any]) -> str:
         profile = (fanout.get(kind) or {}).get("cpu_profile")
         if profile:
             lines += [""] + profile_lines("controller CPU, %s (%s)" % (titles[kind], profile["what"]), profile)
+    lines += container_lines(results)
     if results.get("targets"):
         lines += ["", "targets (issues 10 and 13):"]
         for target in results["targets"]:

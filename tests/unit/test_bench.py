@@ -285,3 +285,20 @@ def test_sizes_are_shown_smallest_first_even_as_read_back_from_json():
     assert header.index("16 MiB") < header.index("256 MiB") < header.index("1024 MiB")
     rss = [t["target"] for t in summary.targets(data) if "RSS" in t["target"]]
     assert rss == ["module peak RSS <= 32 MiB (checkpoint, verify, restore at %s MiB)" % size for size in ("16", "256", "1024")]
+
+
+def test_container_ratios_and_table():
+    """Issue 14's rows: the module against bare Podman, per container size, the counter column first."""
+    runs = [{"checkpoint_bare_s": 1.0, "checkpoint_module_s": 1.5, "restore_bare_s": 0.5, "restore_module_s": 0.75,
+             "export_bytes": 3 * summary.MIB, "checkpoint_module_podman_s": 1.2},
+            {"checkpoint_bare_s": 2.0, "checkpoint_module_s": 2.2, "restore_bare_s": 1.0, "restore_module_s": 1.3}]
+    found = summary.summarise(runs)
+    assert found["ratios"]["container_checkpoint_module_vs_bare"] == pytest.approx(1.3)  # median of 1.5 and 1.1
+    assert found["ratios"]["container_restore_module_vs_bare"] == pytest.approx(1.4)
+    text = summary.table({"config": {"runs": 2}, "sizes": {}, "containers": {"256": found, "0": found}})
+    header = next(line for line in text.splitlines() if line.startswith("| containers, median of 2 run(s)"))
+    assert header.index("counter") < header.index("256 MiB")
+    row = next(line for line in text.splitlines() if line.startswith("| export size (MiB)"))
+    assert row.count("3.0") == 2
+    assert "| criu_restore, module (s)" in text and "1.40x" in text
+    assert summary.container_lines({"config": {"runs": 1}, "containers": {}}) == []
