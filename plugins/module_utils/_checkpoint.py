@@ -164,6 +164,33 @@ def seal(staging: store.Staging, metadata: t.Mapping[str, t.Any], key: t.Optiona
         store.fsync_dir_entries(staging.fd)
 
 
+def flushed_manifest(images_fd: int, algorithm: str,
+                     hashed: t.Optional[t.Mapping[str, integrity.FileDigest]] = None) -> t.List[t.Dict[str, t.Any]]:
+    """The manifest of freshly written images, once they are on disk: flushing them (I/O) overlaps hashing what is
+    not hashed yet (CPU) instead of following it."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
+        flushed = flusher.submit(store.fsync_dir_entries, images_fd)
+        manifest = integrity.build_manifest(images_fd, algorithm, hashed)
+        flushed.result()
+    return manifest
+
+
+def dump_result(metadata: t.Mapping[str, t.Any], frozen_at: str, dump_seconds: float, fsync_seconds: float,
+                **engine_stats: t.Any) -> t.Dict[str, t.Any]:
+    """The checkpoint as the task shows it, and where the time went (``engine_stats``: criu's or Podman's own)."""
+    manifest = metadata["manifest"]
+    return {
+        "checkpoint": integrity.public(metadata),
+        "stats": dict({
+            "frozen_at": frozen_at,
+            "dump_seconds": round(dump_seconds, 3),
+            "fsync_seconds": round(fsync_seconds, 3),
+            "image_bytes": sum(entry["size"] for entry in manifest),
+            "image_files": len(manifest),
+        }, **engine_stats),
+    }
+
+
 def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Location, params: t.Mapping[str, t.Any],
           key: t.Optional[bytes], algorithm: str) -> t.Dict[str, t.Any]:
     """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename.
@@ -184,12 +211,8 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
                 hashed = follower.digests()
             criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
             identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
-            # Flushing the images to disk (I/O) overlaps hashing the small ones (CPU) instead of following it.
             flush_started = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
-                flushed = flusher.submit(store.fsync_dir_entries, images.fd)
-                manifest = integrity.build_manifest(images.fd, algorithm, hashed)
-                flushed.result()
+            manifest = flushed_manifest(images.fd, algorithm, hashed)
             metadata = describe(runtime.identity(), params["name"] or loc.name, facts, options, algorithm, manifest)
             seal(staging, metadata, key)
             staging.publish()
@@ -201,17 +224,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
         raise
     if ending:
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
-    return {
-        "checkpoint": integrity.public(metadata),
-        "stats": {
-            "frozen_at": frozen_at,
-            "dump_seconds": round(dump_seconds, 3),
-            "fsync_seconds": round(fsync_seconds, 3),
-            "image_bytes": sum(entry["size"] for entry in manifest),
-            "image_files": len(manifest),
-            "criu": criu_stats,
-        },
-    }
+    return dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, criu=criu_stats)
 
 
 def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: store.Location, params: t.Mapping[str, t.Any],
@@ -225,10 +238,7 @@ def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: st
             frozen_at = procfs.utc_now()
             podman_stats, dump_seconds = container.export(engine, found, staging.images_fd, options, params["timeout"])
             flush_started = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as flusher:
-                flushed = flusher.submit(store.fsync_dir_entries, staging.images_fd)
-                manifest = integrity.build_manifest(staging.images_fd, algorithm)
-                flushed.result()
+            manifest = flushed_manifest(staging.images_fd, algorithm)
             metadata = describe(recorded.pop("criu"), params["name"] or loc.name, facts, options, algorithm, manifest, recorded)
             seal(staging, metadata, key)
             staging.publish()
@@ -238,17 +248,7 @@ def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: st
         if isinstance(exc, CriuError):
             exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg, fate, loc.path)
         raise
-    return {
-        "checkpoint": integrity.public(metadata),
-        "stats": {
-            "frozen_at": frozen_at,
-            "dump_seconds": round(dump_seconds, 3),
-            "fsync_seconds": round(fsync_seconds, 3),
-            "image_bytes": sum(entry["size"] for entry in manifest),
-            "image_files": len(manifest),
-            "podman": podman_stats,
-        },
-    }
+    return dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
 
 
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:

@@ -71,7 +71,7 @@ def module(run_dir: str, mib: int, label: str) -> t.Dict[str, t.Any]:
         return {"checkpoint_module_s": made["elapsed"], "checkpoint_module_podman_s": made["stats"]["dump_seconds"],
                 "restore_module_s": restored["elapsed"], "restore_module_podman_s": restored["stats"]["restore_seconds"],
                 "restore_module_verify_s": restored["stats"]["verify_seconds"],
-                "checkpoint_module_rss_mib": made["maxrss_kib"] / 1024.0, "restore_module_rss_mib": restored["maxrss_kib"] / 1024.0}
+                "checkpoint_module_rss_kib": made["maxrss_kib"], "restore_module_rss_kib": restored["maxrss_kib"]}
     finally:
         remove(name, copy)
 

@@ -241,19 +241,28 @@ def _rule(columns: int) -> str:
     return "|" + "-" * (LABEL_WIDTH + 2) + "|" + "|".join(["-" * (CELL_WIDTH + 2)] * columns) + "|"
 
 
-def size_rows() -> t.List[t.Tuple[str, t.Callable[[t.Mapping[str, t.Any]], str]]]:
+Cell = t.Callable[[t.Mapping[str, t.Any]], str]
+
+
+def m(key: str, spec: str = "%.3f") -> Cell:
+    """A cell showing the median of ``key``."""
+    return lambda s: fmt(s["median"].get(key), spec)
+
+
+def r(key: str, spec: str = "%.2fx") -> Cell:
+    """A cell showing the median same-run ratio ``key``."""
+    return lambda s: fmt(s["ratios"].get(key), spec)
+
+
+def rss(key: str) -> Cell:
+    """A cell showing a peak RSS measured in KiB, in MiB."""
+    return lambda s: _scaled(s["median"].get(key), 1024, "%.1f")
+
+
+def size_rows() -> t.List[t.Tuple[str, Cell]]:
     """(label, cell of one size's summary) for the per-size table."""
-    def m(key: str, spec: str = "%.3f") -> t.Callable[[t.Mapping[str, t.Any]], str]:
-        return lambda s: fmt(s["median"].get(key), spec)
-
-    def r(key: str, spec: str = "%.2fx") -> t.Callable[[t.Mapping[str, t.Any]], str]:
-        return lambda s: fmt(s["ratios"].get(key), spec)
-
-    def several(keys: t.Sequence[str], spec: str = "%.2f") -> t.Callable[[t.Mapping[str, t.Any]], str]:
+    def several(keys: t.Sequence[str], spec: str = "%.2f") -> Cell:
         return lambda s: "/".join(fmt(s["median"].get(k), spec) for k in keys)
-
-    def rss(key: str) -> t.Callable[[t.Mapping[str, t.Any]], str]:
-        return lambda s: _scaled(s["median"].get(key), 1024, "%.1f")
 
     return [
         ("image size (MiB)", lambda s: _scaled(s["median"].get("image_bytes"), MIB, "%.1f")),
@@ -334,12 +343,8 @@ def phase_lines(results: t.Mapping[str, t.Any]) -> t.List[str]:
     return lines
 
 
-def container_rows() -> t.List[t.Tuple[str, t.Callable[[t.Mapping[str, t.Any]], str]]]:
-    def m(key: str, spec: str = "%.3f") -> t.Callable[[t.Mapping[str, t.Any]], str]:
-        return lambda s: fmt(s["median"].get(key), spec)
-
-    def r(key: str) -> t.Callable[[t.Mapping[str, t.Any]], str]:
-        return lambda s: fmt(s["ratios"].get(key), "%.2fx")
+def container_rows() -> t.List[t.Tuple[str, Cell]]:
+    """(label, cell of one container size's summary) for the container table."""
     return [
         ("export size (MiB)", lambda s: _scaled(s["median"].get("export_bytes"), MIB, "%.1f")),
         ("podman container checkpoint --export (s)", m("checkpoint_bare_s")),
@@ -351,8 +356,8 @@ def container_rows() -> t.List[t.Tuple[str, t.Callable[[t.Mapping[str, t.Any]], 
         ("  its verification (stats.verify_seconds)", m("restore_module_verify_s")),
         ("  its podman restore (stats.restore_seconds)", m("restore_module_podman_s")),
         ("  ratio module / bare", r("container_restore_module_vs_bare")),
-        ("peak RSS, checkpoint module (MiB)", m("checkpoint_module_rss_mib", "%.1f")),
-        ("peak RSS, restore module (MiB)", m("restore_module_rss_mib", "%.1f")),
+        ("peak RSS, checkpoint module (MiB)", rss("checkpoint_module_rss_kib")),
+        ("peak RSS, restore module (MiB)", rss("restore_module_rss_kib")),
     ]
 
 
