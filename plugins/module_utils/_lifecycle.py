@@ -73,6 +73,8 @@ def describe(opened: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Dic
         "size_bytes": sum(entry.get("size", 0) for entry in metadata.get("manifest", []) if isinstance(entry, dict)),
         "signed": store.SIGNATURE in opened.entries(),
         "options": {key: value for key, value in metadata.get("options", {}).items() if value not in (None, False, [])},
+        "container": {key: metadata["container"].get(key) for key in ("engine", "name", "id", "image_name")}
+        if isinstance(metadata.get("container"), dict) else None,
     }
 
 
@@ -110,6 +112,16 @@ def _metadata(opened: store.Checkpoint) -> t.Optional[t.Dict[str, t.Any]]:
     return integrity.parse_metadata(raw)[0] if raw else None
 
 
+def details(criu_path: str, opened: store.Checkpoint, entry: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """What a checkpoint holds, read by criu's own parser from images that verified."""
+    if not entry["valid"]:
+        return {"unavailable": "it does not verify, so its images are not parsed"}
+    if entry["container"]:
+        return {"unavailable": "a container's checkpoint: criu's images are inside Podman's export (images/export.tar), "
+                               "which is not unpacked to be parsed"}
+    return inspect_.inspect(criu_path, opened)
+
+
 def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """The criu_checkpoint_info module's work: every checkpoint under ``path``, newest first. Details are read from
     the images only of a checkpoint that verifies (a parser fed forged images runs as root)."""
@@ -131,8 +143,7 @@ def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
             verdict = integrity.verify(opened, key, skip_signature_check=key is None, timeout=params["timeout"])
             entry.update(valid=not verdict.problems, problems=verdict.problems)
         if params["details"]:
-            entry["details"] = inspect_.inspect(criu_path, opened) if entry["valid"] else {
-                "unavailable": "it does not verify, so its images are not parsed"}
+            entry["details"] = details(criu_path, opened, entry)
         found.append(entry)
     found.sort(key=lambda item: item["created_at"] or "", reverse=True)
     return {"changed": False, "path": path, "exists": True, "checkpoints": found}

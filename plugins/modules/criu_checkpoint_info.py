@@ -124,6 +124,12 @@ checkpoints:
       description: The criu options it was made with (those set).
       type: dict
       sample: {leave_running: true, network_lock: nftables}
+    container:
+      description:
+        - The container, for a container's checkpoint (engine, name, id, image_name); null for a process tree's.
+        - Its C(details) are not read (criu's images are inside the engine's export).
+      type: dict
+      sample: {engine: podman, name: web, id: 9f86d081884c, image_name: "localhost/web:1"}
     valid:
       description: Whether it verifies.
       type: bool

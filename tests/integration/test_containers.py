@@ -121,6 +121,8 @@ def test_leave_running_and_a_copy_beside_it(containers, ckpt_dir):
     made = run_module("criu_checkpoint", dict(container=name, dest=dest, leave_running=True))
     assert made["changed"] and made["checkpoint"]["options"]["leave_running"], made
     assert state(name) == "running"
+    [listed] = run_module("criu_checkpoint_info", dict(path=str(ckpt_dir), details=True))["checkpoints"]
+    assert listed["valid"] and listed["container"]["name"] == name and "Podman's export" in listed["details"]["unavailable"]
     taken = run_module("criu_restore", dict(src=dest))
     assert taken["failed"] and "a container named %s exists" % name in taken["msg"] and "container_name" in taken["msg"], taken
     copy = containers.name("twin")

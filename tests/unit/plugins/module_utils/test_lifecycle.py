@@ -270,8 +270,15 @@ def test_listing_describes_each_checkpoint_without_its_arguments(tmp_path):
         "path": str(tmp_path / "ckpt"), "id": metadata["id"], "name": "job", "created_at": _at(1),
         "process": {"pid": 42, "comm": "app"}, "source": {"hostname": "h", "arch": "x86_64", "kernel": "6.1"},
         "criu_version": "4.2.0", "schema_version": 2, "size_bytes": len(b"inventory"), "signed": True,
-        "options": {"tcp_established": True}}
+        "options": {"tcp_established": True}, "container": None}
     assert "s3cret" not in repr(entry)
+
+
+def test_a_container_checkpoint_is_listed_with_its_container_and_no_parsed_details():
+    entry = {"valid": True, "container": {"engine": "podman", "name": "web"}}
+    found = lifecycle.details("/nonexistent/criu", None, entry)
+    assert "Podman's export" in found["unavailable"]
+    assert "does not verify" in lifecycle.details("/nonexistent/criu", None, dict(entry, valid=False))["unavailable"]
 
 
 def test_listing_of_a_checkpoint_directory_itself(tmp_path):
