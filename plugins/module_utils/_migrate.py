@@ -222,6 +222,34 @@ def _cleanup_source(journal: Journal, settings_: Settings) -> None:
 
 # --- the worker: the protocol itself --------------------------------------------------------------------
 
+def send_rest(images_fd: int, hashed: t.Dict[str, integrity.FileDigest], algorithm: str,
+              send: t.Callable[[str, int, memoryview], None]) -> t.Dict[str, integrity.FileDigest]:
+    """Images criu wrote in one go (not followed while it wrote): hash and send each in one pass. An empty image,
+    followed or not, goes as one empty chunk, so that the target creates it too: criu writes empty images (the
+    iptables-N.img of a network namespace without rules, from iptables-save) and the manifest lists them."""
+    for name in integrity.list_images(images_fd):
+        if name in hashed:
+            if hashed[name].size == 0:
+                send(name, 0, memoryview(b""))
+            continue
+        fd = integrity.open_image(images_fd, name)
+        try:
+            digester, offset = integrity.Digester(algorithm), 0
+            while True:
+                data = os.pread(fd, SEND_CHUNK, offset)
+                if not data:
+                    break
+                digester.update(data)
+                send(name, offset, memoryview(data))
+                offset += len(data)
+            if offset == 0:
+                send(name, 0, memoryview(b""))
+            hashed[name] = digester.result()
+        finally:
+            os.close(fd)
+    return hashed
+
+
 class Worker:
     """Runs one migration from its "prepared" journal to a decision, in the detached driver."""
 
@@ -275,24 +303,7 @@ class Worker:
         self._progress("transfer")
 
     def _send_rest(self, images: Dir, hashed: t.Dict[str, integrity.FileDigest]) -> t.Dict[str, integrity.FileDigest]:
-        """Images criu wrote in one go (not followed while it wrote): hash and send each in one pass."""
-        for name in integrity.list_images(images.fd):
-            if name in hashed:
-                continue
-            fd = integrity.open_image(images.fd, name)
-            try:
-                digester, offset = integrity.Digester(self.settings.algorithm), 0
-                while True:
-                    data = os.pread(fd, SEND_CHUNK, offset)
-                    if not data:
-                        break
-                    digester.update(data)
-                    self._send_chunk(name, offset, memoryview(data))
-                    offset += len(data)
-                hashed[name] = digester.result()
-            finally:
-                os.close(fd)
-        return hashed
+        return send_rest(images.fd, hashed, self.settings.algorithm, self._send_chunk)
 
     def _protocol(self) -> None:
         s, journal = self.settings, self.journal

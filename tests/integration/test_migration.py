@@ -97,6 +97,17 @@ def test_migrates_and_a_rerun_reports_without_acting(hosts, remote):
     assert workload.copies() == [new_pid], "a rerun must not migrate twice"
 
 
+def test_migrates_a_workload_in_its_own_network_namespace(hosts, remote):
+    """criu writes the namespace's firewall (iptables-N.img, ip6tables-N.img) with iptables-save: empty when the
+    namespace has no rules, and an empty image must reach the target too. (Needs iptables on the host, as every
+    Podman host has; tests/integration/test_containers.py installs it before this file runs.)"""
+    workload = remote("netns", "--mem 8", netns=True)
+    token, count = read_state(workload.state_file)
+    result = hosts.migrate(**single(workload))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_migrated(workload, token, count)
+
+
 def test_list_form_migrates_two_workloads_in_one_run(hosts, remote):
     one, two = remote("first"), remote("second")
     states = {w.name: read_state(w.state_file) for w in (one, two)}
