@@ -22,7 +22,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _options as cr
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir
 
 
@@ -62,7 +62,7 @@ def existing_checkpoint(loc: store.Location, same: t.Callable[[t.Mapping[str, t.
     if verdict.metadata is None or verdict.problems:
         raise CriuError(
             "%s already exists but does not hold a valid checkpoint (%s). Set force=true to replace it, or choose another dest."
-            % (loc.path, "; ".join(verdict.problems)),
+            % (loc.path, listed(verdict.problems)),
             path=loc.path, problems=verdict.problems,
         )
     metadata = verdict.metadata

@@ -21,3 +21,9 @@ class CriuError(Exception):
 
     def __str__(self) -> str:
         return self.msg  # callers refine msg (e.g. add where the log was kept); tracebacks must show the refined one
+
+
+def listed(problems: t.Iterable[str]) -> str:
+    """Problems joined into one sentence's worth ("a; b"), without the full stops some of them end with (the caller
+    ends the sentence)."""
+    return "; ".join(problem.rstrip(". ") for problem in problems)

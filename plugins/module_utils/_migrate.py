@@ -37,7 +37,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _remote as rem
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
@@ -501,7 +501,7 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
         problems.append("the target holds an unfinished migration of %s (id %s, phase %s): resolve it first by rerunning the "
                         "migration that started it" % (settings_.name, other.get("id"), other.get("phase")))
     if problems:
-        raise CriuError("%s." % "; ".join(problems), problems=problems)
+        raise CriuError("%s." % listed(problems), problems=problems)
     return {"tree": tree, "expected_bytes": expected, "target": facts, "algorithm": settings_.algorithm}
 
 

@@ -27,7 +27,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as s
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
 from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime, Dir, Run
 
 
@@ -52,7 +52,7 @@ def live_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) 
 
 def refusal(src: str, problems: t.List[str]) -> CriuError:
     return CriuError("Refusing to restore %s: %s. Nothing was restored; re-create the checkpoint or transfer it again."
-                     % (src, "; ".join(problems)), path=src, problems=problems)
+                     % (src, listed(problems)), path=src, problems=problems)
 
 
 def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], params: t.Mapping[str, t.Any]) -> integrity.Verdict:
@@ -208,7 +208,7 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
     name = container.restore_name(metadata, params, options["tcp_established"])
     problems = host.restore_problems(metadata) + container.restore_problems(engine, metadata, name, timeout)
     if problems:
-        raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
+        raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
     host.require_privileges()
     action = "restore %s (checkpoint of container %s) as container %s" % (src, metadata["container"]["name"], name)
     if check_mode:
@@ -246,7 +246,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": []}
         problems = host.restore_problems(metadata)
         if problems:
-            raise CriuError("Cannot restore %s on this host: %s." % (src, "; ".join(problems)), path=src, problems=problems)
+            raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
         options = criu_options.for_restore(metadata, params)
         host.require_privileges()
         runtime = CriuRuntime.load(params["criu_path"])

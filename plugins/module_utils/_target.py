@@ -33,7 +33,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _restore as re
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
@@ -241,7 +241,7 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     the lazy-pages fetcher and its work directory then live as long as ``stack``)."""
     problems = host.restore_problems(metadata)
     if problems:
-        raise CriuError("Cannot restore %s on this host: %s." % (opened.path, "; ".join(problems)), problems=problems)
+        raise CriuError("Cannot restore %s on this host: %s." % (opened.path, listed(problems)), problems=problems)
 
     def restoring(criu_pid: int) -> None:
         journal.record("restoring", criu=procfs.tree_identity(criu_pid)[0])

@@ -12,7 +12,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 
 def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
@@ -36,7 +36,7 @@ def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
             problems += host.criu_facts(params["criu_path"])["problems"]
         problems += host.restore_problems(verdict.metadata)
     if problems:
-        raise CriuError("Checkpoint %s is not valid: %s." % (path, "; ".join(problems)), path=path, problems=problems, valid=False,
+        raise CriuError("Checkpoint %s is not valid: %s." % (path, listed(problems)), path=path, problems=problems, valid=False,
                         unexpected_entries=verdict.unexpected)
     return {
         "changed": False, "path": path, "valid": True, "checkpoint": integrity.public(verdict.metadata),
