@@ -293,7 +293,7 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
                 raise CriuError("Refusing force=true on %s: %s" % (loc.path, problem), path=loc.path)
         exists = os.path.lexists(loc.path)
         if params["container"]:
-            found = container.running_container(engine, params["container"], params["timeout"])
+            found = container.require_running(found, params["container"])
             what = "container %s" % params["container"]
         else:
             st = procfs.require_checkpointable(pid)

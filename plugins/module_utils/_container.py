@@ -18,31 +18,32 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _options as cr
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 EXPORT = integrity.CONTAINER_EXPORT
 # The criu options Podman passes on for a container; every other one is refused rather than silently dropped.
-DUMP_OPTIONS = ("tcp_established", "file_locks")
-RESTORE_OPTIONS = ("tcp_established", "file_locks", "ignore_static_ip", "ignore_static_mac")
+PASSED_OPTIONS = ("tcp_established", "file_locks")
+RESTORE_OPTIONS = PASSED_OPTIONS + ("ignore_static_ip", "ignore_static_mac")
 
 
 def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
-    """A criu option Podman cannot pass for a container is an error naming it, never ignored."""
-    given = [option.name for option in criu_options.OPTIONS
-             if (option.at_dump if at == "dump" else option.at_restore) and option.name not in DUMP_OPTIONS
-             and params.get(option.name) not in (None, False, [], "nftables" if option.name == "network_lock" else None)]
+    """A criu option Podman cannot pass for a container, set to anything but its default, is an error naming it,
+    never ignored."""
+    spec = (CHECKPOINT if at == "dump" else RESTORE).argument_spec
+    given = [option.name for option in criu_options.OPTIONS if option.name in spec and option.name not in PASSED_OPTIONS
+             and params.get(option.name) not in (None, spec[option.name].get("default"))]
     if at == "dump" and params.get("leave_stopped"):
         given.append("leave_stopped")
     if given:
+        them = "it" if len(given) == 1 else "them"
         raise CriuError("%s cannot be used with a container: Podman does not pass %s to criu. Leave %s out (Podman takes "
-                        "%s for a container)." % (", ".join(given), "it" if len(given) == 1 else "them",
-                                                  "it" if len(given) == 1 else "them",
-                                                  ", ".join(DUMP_OPTIONS if at == "dump" else RESTORE_OPTIONS)))
+                        "%s for a container)." % (", ".join(given), them, them,
+                                                  ", ".join(PASSED_OPTIONS if at == "dump" else RESTORE_OPTIONS)))
 
 
-def running_container(engine: podman.Podman, name: str, timeout: float) -> t.Dict[str, t.Any]:
-    """The container to checkpoint, which must exist and run."""
-    found = engine.inspect(name, timeout)
+def require_running(found: t.Optional[t.Mapping[str, t.Any]], name: str) -> t.Mapping[str, t.Any]:
+    """The container to checkpoint (as inspected), which must exist and run."""
     if found is None:
         raise CriuError("There is no container %s on this host (podman ps -a lists them). Check the name, or the host." % name)
     if found["state"] != "running" or not found["pid"]:
@@ -62,7 +63,7 @@ def same_container(metadata: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[
 
 
 def dump_options(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    options = {name: bool(params.get(name)) for name in DUMP_OPTIONS}
+    options = {name: bool(params.get(name)) for name in PASSED_OPTIONS}
     options.update(leave_running=params["leave_running"], leave_stopped=False, compress=params["compress"])
     return options
 
@@ -113,6 +114,15 @@ def describe(engine: podman.Podman, found: t.Mapping[str, t.Any], timeout: float
     container = {"engine": "podman", "engine_version": engine.version, "runtime": found["runtime"], "id": found["id"],
                  "name": found["name"], "image_id": found["image_id"], "image_name": found["image_name"]}
     return dict(container, criu={"path": criu["path"], "version": criu["version"]}), procfs.process_facts(pid, st)
+
+
+def restore_options(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any]) -> t.Dict[str, bool]:
+    """What Podman's restore is told: the criu options the dump recorded (tcp_established also when asked now), and
+    the caller's choice of a new address for a copy beside the original."""
+    recorded = metadata["options"]
+    return {"tcp_established": bool(recorded.get("tcp_established") or params.get("tcp_established")),
+            "file_locks": bool(recorded.get("file_locks")),
+            "ignore_static_ip": params["ignore_static_ip"], "ignore_static_mac": params["ignore_static_mac"]}
 
 
 def restore_name(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any], tcp_established: bool) -> str:

@@ -99,10 +99,7 @@ class Podman(t.NamedTuple):
 
     @classmethod
     def load(cls, timeout: float) -> "Podman":
-        path = find_engine("podman")
-        if path is None:
-            raise PodmanError("podman was not found in %s (PATH is never searched). %s" % (", ".join(PODMAN_PATHS), INSTALL_HINT))
-        real = require_trusted_engine(path)
+        real = locate()
         output, _seconds = run([real, "--version"], timeout)
         return cls(real, output.strip().rsplit(" ", 1)[-1])
 
@@ -156,20 +153,13 @@ class Podman(t.NamedTuple):
             raise
         return True
 
-    def remove(self, container_id: str, timeout: float) -> None:
-        run([self.path, "container", "rm", "--force", "--", container_id], timeout)
 
-
-def find_engine(engine: str) -> t.Optional[str]:
-    """The first of the engine's trusted paths that exists; PATH is never searched (the modules run as root)."""
-    for path in PODMAN_PATHS if engine == "podman" else ():
-        if os.path.lexists(path):
-            return path
-    return None
-
-
-def require_trusted_engine(path: str) -> str:
-    """The engine binary's real path, once it and every directory and link on the way are root's alone."""
+def locate() -> str:
+    """The real path of the first of podman's trusted paths that exists (PATH is never searched: the modules run as
+    root), once it and every directory and link on the way are root's alone."""
+    path = next((path for path in PODMAN_PATHS if os.path.lexists(path)), None)
+    if path is None:
+        raise PodmanError("podman was not found in %s (PATH is never searched). %s" % (", ".join(PODMAN_PATHS), INSTALL_HINT))
     fd, real = safepath.open_file(path, "Container engine", INSTALL_HINT)
     try:
         safepath.require_trusted(os.fstat(fd), real, "Container engine", INSTALL_HINT)
@@ -293,9 +283,8 @@ def container_facts(engine: str, timeout: float, caps: int) -> t.Dict[str, t.Any
                                  "limit_ceilings": limit_ceilings(), "cap_sys_resource": bool(caps >> CAP_SYS_RESOURCE & 1),
                                  "systemd": os.path.isdir(SYSTEMD_BOOTED)}
     try:
-        engine_ = Podman.load(timeout)
-        facts["path"] = engine_.path
-        info = engine_info(engine_.path, timeout)
+        facts["path"] = locate()
+        info = engine_info(facts["path"], timeout)
     except CriuError as exc:
         facts["problems"].append(exc.msg)
         return facts
