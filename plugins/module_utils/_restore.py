@@ -26,7 +26,6 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as pro
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
-from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime, Dir, Run
 
@@ -150,15 +149,15 @@ def restore_tree(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.
     return pid, Run(run.duration, os.path.join(checkpoint.path, store.RESTORE_LOG), criu_stats)
 
 
-def restore_record(metadata: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, restored_at: str) -> t.Dict[str, t.Any]:
-    return {
-        "pid": pid,
-        "starttime": st.starttime,
-        "boot_id": procfs.boot_id(),
-        "host": socket.gethostname(),
-        "checkpoint_id": metadata["id"],
-        "restored_at": restored_at,
-    }
+def restore_record(checkpoint_id: str, pid: int, restored_at: str, **identity: t.Any) -> t.Dict[str, t.Any]:
+    """restored.json's record of the copy a restore of the checkpoint made on this boot of this host; ``identity``
+    tells that copy apart from whatever reuses its pid later (a process's starttime, a container's id and name)."""
+    return dict(identity, pid=pid, boot_id=procfs.boot_id(), host=socket.gethostname(), checkpoint_id=checkpoint_id,
+                restored_at=restored_at)
+
+
+def save_record(checkpoint_fd: int, record: t.Mapping[str, t.Any]) -> None:
+    store.write_file(checkpoint_fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
 
 
 @contextlib.contextmanager
@@ -201,10 +200,7 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
     if previous and running and running["state"] == "running" and not params["force"]:
         return {"changed": False, "src": src, "pid": running["pid"], "container": running, "checkpoint": shown,
                 "restored": previous, "actions": []}
-    recorded = metadata["options"]
-    options = {"tcp_established": bool(recorded.get("tcp_established") or params.get("tcp_established")),
-               "file_locks": bool(recorded.get("file_locks")),
-               "ignore_static_ip": params["ignore_static_ip"], "ignore_static_mac": params["ignore_static_mac"]}
+    options = container.restore_options(metadata, params)
     name = container.restore_name(metadata, params, options["tcp_established"])
     problems = host.restore_problems(metadata) + container.restore_problems(engine, metadata, name, timeout)
     if problems:
@@ -215,10 +211,9 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
         return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action]}
     restored, podman_stats, seconds = container.restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
                                                                options, timeout)
-    record = {"pid": restored["pid"], "container_id": restored["id"], "container_name": restored["name"],
-              "boot_id": procfs.boot_id(), "host": socket.gethostname(), "checkpoint_id": metadata["id"],
-              "restored_at": procfs.utc_now()}
-    store.write_file(checkpoint.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+    record = restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
+                            container_name=restored["name"])
+    save_record(checkpoint.fd, record)
     record_pid(params, src, restored["pid"])
     return {
         "changed": True, "src": src, "pid": restored["pid"], "container": restored, "checkpoint": shown, "restored": record,
@@ -228,7 +223,7 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
 
 def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_restore module's work: returns the module result."""
-    require_timeout(params["timeout"])
+    checkpoint_.require_timeout(params["timeout"])
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     src = os.path.normpath(params["src"])
     with opened(src, params["timeout"], lock=not check_mode) as checkpoint:
@@ -255,8 +250,8 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action]}
         pid, run = restore_tree(runtime, checkpoint, options, params["timeout"])
         restored_at = procfs.utc_now()
-        record = restore_record(metadata, pid, confirm_alive(pid, run.log_path, src), restored_at)
-        store.write_file(checkpoint.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+        record = restore_record(metadata["id"], pid, restored_at, starttime=confirm_alive(pid, run.log_path, src).starttime)
+        save_record(checkpoint.fd, record)
     record_pid(params, src, pid)
     return {
         "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,

@@ -13,7 +13,6 @@ source's recovery tells it the outcome (``resolve``). Every phase is journaled b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -139,11 +138,9 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
         journal.record("committed", outcome="in_doubt", error="the restored copy (pid %d) died before it could run" % pid)
         raise CriuError("The restored copy (pid %d) died before it could run: the source stays frozen, never resumed; "
                         "see %s and decide by hand." % (pid, journal.path))
-    record = {"pid": pid, "starttime": starttime, "boot_id": procfs.boot_id(), "host": socket.gethostname(),
-              "checkpoint_id": journal.get("checkpoint_id"), "restored_at": running_at}
     if os.path.isdir(ctx.checkpoint_path):
         with store.location(ctx.checkpoint_path) as loc, store.open_checkpoint(loc) as opened:
-            store.write_file(opened.fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+            restore_.save_record(opened.fd, restore_.restore_record(journal.get("checkpoint_id"), pid, running_at, starttime=starttime))
     if journal.get("pidfile"):
         restore_.write_pidfile(journal.get("pidfile"), pid)
     if journal.get("cleanup"):
