@@ -244,17 +244,17 @@ def _rule(columns: int) -> str:
 Cell = t.Callable[[t.Mapping[str, t.Any]], str]
 
 
-def m(key: str, spec: str = "%.3f") -> Cell:
+def median_cell(key: str, spec: str = "%.3f") -> Cell:
     """A cell showing the median of ``key``."""
     return lambda s: fmt(s["median"].get(key), spec)
 
 
-def r(key: str, spec: str = "%.2fx") -> Cell:
+def ratio_cell(key: str, spec: str = "%.2fx") -> Cell:
     """A cell showing the median same-run ratio ``key``."""
     return lambda s: fmt(s["ratios"].get(key), spec)
 
 
-def rss(key: str) -> Cell:
+def rss_cell(key: str) -> Cell:
     """A cell showing a peak RSS measured in KiB, in MiB."""
     return lambda s: _scaled(s["median"].get(key), 1024, "%.1f")
 
@@ -266,46 +266,46 @@ def size_rows() -> t.List[t.Tuple[str, Cell]]:
 
     return [
         ("image size (MiB)", lambda s: _scaled(s["median"].get("image_bytes"), MIB, "%.1f")),
-        ("raw criu dump (s)", m("dump_raw_s")),
-        ("raw criu dump + fsync of its images (s)", m("dump_raw_fsync_s")),
-        ("  of which fsync (s)", m("dump_raw_fsync_fsync_s")),
-        ("criu_checkpoint, module (s)", m("checkpoint_module_s")),
-        ("  its criu dump phase (stats.dump_seconds)", m("checkpoint_module_dump_s")),
-        ("criu_checkpoint, ad-hoc task (s)", m("checkpoint_adhoc_s")),
-        ("  ratio module / raw dump", r("checkpoint_module_vs_raw")),
-        ("  ratio module / (raw dump + fsync)", r("checkpoint_module_vs_raw_fsync")),
-        ("  ratio ad-hoc / raw dump", r("checkpoint_adhoc_vs_raw")),
-        ("raw criu restore (s)", m("restore_raw_s")),
-        ("criu_restore, module (s)", m("restore_module_s")),
-        ("  its criu restore phase (stats.restore_seconds)", m("restore_module_criu_s")),
-        ("criu_restore, ad-hoc task (s)", m("restore_adhoc_s")),
-        ("  its verification (stats.verify_seconds)", m("restore_module_verify_s")),
-        ("  ratio module / raw restore", r("restore_module_vs_raw")),
-        ("  ratio (module - its verification - 0.3 s) / raw", r("restore_beyond_verify_vs_raw")),
-        ("  ratio ad-hoc / raw restore", r("restore_adhoc_vs_raw")),
-        ("criu_verify, module (s)", m("verify_module_s")),
-        ("criu_verify, module (MiB/s)", m("verify_module_mibps", "%.0f")),
-        ("sha256, one core, hashlib (MiB/s)", m("sha256_1core_mibps", "%.0f")),
-        ("cores", m("cores", "%.0f")),
-        ("  ratio verify / (cores x one core)", r("verify_vs_cores_sha256")),
-        ("criu_verify, ad-hoc task (s)", m("verify_adhoc_s")),
-        ("peak RSS, checkpoint module (MiB)", rss("checkpoint_module_rss_kib")),
-        ("peak RSS, restore module (MiB)", rss("restore_module_rss_kib")),
-        ("peak RSS, verify module (MiB)", rss("verify_module_rss_kib")),
-        ("migration downtime, bare pipeline (s)", m("bare_downtime_s")),
+        ("raw criu dump (s)", median_cell("dump_raw_s")),
+        ("raw criu dump + fsync of its images (s)", median_cell("dump_raw_fsync_s")),
+        ("  of which fsync (s)", median_cell("dump_raw_fsync_fsync_s")),
+        ("criu_checkpoint, module (s)", median_cell("checkpoint_module_s")),
+        ("  its criu dump phase (stats.dump_seconds)", median_cell("checkpoint_module_dump_s")),
+        ("criu_checkpoint, ad-hoc task (s)", median_cell("checkpoint_adhoc_s")),
+        ("  ratio module / raw dump", ratio_cell("checkpoint_module_vs_raw")),
+        ("  ratio module / (raw dump + fsync)", ratio_cell("checkpoint_module_vs_raw_fsync")),
+        ("  ratio ad-hoc / raw dump", ratio_cell("checkpoint_adhoc_vs_raw")),
+        ("raw criu restore (s)", median_cell("restore_raw_s")),
+        ("criu_restore, module (s)", median_cell("restore_module_s")),
+        ("  its criu restore phase (stats.restore_seconds)", median_cell("restore_module_criu_s")),
+        ("criu_restore, ad-hoc task (s)", median_cell("restore_adhoc_s")),
+        ("  its verification (stats.verify_seconds)", median_cell("restore_module_verify_s")),
+        ("  ratio module / raw restore", ratio_cell("restore_module_vs_raw")),
+        ("  ratio (module - its verification - 0.3 s) / raw", ratio_cell("restore_beyond_verify_vs_raw")),
+        ("  ratio ad-hoc / raw restore", ratio_cell("restore_adhoc_vs_raw")),
+        ("criu_verify, module (s)", median_cell("verify_module_s")),
+        ("criu_verify, module (MiB/s)", median_cell("verify_module_mibps", "%.0f")),
+        ("sha256, one core, hashlib (MiB/s)", median_cell("sha256_1core_mibps", "%.0f")),
+        ("cores", median_cell("cores", "%.0f")),
+        ("  ratio verify / (cores x one core)", ratio_cell("verify_vs_cores_sha256")),
+        ("criu_verify, ad-hoc task (s)", median_cell("verify_adhoc_s")),
+        ("peak RSS, checkpoint module (MiB)", rss_cell("checkpoint_module_rss_kib")),
+        ("peak RSS, restore module (MiB)", rss_cell("restore_module_rss_kib")),
+        ("peak RSS, verify module (MiB)", rss_cell("verify_module_rss_kib")),
+        ("migration downtime, bare pipeline (s)", median_cell("bare_downtime_s")),
         ("  bare: dump / transfer / restore (s)", several(("bare_dump_s", "bare_transfer_s", "bare_restore_s"))),
-        ("migration downtime, migrate role, copy (s)", m("copy_downtime_s")),
-        ("  ratio copy / bare", r("downtime_copy_vs_bare")),
-        ("  copy - bare (s)", r("downtime_copy_minus_bare_s", "%+.2f")),
+        ("migration downtime, migrate role, copy (s)", median_cell("copy_downtime_s")),
+        ("  ratio copy / bare", ratio_cell("downtime_copy_vs_bare")),
+        ("  copy - bare (s)", ratio_cell("downtime_copy_minus_bare_s", "%+.2f")),
         ("  copy: dump / frozen->target restored (s)", several(("copy_dump_s", "copy_frozen_to_restored_s"))),
-        ("  copy playbook wall time (s)", m("copy_playbook_s", "%.1f")),
-        ("migration downtime, migrate role, postcopy (s)", m("postcopy_downtime_s")),
-        ("  ratio postcopy / bare", r("downtime_postcopy_vs_bare")),
-        ("  postcopy - bare (s)", r("downtime_postcopy_minus_bare_s", "%+.2f")),
-        ("  freeze -> target restored, running (history, s)", r("postcopy_freeze_to_restored_s", "%.3f")),
-        ("  ratio (freeze -> restored) / bare", r("postcopy_freeze_to_restored_vs_bare")),
-        ("  pages fetched after the restore (s)", m("postcopy_pages_s")),
-        ("  postcopy playbook wall time (s)", m("postcopy_playbook_s", "%.1f")),
+        ("  copy playbook wall time (s)", median_cell("copy_playbook_s", "%.1f")),
+        ("migration downtime, migrate role, postcopy (s)", median_cell("postcopy_downtime_s")),
+        ("  ratio postcopy / bare", ratio_cell("downtime_postcopy_vs_bare")),
+        ("  postcopy - bare (s)", ratio_cell("downtime_postcopy_minus_bare_s", "%+.2f")),
+        ("  freeze -> target restored, running (history, s)", ratio_cell("postcopy_freeze_to_restored_s", "%.3f")),
+        ("  ratio (freeze -> restored) / bare", ratio_cell("postcopy_freeze_to_restored_vs_bare")),
+        ("  pages fetched after the restore (s)", median_cell("postcopy_pages_s")),
+        ("  postcopy playbook wall time (s)", median_cell("postcopy_playbook_s", "%.1f")),
     ]
 
 
@@ -347,17 +347,17 @@ def container_rows() -> t.List[t.Tuple[str, Cell]]:
     """(label, cell of one container size's summary) for the container table."""
     return [
         ("export size (MiB)", lambda s: _scaled(s["median"].get("export_bytes"), MIB, "%.1f")),
-        ("podman container checkpoint --export (s)", m("checkpoint_bare_s")),
-        ("criu_checkpoint, module (s)", m("checkpoint_module_s")),
-        ("  its podman checkpoint (stats.dump_seconds)", m("checkpoint_module_podman_s")),
-        ("  ratio module / bare", r("container_checkpoint_module_vs_bare")),
-        ("podman container restore --import (s)", m("restore_bare_s")),
-        ("criu_restore, module (s)", m("restore_module_s")),
-        ("  its verification (stats.verify_seconds)", m("restore_module_verify_s")),
-        ("  its podman restore (stats.restore_seconds)", m("restore_module_podman_s")),
-        ("  ratio module / bare", r("container_restore_module_vs_bare")),
-        ("peak RSS, checkpoint module (MiB)", rss("checkpoint_module_rss_kib")),
-        ("peak RSS, restore module (MiB)", rss("restore_module_rss_kib")),
+        ("podman container checkpoint --export (s)", median_cell("checkpoint_bare_s")),
+        ("criu_checkpoint, module (s)", median_cell("checkpoint_module_s")),
+        ("  its podman checkpoint (stats.dump_seconds)", median_cell("checkpoint_module_podman_s")),
+        ("  ratio module / bare", ratio_cell("container_checkpoint_module_vs_bare")),
+        ("podman container restore --import (s)", median_cell("restore_bare_s")),
+        ("criu_restore, module (s)", median_cell("restore_module_s")),
+        ("  its verification (stats.verify_seconds)", median_cell("restore_module_verify_s")),
+        ("  its podman restore (stats.restore_seconds)", median_cell("restore_module_podman_s")),
+        ("  ratio module / bare", ratio_cell("container_restore_module_vs_bare")),
+        ("peak RSS, checkpoint module (MiB)", rss_cell("checkpoint_module_rss_kib")),
+        ("peak RSS, restore module (MiB)", rss_cell("restore_module_rss_kib")),
     ]
 
 
