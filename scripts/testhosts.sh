@@ -3,6 +3,8 @@
 #   host-a: sshd on 127.0.0.2:2222    host-b: sshd on 127.0.0.3:2222
 # Each sshd runs in its own mount namespace with a private tmpfs on /var/lib/nucleus-criu,
 # so what one host writes there the other cannot see: a transfer between them is real.
+# Podman's storage and state are private tmpfs too: a container or image on one host is not
+# on the other (images reach a host by podman load, as between real hosts).
 # They share the kernel, its PID space and the network namespace; workloads that migrate
 # here live in their own PID (and, for TCP, network) namespace, as they would in a container.
 #
@@ -25,6 +27,8 @@ readonly REPO
 readonly PORT=${NUCLEUS_TESTHOSTS_PORT:-2222}
 if [[ $PORT == 2222 ]]; then readonly DIR="$REPO/build/testhosts"; else readonly DIR="$REPO/build/testhosts-$PORT"; fi
 readonly PRIVATE=/var/lib/nucleus-criu
+# Podman's image and container storage, its run state and runc's: one set per host.
+readonly PODMAN_PRIVATE="/var/lib/containers /run/containers /run/libpod /run/runc"
 declare -A ADDRESS=([a]=127.0.0.2 [b]=127.0.0.3)
 readonly MAX_COUNT=253
 
@@ -79,7 +83,9 @@ start() {
     write_config "$name"
     # The unshared shell mounts the private tmpfs, then becomes sshd (same pid).
     setsid unshare --mount --propagation private -- sh -c \
-        "mkdir -p $PRIVATE && mount -t tmpfs -o mode=0755,size=4g nucleus-host-$name $PRIVATE && exec /usr/sbin/sshd -D -e -f $DIR/sshd-$name.conf" \
+        "mkdir -p $PRIVATE && mount -t tmpfs -o mode=0755,size=4g nucleus-host-$name $PRIVATE &&
+         for dir in $PODMAN_PRIVATE; do mkdir -p \$dir && mount -t tmpfs -o mode=0700 nucleus-podman-$name \$dir || exit 1; done &&
+         exec /usr/sbin/sshd -D -e -f $DIR/sshd-$name.conf" \
         </dev/null >>"$DIR/sshd-$name.log" 2>&1 &
     pid=$!
     echo "$pid" >"$DIR/sshd-$name.pid"

@@ -125,6 +125,9 @@ MIGRATE = _spec({
     "name": {"type": "str", "required": True},
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
+    "container": {"type": "str"},
+    "engine": {"type": "str", "default": "podman", "choices": ENGINES},
+    "transfer_image": {"type": "bool", "default": False},
     "target": {"type": "str", "required": True},
     "ssh_user": {"type": "str"},
     "ssh_port": {"type": "int"},
@@ -141,4 +144,4 @@ MIGRATE = _spec({
     "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
     "cleanup": {"type": "str", "default": "all", "choices": MIGRATE_CLEANUP},
     "compress": {"type": "bool", "default": False},
-}, exclusive=[("pid", "pidfile")], one_of=[("pid", "pidfile")])
+}, exclusive=[("pid", "pidfile", "container")], one_of=[("pid", "pidfile", "container")])

@@ -69,11 +69,11 @@ def dump_options(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
 
 
 def export(engine: podman.Podman, found: t.Mapping[str, t.Any], images_fd: int, options: t.Mapping[str, t.Any],
-           timeout: float) -> t.Tuple[t.Dict[str, t.Any], float]:
+           timeout: float, on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:
     """Podman's export into images/export.tar, a file created here (0600, never an existing one)."""
     fd = os.open(EXPORT, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=images_fd)
     try:
-        return engine.checkpoint(found["id"], fd, options, timeout)
+        return engine.checkpoint(found["id"], fd, options, timeout, on_spawn=on_spawn)
     finally:
         os.close(fd)
 
@@ -81,24 +81,51 @@ def export(engine: podman.Podman, found: t.Mapping[str, t.Any], images_fd: int, 
 SETTLE_SECONDS = 10.0
 
 
-def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: int, timeout: float) -> str:
-    """After a failed checkpoint, make sure the container runs as before; say what happened to it. A container the
-    checkpoint stopped is restored in place from the copy Podman keeps in its own storage (``--keep``), once Podman
-    has seen it stop (its state lags its main process by a moment: it refuses a restore until then)."""
-    if procfs.is_alive(found["pid"], starttime):
-        return "The container %s is still running, untouched." % found["name"]
+def restore_kept(engine: podman.Podman, container_id: str, timeout: float) -> t.Optional[str]:
+    """Restore a container stopped by a checkpoint in place, from the copy Podman keeps in its own storage
+    (``--keep``), once Podman has seen it stop (its state lags its main process by a moment: it refuses a restore
+    until then). None when it runs again, else Podman's reason."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         try:
-            engine.restore_in_place(found["id"], timeout)
-            break
+            engine.restore_in_place(container_id, timeout)
+            return None
         except CriuError as exc:
             if "running or paused" in exc.msg and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
-            return ("The container %s was stopped by the checkpoint and could not be brought back: %s Run podman container "
-                    "restore %s." % (found["name"], exc.msg, found["id"]))
+            return exc.msg
+
+
+def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: int, timeout: float) -> str:
+    """After a failed checkpoint, make sure the container runs as before; say what happened to it."""
+    if procfs.is_alive(found["pid"], starttime):
+        return "The container %s is still running, untouched." % found["name"]
+    problem = restore_kept(engine, found["id"], timeout)
+    if problem is not None:
+        return ("The container %s was stopped by the checkpoint and could not be brought back: %s Run podman container "
+                "restore %s." % (found["name"], problem, found["id"]))
     return "The container %s was brought back from Podman's own copy of the checkpoint (podman container restore)." % found["name"]
+
+
+def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], timeout: float) -> None:
+    """A migration's source container runs again, with its memory: untouched if it still runs, else restored in
+    place from Podman's own copy of the checkpoint. Raises when it cannot be."""
+    found = engine.inspect(recorded["id"], timeout)
+    if found is None:
+        raise CriuError("The source container %s (%s) is gone from this host: nothing here can bring it back."
+                        % (recorded["name"], recorded["id"][:12]))
+    if found["state"] == "running":
+        return
+    problem = restore_kept(engine, recorded["id"], timeout)
+    if problem is not None:
+        raise CriuError("The source container %s could not be restored in place: %s Run podman container restore %s."
+                        % (recorded["name"], problem, recorded["id"]))
+
+
+def identity(found: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """What a migration's journal keeps of a container: enough to find it again, and its image for the target."""
+    return {key: found[key] for key in ("id", "name", "image_id", "image_name")}
 
 
 def describe(engine: podman.Podman, found: t.Mapping[str, t.Any], timeout: float) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any]]:
@@ -139,11 +166,7 @@ def restore_name(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any],
 def restore_problems(engine: podman.Podman, metadata: t.Mapping[str, t.Any], name: t.Optional[str],
                      timeout: float) -> t.List[str]:
     """Why this host cannot restore the container checkpoint (under ``name``, when given); empty when it can."""
-    recorded = metadata["container"]
-    problems = []
-    if not engine.image_exists(recorded["image_id"], timeout):
-        problems.append("the container's image %s (%s) is not on this host, and an export does not hold it: load it first "
-                        "(podman save on the source, podman load here)" % (recorded["image_name"], recorded["image_id"][:12]))
+    problems, _present = image_problems(engine, metadata["container"], False, timeout)
     if name is not None and engine.inspect(name, timeout) is not None:
         problems.append("a container named %s exists on this host: set container_name to another name, or remove that "
                         "container (podman rm %s) if it is the stopped original" % (name, name))
@@ -163,6 +186,33 @@ def restore_export(engine: podman.Podman, images_fd: int, name: str, recorded_na
         raise CriuError("podman container restore reported success, but container %s is %s." % (
             name, restored["state"] if restored else "not there"))
     return restored, stats, seconds
+
+
+def image_problems(engine: podman.Podman, recorded: t.Mapping[str, t.Any], transfer_image: bool,
+                   timeout: float) -> t.Tuple[t.List[str], bool]:
+    """Why the container's image is not usable here, and whether it is here under its name (Podman's restore finds
+    it by the name the container was created from, and would pull a missing one). A missing image is no problem when
+    a migration brings it (``transfer_image``); a name that means another image here always is."""
+    named = engine.image_id(recorded["image_name"] or recorded["image_id"], timeout)
+    present = named == recorded["image_id"]
+    if named is not None and not present:
+        return ["the name %s means another image here (%s), not the container's (%s), and a restore would use it: re-tag "
+                "or remove it here" % (recorded["image_name"], named[:12], recorded["image_id"][:12])], False
+    if not present and not transfer_image:
+        return ["the container's image %s (%s) is not here, and a checkpoint does not hold it: load it here first (podman "
+                "save on the source, podman load and podman tag here), or let the migration send it (transfer_image)"
+                % (recorded["image_name"], recorded["image_id"][:12])], False
+    return [], present
+
+
+def target_problems(engine: podman.Podman, recorded: t.Mapping[str, t.Any], transfer_image: bool,
+                    timeout: float) -> t.Tuple[t.List[str], bool]:
+    """Why a migration of the container ``recorded`` cannot land on this host, and whether its image is here."""
+    problems, present = image_problems(engine, recorded, transfer_image, timeout)
+    if engine.inspect(recorded["name"], timeout) is not None:
+        problems.append("a container named %s exists here: remove it (podman rm %s) or migrate to another host"
+                        % (recorded["name"], recorded["name"]))
+    return problems, present
 
 
 def host_problems(metadata: t.Mapping[str, t.Any], timeout: float, caps: int) -> t.List[str]:

@@ -17,6 +17,7 @@ whose migration is in flight or in doubt.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -29,9 +30,11 @@ import typing as t
 import uuid
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
+from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
@@ -66,6 +69,8 @@ class Settings(t.NamedTuple):
     tcp_established: bool
     target_pidfile: t.Optional[str]
     cleanup: str
+    container: t.Optional[str] = None
+    transfer_image: bool = False
 
     @property
     def link_timeout(self) -> float:
@@ -78,6 +83,9 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
     if not NAME_RE.match(name):
         raise CriuError("name %r must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit: it names the "
                         "migration's journal and checkpoint directory on both hosts." % name)
+    if params["container"] and params["mode"] != "copy":
+        raise CriuError("mode=%s cannot migrate a container: Podman restores a container whole, not lazily. Use mode=copy."
+                        % params["mode"])
     for option in ("lease", "timeout"):
         if params[option] <= 0:
             raise CriuError("%s must be a positive number of seconds, got %s." % (option, params[option]))
@@ -91,7 +99,7 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
                               compress=params["compress"])
     return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
                     float(params["timeout"]), key, params["hash_algorithm"], params["tcp_established"],
-                    params["target_pidfile"], params["cleanup"])
+                    params["target_pidfile"], params["cleanup"], params["container"], params["transfer_image"])
 
 
 # --- the driver lock: held by the driver for as long as it lives --------------------------------------
@@ -133,19 +141,43 @@ class DriverLock:
 
 # --- the source's own copy of the workload ---------------------------------------------------------------
 
-def resume_source(journal: Journal) -> t.List[int]:
-    """Let the frozen source run on, with its memory intact (SIGCONT to exactly the processes that were frozen)."""
-    return procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGCONT)
+def _engine(journal: Journal) -> podman.Podman:
+    return podman.Podman.load(_timeout(journal))
+
+
+def _timeout(journal: Journal) -> float:
+    return float((journal.get("settings") or {}).get("timeout") or 60.0)
+
+
+def resume_source(journal: Journal) -> None:
+    """Let the frozen source run on, with its memory intact: SIGCONT to exactly the processes that were frozen, or
+    the container restored in place from the checkpoint Podman keeps. Raises when that cannot be done."""
+    if journal.get("container"):
+        container.resume(_engine(journal), journal.get("container"), _timeout(journal))
+        return
+    procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGCONT)
 
 
 def end_source(journal: Journal) -> None:
-    """The target runs the workload: the frozen source must never run again."""
+    """The target runs the workload: the frozen source must never run again (a container, stopped by its
+    checkpoint, is removed with the copy Podman keeps, so that no restore can bring it back here)."""
+    if journal.get("container"):
+        try:
+            _engine(journal).remove(journal.get("container")["id"], _timeout(journal))
+        except CriuError as exc:
+            journal.data["source_cleanup_error"] = exc.msg
+        return
     procfs.wait_gone(procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGKILL), timeout=10)
 
 
 def stop_criu(journal: Journal) -> None:
     """Stop a criu dump this migration started that still runs (mid-dump, or serving post-copy pages). Its tree is
-    stopped first: a criu that dies releases the tree it holds, which would otherwise run again by itself."""
+    stopped first: a criu that dies releases the tree it holds, which would otherwise run again by itself. A
+    container's checkpoint (Podman) is waited for instead: Podman holds the container until it is done, and a
+    container stopped halfway could not be restored."""
+    engine = journal.get("engine_process")
+    if engine and procfs.is_alive(engine[0], engine[1]):
+        procfs.wait_gone([engine[0]], timeout=_timeout(journal))
     criu = journal.get("criu")
     if not criu or not procfs.is_alive(criu[0], criu[1]):
         return
@@ -184,7 +216,7 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         journal.record("rolled_back", outcome="rolled_back", decision="abort")
         return
     journal.record("aborting", decision="abort")
-    if journal.get("mode") == "copy":
+    if journal.get("mode") == "copy" and not journal.get("container"):
         # The target's copy is stopped and only a commit resumes it: resuming the source first is safe.
         stop_criu(journal)
         resume_source(journal)
@@ -192,15 +224,21 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         cleaned = answer is not None and answer.get("state") in ("aborted", "absent")
         journal.record("rolled_back", outcome="rolled_back", target_cleanup="done" if cleaned else "pending")
         return
-    # Post-copy: the target's copy may be running. It is killed first, while its pages still flow (a copy cut off
-    # from its page server would run on with zero-filled memory); the source resumes only once that is confirmed.
+    # Post-copy, or a container (Podman cannot restore one stopped): the target's copy may be running. It is killed
+    # first, while its pages still flow (a copy cut off from its page server would run on with zero-filled memory);
+    # the source resumes only once that is confirmed.
     answer = _ask_target(settings_, code, journal, "abort")
     stop_criu(journal)
-    if answer is not None and answer.get("state") in ("aborted", "absent"):
-        resume_source(journal)
-        journal.record("rolled_back", outcome="rolled_back", target_cleanup="done")
-    else:
+    if answer is None or answer.get("state") not in ("aborted", "absent"):
         journal.record("aborting", outcome="in_doubt", error=_doubt(journal, answer, committed=False))
+        return
+    try:
+        resume_source(journal)
+    except CriuError as exc:
+        journal.record("aborting", outcome="in_doubt", target_cleanup="done",
+                       error="the target's copy is gone, but the source could not run again: %s" % exc.msg)
+        return
+    journal.record("rolled_back", outcome="rolled_back", target_cleanup="done")
 
 
 def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: bool) -> str:
@@ -209,7 +247,7 @@ def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: 
     if committed:
         return ("the migration was committed but %s: the source stays frozen and is never resumed; the target's copy runs "
                 "once the target is told" % where)
-    return ("%s, so its post-copy copy may be running: the source stays frozen until the target confirms its copy is gone"
+    return ("%s, so its copy may be running there: the source stays frozen until the target confirms its copy is gone"
             % where)
 
 
@@ -302,9 +340,6 @@ class Worker:
             failpoint(self.journal.dir_fd, self.journal.name, "transferring")  # the first bytes are on their way
         self._progress("transfer")
 
-    def _send_rest(self, images: Dir, hashed: t.Dict[str, integrity.FileDigest]) -> t.Dict[str, integrity.FileDigest]:
-        return send_rest(images.fd, hashed, self.settings.algorithm, self._send_chunk)
-
     def _protocol(self) -> None:
         s, journal = self.settings, self.journal
         journal.record("prepared", driver=procfs.tree_identity(os.getpid())[0])
@@ -321,30 +356,36 @@ class Worker:
         pid, starttime = journal.get("process")["pid"], journal.get("process")["starttime"]
         if not procfs.is_alive(pid, starttime):
             raise CriuError("The workload (pid %d) exited before it could be frozen; nothing was migrated." % pid)
-        runtime = CriuRuntime.load(journal.get("criu_path"))
-        runtime.on_spawn = lambda criu_pid: journal.record(journal.phase, criu=procfs.tree_identity(criu_pid)[0])
-        st = procfs.read_stat(pid)
-        options = checkpoint_.dump_options(
-            CHECKPOINT.defaults(leave_stopped=True, tcp_established=s.tcp_established), pid, st,
-            [member[0] for member in journal.get("process")["tree"]])
-        options["lazy_pages"] = s.mode == "postcopy"
         with store.location(os.path.join(s.directory, s.name)) as loc, store.Lock(loc, s.timeout):
             store.remove_litter(loc)
             with checkpoint_.staged(loc) as staging:
-                self._freeze_and_send(runtime, staging, pid, st, options)
+                freeze = self._freeze_container if journal.get("container") else self._freeze_process
+                metadata, dump_seconds = freeze(staging, pid)
+                self._vote(staging, metadata, dump_seconds)
         self._decide()
 
-    def _freeze_and_send(self, runtime: CriuRuntime, staging: store.Staging, pid: int, st: procfs.ProcStat,
-                         options: t.Dict[str, t.Any]) -> None:
+    def _start_freeze(self, pid: int) -> None:
+        """The freeze window opens: no Ansible task boundary from here to the decision."""
         s, journal = self.settings, self.journal
-        images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
-        work = Dir(staging.fd, staging.path)
-        facts = procfs.process_facts(pid, st)
-        # --- the freeze window: no Ansible task boundary from here to the decision ---
         self._started = time.monotonic()
         process = dict(journal.get("process"), tree=procfs.tree_identity(pid))
         journal.record("freezing", process=process, frozen_at=procfs.utc_now(), lease_deadline=self._started + s.lease,
                        boot_id=procfs.boot_id())
+
+    def _freeze_process(self, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
+        """criu dumps the tree (left stopped) while its images stream to the target."""
+        s, journal = self.settings, self.journal
+        runtime = CriuRuntime.load(journal.get("criu_path"))
+        runtime.on_spawn = lambda criu_pid: journal.record(journal.phase, criu=procfs.tree_identity(criu_pid)[0])
+        st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
+        options = checkpoint_.dump_options(
+            CHECKPOINT.defaults(leave_stopped=True, tcp_established=s.tcp_established), pid, st,
+            [member[0] for member in journal.get("process")["tree"]])
+        options["lazy_pages"] = s.mode == "postcopy"
+        images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+        work = Dir(staging.fd, staging.path)
+        facts = procfs.process_facts(pid, st)
+        self._start_freeze(pid)
         with follow.ImageFollower(images.fd, images.path, s.algorithm, on_chunk=self._send_chunk, write_back=False) as follower:
             if s.mode == "postcopy":
                 self.daemon = runtime.start_lazy_dump(pid, images, work, options, self.relay.sock.fileno(), s.timeout)  # type: ignore[union-attr]
@@ -352,9 +393,40 @@ class Worker:
             else:
                 dump_seconds = runtime.dump(pid, images, work, options, s.timeout).duration
             hashed = follower.digests()
-        hashed = self._send_rest(images, hashed)
-        manifest = [integrity.manifest_entry(name, hashed[name]) for name in sorted(hashed)]
-        metadata = checkpoint_.describe(runtime.identity(), s.name, facts, options, s.algorithm, manifest)
+        manifest = self._manifest(images.fd, hashed)
+        return checkpoint_.describe(runtime.identity(), s.name, facts, options, s.algorithm, manifest), dump_seconds
+
+    def _freeze_container(self, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
+        """Podman checkpoints the container (it stops; Podman keeps a copy to restore it in place from) into the
+        export, which then streams to the target."""
+        s, journal = self.settings, self.journal
+        engine = podman.Podman.load(s.timeout)
+        recorded = journal.get("container")
+        found = engine.inspect(recorded["id"], s.timeout)
+        if found is None or found["pid"] != pid:
+            raise CriuError("Container %s was stopped, restarted or removed since the preflight; nothing was migrated."
+                            % recorded["name"])
+        described, facts = container.describe(engine, found, s.timeout)
+        options = container.dump_options({"tcp_established": s.tcp_established, "file_locks": False, "leave_running": False,
+                                          "compress": "none"})
+        self._start_freeze(pid)
+        podman_stats, dump_seconds = container.export(
+            engine, found, staging.images_fd, options, s.timeout,
+            on_spawn=lambda podman_pid: journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0]))
+        journal.data["podman"] = podman_stats
+        manifest = self._manifest(staging.images_fd, {})
+        criu = described.pop("criu")
+        return checkpoint_.describe(criu, s.name, facts, options, s.algorithm, manifest, described), dump_seconds
+
+    def _manifest(self, images_fd: int, hashed: t.Dict[str, integrity.FileDigest]) -> t.List[t.Dict[str, t.Any]]:
+        """Send what was not followed while it was written; the manifest of everything sent."""
+        hashed = send_rest(images_fd, hashed, self.settings.algorithm, self._send_chunk)
+        return [integrity.manifest_entry(name, hashed[name]) for name in sorted(hashed)]
+
+    def _vote(self, staging: store.Staging, metadata: t.Dict[str, t.Any], dump_seconds: float) -> None:
+        """Seal the checkpoint on both hosts; the target verifies, restores and votes."""
+        s, journal = self.settings, self.journal
+        manifest = metadata["manifest"]
         self.agent.channel.send(sealed=True, metadata=integrity.canonical(metadata).decode("ascii"),  # type: ignore[union-attr]
                                 signature=integrity.sign(metadata, s.key) if s.key else None)
         journal.record("frozen", dump_seconds=round(dump_seconds, 3), checkpoint_id=metadata["id"],
@@ -365,7 +437,7 @@ class Worker:
         self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]  # verified
         restored = self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]
         if restored.get("running_for") is not None:
-            # Post-copy: the workload runs on the target from here, while its memory follows.
+            # Post-copy or a container: the workload runs on the target from here (its memory may still follow).
             self._downtime = time.monotonic() - self._started - restored["running_for"]
         journal.record("target_restored", target_pid=restored["pid"])
         if s.mode == "postcopy":
@@ -452,19 +524,29 @@ def spawn(lock: DriverLock, journal: Journal, settings_: Settings, code: bytes) 
 PREFLIGHT_STOP = "Migration of %s stopped at preflight, before touching the workload: %s"
 
 
-def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
-    """Everything that can be known before the freeze, on both hosts; raises naming what would fail."""
+def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str],
+               found: t.Optional[t.Mapping[str, t.Any]], check_mode: bool) -> t.Dict[str, t.Any]:
+    """Everything that can be known before the freeze, on both hosts; raises naming what would fail. A container's
+    image the target lacks is sent first when ``transfer_image`` asks for it (never in check mode)."""
     try:
-        return _check_both_hosts(settings_, code, pid, journal_id, criu_path)
+        facts = _check_both_hosts(settings_, code, pid, journal_id, criu_path, found)
+        if found is not None and not facts["target"]["container"]["image_present"] and not check_mode:
+            facts["image_seconds"] = _send_image(settings_, code, journal_id, found)
+        return facts
     except CriuError as exc:
         if not exc.msg.startswith(PREFLIGHT_STOP % (settings_.name, "")):
             exc.msg = PREFLIGHT_STOP % (settings_.name, exc.msg)
         raise
 
 
-def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
+def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str],
+                      found: t.Optional[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
     host.require_privileges()
-    CriuRuntime.load(criu_path)
+    problems = []
+    if found is None:
+        CriuRuntime.load(criu_path)
+    else:
+        problems += podman.container_facts("podman", settings_.timeout, host.effective_caps())["problems"]
     st = procfs.require_checkpointable(pid)
     if st.state == "T":
         raise CriuError("pid %d is stopped (state T) and no unfinished migration of %s explains it: a checkpoint of a stopped "
@@ -476,11 +558,14 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
     expected = int(procfs.resident_bytes(member[0] for member in tree) * SPACE_MARGIN) + SPACE_EXTRA
     try:
         facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
-                           migrate_dir=settings_.directory, timeout=settings_.timeout)
+                           migrate_dir=settings_.directory, timeout=settings_.timeout, transfer_image=settings_.transfer_image,
+                           container=None if found is None else container.identity(found))
     except CriuError as exc:
         raise CriuError("the source cannot run nucleus.criu on the target over ssh as the migration would (check ssh_user, "
                         "ssh_port, ssh_key_file, ssh_extra_args and target_python): %s" % exc.msg, target=settings_.target.label) from exc
-    problems = list(facts["criu"]["problems"]) + ([facts["privilege_problem"]] if not facts["can_restore"] else [])
+    problems += list(facts["criu"]["problems"]) + ([facts["privilege_problem"]] if not facts["can_restore"] else [])
+    if found is not None:
+        problems += ["on the target: %s" % problem for problem in facts["container"]["problems"]]
     if facts["arch"] != os.uname().machine:
         problems.append("the target is %s, the source %s: migrate only between hosts of one architecture" % (facts["arch"], os.uname().machine))
     if facts["free_bytes"] < expected:
@@ -505,20 +590,82 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
     return {"tree": tree, "expected_bytes": expected, "target": facts, "algorithm": settings_.algorithm}
 
 
-def _already_migrated(journal: Journal, pid: t.Optional[int]) -> bool:
-    """A completed migration of this very workload: the pid is gone (the source was ended) or is still it."""
-    process = journal.get("process", {})
+def _send_image(settings_: Settings, code: bytes, journal_id: str, found: t.Mapping[str, t.Any]) -> float:
+    """The container's image to the target (podman save here, podman load there), before anything is frozen: a
+    checkpoint holds the container's changes, never its image. Its seconds."""
+    started = time.monotonic()
+    engine = podman.Podman.load(settings_.timeout)
+    dir_fd, _path = store.open_or_create_dir(settings_.directory, "Migration directory")
+    name = target_.image_archive_name(settings_.name)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=dir_fd)
+        try:
+            engine.save_image(found["image_id"], fd, settings_.timeout)
+            agent = remote.Agent(settings_.target, code, {"cmd": "load_image", "id": journal_id, "name": settings_.name,
+                                                          "migrate_dir": settings_.directory, "timeout": settings_.timeout,
+                                                          "link_timeout": settings_.link_timeout, "image_id": found["image_id"],
+                                                          "image_name": found["image_name"]})
+            try:
+                agent.answer(settings_.link_timeout)
+                offset = 0
+                while True:
+                    data = os.pread(fd, SEND_CHUNK, offset)
+                    if not data:
+                        break
+                    agent.channel.send_chunk("image.tar", offset, data)
+                    offset += len(data)
+                agent.channel.send(sealed=True, size=offset)
+                agent.answer(settings_.link_timeout + settings_.timeout)
+            finally:
+                agent.close(kill=True)
+        finally:
+            os.close(fd)
+            os.unlink(name, dir_fd=dir_fd)
+    except CriuError as exc:
+        raise CriuError("the container's image %s could not be sent to the target: %s" % (found["image_name"], exc.msg)) from exc
+    finally:
+        os.close(dir_fd)
+    return round(time.monotonic() - started, 3)
+
+
+class Workload(t.NamedTuple):
+    """What the module is asked to migrate, as it is now: the root pid (None when there is none running) and, for a
+    container, the container as Podman inspects it (None when there is none of that name)."""
+
+    pid: t.Optional[int]
+    found: t.Optional[t.Dict[str, t.Any]] = None
+
+    def require(self, params: t.Mapping[str, t.Any]) -> "Workload":
+        """This workload, which must run; raises explaining the pidfile, or what the container is."""
+        if params["container"]:
+            container.require_running(self.found, params["container"])
+        elif self.pid is None:
+            procfs.resolve_pid(params["pid"], params["pidfile"])
+        return self
+
+
+def _workload(params: t.Mapping[str, t.Any]) -> Workload:
+    if params["container"]:
+        found = podman.Podman.load(params["timeout"]).inspect(params["container"], params["timeout"])
+        return Workload(found["pid"] if found and found["state"] == "running" else None, found)
+    try:
+        return Workload(procfs.resolve_pid(params["pid"], params["pidfile"]))
+    except CriuError:
+        return Workload(None)
+
+
+def _already_migrated(journal: Journal, workload: Workload) -> bool:
+    """A completed migration of this very workload: the pid is gone (the source was ended) or is still it; the
+    container is gone (removed at the commit) or is still it."""
+    if journal.get("container"):
+        return workload.found is None or workload.found["id"] == journal.get("container")["id"]
+    process, pid = journal.get("process", {}), workload.pid
     if pid is None or not procfs.is_alive(pid):
         return True
     st = procfs.read_stat(pid)
     return pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
-
-
-def _pid(params: t.Mapping[str, t.Any]) -> t.Optional[int]:
-    try:
-        return procfs.resolve_pid(params["pid"], params["pidfile"])
-    except CriuError:
-        return None
 
 
 def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
@@ -527,23 +674,25 @@ def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> 
     data = journal.data
     migration = {key: data.get(key) for key in (
         "id", "name", "mode", "phase", "outcome", "decision", "frozen_at", "running_at", "downtime_seconds", "dump_seconds",
-        "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error")}
+        "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error", "container",
+        "image_seconds", "source_cleanup_error")}
     migration.update(source=data.get("source"), target=data.get("target"), source_pid=data.get("process", {}).get("pid"),
                      journal=journal.path, history=data.get("history"), progress=dict(progress))
     outcome = data.get("outcome")
     if outcome == "completed":
         return {"changed": changed, "migration": migration}
     where = data.get("process", {})
+    workload = "pid %s" % where.get("pid") if not data.get("container") else "container %s" % data["container"]["name"]
     if outcome == "rolled_back":
         target_state = ("; nothing of it remains on the target" if data.get("target_cleanup") == "done" else
                         "; the target's stopped copy is removed by the next run (target unreachable now)")
-        raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (pid %s) with its "
+        raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (%s) with its "
                         "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
-                                              data.get("source"), where.get("pid"), target_state),
+                                              data.get("source"), workload, target_state),
                         migration=migration)
-    raise CriuError("Migration of %s is in doubt: %s. Source %s: pid %s %s. Target %s: see its journal %s. Once the target is "
+    raise CriuError("Migration of %s is in doubt: %s. Source %s: %s %s. Target %s: see its journal %s. Once the target is "
                     "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
-                    % (data["name"], data.get("error"), data.get("source"), where.get("pid"),
+                    % (data["name"], data.get("error"), data.get("source"), workload,
                        "frozen" if procfs.alive_identified(where.get("tree") or []) else "gone",
                        data["target"]["label"], journal.path), migration=migration)
 
@@ -582,7 +731,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                 raise CriuError("Another run holds the lock of migration %s but wrote no journal yet: retry in a moment." % s.name)
             return report(watch(journal, lock, deadline), False, read_progress(dir_fd, directory, s.name))
         journal = Journal.load(dir_fd, directory, s.name)
-        pid = _pid(params)
+        workload = _workload(params)
         if journal is not None and journal.get("outcome") in (None, "in_doubt"):
             if check_mode:
                 return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
@@ -591,29 +740,32 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             resolve(journal, s._replace(**_recorded(journal)), code)
             if journal.get("outcome") != "rolled_back":
                 return report(journal, True, read_progress(dir_fd, directory, s.name))
-            pid = _pid(params)
+            workload = _workload(params)
         elif journal is not None and journal.get("outcome") == "completed":
-            if _already_migrated(journal, pid):
+            if _already_migrated(journal, workload):
                 return report(journal, False, read_progress(dir_fd, directory, s.name))
-            if pid == journal.get("process", {}).get("pid"):
+            pid = workload.pid
+            if not journal.get("container") and pid == journal.get("process", {}).get("pid"):
                 raise CriuError("pid %d was migrated to %s already (journal %s), and now belongs to another process (%s): the "
                                 "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
                                 "process." % (pid, journal.get("target", {}).get("label"), journal.path,
                                               procfs.process_state(t.cast(int, pid)).get("comm")), pid=pid)
-        if pid is None:
-            procfs.resolve_pid(params["pid"], params["pidfile"])  # raises, explaining the pidfile
+        pid, found = workload.require(params)
         journal_id = str(uuid.uuid4())
-        facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"])
+        facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"], found, check_mode)
         s = s._replace(algorithm=facts["algorithm"])
+        what = "pid %d" % pid if found is None else "container %s" % found["name"]
         if check_mode:
-            return {"changed": True, "actions": ["would migrate pid %d to %s (%s mode)" % (pid, s.target.label, s.mode)]}
+            image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
+            return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}
         st = procfs.read_stat(t.cast(int, pid))
         journal = Journal.create(
             dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
             source=os.uname().nodename, target={"label": s.target.label, "host": s.target.host}, lease_seconds=s.lease,
             criu_path=params["criu_path"], algorithm=s.algorithm,
             process={"pid": pid, "starttime": st.starttime if st else None, "comm": st.comm if st else None, "tree": facts["tree"]},
-            expected_bytes=facts["expected_bytes"], settings=_recordable(s))
+            expected_bytes=facts["expected_bytes"], settings=_recordable(s),
+            container=None if found is None else container.identity(found), image_seconds=facts.get("image_seconds"))
         spawn(lock, journal, s, code)
         return report(watch(journal, lock, deadline), True, read_progress(dir_fd, directory, s.name))
     finally:

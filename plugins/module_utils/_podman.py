@@ -64,22 +64,34 @@ class PodmanError(CriuError):
     """A podman command failed; the message quotes podman and names the remedy when one is known."""
 
 
-def run(argv: t.Sequence[str], timeout: float, pass_fds: t.Sequence[int] = ()) -> t.Tuple[str, float]:
-    """Run a podman command (argv only, the modules' environment); its stdout and duration, or a PodmanError."""
+def run(argv: t.Sequence[str], timeout: float, pass_fds: t.Sequence[int] = (),
+        on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[str, float]:
+    """Run a podman command (argv only, the modules' environment); its stdout and duration, or a PodmanError.
+    ``on_spawn`` learns podman's pid before podman acts (a migration journals it: its recovery waits for it)."""
     started = time.monotonic()
     try:
-        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False,
-                              env=ENVIRONMENT, pass_fds=tuple(pass_fds))
-    except subprocess.TimeoutExpired as exc:
-        raise PodmanError("%s did not finish within %ss (timeout)." % (" ".join(argv[:3]), timeout)) from exc
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=ENVIRONMENT, pass_fds=tuple(pass_fds))
     except OSError as exc:
         raise PodmanError("Cannot run %s: %s." % (argv[0], exc.strerror), path=argv[0]) from exc
+    with proc:
+        try:
+            if on_spawn is not None:
+                on_spawn(proc.pid)
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise PodmanError("%s did not finish within %ss (timeout)." % (" ".join(argv[:3]), timeout)) from exc
+        except BaseException:
+            proc.kill()
+            raise
     if proc.returncode != 0:
-        error = proc.stderr.decode("utf-8", "replace").strip()[-1500:]
+        error = stderr.decode("utf-8", "replace").strip()[-1500:]
         hints = [hint for pattern, hint in _HINTS if pattern.search(error)]
         raise PodmanError("%s exited with %d: %s%s" % (" ".join(argv[:3]), proc.returncode, error,
                                                        "".join(" " + hint for hint in hints)), rc=proc.returncode)
-    return proc.stdout.decode("utf-8", "replace"), time.monotonic() - started
+    return stdout.decode("utf-8", "replace"), time.monotonic() - started
 
 
 def stats_of(output: str) -> t.Dict[str, t.Any]:
@@ -118,7 +130,8 @@ class Podman(t.NamedTuple):
                 "pid": (state.get("Pid") or None) if running else None,
                 "image_id": found.get("Image"), "image_name": found.get("ImageName"), "runtime": found.get("OCIRuntime")}
 
-    def checkpoint(self, container_id: str, export_fd: int, options: t.Mapping[str, t.Any], timeout: float) -> t.Tuple[t.Dict[str, t.Any], float]:
+    def checkpoint(self, container_id: str, export_fd: int, options: t.Mapping[str, t.Any], timeout: float,
+                   on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Export a checkpoint of the container into the file open as ``export_fd`` (podman writes that very file).
         ``--keep`` keeps the checkpoint in Podman's storage even when the export fails (a full disk): without it the
         container would be stopped with nothing to restore it from."""
@@ -126,7 +139,7 @@ class Podman(t.NamedTuple):
                 "--compress", options["compress"], "--print-stats", "--keep"]
         argv += [flag for name, flag in (("leave_running", "--leave-running"), ("tcp_established", "--tcp-established"),
                                          ("file_locks", "--file-locks")) if options.get(name)]
-        output, seconds = run(argv + ["--", container_id], timeout, pass_fds=[export_fd])
+        output, seconds = run(argv + ["--", container_id], timeout, pass_fds=[export_fd], on_spawn=on_spawn)
         return stats_of(output), seconds
 
     def restore_in_place(self, container_id: str, timeout: float) -> None:
@@ -144,14 +157,35 @@ class Podman(t.NamedTuple):
         output, seconds = run(argv, timeout, pass_fds=[import_fd])
         return stats_of(output), seconds
 
-    def image_exists(self, image_id: str, timeout: float) -> bool:
-        try:
-            run([self.path, "image", "exists", "--", image_id], timeout)
-        except PodmanError as exc:
-            if exc.details.get("rc") == 1:
-                return False
-            raise
+    def remove(self, container_id: str, timeout: float) -> bool:
+        """Remove the container at once (no grace period: it is a copy that must not live, or an original that
+        another host runs now); False when there was none."""
+        if self.inspect(container_id, timeout) is None:
+            return False
+        run([self.path, "container", "rm", "--force", "--time", "0", "--", container_id], timeout)
         return True
+
+    def save_image(self, image_id: str, archive_fd: int, timeout: float) -> None:
+        """Write the image as a docker-archive (which keeps its id) into ``archive_fd``, a file or a pipe."""
+        run([self.path, "image", "save", "--format", "docker-archive", "--output", "/proc/self/fd/%d" % archive_fd,
+             "--", image_id], timeout, pass_fds=[archive_fd])
+
+    def load_image(self, archive_fd: int, image_id: str, name: str, timeout: float) -> None:
+        """Load the archive, and give the image ``name``: a restore finds a container's image by the name it was
+        created from (an archive saved by id carries none)."""
+        run([self.path, "image", "load", "--input", "/proc/self/fd/%d" % archive_fd], timeout, pass_fds=[archive_fd])
+        if name:
+            run([self.path, "image", "tag", image_id, name], timeout)
+
+    def image_id(self, reference: str, timeout: float) -> t.Optional[str]:
+        """The id of the image ``reference`` (a name or an id) names here, None when it names none."""
+        try:
+            output, _seconds = run([self.path, "image", "inspect", "--format", "{{.Id}}", "--", reference], timeout)
+        except PodmanError as exc:
+            if "image not known" in exc.msg or "unable to find" in exc.msg:
+                return None
+            raise
+        return output.strip() or None
 
 
 def locate() -> str:

@@ -23,10 +23,12 @@ import traceback
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
+from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore_
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
@@ -48,6 +50,10 @@ def pages_socket_name(name: str) -> str:
 
 def restore_pidfile_name(name: str) -> str:
     return ".%s.restore.pid" % name
+
+
+def image_archive_name(name: str) -> str:
+    return ".%s.image.tar" % name
 
 
 class Context:
@@ -102,6 +108,9 @@ def _kill_restored(journal: Journal) -> None:
         if daemon and procfs.is_alive(daemon[0], daemon[1]):
             victims += procfs.kill_tree(daemon[0])
     victims += procfs.signal_identified(journal.get("tree") or [], signal.SIGKILL)
+    if journal.get("container_id"):
+        # Podman's restore keeps the container's id: whatever runs under it here is this migration's copy.
+        podman.Podman.load(journal.get("timeout") or 60.0).remove(journal.get("container_id"), journal.get("timeout") or 60.0)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
         pid = procfs.parse_pidfile(raw.decode("ascii", "replace")) if raw else None
@@ -140,7 +149,10 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
                         "see %s and decide by hand." % (pid, journal.path))
     if os.path.isdir(ctx.checkpoint_path):
         with store.location(ctx.checkpoint_path) as loc, store.open_checkpoint(loc) as opened:
-            restore_.save_record(opened.fd, restore_.restore_record(journal.get("checkpoint_id"), pid, running_at, starttime=starttime))
+            identity = {"container_id": journal.get("container_id"), "container_name": journal.get("container_name")} \
+                if journal.get("container_id") else {}
+            restore_.save_record(opened.fd, restore_.restore_record(journal.get("checkpoint_id"), pid, running_at, starttime=starttime,
+                                                                    **identity))
     if journal.get("pidfile"):
         restore_.write_pidfile(journal.get("pidfile"), pid)
     if journal.get("cleanup"):
@@ -239,6 +251,8 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     problems = host.restore_problems(metadata)
     if problems:
         raise CriuError("Cannot restore %s on this host: %s." % (opened.path, listed(problems)), problems=problems)
+    if "container" in metadata:
+        return _restore_container(ctx, journal, opened, metadata), None
 
     def restoring(criu_pid: int) -> None:
         journal.record("restoring", criu=procfs.tree_identity(criu_pid)[0])
@@ -265,6 +279,24 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     journal.data["running_since"] = time.monotonic()
     restore_.confirm_alive(pid, run.log_path, opened.path)
     return pid, fetcher
+
+
+def _restore_container(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> int:
+    """Podman imports and restores the verified export under the container's own name and id. Podman cannot leave
+    a restored container stopped: the copy runs from here, as a post-copy one does, and the source container stays
+    stopped until the decision; an abort removes this copy before the source runs again."""
+    engine = podman.Podman.load(ctx.timeout)
+    recorded = metadata["container"]
+    problems, _present = container.target_problems(engine, recorded, False, ctx.timeout)
+    if problems:
+        raise CriuError("Cannot restore %s on this host: %s." % (opened.path, listed(problems)), problems=problems)
+    journal.record("restoring", container_id=recorded["id"], container_name=recorded["name"], timeout=ctx.timeout)
+    options = container.restore_options(metadata, {"ignore_static_ip": False, "ignore_static_mac": False})
+    restored, podman_stats, seconds = container.restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
+                                                               options, ctx.timeout)
+    journal.data["running_since"] = time.monotonic()
+    journal.record("restoring", restore_seconds=round(seconds, 3), podman=podman_stats)
+    return t.cast(int, restored["pid"])
 
 
 def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
@@ -405,8 +437,53 @@ def preflight(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
         criu=host.criu_facts(None, ctx.timeout), arch=os.uname().machine, can_restore=can, privilege_problem=why,
         free_bytes=store.free_bytes(ctx.dir_fd), hash_algorithms=integrity.available_algorithms(),
         journal=None if journal is None else {"id": journal.get("id"), "phase": journal.phase, "outcome": journal.get("outcome")},
-        python=sys.version.split()[0],
+        python=sys.version.split()[0], container=_container_facts(request, can),
     )
+
+
+def _container_facts(request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
+    """For a container's migration: whether Podman here can restore it (runtime, criu, limits), its image, its name."""
+    recorded = request.get("container")
+    if recorded is None:
+        return None
+    timeout = float(request["timeout"])
+    facts = podman.container_facts("podman", timeout, host.effective_caps())
+    if facts["path"] is None or not facts.get("runtime") or not can_restore:
+        return {"problems": facts["problems"], "image_present": False}
+    problems, present = container.target_problems(podman.Podman(facts["path"], facts["version"]), recorded,
+                                                  bool(request.get("transfer_image")), timeout)
+    return {"problems": facts["problems"] + problems, "image_present": present}
+
+
+def load_image(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
+    """Take a container image the source saved (a docker-archive, which keeps the image's id) and load it; it must
+    then be here under the id the source asked for."""
+    ctx = Context(request)
+    engine = podman.Podman.load(ctx.timeout)
+    name = image_archive_name(ctx.name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=ctx.dir_fd)
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=ctx.dir_fd)
+    try:
+        channel.send(ready=True, free_bytes=store.free_bytes(ctx.dir_fd))
+        while True:
+            kind, body = channel.receive(float(request["link_timeout"]))
+            if kind == wire.MESSAGE:
+                break
+            _name, offset, view = body
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        if not body.get("sealed"):
+            raise CriuError("The source stopped sending the image: %s" % (body.get("reason") or "no reason given"))
+        engine.load_image(fd, request["image_id"], request["image_name"], ctx.timeout)
+    finally:
+        os.close(fd)
+        os.unlink(name, dir_fd=ctx.dir_fd)
+    if engine.image_id(request["image_name"] or request["image_id"], ctx.timeout) != request["image_id"]:
+        raise CriuError("podman load took the image the source sent, but %s is not image %s here afterwards."
+                        % (request["image_name"] or "its id", request["image_id"][:12]))
+    channel.send(loaded=True)
 
 
 def relay(_channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
@@ -432,7 +509,7 @@ def relay(_channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
                 view = view[os.write(pairs[fd], view):]
 
 
-COMMANDS = {"preflight": preflight, "receive": receive, "resolve": resolve, "relay": relay}
+COMMANDS = {"preflight": preflight, "receive": receive, "resolve": resolve, "relay": relay, "load_image": load_image}
 
 
 def main() -> None:

@@ -57,6 +57,33 @@ options:
     description:
       - File holding that pid, read as strictly as M(nucleus.criu.criu_checkpoint) reads it.
     type: path
+  container:
+    description:
+      - Name or id of a running container to migrate instead of a process (O(engine=podman)). Exactly one of O(pid),
+        O(pidfile) and O(container) is required.
+      - Podman checkpoints it (the container stops; Podman keeps a copy of the checkpoint to restore it in place from),
+        the export streams to the target, which verifies it and restores it under the same name and id. Podman cannot
+        restore a container stopped, so the target's copy runs from its restore while the source container stays
+        stopped until the decision; an abort removes the target's copy B(before) the source container runs again, and
+        a commit removes the source container.
+      - Only O(mode=copy). O(tcp_established) is passed on to Podman.
+    type: str
+    version_added: 0.2.0
+  engine:
+    description:
+      - Container engine of O(container).
+    type: str
+    choices: [podman]
+    default: podman
+    version_added: 0.2.0
+  transfer_image:
+    description:
+      - When the target lacks the container's image (checked by image id in the preflight), send it first
+        (C(podman save) here, C(podman load) there, before anything is frozen). Off, a missing image stops the
+        migration at the preflight, naming the image.
+    type: bool
+    default: false
+    version_added: 0.2.0
   target:
     description:
       - Address (or ssh host name) of the target host, as the source reaches it.
@@ -124,7 +151,7 @@ options:
     default: 1800
   tcp_established:
     description:
-      - Migrate established TCP connections (C(--tcp-established)).
+      - Migrate established TCP connections (C(--tcp-established), also for a container).
     type: bool
     default: false
   hash_algorithm:
@@ -189,6 +216,14 @@ migration:
     source_pid:
       description: Pid of the workload on the source.
       type: int
+    container:
+      description: The migrated container (id, name, image_id, image_name); null for a process.
+      type: dict
+      sample: {id: 1f2e3d4c5b6a79880fedcba9876543210fedcba9876543210fedcba98765432, name: web, image_id: b274be4f03ef...,
+               image_name: "localhost/web:1"}
+    image_seconds:
+      description: Seconds spent sending the container's image before the freeze (O(transfer_image)); null when none was sent.
+      type: float
     target_pid:
       description: Pid of the workload on the target.
       type: int

@@ -122,8 +122,8 @@ def test_podman_errors_carry_the_remedy(recording_podman):
     assert "already in use" in raised.value.msg and "set container_name" in raised.value.msg
     respond(rc=125, err="Error: inspecting object: no such container web")
     assert engine.inspect("web", 10) is None
-    respond(rc=1)
-    assert engine.image_exists("beef", 10) is False
+    respond(rc=125, err="Error: beef: image not known")
+    assert engine.image_id("beef", 10) is None
 
 
 @pytest.mark.parametrize("given", [{"link_remap": True}, {"ghost_limit": "8M"}, {"network_lock": "iptables"},
