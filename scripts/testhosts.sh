@@ -137,12 +137,16 @@ EOF
     } >"$DIR/inventory.ini"
 }
 
-# Everything that lives in the host's mount namespace: the listener, the sshd serving each
-# (possibly multiplexed, still open) connection, and whatever those started there.
+# Everything that lives in the host's mount namespace: its containers, the listener, the sshd serving
+# each (possibly multiplexed, still open) connection, and whatever those started there.
 down() {
     local name pid ns proc
     for name in $(known_hosts); do
         if pid=$(host_pid "$name"); then
+            # Containers live in mount namespaces of their own: remove them with the host's Podman first.
+            if [[ -x /usr/bin/podman ]]; then
+                nsenter -t "$pid" -m -- /usr/bin/podman rm --all --force --time 0 >/dev/null 2>&1 || true
+            fi
             ns=$(readlink "/proc/$pid/ns/mnt")
             for proc in /proc/[0-9]*; do
                 [[ $(readlink "$proc/ns/mnt" 2>/dev/null) == "$ns" ]] && kill -KILL "${proc#/proc/}" 2>/dev/null

@@ -216,29 +216,37 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         journal.record("rolled_back", outcome="rolled_back", decision="abort")
         return
     journal.record("aborting", decision="abort")
-    if journal.get("mode") == "copy" and not journal.get("container"):
-        # The target's copy is stopped and only a commit resumes it: resuming the source first is safe.
+    if journal.get("mode") == "copy" and not (journal.get("container") and journal.get("sealed_sent")):
+        # The target's copy is stopped and only a commit resumes it (a container's is not restored before the
+        # target has the whole export, which it never had): resuming the source first is safe.
         stop_criu(journal)
-        resume_source(journal)
+        unresumed = _resume_problem(journal)
         answer = _ask_target(settings_, code, journal, "abort")
-        cleaned = answer is not None and answer.get("state") in ("aborted", "absent")
-        journal.record("rolled_back", outcome="rolled_back", target_cleanup="done" if cleaned else "pending")
+        cleanup = "done" if answer is not None and answer.get("state") in ("aborted", "absent") else "pending"
+    else:
+        # Post-copy, or a container (Podman cannot restore one stopped): the target's copy may be running. It is
+        # killed first, while its pages still flow (a copy cut off from its page server would run on with zero-filled
+        # memory); the source resumes only once that is confirmed.
+        answer = _ask_target(settings_, code, journal, "abort")
+        stop_criu(journal)
+        if answer is None or answer.get("state") not in ("aborted", "absent"):
+            journal.record("aborting", outcome="in_doubt", error=_doubt(journal, answer, committed=False))
+            return
+        unresumed, cleanup = _resume_problem(journal), "done"
+    if unresumed:
+        journal.record("aborting", outcome="in_doubt", target_cleanup=cleanup,
+                       error="the migration was undone, but the source could not run again: %s" % unresumed)
         return
-    # Post-copy, or a container (Podman cannot restore one stopped): the target's copy may be running. It is killed
-    # first, while its pages still flow (a copy cut off from its page server would run on with zero-filled memory);
-    # the source resumes only once that is confirmed.
-    answer = _ask_target(settings_, code, journal, "abort")
-    stop_criu(journal)
-    if answer is None or answer.get("state") not in ("aborted", "absent"):
-        journal.record("aborting", outcome="in_doubt", error=_doubt(journal, answer, committed=False))
-        return
+    journal.record("rolled_back", outcome="rolled_back", target_cleanup=cleanup)
+
+
+def _resume_problem(journal: Journal) -> t.Optional[str]:
+    """Resume the source; why it could not be, None when it runs again."""
     try:
         resume_source(journal)
     except CriuError as exc:
-        journal.record("aborting", outcome="in_doubt", target_cleanup="done",
-                       error="the target's copy is gone, but the source could not run again: %s" % exc.msg)
-        return
-    journal.record("rolled_back", outcome="rolled_back", target_cleanup="done")
+        return exc.msg
+    return None
 
 
 def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: bool) -> str:
@@ -409,10 +417,12 @@ class Worker:
         described, facts = container.describe(engine, found, s.timeout)
         options = container.dump_options({"tcp_established": s.tcp_established, "file_locks": False, "leave_running": False,
                                           "compress": "none"})
+        def checkpointing(podman_pid: int) -> None:
+            journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0])
+            failpoint(journal.dir_fd, journal.name, "checkpointing")  # Podman has the container from here
+
         self._start_freeze(pid)
-        podman_stats, dump_seconds = container.export(
-            engine, found, staging.images_fd, options, s.timeout,
-            on_spawn=lambda podman_pid: journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0]))
+        podman_stats, dump_seconds = container.export(engine, found, staging.images_fd, options, s.timeout, on_spawn=checkpointing)
         journal.data["podman"] = podman_stats
         manifest = self._manifest(staging.images_fd, {})
         criu = described.pop("criu")
@@ -427,6 +437,8 @@ class Worker:
         """Seal the checkpoint on both hosts; the target verifies, restores and votes."""
         s, journal = self.settings, self.journal
         manifest = metadata["manifest"]
+        # From here the target may restore; a container's copy then runs (see resolve).
+        journal.record(journal.phase, sealed_sent=True)
         self.agent.channel.send(sealed=True, metadata=integrity.canonical(metadata).decode("ascii"),  # type: ignore[union-attr]
                                 signature=integrity.sign(metadata, s.key) if s.key else None)
         journal.record("frozen", dump_seconds=round(dump_seconds, 3), checkpoint_id=metadata["id"],

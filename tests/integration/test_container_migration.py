@@ -1,0 +1,273 @@
+"""Podman containers migrating between two real ssh hosts, each with Podman storage of its own: the same protocol,
+journals and lease as a process, exactly once whatever dies.
+
+Podman cannot restore a container stopped, so the target's copy runs from its restore while the source container
+stays stopped (checkpointed, Podman keeping a copy) until the decision. After every kill: the container runs on
+exactly one host, its in-memory count going on; the source container exists until the commit and is gone after it;
+a rerun of the same command reports or finishes instead of acting twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import typing as t
+
+import pytest
+
+from conftest import criu_role, ensure_test_image, podman, wait_for
+from test_migration import finish, recap_changed
+from testhosts import MIGRATIONS, Hosts
+
+LEASE = 60
+# Counts in memory (the shell's variable) and shows the count in a file: a restored container goes on counting,
+# a restarted one would start again from 1.
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory):
+    criu_role({"criu_containers": True})
+    image = ensure_test_image()
+    archive = str(tmp_path_factory.mktemp("image") / "image.tar")
+    podman("image", "save", "--output", archive, image)
+    pair = Hosts(2222)
+    pair.up()
+    pair.run("a", "podman image load --input %s" % archive)
+    pair.image, pair.archive = image, archive  # type: ignore[attr-defined]
+    yield pair
+    pair.down()
+
+
+class Containers:
+    """Counter containers started on host-a; every container on both hosts is removed at teardown."""
+
+    def __init__(self, hosts: Hosts) -> None:
+        self.hosts = hosts
+
+    def podman(self, host: str, args: str, check: bool = True) -> str:
+        return self.hosts.run(host, "podman " + args, check=check).strip()
+
+    def start(self, name: str) -> str:
+        """The container's id, once it counts."""
+        container_id = self.podman("a", "run -d --name %s %s sh -c '%s'" % (name, self.hosts.image, COUNTER))  # type: ignore[attr-defined]
+        wait_for(lambda: self.count("a", name) >= 3, what="container %s counting" % name)
+        return container_id
+
+    def state(self, host: str, name: str) -> str:
+        return self.podman(host, "container inspect --format '{{.State.Status}} {{.Id}}' %s" % name, check=False)
+
+    def count(self, host: str, name: str) -> int:
+        return int(self.podman(host, "exec %s cat /tmp/n" % name, check=False) or 0)
+
+    def image_on_b(self, present: bool) -> None:
+        if present:
+            self.podman("b", "image load --input %s" % self.hosts.archive)  # type: ignore[attr-defined]
+        else:
+            self.podman("b", "image rm --force %s" % self.hosts.image, check=False)  # type: ignore[attr-defined]
+
+    def runs_only_on(self, host: str, name: str, container_id: str, count: int) -> None:
+        """Running on ``host`` (under the same id), nowhere else, its count going on from ``count``."""
+        other = "b" if host == "a" else "a"
+        assert self.state(host, name) == "running %s" % container_id, self.state(host, name)
+        assert self.state(other, name) in ("", "exited %s" % container_id), "the container may run on one host only"
+        assert not self.state(other, name).startswith("running")
+        now = self.count(host, name)
+        assert now >= count, "the count started again (%d after %d): its memory was lost" % (now, count)
+        wait_for(lambda: self.count(host, name) > now, what="the container counting on on host-%s" % host)
+
+    def remove_all(self) -> None:
+        for host in ("a", "b"):
+            self.podman(host, "rm --all --force --time 0", check=False)
+
+
+@pytest.fixture
+def containers(hosts):
+    made = Containers(hosts)
+    yield made
+    made.remove_all()
+    for host in ("a", "b"):
+        hosts.clear_failpoints(host)
+        hosts.run(host, "rm -rf %s/c-* %s/.c-*" % (MIGRATIONS, MIGRATIONS), check=False)
+
+
+def single(name: str, **extra: t.Any) -> t.Dict[str, t.Any]:
+    return dict(dict(migrate_source="host-a", migrate_target="host-b", migrate_container=name, migrate_name=name,
+                     migrate_lease=LEASE), **extra)
+
+
+def test_migrates_a_container_sending_its_image_when_asked(hosts, containers):
+    containers.image_on_b(False)
+    name = "c-single"
+    container_id = containers.start(name)
+
+    refused = hosts.migrate(**single(name))
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "stopped at preflight, before touching the workload" in output, output
+    assert "image %s" % hosts.image in output and "transfer_image" in output, output
+    assert containers.state("a", name) == "running %s" % container_id
+
+    before = containers.count("a", name)
+    moved = hosts.migrate(**single(name, migrate_transfer_image=True))
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    containers.runs_only_on("b", name, container_id, before)
+    assert containers.state("a", name) == "", "the source container is removed at the commit"
+    journal = hosts.journal("a", name)
+    assert journal["outcome"] == "completed" and journal["container"]["id"] == container_id, journal
+    assert journal["image_seconds"] > 0 and 0 < journal["downtime_seconds"] < 30, journal
+    assert journal["image_bytes"] > 0 and journal["podman"], journal
+    target = hosts.journal("b", name)
+    assert target["id"] == journal["id"] and target["outcome"] == "completed", target
+
+    again = hosts.migrate(**single(name, migrate_transfer_image=True))
+    assert again.returncode == 0 and recap_changed(again.stdout) == 0 and "migrated already" in again.stdout, again.stdout
+    assert containers.state("b", name) == "running %s" % container_id
+
+    back = hosts.migrate(**single(name, migrate_source="host-b", migrate_target="host-a"))
+    assert back.returncode == 0, back.stdout + back.stderr
+    containers.runs_only_on("a", name, container_id, before)
+
+
+def test_preflight_refuses_a_name_taken_on_the_target(hosts, containers):
+    containers.image_on_b(True)
+    name = "c-taken"
+    container_id = containers.start(name)
+    containers.podman("b", "create --name %s %s true" % (name, hosts.image))
+    result = hosts.migrate(**single(name))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "a container named %s exists here" % name in output, output
+    assert containers.state("a", name) == "running %s" % container_id
+    assert containers.state("b", name).startswith("created"), "the target's own container is left alone"
+
+
+def test_postcopy_is_refused_for_a_container(hosts, containers):
+    name = "c-postcopy"
+    container_id = containers.start(name)
+    result = hosts.migrate(**single(name, migrate_mode="postcopy"))
+    assert result.returncode != 0 and "cannot migrate a container" in result.stdout, result.stdout
+    assert containers.state("a", name) == "running %s" % container_id
+
+
+# --- the kill matrix -------------------------------------------------------------------------------------
+
+# (who is killed, on which host the step is reached, the step, the outcome the journals must settle on)
+CONTAINER_MATRIX = [
+    ("controller", "a", "frozen", "completed"),
+    ("driver", "a", "freezing", "rolled_back"),
+    ("driver", "a", "transferring", "rolled_back"),
+    ("driver", "a", "frozen", "rolled_back"),
+    ("driver", "a", "target_restored", "rolled_back"),
+    ("driver", "a", "committed", "completed"),
+    ("target", "b", "restoring", "rolled_back"),
+    ("target", "b", "restored", "rolled_back"),
+    ("target", "b", "committed", "completed"),
+    # The link dies once the export is on its way: the target may restore it (a container's copy runs), so the
+    # source cannot resume before it hears from the target again.
+    ("link", "a", "transferring", "in_doubt"),
+    ("link", "a", "committed", "in_doubt"),
+]
+
+
+@pytest.mark.parametrize("who, host, phase, outcome", CONTAINER_MATRIX,
+                         ids=["-".join(c[:3:2] + (c[2],)) for c in CONTAINER_MATRIX])
+def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, outcome):
+    containers.image_on_b(True)
+    name = "c-%s-%s" % (who, phase.replace("_", "-"))
+    container_id = containers.start(name)
+    before = containers.count("a", name)
+    hosts.arm(host, phase, name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
+    stopped = hosts.reached(host, name, phase)
+    frozen_link: t.List[int] = []
+    if who == "controller":
+        hosts.kill_controller(controller)
+    elif who == "link":
+        frozen_link = hosts.freeze_link("b")
+    else:
+        os.kill(stopped, signal.SIGKILL)
+    hosts.clear_failpoints(host)
+    if frozen_link:
+        wait_for(lambda: (hosts.journal("a", name) or {}).get("outcome"), timeout=120, what="the source to decide")
+        hosts.thaw_link(frozen_link)
+    journal = hosts.settled(name)
+    finish(controller)
+    assert journal["outcome"] == outcome, journal
+
+    if outcome == "completed":
+        containers.runs_only_on("b", name, container_id, before)
+        assert containers.state("a", name) == ""
+    elif outcome == "rolled_back":
+        # Restored in place from Podman's own copy: the same container, its memory intact; nothing on the target.
+        containers.runs_only_on("a", name, container_id, before)
+        assert containers.state("b", name) == "" and journal["target_cleanup"] == "done", journal
+        assert "committed" not in [entry["phase"] for entry in journal["history"]], journal
+    else:
+        # The target was unreachable when it mattered: the source container stays stopped with its checkpoint and is
+        # not restored here until the target says its copy is gone (or, committed, never).
+        assert containers.state("a", name) == "exited %s" % container_id
+        assert containers.state("b", name) in ("", "running %s" % container_id)
+        assert ("never resumed" if phase == "committed" else "until the target confirms") in journal["error"], journal
+
+    rerun = hosts.migrate(**single(name))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    containers.runs_only_on("b", name, container_id, before)
+    assert containers.state("a", name) == ""
+    if outcome == "completed":
+        assert recap_changed(rerun.stdout) == 0, "a completed migration is reported, not redone: " + rerun.stdout
+    target = hosts.journal("b", name)
+    assert target["outcome"] == "completed" and target["id"] == hosts.journal("a", name)["id"], target
+
+
+def test_a_migration_killed_while_podman_checkpoints_waits_for_podman_then_restores_in_place(hosts, containers, tmp_path):
+    """The driver dies while Podman checkpoints the container (Podman held stopped until recovery has begun): the
+    recovery waits for Podman to be done with the container, then restores it in place. Deciding while Podman still
+    works would find it running, leave it, and lose it when Podman's checkpoint stops it a moment later."""
+    containers.image_on_b(True)
+    name = "c-midexport"
+    container_id = containers.start(name)
+    before = containers.count("a", name)
+    hosts.arm("a", "checkpointing", name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
+    worker = hosts.reached("a", name, "checkpointing")
+    engine_pid = hosts.journal("a", name)["engine_process"][0]
+    os.kill(engine_pid, signal.SIGSTOP)
+    try:
+        os.kill(worker, signal.SIGKILL)
+        hosts.clear_failpoints("a")
+        wait_for(lambda: (hosts.journal("a", name) or {}).get("phase") == "aborting", timeout=60, what="the recovery to begin")
+        time.sleep(2)
+        assert (hosts.journal("a", name) or {}).get("outcome") is None, "the recovery must wait for Podman"
+    finally:
+        os.kill(engine_pid, signal.SIGCONT)
+    journal = hosts.settled(name)
+    finish(controller)
+    assert journal["outcome"] == "rolled_back", journal
+    containers.runs_only_on("a", name, container_id, before)
+    assert containers.state("b", name) == ""
+
+
+def test_a_link_lost_before_the_export_is_sealed_rolls_back_at_once(hosts, containers, tmp_path):
+    """Until the source has sent the whole export the target cannot restore anything: a link lost before that resumes
+    the source container at once, without waiting to hear from the target (its leftovers go at the next run)."""
+    containers.image_on_b(True)
+    name = "c-linkearly"
+    container_id = containers.start(name)
+    # 64 MiB of file changes in the export: more than ssh and the kernel buffer, so the transfer stalls on the link.
+    containers.podman("a", "exec %s busybox dd if=/dev/urandom of=/big bs=1M count=64" % name)
+    before = containers.count("a", name)
+    hosts.arm("a", "transferring", name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
+    hosts.reached("a", name, "transferring")
+    frozen_link = hosts.freeze_link("b")
+    try:
+        hosts.clear_failpoints("a")
+        journal = hosts.settled(name)
+    finally:
+        hosts.thaw_link(frozen_link)
+    finish(controller)
+    assert journal["outcome"] == "rolled_back" and not journal.get("sealed_sent"), journal
+    containers.runs_only_on("a", name, container_id, before)
+    rerun = hosts.migrate(**single(name))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    containers.runs_only_on("b", name, container_id, before)
