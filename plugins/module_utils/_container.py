@@ -174,11 +174,12 @@ def restore_problems(engine: podman.Podman, metadata: t.Mapping[str, t.Any], nam
 
 
 def restore_export(engine: podman.Podman, images_fd: int, name: str, recorded_name: str, options: t.Mapping[str, t.Any],
-                   timeout: float) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any], float]:
+                   timeout: float, on_spawn: t.Optional[t.Callable[[int], None]] = None
+                   ) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any], float]:
     """Import and restore the verified export held open under ``images_fd``; the new container and Podman's stats."""
     fd = os.open(EXPORT, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=images_fd)
     try:
-        stats, seconds = engine.restore_import(fd, None if name == recorded_name else name, options, timeout)
+        stats, seconds = engine.restore_import(fd, None if name == recorded_name else name, options, timeout, on_spawn=on_spawn)
     finally:
         os.close(fd)
     restored = engine.inspect(name, timeout)

@@ -331,7 +331,7 @@ class Worker:
         return {"cmd": "receive", "id": self.journal.get("id"), "name": s.name, "migrate_dir": s.directory, "mode": s.mode,
                 "algorithm": s.algorithm, "timeout": s.timeout, "link_timeout": s.link_timeout,
                 "decision_timeout": s.lease + s.link_timeout, "source": os.uname().nodename,
-                "key": s.key.hex() if s.key else None}
+                "key": s.key.hex() if s.key else None, "container": self.journal.get("container")}
 
     def _progress(self, step: str, force: bool = False) -> None:
         now = time.monotonic()
@@ -417,6 +417,7 @@ class Worker:
         described, facts = container.describe(engine, found, s.timeout)
         options = container.dump_options({"tcp_established": s.tcp_established, "file_locks": False, "leave_running": False,
                                           "compress": "none"})
+
         def checkpointing(podman_pid: int) -> None:
             journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0])
             failpoint(journal.dir_fd, journal.name, "checkpointing")  # Podman has the container from here
@@ -670,9 +671,11 @@ def _workload(params: t.Mapping[str, t.Any]) -> Workload:
 
 def _already_migrated(journal: Journal, workload: Workload) -> bool:
     """A completed migration of this very workload: the pid is gone (the source was ended) or is still it; the
-    container is gone (removed at the commit) or is still it."""
+    container is gone (removed at the commit) or is still it, stopped (its removal failed). The same container
+    running here again came back since: it migrates anew."""
     if journal.get("container"):
-        return workload.found is None or workload.found["id"] == journal.get("container")["id"]
+        found = workload.found
+        return found is None or (found["id"] == journal.get("container")["id"] and found["state"] != "running")
     process, pid = journal.get("process", {}), workload.pid
     if pid is None or not procfs.is_alive(pid):
         return True

@@ -146,15 +146,15 @@ class Podman(t.NamedTuple):
         """Bring a container back from the checkpoint Podman keeps in its own storage after an export."""
         run([self.path, "container", "restore", "--", container_id], timeout)
 
-    def restore_import(self, import_fd: int, name: t.Optional[str], options: t.Mapping[str, t.Any],
-                       timeout: float) -> t.Tuple[t.Dict[str, t.Any], float]:
+    def restore_import(self, import_fd: int, name: t.Optional[str], options: t.Mapping[str, t.Any], timeout: float,
+                       on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Create and restore a container from the export open as ``import_fd``, named ``name`` (None: as it was)."""
         argv = [self.path, "container", "restore", "--import", "/proc/self/fd/%d" % import_fd, "--print-stats"]
         argv += ["--name", name] if name else []
         argv += [flag for name_, flag in (("tcp_established", "--tcp-established"), ("file_locks", "--file-locks"),
                                           ("ignore_static_ip", "--ignore-static-ip"), ("ignore_static_mac", "--ignore-static-mac"))
                  if options.get(name_)]
-        output, seconds = run(argv, timeout, pass_fds=[import_fd])
+        output, seconds = run(argv, timeout, pass_fds=[import_fd], on_spawn=on_spawn)
         return stats_of(output), seconds
 
     def remove(self, container_id: str, timeout: float) -> bool:

@@ -35,7 +35,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as s
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
 # Target phases, in order. After "restored" the target has voted: only the source's decision ends it.
@@ -65,6 +65,7 @@ class Context:
         self.id = request["id"]
         self.dir_fd, self.directory = store.open_or_create_dir(request["migrate_dir"], "Migration directory")
         self.timeout = float(request["timeout"])
+        self.engine: t.Optional[podman.Podman] = None
 
     @property
     def checkpoint_path(self) -> str:
@@ -109,8 +110,13 @@ def _kill_restored(journal: Journal) -> None:
             victims += procfs.kill_tree(daemon[0])
     victims += procfs.signal_identified(journal.get("tree") or [], signal.SIGKILL)
     if journal.get("container_id"):
-        # Podman's restore keeps the container's id: whatever runs under it here is this migration's copy.
-        podman.Podman.load(journal.get("timeout") or 60.0).remove(journal.get("container_id"), journal.get("timeout") or 60.0)
+        # Podman's restore keeps the container's id: whatever runs under it here is this migration's copy. A restore
+        # still running (its agent died) would create it after a look: it is waited for first.
+        timeout = journal.get("timeout") or 60.0
+        engine_process = journal.get("engine_process")
+        if engine_process and procfs.is_alive(engine_process[0], engine_process[1]):
+            procfs.wait_gone([engine_process[0]], timeout=timeout)
+        podman.Podman.load(timeout).remove(journal.get("container_id"), timeout)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
         pid = procfs.parse_pidfile(raw.decode("ascii", "replace")) if raw else None
@@ -281,19 +287,35 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     return pid, fetcher
 
 
+def _engine_for(ctx: Context, recorded: t.Mapping[str, t.Any]) -> podman.Podman:
+    """Podman, once it can take the container (its image here under its name, its name free): checked before the
+    source freezes anything, not in the downtime. Podman refuses a restore itself should that change meanwhile."""
+    engine = podman.Podman.load(ctx.timeout)
+    problems, _present = container.target_problems(engine, recorded, False, ctx.timeout)
+    if problems:
+        raise CriuError("Cannot restore container %s on this host: %s." % (recorded["name"], listed(problems)), problems=problems)
+    return engine
+
+
 def _restore_container(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> int:
     """Podman imports and restores the verified export under the container's own name and id. Podman cannot leave
     a restored container stopped: the copy runs from here, as a post-copy one does, and the source container stays
     stopped until the decision; an abort removes this copy before the source runs again."""
-    engine = podman.Podman.load(ctx.timeout)
     recorded = metadata["container"]
-    problems, _present = container.target_problems(engine, recorded, False, ctx.timeout)
-    if problems:
-        raise CriuError("Cannot restore %s on this host: %s." % (opened.path, listed(problems)), problems=problems)
+    announced = ctx.request.get("container") or {}
+    if ctx.engine is None or recorded.get("id") != announced.get("id"):
+        raise CriuError("The checkpoint holds container %s, not the container this migration announced (%s)."
+                        % (recorded.get("name"), announced.get("name")))
+    engine = ctx.engine
     journal.record("restoring", container_id=recorded["id"], container_name=recorded["name"], timeout=ctx.timeout)
     options = container.restore_options(metadata, {"ignore_static_ip": False, "ignore_static_mac": False})
+
+    def importing(podman_pid: int) -> None:
+        journal.record("restoring", engine_process=procfs.tree_identity(podman_pid)[0])
+        failpoint(journal.dir_fd, journal.name, "importing")  # Podman creates the container from here
+
     restored, podman_stats, seconds = container.restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
-                                                               options, ctx.timeout)
+                                                               options, ctx.timeout, on_spawn=importing)
     journal.data["running_since"] = time.monotonic()
     journal.record("restoring", restore_seconds=round(seconds, 3), podman=podman_stats)
     return t.cast(int, restored["pid"])
@@ -322,6 +344,8 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             # Everything that needs no images is done before the source freezes anything.
             host.require_privileges()
             runtime = CriuRuntime.load(None)
+            if request.get("container"):
+                ctx.engine = _engine_for(ctx, request["container"])
             channel.send(ready=True, pages_socket=os.path.join(ctx.directory, pages_socket_name(ctx.name)) if listener else None,
                          free_bytes=store.free_bytes(ctx.dir_fd))
             staging = store.Staging(loc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: criu_migrate
-short_description: Migrate a live process tree to another host, exactly once, driven by this (the source) host
+short_description: Migrate a live process tree or Podman container to another host, exactly once, driven by this (the source) host
 version_added: 0.2.0
 description:
   - Runs on the B(source) host; the P(nucleus.criu.migrate#role) role runs it for many workloads at once.

@@ -15,7 +15,8 @@ For each workload size (demo/counter.py --mem N) and each of --runs runs, in an 
 then the fan-out: one migrate playbook with 1 and 4 workloads (one pair of hosts), and with --fanout N one workload on
 each of N pairs of hosts against one pair, with a profile of the controller's CPU. Medians of the runs; every ratio is
 computed within one run, then its median is reported. With --containers, Podman containers too: bare
-`podman container checkpoint --export` / `restore --import` against criu_checkpoint / criu_restore (bench/containers.py).
+`podman container checkpoint --export` / `restore --import` against criu_checkpoint / criu_restore, and (unless
+--local-only) a container's migration host-a -> host-b, bare Podman over ssh against the migrate role (bench/containers.py).
 Prints a table and writes a JSON file (rewritten after each step, "complete": false until the end).
 
 Everything it starts (workloads, restored copies, ssh test hosts on NUCLEUS_BENCH_PORT, default 2288, and with
@@ -38,7 +39,7 @@ import typing as t
 
 from bench import env
 from bench.env import BENCH_ROOT, POSTCOPY_PIPE_SIZE, BenchError, kill_and_wait, log
-from bench.containers import container_run
+from bench.containers import container_run, load_image
 from bench.local import local_run
 from bench.migration import Bench, fanout_run, migration_run
 from bench.summary import fanout_summary, rotate, summarise, table, targets
@@ -65,7 +66,8 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--local-only", action="store_true", help="only the local rows: no ssh hosts, no migrations")
     parser.add_argument("--containers", default="", metavar="SIZES",
                         help="also Podman containers of these sizes in MiB (0: a small counter), bare Podman against the "
-                             "modules; prepares this host with the criu role's criu_containers (default: none)")
+                             "modules, locally and migrating; prepares this host with the criu role's criu_containers "
+                             "(default: none)")
     parser.add_argument("--containers-only", action="store_true", help="only the container rows (with --containers)")
     args = parser.parse_args(argv)
     try:
@@ -121,19 +123,21 @@ def stop_hosts(hosts: t.Optional[Hosts]) -> None:
         log("warning: stopping the test hosts on port %d: %s" % (hosts.port, exc))
 
 
-def measure_containers(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any]) -> None:
+def measure_containers(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any], hosts: t.Optional[Hosts],
+                       bench: Bench) -> None:
+    """The container rows; with ``hosts``, container migrations between them too."""
     log("preparing this host for containers (the criu role, criu_containers: true)")
     criu_role({"criu_containers": True})
+    if hosts is not None:
+        hosts.up()  # again, after the fan-out's fleet
+        load_image(hosts, run_dir)
     for mib in args.containers:
-        runs = [container_run(run_dir, mib, index) for index in range(args.runs)]
+        runs = [container_run(run_dir, mib, index, hosts, bench) for index in range(args.runs)]
         results["containers"][str(mib)] = dict(summarise(runs), runs=runs)
         save(results, args.json)
 
 
 def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any], stack: contextlib.ExitStack) -> None:
-    if args.containers_only:
-        measure_containers(args, run_dir, results)
-        return
     bench = Bench(run_dir, args.migrate_hash_algorithm)
     hosts: t.Optional[Hosts] = None
     if not args.local_only:
@@ -143,6 +147,15 @@ def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any],
         hosts.env["NUCLEUS_TESTHOSTS_PYTHON"] = env.PYTHON  # the venv's Python on the hosts: it has blake3
         stack.callback(stop_hosts, hosts)
         hosts.up()
+    if not args.containers_only:
+        measure_processes(args, run_dir, results, stack, bench, hosts)
+    if args.containers:
+        measure_containers(args, run_dir, results, hosts, bench)
+
+
+def measure_processes(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any], stack: contextlib.ExitStack,
+                      bench: Bench, hosts: t.Optional[Hosts]) -> None:
+    """The per-size rows (local, then migrations with ``hosts``) and the fan-out."""
     for mib in args.sizes:
         runs = []
         for index in range(args.runs):
@@ -166,9 +179,8 @@ def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any],
         fleet.up()
         results["fanout"]["pairs"] = fanout(fleet, bench, "pairs", lambda count: [(str(2 * i + 1), str(2 * i + 2)) for i in range(count)],
                                             1, args.fanout, args)
+        fleet.down()
         save(results, args.json)
-    if args.containers:
-        measure_containers(args, run_dir, results)
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:

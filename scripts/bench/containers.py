@@ -10,34 +10,109 @@ counter alone), in the order that rotates from run to run:
 
 Each variant checkpoints a container of its own (a checkpoint stops it) and restores it beside the original under
 another name; both are removed before the next step.
+
+With the ssh test hosts (each with Podman storage of its own, the image loaded on both), a migration host-a -> host-b:
+
+  migrate_bare     bare.py on host-a: podman container checkpoint --export, the export into an ssh session opened
+                   before the clock, podman container restore --import on host-b
+  migrate_module   the migrate role (migrate_container), its downtime from the source's journal
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import typing as t
 
 from bench.env import BenchError, log, run_checked
 from bench.local import in_process
+from bench.migration import Bench, bare_dir, journal_of, playbook, run_bare
 from bench.summary import rotate
 from conftest import PODMAN_ENV, ensure_test_image, podman, wait_for
+from testhosts import MIGRATIONS, Hosts
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
 
 VARIANTS = ("bare", "module")
+MIGRATION_VARIANTS = ("bare", "module")
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"
 # The string doubles until it holds MIB MiB, every page written; then the shell (and awk, waiting) sleeps on.
 BALLAST = ("awk 'BEGIN { s = \"0123456789abcdef\"; while (length(s) < %d) s = s s; "
            "print length(s) > \"/tmp/ready\"; close(\"/tmp/ready\"); system(\"sleep 100000\") }'")
 
 
+def command(mib: int) -> t.List[str]:
+    return ["sh", "-c", BALLAST % (mib * 1024 * 1024) if mib else COUNTER]
+
+
+def ready_file(mib: int) -> str:
+    return "/tmp/ready" if mib else "/tmp/n"
+
+
 def start(mib: int) -> str:
     name = "nucleus-bench-%d-%s" % (mib, secrets.token_hex(3))
-    podman("run", "-d", "--name", name, ensure_test_image(), "sh", "-c", BALLAST % (mib * 1024 * 1024) if mib else COUNTER)
-    ready = "/tmp/ready" if mib else "/tmp/n"
-    wait_for(lambda: podman("exec", name, "cat", ready, check=False).returncode == 0, timeout=120 + mib / 4,
+    podman("run", "-d", "--name", name, ensure_test_image(), *command(mib))
+    wait_for(lambda: podman("exec", name, "cat", ready_file(mib), check=False).returncode == 0, timeout=120 + mib / 4,
              what="container %s ready" % name)
     return name
+
+
+def start_on(hosts: Hosts, host: str, mib: int, label: str) -> str:
+    """A container on test host ``host`` (its own Podman), once it is ready."""
+    q = shlex.quote
+    hosts.run(host, "podman run -d --name %s %s %s" % (q(label), q(ensure_test_image()), " ".join(q(part) for part in command(mib))))
+    wait_for(lambda: hosts.run(host, "podman exec %s cat %s" % (q(label), ready_file(mib)), check=False), timeout=120 + mib / 4,
+             what="container %s ready on host-%s" % (label, host))
+    return label
+
+
+def state_on(hosts: Hosts, host: str, name: str) -> str:
+    return hosts.run(host, "podman container inspect --format '{{.State.Status}}' %s" % shlex.quote(name), check=False).strip()
+
+
+def remove_on(hosts: Hosts, name: str) -> None:
+    for host in ("a", "b"):
+        hosts.run(host, "podman rm --force --time 0 %s; rm -rf %s %s/%s %s/%s.* %s/.%s.*" % (
+            shlex.quote(name), bare_dir(name), MIGRATIONS, name, MIGRATIONS, name, MIGRATIONS, name), check=False)
+
+
+def migrate_bare(hosts: Hosts, mib: int, label: str) -> t.Dict[str, float]:
+    name = start_on(hosts, "a", mib, label)
+    try:
+        hosts.run("a", "mkdir -p -m 0700 %s" % bare_dir(name))
+        stamps = run_bare(hosts, {"container": name, "dir": bare_dir(name)})
+        if state_on(hosts, "b", name) != "running":
+            raise BenchError("bare container migration: %s is %r on host-b" % (name, state_on(hosts, "b", name)))
+    finally:
+        remove_on(hosts, name)
+    return {"migrate_bare_downtime_s": stamps["t3"] - stamps["t0"], "migrate_bare_checkpoint_s": stamps["t1"] - stamps["t0"],
+            "migrate_bare_transfer_s": stamps["t2"] - stamps["t1"], "migrate_bare_restore_s": stamps["t3"] - stamps["t2"]}
+
+
+def migrate_module(hosts: Hosts, bench: Bench, mib: int, label: str) -> t.Dict[str, float]:
+    name = start_on(hosts, "a", mib, label)
+    try:
+        wall, _profile = playbook(hosts, bench, {"migrate_source": "host-a", "migrate_target": "host-b", "migrate_container": name,
+                                                 "migrate_name": name}, "ansible-playbook nucleus.criu.migrate (container %s)" % name)
+        journal = journal_of(hosts, "a", name)
+        if state_on(hosts, "b", name) != "running" or state_on(hosts, "a", name):
+            raise BenchError("container %s after its migration: host-a %r, host-b %r" % (
+                name, state_on(hosts, "a", name), state_on(hosts, "b", name)))
+    finally:
+        remove_on(hosts, name)
+    return {"migrate_module_downtime_s": float(journal["downtime_seconds"]), "migrate_module_checkpoint_s": journal["dump_seconds"],
+            "migrate_module_playbook_s": wall, "migrate_export_bytes": journal["image_bytes"]}
+
+
+def load_image(hosts: Hosts, run_dir: str) -> None:
+    """The test image on both test hosts, under its id and name (podman save here, podman load there)."""
+    archive = os.path.join(run_dir, "image.tar")
+    podman("image", "save", "--output", archive, ensure_test_image())
+    try:
+        for host in ("a", "b"):
+            hosts.run(host, "podman image load --input %s" % shlex.quote(archive))
+    finally:
+        os.unlink(archive)
 
 
 def remove(*names: str) -> None:
@@ -76,11 +151,15 @@ def module(run_dir: str, mib: int, label: str) -> t.Dict[str, t.Any]:
         remove(name, copy)
 
 
-def container_run(run_dir: str, mib: int, index: int) -> t.Dict[str, t.Any]:
-    """One run of both variants for a container of ``mib`` MiB, in rotated order."""
+def container_run(run_dir: str, mib: int, index: int, hosts: t.Optional[Hosts], bench: Bench) -> t.Dict[str, t.Any]:
+    """One run of every variant for a container of ``mib`` MiB, in rotated order (migrations with ``hosts``)."""
     run: t.Dict[str, t.Any] = {"size_mib": mib, "run": index}
     for variant in rotate(VARIANTS, index):
         label = "c%d-%s-r%d" % (mib, variant, index)
         log("container %d MiB, run %d: %s" % (mib, index + 1, variant))
         run.update((bare if variant == "bare" else module)(run_dir, mib, label))
+    for variant in rotate(MIGRATION_VARIANTS, index) if hosts is not None else ():
+        label = "c%d-migrate-%s-r%d-%s" % (mib, variant, index, secrets.token_hex(2))
+        log("container %d MiB, run %d: migration, %s" % (mib, index + 1, variant))
+        run.update(migrate_bare(hosts, mib, label) if variant == "bare" else migrate_module(hosts, bench, mib, label))
     return run

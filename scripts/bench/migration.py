@@ -154,22 +154,33 @@ def role_row(hosts: Hosts, bench: Bench, workload: RemoteOn, mode: str) -> t.Dic
     return out
 
 
+def bare_dir(tag: str) -> str:
+    return "%s/bench-bare/%s" % (PRIVATE, tag)
+
+
+def run_bare(hosts: Hosts, spec: t.Mapping[str, t.Any]) -> t.Dict[str, float]:
+    """bare.py on host-a with ``spec`` and an ssh argv to host-b (its session opened before the clock), the target's
+    directory made first; its time stamps."""
+    q = shlex.quote
+    ssh = ["ssh", "-p", str(hosts.port), "-i", hosts.key] + SSH_OPTS + ["-o", CIPHER_PREFERENCE, "-o", "ControlPath=none", "-T",
+                                                                        "root@%s" % ADDRESS["b"]]
+    hosts.run("b", "mkdir -p -m 0700 %s" % q(spec["dir"]))
+    try:
+        output = hosts.run("a", "%s %s %s" % (q(env.PYTHON), q(BARE), q(json.dumps(dict(spec, ssh=ssh)))))
+    except subprocess.CalledProcessError as exc:
+        raise BenchError("bare pipeline failed on host-a (rc %d): %s %s" % (exc.returncode, exc.stdout[-1000:], exc.stderr[-1000:])) from None
+    return json.loads(output.splitlines()[-1])
+
+
 def bare_row(hosts: Hosts, bench: Bench, workload: RemoteOn, tag: str) -> t.Dict[str, float]:
     """bare.py on host-a: one ssh session host-a -> host-b opened before the clock; criu dump --leave-stopped, tar into
     that session, which unpacks and runs criu restore -d on host-b; timed on host-a from the dump's start to the
     session's return, as the role's driver times its downtime on the source."""
     q = shlex.quote
-    directory = "%s/bench-bare/%s" % (PRIVATE, tag)
-    ssh = ["ssh", "-p", str(hosts.port), "-i", hosts.key] + SSH_OPTS + ["-o", CIPHER_PREFERENCE, "-o", "ControlPath=none", "-T",
-                                                                        "root@%s" % ADDRESS["b"]]
-    spec = {"criu": CRIU, "pid": workload.pid, "dir": directory, "ssh": ssh}
+    directory = bare_dir(tag)
     hosts.run("a", "mkdir -p -m 0700 %s/images" % q(directory))
-    hosts.run("b", "mkdir -p -m 0700 %s" % q(directory))
     try:
-        try:
-            stamps = json.loads(hosts.run("a", "%s %s %s" % (q(env.PYTHON), q(BARE), q(json.dumps(spec)))).splitlines()[-1])
-        except subprocess.CalledProcessError as exc:
-            raise BenchError("bare pipeline failed on host-a (rc %d): %s %s" % (exc.returncode, exc.stdout[-1000:], exc.stderr[-1000:])) from None
+        stamps = run_bare(hosts, {"criu": CRIU, "pid": workload.pid, "dir": directory})
         with open(hosts.path("b", "%s/restored.pid" % directory), encoding="ascii") as handle:
             new_pid = int(handle.read().strip())
         if not alive(new_pid) or proc_state(workload.pid) != "T":

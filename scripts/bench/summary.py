@@ -53,6 +53,7 @@ RATIOS: t.Dict[str, t.Callable[[Run], float]] = {
     # Containers (issue 14): the module against bare Podman on the same container size.
     "container_checkpoint_module_vs_bare": lambda r: r["checkpoint_module_s"] / r["checkpoint_bare_s"],
     "container_restore_module_vs_bare": lambda r: r["restore_module_s"] / r["restore_bare_s"],
+    "container_migrate_module_vs_bare": lambda r: r["migrate_module_downtime_s"] / r["migrate_bare_downtime_s"],
 }
 # Fields of a run that are {label: seconds}: their medians are taken label by label.
 PHASE_FIELDS = ("copy_phases", "postcopy_phases")
@@ -356,6 +357,12 @@ def container_rows() -> t.List[t.Tuple[str, Cell]]:
         ("  its verification (stats.verify_seconds)", median_cell("restore_module_verify_s")),
         ("  its podman restore (stats.restore_seconds)", median_cell("restore_module_podman_s")),
         ("  ratio module / bare", ratio_cell("container_restore_module_vs_bare")),
+        ("migration downtime, bare podman over ssh (s)", median_cell("migrate_bare_downtime_s")),
+        ("  its checkpoint / transfer / restore (s)", lambda s: "/".join(fmt(s["median"].get(k), "%.2f") for k in (
+            "migrate_bare_checkpoint_s", "migrate_bare_transfer_s", "migrate_bare_restore_s"))),
+        ("migration downtime, migrate role (s)", median_cell("migrate_module_downtime_s")),
+        ("  its podman checkpoint (journal dump_seconds)", median_cell("migrate_module_checkpoint_s")),
+        ("  ratio module / bare", ratio_cell("container_migrate_module_vs_bare")),
         ("peak RSS, checkpoint module (MiB)", rss_cell("checkpoint_module_rss_kib")),
         ("peak RSS, restore module (MiB)", rss_cell("restore_module_rss_kib")),
     ]

@@ -41,20 +41,23 @@ def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
 
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
-               env: t.Optional[t.Mapping[str, str]] = None) -> t.Dict[str, t.Any]:
-    """Run ``ansible localhost -m nucleus.criu.MODULE -a JSON`` (``env``: extra environment) and return the task result.
+               env: t.Optional[t.Mapping[str, str]] = None, host: str = "localhost",
+               inventory: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+    """Run ``ansible HOST -m nucleus.criu.MODULE -a JSON`` (``env``: extra environment; HOST from ``inventory``, by
+    default localhost) and return the task result.
 
     The result is read from ansible-core's ``json`` stdout callback, not from the human output. (pytest-ansible's
     ``ansible_module`` fixture would run in-process, but its host management is deprecated upstream.)
     """
     env = dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", **(env or {}))
-    argv = [ANSIBLE, "localhost", "-m", "nucleus.criu.%s" % module] + (["-a", json.dumps(dict(args))] if args else [])
+    argv = [ANSIBLE, host, "-m", "nucleus.criu.%s" % module] + (["-a", json.dumps(dict(args))] if args else [])
+    argv += ["-i", inventory] if inventory else []
     if check:
         argv.append("--check")
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     try:
-        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"][host]
     except (LookupError, ValueError) as exc:
         raise AssertionError("ansible gave no JSON result (rc %d): %s %s" % (proc.returncode, proc.stdout, proc.stderr)) from exc
     result.setdefault("failed", False)

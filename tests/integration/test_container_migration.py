@@ -16,7 +16,7 @@ import typing as t
 
 import pytest
 
-from conftest import criu_role, ensure_test_image, podman, wait_for
+from conftest import criu_role, ensure_test_image, podman, run_module, wait_for
 from test_migration import finish, recap_changed
 from testhosts import MIGRATIONS, Hosts
 
@@ -107,6 +107,17 @@ def test_migrates_a_container_sending_its_image_when_asked(hosts, containers):
     assert refused.returncode != 0 and "stopped at preflight, before touching the workload" in output, output
     assert "image %s" % hosts.image in output and "transfer_image" in output, output
     assert containers.state("a", name) == "running %s" % container_id
+
+    # Ad hoc, in check mode: every check on both hosts, nothing sent, nothing frozen.
+    predicted = run_module("criu_migrate", dict(name=name, container=name, target="127.0.0.3", ssh_port=hosts.port,
+                                                ssh_key_file=hosts.key, transfer_image=True,
+                                                ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
+                           check=True, host="host-a", inventory=hosts.inventory)
+    assert predicted["changed"] and not predicted["failed"], predicted
+    assert predicted["actions"] == ["would migrate container %s to 127.0.0.3:%d (copy mode, sending its image first)"
+                                    % (name, hosts.port)], predicted
+    assert containers.state("a", name) == "running %s" % container_id and hosts.journal("a", name) is None
+    assert not containers.podman("b", "image exists %s && echo yes" % hosts.image, check=False)
 
     before = containers.count("a", name)
     moved = hosts.migrate(**single(name, migrate_transfer_image=True))
@@ -271,3 +282,32 @@ def test_a_link_lost_before_the_export_is_sealed_rolls_back_at_once(hosts, conta
     rerun = hosts.migrate(**single(name))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     containers.runs_only_on("b", name, container_id, before)
+
+
+def test_a_target_killed_while_podman_restores_waits_for_podman_then_removes_its_copy(hosts, containers, tmp_path):
+    """The target's agent dies while Podman restores the container there (Podman held stopped until the abort has
+    begun): the abort waits for that restore, then removes what it made, and only then does the source container run
+    again. Looking before Podman is done would find no container, and let a copy appear on the target beside the
+    source's."""
+    containers.image_on_b(True)
+    name = "c-midimport"
+    container_id = containers.start(name)
+    before = containers.count("a", name)
+    hosts.arm("b", "importing", name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
+    agent = hosts.reached("b", name, "importing")
+    engine_pid = hosts.journal("b", name)["engine_process"][0]
+    os.kill(engine_pid, signal.SIGSTOP)
+    try:
+        os.kill(agent, signal.SIGKILL)
+        hosts.clear_failpoints("b")
+        wait_for(lambda: (hosts.journal("b", name) or {}).get("phase") == "aborting", timeout=60, what="the abort to begin")
+        time.sleep(2)
+    finally:
+        os.kill(engine_pid, signal.SIGCONT)
+    journal = hosts.settled(name)
+    finish(controller)
+    assert journal["outcome"] == "rolled_back", journal
+    containers.runs_only_on("a", name, container_id, before)
+    time.sleep(1)
+    assert containers.state("b", name) == "", "nothing of the container may remain on the target"

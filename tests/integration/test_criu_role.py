@@ -118,3 +118,6 @@ def test_role_prepares_a_container_host():
     assert podman("run", "--rm", ensure_test_image(), "sh", "-c", "exit 0").returncode == 0
     again = criu_role(role_vars)
     assert "changed=0" in again and "failed=0" in again, again
+    # As the guide writes it on the command line: -e criu_containers=true is the string "true".
+    as_typed = criu_role({}, "-e", "criu_containers=true")
+    assert "changed=0" in as_typed and "failed=0" in as_typed and "checkpoints with runc" in as_typed, as_typed

@@ -1,7 +1,13 @@
-"""The migration's sender (_migrate.send_rest): what reaches the target after the dump."""
+"""The migration's sender (_migrate.send_rest): what reaches the target after the dump; and the order in which a
+recovery lets a container run again (_migrate.resolve, the hosts stood in for)."""
+
+import os
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal
 from .mu_helpers import dir_fd
 
 
@@ -18,3 +24,69 @@ def test_every_image_reaches_the_target_even_an_empty_one(tmp_path):
     assert sorted(sent) == [("core-1.img", 0, b"core"), ("iptables-10.img", 0, b""), ("pages-1.img", 0, b"")]
     assert set(hashed) == {"core-1.img", "iptables-10.img", "pages-1.img"}
     assert hashed["iptables-10.img"] == integrity.Digester("sha256").result()
+
+
+# --- recovery of a container's migration: who runs first ------------------------------------------------------
+
+class Recorder:
+    """Stands in for the hosts: records the order of resume and abort, answers the abort as told."""
+
+    def __init__(self, monkeypatch, answer, resume_error=None):
+        self.calls = []
+        self.answer = answer
+
+        def ask(_settings, _code, _journal, decision):
+            self.calls.append("target:" + decision)
+            return self.answer
+
+        def resume(_journal):
+            self.calls.append("resume source")
+            if resume_error:
+                raise CriuError(resume_error)
+
+        monkeypatch.setattr(migrate, "_ask_target", ask)
+        monkeypatch.setattr(migrate, "resume_source", resume)
+        monkeypatch.setattr(migrate, "stop_criu", lambda _journal: self.calls.append("stop criu"))
+
+
+def container_journal(tmp_path, **fields):
+    with dir_fd(tmp_path) as fd:
+        journal = Journal.create(os.dup(fd), str(tmp_path), "web", "frozen", id="1", role="source", outcome=None,
+                                 mode="copy", container={"id": "f" * 64, "name": "web"}, **fields)
+    settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", False,
+                                None, "all", "web")
+    return journal, settings
+
+
+def test_before_the_export_is_sealed_the_source_container_resumes_first(tmp_path, monkeypatch):
+    """The target cannot have restored a container it never had whole: the source runs again even when the target
+    cannot be reached, and the target's leftovers wait for the next run."""
+    hosts = Recorder(monkeypatch, answer=None)
+    journal, settings = container_journal(tmp_path)
+    migrate.resolve(journal, settings, b"")
+    assert hosts.calls == ["stop criu", "resume source", "target:abort"]
+    assert journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending"
+
+
+def test_once_sealed_the_targets_copy_goes_before_the_source_container_runs(tmp_path, monkeypatch):
+    hosts = Recorder(monkeypatch, answer={"state": "aborted"})
+    journal, settings = container_journal(tmp_path, sealed_sent=True)
+    migrate.resolve(journal, settings, b"")
+    assert hosts.calls == ["target:abort", "stop criu", "resume source"]
+    assert journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "done"
+
+
+def test_once_sealed_an_unreachable_target_leaves_the_source_container_stopped(tmp_path, monkeypatch):
+    """Podman restores a container running: the target's copy may run, so the source must not, yet."""
+    hosts = Recorder(monkeypatch, answer=None)
+    journal, settings = container_journal(tmp_path, sealed_sent=True)
+    migrate.resolve(journal, settings, b"")
+    assert "resume source" not in hosts.calls
+    assert journal.get("outcome") == "in_doubt" and "until the target confirms its copy is gone" in journal.get("error")
+
+
+def test_a_source_container_that_cannot_run_again_is_in_doubt_not_rolled_back(tmp_path, monkeypatch):
+    Recorder(monkeypatch, answer={"state": "aborted"}, resume_error="The source container web is gone from this host.")
+    journal, settings = container_journal(tmp_path, sealed_sent=True)
+    migrate.resolve(journal, settings, b"")
+    assert journal.get("outcome") == "in_doubt" and "could not run again: The source container web is gone" in journal.get("error")

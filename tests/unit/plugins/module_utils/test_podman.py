@@ -168,3 +168,47 @@ def test_a_container_checkpoint_holds_its_export_alone():
         assert "must list export.tar alone" in "; ".join(integrity.parse_metadata(integrity.canonical(_container_metadata(paths)))[1])
     broken = dict(_container_metadata(["export.tar"]), container={"name": "web"})
     assert "container is not an object with" in integrity.parse_metadata(integrity.canonical(broken))[1][0]
+
+
+class Images:
+    """A host's images and containers as Podman would name them (image_id, inspect)."""
+
+    def __init__(self, names, containers=()):
+        self.names = names
+        self.containers = containers
+
+    def image_id(self, reference, _timeout):
+        return self.names.get(reference)
+
+    def inspect(self, name, _timeout):
+        return {"name": name} if name in self.containers else None
+
+
+WEB = {"id": "c" * 64, "name": "web", "image_id": "1" * 64, "image_name": "localhost/web:1"}
+
+
+def test_an_image_counts_only_under_its_name():
+    """Podman's restore finds the image by the name the container was made from, and pulls a missing one: the
+    image must be there under that name, and a name that means another image is never used."""
+    assert container.target_problems(Images({"localhost/web:1": "1" * 64}), WEB, False, 10) == ([], True)
+    problems, present = container.target_problems(Images({}), WEB, False, 10)
+    assert not present and "is not here" in problems[0] and "transfer_image" in problems[0]
+    assert container.target_problems(Images({}), WEB, True, 10) == ([], False), "the migration brings it"
+    problems, present = container.target_problems(Images({"localhost/web:1": "2" * 64}), WEB, True, 10)
+    assert not present and "means another image here (222222222222)" in problems[0], "never replaced, even when sending"
+
+
+def test_a_migration_never_lands_on_a_container_name_in_use():
+    problems, _present = container.target_problems(Images({"localhost/web:1": "1" * 64}, containers=("web",)), WEB, False, 10)
+    assert problems == ["a container named web exists here: remove it (podman rm web) or migrate to another host"]
+
+
+def test_an_image_is_loaded_then_named(recording_podman, tmp_path):
+    engine, _respond, calls = recording_podman
+    fd = os.open(str(tmp_path / "image.tar"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        engine.load_image(fd, "1" * 64, "localhost/web:1", 10)
+    finally:
+        os.close(fd)
+    assert [call["argv"] for call in calls()] == [["image", "load", "--input", "/proc/self/fd/%d" % fd],
+                                                  ["image", "tag", "1" * 64, "localhost/web:1"]]
