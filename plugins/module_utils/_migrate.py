@@ -39,6 +39,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as pro
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
+from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress
@@ -69,7 +70,6 @@ class Settings(t.NamedTuple):
     tcp_established: bool
     target_pidfile: t.Optional[str]
     cleanup: str
-    container: t.Optional[str] = None
     transfer_image: bool = False
 
     @property
@@ -99,7 +99,7 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
                               compress=params["compress"])
     return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
                     float(params["timeout"]), key, params["hash_algorithm"], params["tcp_established"],
-                    params["target_pidfile"], params["cleanup"], params["container"], params["transfer_image"])
+                    params["target_pidfile"], params["cleanup"], params["transfer_image"])
 
 
 # --- the driver lock: held by the driver for as long as it lives --------------------------------------
@@ -636,8 +636,9 @@ def _send_image(settings_: Settings, code: bytes, journal_id: str, found: t.Mapp
         finally:
             os.close(fd)
             os.unlink(name, dir_fd=dir_fd)
-    except CriuError as exc:
-        raise CriuError("the container's image %s could not be sent to the target: %s" % (found["image_name"], exc.msg)) from exc
+    except (CriuError, wire.LinkError) as exc:
+        raise CriuError("the container's image %s could not be sent to the target: %s"
+                        % (found["image_name"], getattr(exc, "msg", exc))) from exc
     finally:
         os.close(dir_fd)
     return round(time.monotonic() - started, 3)

@@ -54,7 +54,7 @@ def container_journal(tmp_path, **fields):
         journal = Journal.create(os.dup(fd), str(tmp_path), "web", "frozen", id="1", role="source", outcome=None,
                                  mode="copy", container={"id": "f" * 64, "name": "web"}, **fields)
     settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", False,
-                                None, "all", "web")
+                                None, "all")
     return journal, settings
 
 
