@@ -1,10 +1,11 @@
 # Copyright (c) nucleus.criu contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Hash and flush CRIU's page images while ``criu dump`` is still writing them.
+"""Hash and flush CRIU's page images while ``criu dump`` is still writing them (or Podman's export while Podman
+writes it).
 
 Page images hold nearly every byte of a checkpoint and CRIU appends to them front to
 back, so reading each one as it grows overlaps hashing and disk write-back with the
-dump instead of running both after it. Should CRIU ever rewrite bytes behind the reader,
+dump instead of running both after it; Podman writes its export tar front to back too. Should CRIU ever rewrite bytes behind the reader,
 the digest would not match at verification, which refuses the checkpoint: the failure
 is loud, never a silent restore of wrong memory.
 """
@@ -22,6 +23,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as s
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FOLLOWED = re.compile(r"pages-[0-9]+\.img\Z")
+FOLLOWED_EXPORT = re.compile(re.escape(integrity.CONTAINER_EXPORT) + r"\Z")
 CHUNK = 8 * 1024 * 1024
 FLUSH_EVERY = 64 * 1024 * 1024
 POLL_SECONDS = 0.005
@@ -42,10 +44,13 @@ class ImageFollower:
     """Context manager around a dump: follows page images in a thread; ``digests()`` after criu exited."""
 
     def __init__(self, images_fd: int, images_dir: str, algorithm: str,
-                 on_chunk: t.Optional[t.Callable[[str, int, memoryview], None]] = None, write_back: bool = True) -> None:
+                 on_chunk: t.Optional[t.Callable[[str, int, memoryview], None]] = None, write_back: bool = True,
+                 followed: t.Pattern[str] = FOLLOWED) -> None:
         """``on_chunk(name, offset, bytes)`` sees every byte as it is hashed (a migration streams it to the target);
-        ``write_back`` flushes the images to disk as they grow (for checkpoints that must outlive the process)."""
+        ``write_back`` flushes the images to disk as they grow (for checkpoints that must outlive the process);
+        ``followed`` names the files written front to back (criu's page images, or Podman's export)."""
         self.images_fd = images_fd
+        self.followed = followed
         self.images_dir = images_dir
         self.algorithm = algorithm
         self.on_chunk = on_chunk
@@ -86,7 +91,7 @@ class ImageFollower:
     def _catch_up(self, write_back: bool) -> bool:
         """Open new page images and hash what was appended to each; True if anything was read."""
         for name in safepath.listdir(self._dir_fd):
-            if FOLLOWED.match(name) and name not in self._images:
+            if self.followed.match(name) and name not in self._images:
                 self._images[name] = _Image(name, integrity.open_image(self._dir_fd, name), self.algorithm)
         progressed = False
         view = memoryview(self._buffer)

@@ -406,7 +406,7 @@ class Worker:
 
     def _freeze_container(self, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Podman checkpoints the container (it stops; Podman keeps a copy to restore it in place from) into the
-        export, which then streams to the target."""
+        export, which streams to the target while Podman writes it."""
         s, journal = self.settings, self.journal
         engine = podman.Podman.load(s.timeout)
         recorded = journal.get("container")
@@ -423,9 +423,14 @@ class Worker:
             failpoint(journal.dir_fd, journal.name, "checkpointing")  # Podman has the container from here
 
         self._start_freeze(pid)
-        podman_stats, dump_seconds = container.export(engine, found, staging.images_fd, options, s.timeout, on_spawn=checkpointing)
+        images_path = os.path.join(staging.path, store.IMAGES)
+        with follow.ImageFollower(staging.images_fd, images_path, s.algorithm, on_chunk=self._send_chunk, write_back=False,
+                                  followed=follow.FOLLOWED_EXPORT) as follower:
+            podman_stats, dump_seconds = container.export(engine, found, staging.images_fd, options, s.timeout,
+                                                          on_spawn=checkpointing)
+            hashed = follower.digests()
         journal.data["podman"] = podman_stats
-        manifest = self._manifest(staging.images_fd, {})
+        manifest = self._manifest(staging.images_fd, hashed)
         criu = described.pop("criu")
         return checkpoint_.describe(criu, s.name, facts, options, s.algorithm, manifest, described), dump_seconds
 

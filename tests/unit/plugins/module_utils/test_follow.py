@@ -14,11 +14,12 @@ from .mu_helpers import SMALL_CHUNK, chunk_digests, dir_fd, manifest_of
 
 def _append(path, chunks, follower):
     """Write the first chunk, wait until the follower has read it, then append the rest, as criu appends."""
+    name = os.path.basename(path)
     with open(path, "ab") as handle:
         handle.write(chunks[0])
         handle.flush()
         deadline = time.monotonic() + 10
-        while follower._images.get("pages-1.img") is None or follower._images["pages-1.img"].size == 0:
+        while follower._images.get(name) is None or follower._images[name].size == 0:
             assert time.monotonic() < deadline, "the follower read nothing while the file grew"
             time.sleep(0.005)
         for chunk in chunks[1:]:
@@ -43,6 +44,23 @@ def test_follower_hashes_a_growing_page_image(tmp_path, monkeypatch, algorithm):
     assert digests["pages-1.img"] == integrity.FileDigest(len(data), (expected.hexdigest(),))
     assert digests["pages-2.img"].size == len(b"written at the very end")
     assert "pagemap-1.img" not in digests
+
+
+def test_follower_streams_podmans_export_as_it_grows(tmp_path, monkeypatch):
+    """A container's migration sends the export while Podman writes it: every byte reaches on_chunk once, in order,
+    and criu's page images (none in an export directory) are not what it follows."""
+    monkeypatch.setattr(follow, "CHUNK", 50 * 1024)
+    chunks = [os.urandom(40 * 1024 + n) for n in range(8)]
+    sent = []
+    with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), "sha256", write_back=False, followed=follow.FOLLOWED_EXPORT,
+                                                      on_chunk=lambda name, offset, data: sent.append((name, offset, bytes(data)))) as follower:
+        _append(str(tmp_path / "export.tar"), chunks, follower)
+        (tmp_path / "pages-1.img").write_bytes(b"not followed here")
+        digests = follower.digests()
+    data = b"".join(chunks)
+    assert list(digests) == ["export.tar"] and digests["export.tar"].size == len(data)
+    assert b"".join(part for _name, _offset, part in sent) == data and len(sent) > 1, "streamed in pieces while it grew"
+    assert [offset for _name, offset, _part in sent] == sorted({offset for _name, offset, _part in sent})
 
 
 @pytest.mark.parametrize("algorithm", integrity.available_algorithms())
