@@ -714,8 +714,14 @@ def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> 
     raise CriuError("Migration of %s is in doubt: %s. Source %s: %s %s. Target %s: see its journal %s. Once the target is "
                     "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
                     % (data["name"], data.get("error"), data.get("source"), workload,
-                       "frozen" if procfs.alive_identified(where.get("tree") or []) else "gone",
-                       data["target"]["label"], journal.path), migration=migration)
+                       _source_state(data), data["target"]["label"], journal.path), migration=migration)
+
+
+def _source_state(data: t.Mapping[str, t.Any]) -> str:
+    """How the source's copy is left while a migration is in doubt."""
+    if data.get("container"):
+        return "stopped by its checkpoint, which Podman keeps (never restored here while in doubt)"
+    return "frozen" if procfs.alive_identified(data.get("process", {}).get("tree") or []) else "gone"
 
 
 def _failed_phase(data: t.Mapping[str, t.Any]) -> str:

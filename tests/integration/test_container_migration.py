@@ -219,6 +219,8 @@ def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, ou
         assert containers.state("a", name) == "exited %s" % container_id
         assert containers.state("b", name) in ("", "running %s" % container_id)
         assert ("never resumed" if phase == "committed" else "until the target confirms") in journal["error"], journal
+        told = (tmp_path / "controller.log").read_text()
+        assert "is in doubt" in told and "stopped by its checkpoint, which Podman keeps" in told, told
 
     rerun = hosts.migrate(**single(name))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
