@@ -216,9 +216,16 @@ def target_problems(engine: podman.Podman, recorded: t.Mapping[str, t.Any], tran
     return problems, present
 
 
+def ready_engine(engine: str, timeout: float, caps: int) -> t.Tuple[t.Optional[podman.Podman], t.List[str]]:
+    """Podman as criu_info finds it here, and every problem criu_info names; None when it cannot even be asked about
+    images and containers (missing, or running no runtime)."""
+    facts = podman.container_facts(engine, timeout, caps)
+    if facts["path"] is None or not facts.get("runtime"):
+        return None, facts["problems"]
+    return podman.Podman(facts["path"], facts["version"]), facts["problems"]
+
+
 def host_problems(metadata: t.Mapping[str, t.Any], timeout: float, caps: int) -> t.List[str]:
     """Why this host cannot restore the container checkpoint: Podman's readiness, and the image."""
-    facts = podman.container_facts(metadata["container"].get("engine", "podman"), timeout, caps)
-    if facts["path"] is None or not facts.get("runtime"):
-        return facts["problems"]
-    return facts["problems"] + restore_problems(podman.Podman(facts["path"], facts["version"]), metadata, None, timeout)
+    engine, problems = ready_engine(metadata["container"].get("engine", "podman"), timeout, caps)
+    return problems + (restore_problems(engine, metadata, None, timeout) if engine is not None else [])

@@ -175,9 +175,7 @@ def stop_criu(journal: Journal) -> None:
     stopped first: a criu that dies releases the tree it holds, which would otherwise run again by itself. A
     container's checkpoint (Podman) is waited for instead: Podman holds the container until it is done, and a
     container stopped halfway could not be restored."""
-    engine = journal.get("engine_process")
-    if engine and procfs.is_alive(engine[0], engine[1]):
-        procfs.wait_gone([engine[0]], timeout=_timeout(journal))
+    procfs.wait_identified_gone(journal.get("engine_process"), timeout=_timeout(journal))
     criu = journal.get("criu")
     if not criu or not procfs.is_alive(criu[0], criu[1]):
         return

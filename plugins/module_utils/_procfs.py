@@ -254,6 +254,12 @@ def kill_tree(root: int, sig: int = signal.SIGKILL) -> t.List[int]:
     return victims
 
 
+def wait_identified_gone(identity: t.Optional[t.Sequence[int]], timeout: float) -> None:
+    """Wait for the process recorded as [pid, starttime] to end, if that very process still runs."""
+    if identity and is_alive(identity[0], identity[1]):
+        wait_gone([identity[0]], timeout)
+
+
 def wait_gone(pids: t.Iterable[int], timeout: float) -> t.List[int]:
     """Wait until none of ``pids`` is alive; return those still alive at the deadline."""
     deadline = time.monotonic() + timeout

@@ -113,9 +113,7 @@ def _kill_restored(journal: Journal) -> None:
         # Podman's restore keeps the container's id: whatever runs under it here is this migration's copy. A restore
         # still running (its agent died) would create it after a look: it is waited for first.
         timeout = journal.get("timeout") or 60.0
-        engine_process = journal.get("engine_process")
-        if engine_process and procfs.is_alive(engine_process[0], engine_process[1]):
-            procfs.wait_gone([engine_process[0]], timeout=timeout)
+        procfs.wait_identified_gone(journal.get("engine_process"), timeout=timeout)
         podman.Podman.load(timeout).remove(journal.get("container_id"), timeout)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
@@ -471,12 +469,11 @@ def _container_facts(request: t.Mapping[str, t.Any], can_restore: bool) -> t.Opt
     if recorded is None:
         return None
     timeout = float(request["timeout"])
-    facts = podman.container_facts("podman", timeout, host.effective_caps())
-    if facts["path"] is None or not facts.get("runtime") or not can_restore:
-        return {"problems": facts["problems"], "image_present": False}
-    problems, present = container.target_problems(podman.Podman(facts["path"], facts["version"]), recorded,
-                                                  bool(request.get("transfer_image")), timeout)
-    return {"problems": facts["problems"] + problems, "image_present": present}
+    engine, problems = container.ready_engine("podman", timeout, host.effective_caps())
+    if engine is None or not can_restore:
+        return {"problems": problems, "image_present": False}
+    landing, present = container.target_problems(engine, recorded, bool(request.get("transfer_image")), timeout)
+    return {"problems": problems + landing, "image_present": present}
 
 
 def load_image(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:

@@ -9,15 +9,17 @@ a rerun of the same command reports or finishes instead of acting twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 import typing as t
 
 import pytest
 
 from conftest import criu_role, ensure_test_image, podman, run_module, wait_for
-from test_migration import finish, recap_changed
+from test_migration import finish, kill_at, recap_changed
 from testhosts import MIGRATIONS, Hosts
 
 LEASE = 60
@@ -187,20 +189,7 @@ def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, ou
     name = "c-%s-%s" % (who, phase.replace("_", "-"))
     container_id = containers.start(name)
     before = containers.count("a", name)
-    hosts.arm(host, phase, name)
-    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
-    stopped = hosts.reached(host, name, phase)
-    frozen_link: t.List[int] = []
-    if who == "controller":
-        hosts.kill_controller(controller)
-    elif who == "link":
-        frozen_link = hosts.freeze_link("b")
-    else:
-        os.kill(stopped, signal.SIGKILL)
-    hosts.clear_failpoints(host)
-    if frozen_link:
-        wait_for(lambda: (hosts.journal("a", name) or {}).get("outcome"), timeout=120, what="the source to decide")
-        hosts.thaw_link(frozen_link)
+    controller = kill_at(hosts, name, single(name), tmp_path, who, host, phase)
     journal = hosts.settled(name)
     finish(controller)
     assert journal["outcome"] == outcome, journal
@@ -232,6 +221,27 @@ def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, ou
     assert target["outcome"] == "completed" and target["id"] == hosts.journal("a", name)["id"], target
 
 
+@contextlib.contextmanager
+def podman_held(hosts: Hosts, host: str, failpoint: str, name: str, tmp_path) -> t.Iterator[subprocess.Popen]:
+    """Start migration ``name``; where Podman has just started on ``host`` (``failpoint``), hold Podman stopped, kill
+    the process that started it, and yield the controller once that host undoes the migration (and for 2 s more);
+    Podman goes on when the block ends."""
+    hosts.arm(host, failpoint, name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
+    starter = hosts.reached(host, name, failpoint)
+    engine_pid = hosts.journal(host, name)["engine_process"][0]
+    os.kill(engine_pid, signal.SIGSTOP)
+    try:
+        os.kill(starter, signal.SIGKILL)
+        hosts.clear_failpoints(host)
+        wait_for(lambda: (hosts.journal(host, name) or {}).get("phase") == "aborting", timeout=60,
+                 what="host-%s to undo the migration" % host)
+        time.sleep(2)
+        yield controller
+    finally:
+        os.kill(engine_pid, signal.SIGCONT)
+
+
 def test_a_migration_killed_while_podman_checkpoints_waits_for_podman_then_restores_in_place(hosts, containers, tmp_path):
     """The driver dies while Podman checkpoints the container (Podman held stopped until recovery has begun): the
     recovery waits for Podman to be done with the container, then restores it in place. Deciding while Podman still
@@ -240,19 +250,8 @@ def test_a_migration_killed_while_podman_checkpoints_waits_for_podman_then_resto
     name = "c-midexport"
     container_id = containers.start(name)
     before = containers.count("a", name)
-    hosts.arm("a", "checkpointing", name)
-    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
-    worker = hosts.reached("a", name, "checkpointing")
-    engine_pid = hosts.journal("a", name)["engine_process"][0]
-    os.kill(engine_pid, signal.SIGSTOP)
-    try:
-        os.kill(worker, signal.SIGKILL)
-        hosts.clear_failpoints("a")
-        wait_for(lambda: (hosts.journal("a", name) or {}).get("phase") == "aborting", timeout=60, what="the recovery to begin")
-        time.sleep(2)
+    with podman_held(hosts, "a", "checkpointing", name, tmp_path) as controller:
         assert (hosts.journal("a", name) or {}).get("outcome") is None, "the recovery must wait for Podman"
-    finally:
-        os.kill(engine_pid, signal.SIGCONT)
     journal = hosts.settled(name)
     finish(controller)
     assert journal["outcome"] == "rolled_back", journal
@@ -295,18 +294,8 @@ def test_a_target_killed_while_podman_restores_waits_for_podman_then_removes_its
     name = "c-midimport"
     container_id = containers.start(name)
     before = containers.count("a", name)
-    hosts.arm("b", "importing", name)
-    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
-    agent = hosts.reached("b", name, "importing")
-    engine_pid = hosts.journal("b", name)["engine_process"][0]
-    os.kill(engine_pid, signal.SIGSTOP)
-    try:
-        os.kill(agent, signal.SIGKILL)
-        hosts.clear_failpoints("b")
-        wait_for(lambda: (hosts.journal("b", name) or {}).get("phase") == "aborting", timeout=60, what="the abort to begin")
-        time.sleep(2)
-    finally:
-        os.kill(engine_pid, signal.SIGCONT)
+    with podman_held(hosts, "b", "importing", name, tmp_path) as controller:
+        assert hosts.journal("b", name)["outcome"] is None, "the abort must wait for Podman"
     journal = hosts.settled(name)
     finish(controller)
     assert journal["outcome"] == "rolled_back", journal

@@ -227,11 +227,13 @@ COPY_MATRIX = [
 ]
 
 
-def kill_at(hosts: Hosts, workload: Remote, tmp_path, who: str, host: str, phase: str, **extra: t.Any) -> subprocess.Popen:
-    """Start the migration, stop it at ``phase`` on ``host``, kill ``who``, and let it go on."""
-    hosts.arm(host, phase, workload.name)
-    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload, **extra))
-    stopped = hosts.reached(host, workload.name, phase)
+def kill_at(hosts: Hosts, name: str, migrate_vars: t.Mapping[str, t.Any], tmp_path, who: str, host: str,
+            phase: str) -> subprocess.Popen:
+    """Start migration ``name`` (the playbook's ``migrate_vars``), stop it at ``phase`` on ``host``, kill ``who``, and
+    let it go on."""
+    hosts.arm(host, phase, name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **migrate_vars)
+    stopped = hosts.reached(host, name, phase)
     frozen_link = []
     if who == "controller":
         hosts.kill_controller(controller)
@@ -242,7 +244,7 @@ def kill_at(hosts: Hosts, workload: Remote, tmp_path, who: str, host: str, phase
     hosts.clear_failpoints(host)
     if frozen_link:
         # The source notices the silent link by itself (ssh keepalives), decides, then the link comes back.
-        wait_for(lambda: (hosts.journal("a", workload.name) or {}).get("outcome"), timeout=120, what="the source to decide")
+        wait_for(lambda: (hosts.journal("a", name) or {}).get("outcome"), timeout=120, what="the source to decide")
         hosts.thaw_link(frozen_link)
     return controller
 
@@ -258,7 +260,7 @@ def finish(controller: subprocess.Popen) -> None:
 def test_kill_matrix_copy(hosts, remote, tmp_path, who, host, phase, outcome):
     workload = remote("k-%s-%s" % (who, phase.replace("_", "-")))
     token, count = read_state(workload.state_file)
-    controller = kill_at(hosts, workload, tmp_path, who, host, phase)
+    controller = kill_at(hosts, workload.name, single(workload), tmp_path, who, host, phase)
     journal = hosts.settled(workload.name)
     finish(controller)
     assert journal["outcome"] == outcome, journal
@@ -418,7 +420,7 @@ POSTCOPY_MATRIX = [
 def test_kill_matrix_postcopy(hosts, remote, tmp_path, big_pipes, who, host, phase, outcome):
     workload = remote("p-%s-%s" % (who, phase.replace("_", "-")), "--mem 32")
     token, count = read_state(workload.state_file)
-    controller = kill_at(hosts, workload, tmp_path, who, host, phase, migrate_mode="postcopy")
+    controller = kill_at(hosts, workload.name, single(workload, migrate_mode="postcopy"), tmp_path, who, host, phase)
     journal = hosts.settled(workload.name)
     finish(controller)
     assert journal["outcome"] == outcome, journal
