@@ -95,7 +95,9 @@ def test_role_prepares_a_container_host():
     Without the drop-in criu_info names the problem, and it is real: no container starts."""
     role_vars = {"criu_containers": True}
     criu_role(role_vars)  # Podman installed (a no-op when it is)
-    os.unlink(CONTAINERS_CONF)
+    # As on a fresh host: Debian's podman makes no containers.conf.d (refused if it holds more than the role's file).
+    assert os.listdir(os.path.dirname(CONTAINERS_CONF)) == [os.path.basename(CONTAINERS_CONF)]
+    shutil.rmtree(os.path.dirname(CONTAINERS_CONF))
     before = run_module("criu_info", {"engine": "podman"})["containers"]
     assert before["path"] == "/usr/bin/podman" and before["runtime"]["name"] == "runc", before
     assert before["criu"]["version"].startswith("4.") and not before["criu"]["problem"], before
@@ -105,8 +107,9 @@ def test_role_prepares_a_container_host():
         assert started.returncode != 0 and "rlimit" in started.stderr, started.stderr
 
     predicted = criu_role(role_vars, "--check")
-    assert "changed=0" not in predicted and not os.path.exists(CONTAINERS_CONF), predicted
+    assert "changed=0" not in predicted and not os.path.exists(os.path.dirname(CONTAINERS_CONF)), predicted
     assert "changed=0" not in criu_role(role_vars)
+    assert os.stat(os.path.dirname(CONTAINERS_CONF)).st_mode & 0o7777 == 0o755
     written = open(CONTAINERS_CONF).read()
     assert 'runtime = "runc"' in written, written
     after = run_module("criu_info", {"engine": "podman"})["containers"]
