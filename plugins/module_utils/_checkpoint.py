@@ -21,6 +21,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _lifecycle as 
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir
@@ -251,6 +252,22 @@ def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: st
     return dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
 
 
+def _checkpointable(params: t.Mapping[str, t.Any], found: t.Optional[t.Dict[str, t.Any]],
+                    pid: t.Optional[int]) -> t.Tuple[str, t.Optional[procfs.ProcStat], t.Optional[CriuRuntime]]:
+    """What would be dumped (in words), once everything a dump needs is known to be there; raises naming what is not.
+    For a process also its stat and the criu that would dump it."""
+    st = runtime = None
+    if params["container"]:
+        container.require_running(found, params["container"])
+        what = "container %s" % params["container"]
+    else:
+        st = procfs.require_checkpointable(t.cast(int, pid))
+        runtime = CriuRuntime.load(params["criu_path"])
+        what = "pid %d (%s)" % (t.cast(int, pid), st.comm)
+    host.require_privileges()
+    return what, st, runtime
+
+
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_checkpoint module's work: returns the module result."""
     require_timeout(params["timeout"])
@@ -263,6 +280,9 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     criu_options.normalise(params, "dump")  # refuses bad values and contradictions before anything is touched
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     algorithm = integrity.choose_algorithm(params["hash_algorithm"])
+    engine: t.Optional[podman.Podman] = None
+    found: t.Optional[t.Dict[str, t.Any]] = None
+    pid: t.Optional[int] = None
     if params["container"]:
         container.refuse_unsupported(params, "dump")
         engine = podman.Podman.load(params["timeout"])
@@ -275,13 +295,18 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
         pid = procfs.resolve_pid(params["pid"], params["pidfile"])
 
         def same(metadata: t.Mapping[str, t.Any]) -> bool:
-            return same_process(metadata, pid)
+            return same_process(metadata, t.cast(int, pid))
         result = {"pid": pid}
     dest = os.path.normpath(params["dest"])
     enclosing = store.enclosing_checkpoint(dest)
     if enclosing:
         raise CriuError("dest %s lies inside the checkpoint %s; writing there would corrupt it. Choose a path outside it." % (dest, enclosing), path=dest)
-    with store.location(dest) as loc:
+    with contextlib.ExitStack() as stack:
+        try:
+            loc = stack.enter_context(store.location(dest, make_parents=not check_mode))
+        except safepath.MissingDirectory as missing:  # check mode only: a real run makes it
+            what = _checkpointable(params, found, pid)[0]
+            return dict(result, dest=dest, changed=True, actions=["would make %s and dump %s to %s" % (missing.path, what, dest)])
         result["dest"] = loc.path
         if not params["force"]:
             existing = existing_checkpoint(loc, same, key, params["timeout"])
@@ -292,14 +317,7 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
             if problem:
                 raise CriuError("Refusing force=true on %s: %s" % (loc.path, problem), path=loc.path)
         exists = os.path.lexists(loc.path)
-        if params["container"]:
-            found = container.require_running(found, params["container"])
-            what = "container %s" % params["container"]
-        else:
-            st = procfs.require_checkpointable(pid)
-            runtime = CriuRuntime.load(params["criu_path"])
-            what = "pid %d (%s)" % (pid, st.comm)
-        host.require_privileges()
+        what, st, runtime = _checkpointable(params, found, pid)
         action = "%s %s to %s" % ("replace the checkpoint with a dump of" if exists else "dump", what, loc.path)
         if check_mode:
             return dict(result, changed=True, actions=["would " + action])
@@ -310,9 +328,9 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
                 if existing is not None:
                     return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
             if params["container"]:
-                result.update(_dump_container(engine, found, loc, params, key, algorithm))
+                result.update(_dump_container(t.cast(podman.Podman, engine), t.cast(t.Dict[str, t.Any], found), loc, params, key, algorithm))
             else:
-                result.update(_dump(runtime, pid, st, loc, params, key, algorithm))
+                result.update(_dump(t.cast(CriuRuntime, runtime), t.cast(int, pid), t.cast(procfs.ProcStat, st), loc, params, key, algorithm))
         actions = [action[0].upper() + action[1:]]
         if params["keep"]:
             result["removed"] = lifecycle.prune(loc, result["checkpoint"]["name"], params["keep"], params["timeout"])

@@ -6,10 +6,11 @@ Each host keeps one journal per workload name in the migration directory (root-o
 atomically and flushed (file and directory) at every phase, so whichever process dies at whatever
 line, the next run reads where it stopped and finishes or undoes exactly that.
 
-Every phase reached is also a failpoint: when the root-only file ``.failpoint.PHASE`` or
-``.failpoint.NAME.PHASE`` exists in the migration directory, the process that reached the phase
-writes ``.failpoint.NAME.PHASE.reached`` (its pid) and waits until the failpoint file is removed.
-Tests use it to kill a controller, a driver, a restore or a link at exactly that step.
+Every phase reached is also a failpoint: when the file ``PHASE`` or ``NAME.PHASE`` exists in the
+root-only directory FAILPOINTS (which only tests make; a host without it pays one failed lookup a
+phase), the process that reached the phase writes ``NAME.PHASE.reached`` there (its pid) and waits
+until the failpoint file is removed. Tests use it to kill a controller, a driver, a restore or a link
+at exactly that step.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FORMAT = 1
 FAILPOINT_POLL = 0.02
+# Kept out of the migration directory, so that arming one never makes a directory the product should make.
+FAILPOINTS = "/run/nucleus-criu-failpoints"
 
 
 def journal_name(name: str) -> str:
@@ -84,7 +89,7 @@ class Journal:
         store.write_file(self.dir_fd, journal_name(self.name), json.dumps(self.data, sort_keys=True, indent=1).encode("utf-8"),
                          replace=True)
         if reached:
-            failpoint(self.dir_fd, self.name, phase)
+            failpoint(self.name, phase)
 
     def progress(self, **fields: t.Any) -> None:
         """Bytes and rate as they change: written often, so not flushed (it is no part of the recovery)."""
@@ -109,12 +114,19 @@ def _exists(dir_fd: int, name: str) -> bool:
     return True
 
 
-def failpoint(dir_fd: int, name: str, phase: str) -> None:
-    """Wait here while ``.failpoint.PHASE`` or ``.failpoint.NAME.PHASE`` exists (tests only ever create one)."""
-    armed = [candidate for candidate in (".failpoint.%s" % phase, ".failpoint.%s.%s" % (name, phase)) if _exists(dir_fd, candidate)]
-    if not armed:
+def failpoint(name: str, phase: str) -> None:
+    """Wait here while failpoint ``PHASE`` or ``NAME.PHASE`` is armed (tests only ever arm one). A FAILPOINTS that
+    another user could change is ignored, never trusted."""
+    try:
+        dir_fd, _real = safepath.open_dir(FAILPOINTS, "Failpoint directory", store.CHAIN_REMEDY)
+    except (FileNotFoundError, CriuError):
         return
-    store.write_file(dir_fd, ".failpoint.%s.%s.reached" % (name, phase), json.dumps({"pid": os.getpid()}).encode("ascii"),
-                     replace=True)
-    while any(_exists(dir_fd, candidate) for candidate in armed):
-        time.sleep(FAILPOINT_POLL)
+    try:
+        armed = [candidate for candidate in (phase, "%s.%s" % (name, phase)) if _exists(dir_fd, candidate)]
+        if not armed:
+            return
+        store.write_file(dir_fd, "%s.%s.reached" % (name, phase), json.dumps({"pid": os.getpid()}).encode("ascii"), replace=True)
+        while any(_exists(dir_fd, candidate) for candidate in armed):
+            time.sleep(FAILPOINT_POLL)
+    finally:
+        os.close(dir_fd)

@@ -108,13 +108,20 @@ class DriverLock:
     """A flock on ``.NAME.driver.lock``. The module takes it, the driver it forks inherits it, and the kernel
     releases it when the last of them dies: "is a driver alive?" is "is the lock held?"."""
 
-    def __init__(self, dir_fd: int, name: str) -> None:
+    def __init__(self, dir_fd: int, name: str, create: bool = True) -> None:
         self.dir_fd = dir_fd
         self.file = ".%s.driver.lock" % name
+        self.create = create
         self.fd = -1
 
     def try_acquire(self) -> bool:
-        self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=self.dir_fd)
+        """Take the lock; without ``create`` (a look that writes nothing) a missing lock file is a free lock: every
+        driver creates it before it starts."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
+        try:
+            self.fd = os.open(self.file, flags, store.FILE_MODE, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return True
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -126,7 +133,7 @@ class DriverLock:
         return True
 
     def held_elsewhere(self) -> bool:
-        probe = DriverLock(self.dir_fd, "")
+        probe = DriverLock(self.dir_fd, "", create=False)
         probe.file = self.file
         if probe.try_acquire():
             probe.release()
@@ -343,7 +350,7 @@ class Worker:
     def _send_chunk(self, name: str, offset: int, data: memoryview) -> None:
         self.agent.channel.send_chunk(name, offset, data)  # type: ignore[union-attr]
         if not self._progress_at:
-            failpoint(self.journal.dir_fd, self.journal.name, "transferring")  # the first bytes are on their way
+            failpoint(self.journal.name, "transferring")  # the first bytes are on their way
         self._progress("transfer")
 
     def _protocol(self) -> None:
@@ -418,7 +425,7 @@ class Worker:
 
         def checkpointing(podman_pid: int) -> None:
             journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0])
-            failpoint(journal.dir_fd, journal.name, "checkpointing")  # Podman has the container from here
+            failpoint(journal.name, "checkpointing")  # Podman has the container from here
 
         self._start_freeze(pid)
         images_path = os.path.join(staging.path, store.IMAGES)
@@ -744,10 +751,18 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     """The criu_migrate module's work: returns the module result."""
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     s = settings(params, key)
-    dir_fd, directory = store.open_or_create_dir(s.directory, "Migration directory")
-    s = s._replace(directory=directory)
-    lock = DriverLock(dir_fd, s.name)
+    if params["pid"] is not None and params["pid"] <= 1:
+        procfs.require_checkpointable(params["pid"])  # bad input: refused before anything is written
     code = remote.payload()
+    if check_mode:
+        opened = store.open_existing_dir(s.directory, "Migration directory")
+        if opened is None:  # no migration ever ran here: nothing to resolve, nothing to create
+            return _would_migrate(params, s, code, _workload(params))
+    else:
+        opened = store.open_or_create_dir(s.directory, "Migration directory")
+    dir_fd, directory = opened
+    s = s._replace(directory=directory)
+    lock = DriverLock(dir_fd, s.name, create=not check_mode)
     deadline = time.monotonic() + params["wait_timeout"]
     try:
         if not lock.try_acquire():
@@ -775,14 +790,12 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                                 "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
                                 "process." % (pid, journal.get("target", {}).get("label"), journal.path,
                                               procfs.process_state(t.cast(int, pid)).get("comm")), pid=pid)
+        if check_mode:
+            return _would_migrate(params, s, code, workload)
         pid, found = workload.require(params)
         journal_id = str(uuid.uuid4())
-        facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"], found, check_mode)
+        facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"], found, check_mode=False)
         s = s._replace(algorithm=facts["algorithm"])
-        what = "pid %d" % pid if found is None else "container %s" % found["name"]
-        if check_mode:
-            image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
-            return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}
         st = procfs.read_stat(t.cast(int, pid))
         journal = Journal.create(
             dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
@@ -796,6 +809,15 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     finally:
         lock.release()
         os.close(dir_fd)
+
+
+def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, workload: Workload) -> t.Dict[str, t.Any]:
+    """Check mode: every preflight check on both hosts, and what a real run would do; nothing is written anywhere."""
+    pid, found = workload.require(params)
+    facts = _preflight(s, code, t.cast(int, pid), str(uuid.uuid4()), params["criu_path"], found, check_mode=True)
+    what = "pid %d" % pid if found is None else "container %s" % found["name"]
+    image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
+    return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}
 
 
 def _recordable(s: Settings) -> t.Dict[str, t.Any]:

@@ -19,6 +19,8 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directories this collection creates: only root (the caller) may enter them.
+DIR_MODE = 0o700
 MAX_SYMLINKS = 40
 # Names we derive from a checkpoint's name (".NAME.staging-XXXXXXXX", ".NAME.lock") must fit NAME_MAX (255).
 MAX_NAME = 200
@@ -44,6 +46,15 @@ def require_trusted(st: os.stat_result, path: str, what: str, remedy: str, euid:
         fix = "chown root %s" % path if st.st_uid not in (0, euid) else "chmod go-w %s" % path
         raise CriuError("%s %s %s: another user could replace or change it. Fix it (%s) or: %s" % (what, path, problem, fix, remedy),
                         path=path)
+
+
+class MissingDirectory(CriuError):
+    """A directory on the way to a path does not exist (and the walk was not asked to make it)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("%s does not exist. Create it (owned by root, mode 0700 or 0755) or give a path under an existing "
+                         "directory." % path, path=path)
+        self.path = path
 
 
 class Walk(t.NamedTuple):
@@ -81,10 +92,21 @@ def _descend(dir_fd: int, name: str, path: str, remedy: str, euid: int) -> int:
     return fd
 
 
-def walk(path: str, remedy: str, follow_final: bool = True, euid: t.Optional[int] = None) -> Walk:
+def _make_dir(dir_fd: int, name: str) -> None:
+    """Create ``name`` under the checked directory ``dir_fd`` (mkdirat: nothing between the check and here can
+    redirect it); one made meanwhile by someone else is judged like any other directory by the walk."""
+    try:
+        os.mkdir(name, DIR_MODE, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+
+
+def walk(path: str, remedy: str, follow_final: bool = True, euid: t.Optional[int] = None, make_missing: bool = False) -> Walk:
     """Walk to the parent of ``path``'s final entry from /, checking every directory and following only
     symlinks that root or the caller own (each hop resolved here, never by the kernel). With
-    ``follow_final``, a symlink as the final entry is followed too. The caller owns ``dir_fd``."""
+    ``follow_final``, a symlink as the final entry is followed too. A missing directory on the way raises
+    MissingDirectory, or with ``make_missing`` is created (mode 0700) under the fd of its checked parent.
+    The caller owns ``dir_fd``."""
     euid = os.geteuid() if euid is None else euid
     if not os.path.isabs(path):
         raise CriuError("%s is not an absolute path. Give the full path." % path, path=path)
@@ -108,9 +130,13 @@ def walk(path: str, remedy: str, follow_final: bool = True, euid: t.Optional[int
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
-                if pending:
-                    raise CriuError("%s does not exist. %s" % (here, remedy), path=here) from None
-                return Walk(fd, "/" + "/".join(real), name)
+                if not pending:
+                    return Walk(fd, "/" + "/".join(real), name)
+                if not make_missing:
+                    raise MissingDirectory(here) from None
+                _make_dir(fd, name)
+                pending.insert(0, name)
+                continue
             except OSError as exc:
                 raise CriuError("%s cannot be inspected: %s. %s" % (here, exc.strerror, remedy), path=here) from exc
             if stat.S_ISLNK(st.st_mode) and (pending or follow_final):
@@ -154,13 +180,16 @@ def listdir(dir_fd: int) -> t.List[str]:
         os.close(fd)
 
 
-def open_dir(path: str, what: str, remedy: str, euid: t.Optional[int] = None) -> t.Tuple[int, str]:
+def open_dir(path: str, what: str, remedy: str, euid: t.Optional[int] = None, make_missing: bool = False) -> t.Tuple[int, str]:
     """An fd of the directory ``path`` (walked and checked) and its real path; refuses anything else.
-    A missing directory raises FileNotFoundError, so callers can decide what absence means."""
+    A missing directory raises FileNotFoundError (its missing parent, MissingDirectory), so callers can decide
+    what absence means; with ``make_missing`` it is created with its missing parents (mode 0700)."""
     euid = os.geteuid() if euid is None else euid
-    where = walk(path, remedy, euid=euid)
+    where = walk(path, remedy, euid=euid, make_missing=make_missing)
     real = os.path.join(where.real_dir, where.name)
     try:
+        if make_missing:
+            _make_dir(where.dir_fd, where.name)
         fd = os.open(where.name, DIR_FLAGS, dir_fd=where.dir_fd)
     except OSError as exc:
         if exc.errno == errno.ENOENT:

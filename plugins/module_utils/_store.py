@@ -25,7 +25,7 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
-DIR_MODE = 0o700
+DIR_MODE = safepath.DIR_MODE
 FILE_MODE = 0o600
 IMAGES = "images"
 METADATA = "metadata.json"
@@ -56,14 +56,15 @@ class Location(t.NamedTuple):
 
 
 @contextlib.contextmanager
-def location(path: str) -> t.Iterator[Location]:
-    """The checked, pinned parent of the checkpoint directory ``path`` (which itself may not exist yet)."""
+def location(path: str, make_parents: bool = False) -> t.Iterator[Location]:
+    """The checked, pinned parent of the checkpoint directory ``path`` (which itself may not exist yet); with
+    ``make_parents``, missing parents are created (mode 0700), else one raises safepath.MissingDirectory."""
     path = os.path.normpath(path)
     name = os.path.basename(path)
     if not os.path.isabs(path) or not name:
         raise CriuError("Checkpoint path %s must be an absolute path to a directory, not /. Give e.g. /var/lib/criu/NAME." % path, path=path)
     safepath.check_name(name, path)
-    where = safepath.walk(path, CHAIN_REMEDY, follow_final=False)
+    where = safepath.walk(path, CHAIN_REMEDY, follow_final=False, make_missing=make_parents)
     try:
         yield Location(where.dir_fd, where.real_dir, where.name)
     finally:
@@ -376,16 +377,31 @@ def copy_file(src_dir: str, name: str, dest_fd: int) -> bool:
 
 
 def open_or_create_dir(path: str, what: str) -> t.Tuple[int, str]:
-    """An fd of directory ``path`` (created 0700 with its missing parents), its whole chain checked after creation."""
+    """An fd of directory ``path`` (created 0700 with its missing parents, each under the fd of its checked parent),
+    its whole chain checked."""
+    return safepath.open_dir(path, what, CHAIN_REMEDY, make_missing=True)
+
+
+def open_existing_dir(path: str, what: str) -> t.Optional[t.Tuple[int, str]]:
+    """An fd of directory ``path`` and its real path, or None where it (or a parent) does not exist yet: for a look
+    that must create nothing (check mode, a preflight)."""
     try:
         return safepath.open_dir(path, what, CHAIN_REMEDY)
-    except FileNotFoundError:
-        os.makedirs(path, DIR_MODE, exist_ok=True)
-        return safepath.open_dir(path, what, CHAIN_REMEDY)
+    except (FileNotFoundError, safepath.MissingDirectory):
+        return None
 
 
 def free_bytes(dir_fd: int) -> int:
     st = os.statvfs(dir_fd)
+    return st.f_bavail * st.f_frsize
+
+
+def free_bytes_for(path: str) -> int:
+    """Free bytes where ``path`` would be made: on its nearest existing ancestor's filesystem (an estimate, which
+    creates nothing)."""
+    while not os.path.isdir(path):
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
 

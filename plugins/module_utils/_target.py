@@ -310,7 +310,7 @@ def _restore_container(ctx: Context, journal: Journal, opened: store.Checkpoint,
 
     def importing(podman_pid: int) -> None:
         journal.record("restoring", engine_process=procfs.tree_identity(podman_pid)[0])
-        failpoint(journal.dir_fd, journal.name, "importing")  # Podman creates the container from here
+        failpoint(journal.name, "importing")  # Podman creates the container from here
 
     restored, podman_stats, seconds = container.restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
                                                                options, ctx.timeout, on_spawn=importing)
@@ -451,13 +451,24 @@ def _query(journal: Journal) -> str:
 
 
 def preflight(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
-    """Everything the source must know before it freezes anything."""
-    ctx = Context(request)
+    """Everything the source must know before it freezes anything. It only looks: a preflight (and so a check-mode
+    migration) creates nothing here, not even the migration directory."""
+    timeout = float(request["timeout"])
+    opened = store.open_existing_dir(request["migrate_dir"], "Migration directory")
+    journal = None
+    if opened is None:
+        free = store.free_bytes_for(request["migrate_dir"])
+    else:
+        dir_fd, directory = opened
+        try:
+            journal = Journal.load(dir_fd, directory, request["name"])
+            free = store.free_bytes(dir_fd)
+        finally:
+            os.close(dir_fd)
     can, why = host.can_checkpoint()
-    journal = ctx.journal()
     channel.send(
-        criu=host.criu_facts(None, ctx.timeout), arch=os.uname().machine, can_restore=can, privilege_problem=why,
-        free_bytes=store.free_bytes(ctx.dir_fd), hash_algorithms=integrity.available_algorithms(),
+        criu=host.criu_facts(None, timeout), arch=os.uname().machine, can_restore=can, privilege_problem=why,
+        free_bytes=free, hash_algorithms=integrity.available_algorithms(),
         journal=None if journal is None else {"id": journal.get("id"), "phase": journal.phase, "outcome": journal.get("outcome")},
         python=sys.version.split()[0], container=_container_facts(request, can),
     )

@@ -90,9 +90,10 @@ options:
     version_added: 0.2.0
   dest:
     description:
-      - Checkpoint directory to create. Its parent must exist, and it and every directory above it must be owned by
-        root (or the calling user) and not writable by group or others (a root-owned sticky directory such as
-        C(/tmp) is fine). At most 200 bytes for its last component.
+      - Checkpoint directory to create. Missing parents are created too (owned by the calling user, mode 0700; in
+        check mode nothing is created). Every existing directory above it must be owned by root (or the calling
+        user) and not writable by group or others (a root-owned sticky directory such as C(/tmp) is fine). At most
+        200 bytes for its last component.
     type: path
     required: true
   name:

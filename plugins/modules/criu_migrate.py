@@ -125,7 +125,8 @@ options:
     type: path
   migrate_dir:
     description:
-      - Directory for the journals and checkpoints, on both hosts (created 0700; its whole chain must be root's).
+      - Directory for the journals and checkpoints, on both hosts; created with its missing parents (mode 0700) by
+        the first real run on each host; check mode and the preflight create nothing. Its whole chain must be root's.
     type: path
     default: /var/lib/nucleus-criu/migrations
   mode:

@@ -82,3 +82,23 @@ def test_info_reports_what_criu_check_says():
         assert (feature in info["criu"]["missing_features"]) == (rc != 0), (feature, info["criu"])
     assert info["criu"]["dirty_tracking"] == ("mem_dirty_track" not in info["criu"]["missing_features"])
     assert info["kernel"] == os.uname().release and info["can_checkpoint"] is True
+
+
+def test_checkpoint_makes_missing_parents_only_for_real(workloads, ckpt_dir):
+    """dest under directories that do not exist yet (a fresh host's /var/lib/criu/NAME): check mode says it would make
+    them and makes nothing; a real run makes them root-only (0700) and checkpoints; a rerun changes nothing."""
+    workload = workloads()
+    parent = ckpt_dir / "var" / "lib" / "criu"
+    dest = parent / "job"
+    args = dict(pid=workload.pid, dest=str(dest), leave_running=True)
+    predicted = run_module("criu_checkpoint", args, check=True)
+    (action,) = predicted["actions"]
+    assert predicted["changed"] and action.startswith("would make %s and dump pid %d (" % (ckpt_dir / "var", workload.pid)), predicted
+    assert action.endswith(") to %s" % dest), predicted
+    assert os.listdir(ckpt_dir) == [], "check mode must make nothing"
+    made = run_module("criu_checkpoint", args)
+    assert made["changed"] and made["checkpoint"]["name"] == "job", made
+    for directory in (ckpt_dir / "var", ckpt_dir / "var" / "lib", parent):
+        st = os.lstat(directory)
+        assert (st.st_uid, oct(st.st_mode & 0o7777)) == (0, "0o700"), (directory, oct(st.st_mode))
+    assert not run_module("criu_checkpoint", args)["changed"]

@@ -1,9 +1,13 @@
-"""The migration's sender (_migrate.send_rest): what reaches the target after the dump; and the order in which a
-recovery lets a container run again (_migrate.resolve, the hosts stood in for)."""
+"""The migration's sender (_migrate.send_rest): what reaches the target after the dump; the order in which a
+recovery lets a container run again (_migrate.resolve, the hosts stood in for); the driver lock and failpoints."""
 
+import json
 import os
+import threading
+import time
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _journal as journal_module
 from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -90,3 +94,50 @@ def test_a_source_container_that_cannot_run_again_is_in_doubt_not_rolled_back(tm
     journal, settings = container_journal(tmp_path, sealed_sent=True)
     migrate.resolve(journal, settings, b"")
     assert journal.get("outcome") == "in_doubt" and "could not run again: The source container web is gone" in journal.get("error")
+
+
+# --- a look that writes nothing: the driver lock in check mode ---------------------------------------------------
+
+def test_a_driver_lock_that_may_not_create_leaves_no_file(tmp_path):
+    """Check mode takes the lock without creating its file: a missing lock file is a free lock."""
+    with dir_fd(tmp_path) as fd:
+        look = migrate.DriverLock(fd, "web", create=False)
+        assert look.try_acquire() and not look.held_elsewhere()
+        look.release()
+        assert os.listdir(tmp_path) == []
+        driver = migrate.DriverLock(fd, "web")
+        assert driver.try_acquire() and os.listdir(tmp_path) == [".web.driver.lock"]
+        other = migrate.DriverLock(fd, "web", create=False)
+        assert not other.try_acquire() and other.held_elsewhere(), "a held lock is seen without creating anything"
+        driver.release()
+        assert other.try_acquire()
+        other.release()
+
+
+# --- failpoints: armed by tests in a directory of their own ------------------------------------------------------
+
+def test_a_failpoint_waits_while_armed_and_says_who_reached_it(tmp_path, monkeypatch):
+    failpoints = tmp_path / "failpoints"
+    monkeypatch.setattr(journal_module, "FAILPOINTS", str(failpoints))
+    journal_module.failpoint("web", "frozen")  # no directory: nothing armed, nothing written
+    assert not failpoints.exists()
+    failpoints.mkdir(mode=0o700)
+    (failpoints / "web.frozen").write_text("")
+    timer = threading.Timer(0.3, lambda: os.unlink(failpoints / "web.frozen"))
+    timer.start()
+    started = time.monotonic()
+    journal_module.failpoint("web", "frozen")
+    assert time.monotonic() - started >= 0.25
+    assert json.loads((failpoints / "web.frozen.reached").read_text()) == {"pid": os.getpid()}
+    journal_module.failpoint("other", "frozen")  # armed for another workload only
+    assert not (failpoints / "other.frozen.reached").exists()
+
+
+def test_a_failpoint_directory_others_can_write_is_ignored(tmp_path, monkeypatch):
+    failpoints = tmp_path / "failpoints"
+    failpoints.mkdir()
+    os.chmod(failpoints, 0o777)
+    (failpoints / "frozen").write_text("")
+    monkeypatch.setattr(journal_module, "FAILPOINTS", str(failpoints))
+    journal_module.failpoint("web", "frozen")  # returns at once: never trusted
+    assert not (failpoints / "web.frozen.reached").exists()

@@ -106,9 +106,52 @@ def test_walk_refuses_the_root_directory(path):
 
 
 def test_walk_missing_intermediate_directory_is_an_error(tree):
-    with pytest.raises(CriuError, match="%s does not exist. %s" % (tree / "a" / "gone", REMEDY)) as err:
+    """Named as missing, with the remedy for a missing directory (not the chain rule's, which is not the cause)."""
+    with pytest.raises(safepath.MissingDirectory) as err:
         safepath.walk(str(tree / "a" / "gone" / "f"), REMEDY)
-    assert err.value.details["path"] == str(tree / "a" / "gone")
+    assert err.value.msg == ("%s does not exist. Create it (owned by root, mode 0700 or 0755) or give a path under an "
+                             "existing directory." % (tree / "a" / "gone"))
+    assert err.value.details["path"] == err.value.path == str(tree / "a" / "gone")
+    assert not os.path.lexists(tree / "a" / "gone")
+
+
+def test_walk_makes_missing_directories_root_only(tree):
+    where = safepath.walk(str(tree / "a" / "new" / "deeper" / "f"), REMEDY, make_missing=True)
+    try:
+        assert (where.real_dir, where.name) == (str(tree / "a" / "new" / "deeper"), "f")
+        assert real_of(where.dir_fd) == str(tree / "a" / "new" / "deeper")
+    finally:
+        os.close(where.dir_fd)
+    for made in (tree / "a" / "new", tree / "a" / "new" / "deeper"):
+        assert stat.S_IMODE(os.lstat(made).st_mode) == 0o700
+    assert not os.path.lexists(tree / "a" / "new" / "deeper" / "f"), "the final entry is the caller's"
+
+
+def test_open_dir_makes_the_directory_and_its_parents(tree):
+    fd, real = safepath.open_dir(str(tree / "x" / "y"), "Dir", REMEDY, make_missing=True)
+    os.close(fd)
+    assert real == str(tree / "x" / "y") and stat.S_IMODE(os.lstat(real).st_mode) == 0o700
+    fd, again = safepath.open_dir(real, "Dir", REMEDY, make_missing=True)  # there already: opened, not an error
+    os.close(fd)
+    assert again == real
+
+
+def test_made_directories_never_go_through_a_symlink(tree, tmp_path_factory):
+    """A symlink where a missing directory would be made is refused (the walk follows none it was not given), and
+    nothing is made at the place it points to."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    os.chmod(elsewhere, 0o777)
+    os.symlink(str(elsewhere), str(tree / "a" / "link"))
+    with pytest.raises(CriuError, match="writable by group/others"):
+        safepath.open_dir(str(tree / "a" / "link" / "made"), "Dir", REMEDY, make_missing=True)
+    assert os.listdir(elsewhere) == []
+
+
+def test_nothing_is_made_under_a_directory_others_can_write(tree):
+    os.chmod(tree / "a", 0o777)
+    with pytest.raises(CriuError, match="writable by group/others"):
+        safepath.open_dir(str(tree / "a" / "new" / "d"), "Dir", REMEDY, make_missing=True)
+    assert not os.path.lexists(tree / "a" / "new")
 
 
 def test_walk_through_a_file_is_an_error(tree):

@@ -61,6 +61,10 @@ def test_location_missing_parent_or_not_a_directory(tmp_path):
     with pytest.raises(CriuError, match="%s does not exist" % (tmp_path / "missing")):
         with store.location(str(tmp_path / "missing" / "ckpt")):
             pass
+    assert not os.path.lexists(tmp_path / "missing")
+    with store.location(str(tmp_path / "missing" / "ckpt"), make_parents=True) as loc:
+        assert loc.parent == str(tmp_path / "missing") and loc.name == "ckpt"
+    assert stat.S_IMODE(os.lstat(tmp_path / "missing").st_mode) == 0o700 and not os.path.lexists(tmp_path / "missing" / "ckpt")
     (tmp_path / "file").write_text("x")
     with pytest.raises(CriuError, match="not a directory"):
         with store.location(str(tmp_path / "file" / "ckpt")):
@@ -551,3 +555,16 @@ def test_metadata_of_a_checkpoint_made_here_parses(tmp_path, schema):
     assert metadata["schema_version"] == schema
     with _open(tmp_path / "ckpt") as opened:
         assert json.loads(opened.read(store.METADATA)) == metadata
+
+
+def test_open_or_create_dir_makes_missing_parents_and_open_existing_dir_makes_nothing(tmp_path):
+    path = str(tmp_path / "var" / "lib" / "nucleus-criu" / "migrations")
+    assert store.open_existing_dir(path, "Migration directory") is None
+    assert os.listdir(tmp_path) == []
+    assert store.free_bytes_for(path) == store.free_bytes_for(str(tmp_path)) > 0
+    fd, real = store.open_or_create_dir(path, "Migration directory")
+    os.close(fd)
+    assert real == path and stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+    fd, again = store.open_existing_dir(path, "Migration directory")
+    os.close(fd)
+    assert again == path
