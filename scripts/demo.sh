@@ -11,19 +11,33 @@ bash "$REPO/scripts/setup.sh"
 cd "$REPO"
 
 readonly STATE=/tmp/nucleus-criu-demo.state
-readonly PIDFILE=/var/lib/nucleus-criu/demo.pid
+readonly PIDFILE=/run/nucleus-criu-demo.pid  # each test host has a /run of its own
 readonly INVENTORY="$REPO/build/testhosts/inventory.ini"
 readonly KEY="$REPO/build/testhosts/id_ed25519"
 on_host() { ssh -q -p 2222 -i "$KEY" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "root@$1" "$2"; }
 say() { printf '\n== %s\n' "$*"; }
 mount_ns() { readlink "/proc/$1/ns/mnt"; }
 
-PIPE_MAX_SIZE=$(sysctl -n fs.pipe-max-size)
-readonly PIPE_MAX_SIZE
 addr() { case $1 in host-a) echo 127.0.0.2 ;; host-b) echo 127.0.0.3 ;; esac; }
 
+# criu_role VAR=VALUE...: the nucleus.criu.criu role on this machine (the test hosts' kernel), its output shown
+# only when it fails.
+criu_role() {
+    local out setting extra=()
+    for setting in "$@"; do extra+=(-e "$setting"); done
+    out=$(mktemp)
+    if ! "$REPO/.venv/bin/ansible-playbook" -i localhost, -c local -e ansible_python_interpreter="$REPO/.venv/bin/python" \
+            "${extra[@]}" playbooks/criu.yml >"$out" 2>&1; then
+        cat "$out"
+        rm -f "$out"
+        say "FAILED: the nucleus.criu.criu role failed here (output above)"
+        exit 1
+    fi
+    grep -E '"msg": "Podman|^localhost +:' "$out" || true
+    rm -f "$out"
+}
+
 cleanup() {
-    sysctl -q -w fs.pipe-max-size="$PIPE_MAX_SIZE"
     pkill -KILL -f "demo/counter.py $STATE" 2>/dev/null || true
     bash "$REPO/scripts/testhosts.sh" down
 }
@@ -74,14 +88,12 @@ migrate() {
 migrate demo host-a host-b copy
 
 say "And back with post-copy: restored on host-a at once, its 64 MiB fetched from the frozen copy on host-b over ssh"
-echo "(post-copy needs fs.pipe-max-size >= 4 MiB on the source; raised for the demo, put back at exit: was $PIPE_MAX_SIZE)"
-sysctl -q -w fs.pipe-max-size=4194304
+echo "(a post-copy source needs fs.pipe-max-size >= 4 MiB: the criu role's criu_postcopy_source sets it, here and at boot)"
+criu_role criu_postcopy_source=true
 migrate demo-back host-b host-a postcopy
 
 say "A Podman container, host-a -> host-b: Podman prepared by the criu role (criu_containers: true), the image sent along"
-"$REPO/.venv/bin/ansible-playbook" -i localhost, -c local -e ansible_python_interpreter="$REPO/.venv/bin/python" \
-    -e criu_containers=true playbooks/criu.yml | grep -E '"msg": "Podman|^localhost +:'
-[[ ${PIPESTATUS[0]} -eq 0 ]] || { say "FAILED: the criu role could not prepare Podman here"; exit 1; }
+criu_role criu_postcopy_source=true criu_containers=true
 readonly IMAGE=localhost/nucleus-criu-demo:busybox CONTAINER=demo-web
 ROOTFS=$(mktemp -d)
 readonly ROOTFS

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Two real ssh "hosts" on this machine for migration demos and tests:
 #   host-a: sshd on 127.0.0.2:2222    host-b: sshd on 127.0.0.3:2222
-# Each sshd runs in its own mount namespace with a private tmpfs on /var/lib/nucleus-criu,
-# so what one host writes there the other cannot see: a transfer between them is real.
-# Podman's storage and state are private tmpfs too: a container or image on one host is not
-# on the other (images reach a host by podman load, as between real hosts).
+# Each sshd runs in its own mount namespace with a /run and a /var/lib of its own: /run is an empty
+# tmpfs (pidfiles, Podman's run state), /var/lib this machine's seen through an overlay whose
+# changes stay on the host (a tmpfs of 4 GiB, mounted on /run/testhost-disk). What one host writes
+# there the other cannot see, so a transfer between them is real. Each host starts as one where
+# nucleus.criu never ran: no /var/lib/nucleus-criu, whatever this machine has; the product makes
+# what it needs, as on a user's host. Podman's image and container storage (/var/lib/containers)
+# is a tmpfs of its own (Podman cannot keep its overlay layers on an overlay): a container or image
+# on one host is not on the other (images reach a host by podman load, as between real hosts).
 # They share the kernel, its PID space and the network namespace; workloads that migrate
 # here live in their own PID (and, for TCP, network) namespace, as they would in a container.
 #
@@ -26,9 +30,7 @@ REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 readonly REPO
 readonly PORT=${NUCLEUS_TESTHOSTS_PORT:-2222}
 if [[ $PORT == 2222 ]]; then readonly DIR="$REPO/build/testhosts"; else readonly DIR="$REPO/build/testhosts-$PORT"; fi
-readonly PRIVATE=/var/lib/nucleus-criu
-# Podman's image and container storage, its run state and runc's: one set per host.
-readonly PODMAN_PRIVATE="/var/lib/containers /run/containers /run/libpod /run/runc"
+readonly DISK=/run/testhost-disk
 declare -A ADDRESS=([a]=127.0.0.2 [b]=127.0.0.3)
 readonly MAX_COUNT=253
 
@@ -81,10 +83,17 @@ start() {
     local name=$1 pid
     if host_pid "$name" >/dev/null; then return 0; fi
     write_config "$name"
-    # The unshared shell mounts the private tmpfs, then becomes sshd (same pid).
-    setsid unshare --mount --propagation private -- sh -c \
-        "mkdir -p $PRIVATE && mount -t tmpfs -o mode=0755,size=4g nucleus-host-$name $PRIVATE &&
-         for dir in $PODMAN_PRIVATE; do mkdir -p \$dir && mount -t tmpfs -o mode=0700 nucleus-podman-$name \$dir || exit 1; done &&
+    # The unshared shell makes the host's own /run and /var/lib, then becomes sshd (same pid). /run/sshd is
+    # sshd's own privilege-separation directory.
+    setsid unshare --mount --propagation private -- sh -ec \
+        "mount -t tmpfs -o mode=0755,size=64m nucleus-run-$name /run
+         mkdir -m 0755 /run/sshd $DISK
+         mount -t tmpfs -o mode=0700,size=4g nucleus-disk-$name $DISK
+         mkdir $DISK/upper $DISK/work
+         mount -t overlay -o lowerdir=/var/lib,upperdir=$DISK/upper,workdir=$DISK/work nucleus-var-lib-$name /var/lib
+         rm -rf /var/lib/nucleus-criu
+         mkdir -p /var/lib/containers
+         mount -t tmpfs -o mode=0700 nucleus-podman-$name /var/lib/containers
          exec /usr/sbin/sshd -D -e -f $DIR/sshd-$name.conf" \
         </dev/null >>"$DIR/sshd-$name.log" 2>&1 &
     pid=$!
@@ -109,7 +118,7 @@ up() {
         echo "testhosts: the host count must be 1..$MAX_COUNT, got '$count'" >&2
         exit 2
     fi
-    mkdir -p "$DIR" /run/sshd
+    mkdir -p "$DIR"
     chmod 0700 "$DIR"
     # The two forms share 127.0.0.2 and 127.0.0.3: refuse to start one while the other runs on this port.
     for name in $(known_hosts); do

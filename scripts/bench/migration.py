@@ -22,7 +22,7 @@ from bench import cpuprof, env
 from bench.env import CRIU, BenchError, kill_and_wait
 from bench.summary import between, cpu_profile, phase_durations, rotate
 from conftest import alive, proc_state, processes_running
-from testhosts import ADDRESS, PRIVATE, Hosts, RemoteOn
+from testhosts import ADDRESS, Hosts, RemoteOn
 from ansible_collections.nucleus.criu.plugins.module_utils._remote import CIPHER_PREFERENCE
 
 PLAYBOOK_TIMEOUT = 1800
@@ -155,7 +155,8 @@ def role_row(hosts: Hosts, bench: Bench, workload: RemoteOn, mode: str) -> t.Dic
 
 
 def bare_dir(tag: str) -> str:
-    return "%s/bench-bare/%s" % (PRIVATE, tag)
+    """The bare pipeline's own directory, on the filesystem that holds the role's migrate_dir."""
+    return "/var/lib/nucleus-criu-bench/%s" % tag
 
 
 def run_bare(hosts: Hosts, spec: t.Mapping[str, t.Any]) -> t.Dict[str, float]:

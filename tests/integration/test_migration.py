@@ -18,8 +18,8 @@ import typing as t
 
 import pytest
 
-from conftest import free_port, pipe_max_size, processes_running, proc_state, read_state, wait_for
-from testhosts import MIGRATIONS, PRIVATE, Hosts, Remote, mount_ns
+from conftest import free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
+from testhosts import DISK, MIGRATIONS, Hosts, Remote, mount_ns
 
 HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
 LEASE = 60
@@ -74,6 +74,42 @@ def assert_rolled_back(workload: Remote, token: str, count: int) -> None:
     assert wait_for(lambda: workload.running_on("a") == [workload.pid], what="the source to run again")
     assert workload.copies() == [workload.pid], "nothing of the workload may exist elsewhere"
     workload.counts_on(token, count)
+
+
+def test_fresh_hosts_check_mode_writes_nothing_and_the_default_migrate_dir_is_made(hosts, remote):
+    """On hosts where nucleus.criu never ran (no /var/lib/nucleus-criu): criu_migrate in check mode, refused or
+    predicting, leaves no file or directory on either host; for real, the default migrate_dir is made with its
+    missing parent, root-only, on both hosts."""
+    hosts.down()
+    hosts.up()  # each host starts without /var/lib/nucleus-criu, as a user's does
+    product_dir = os.path.dirname(MIGRATIONS)
+    nothing_written = {"a": [], "b": []}
+
+    def written() -> t.Dict[str, t.List[str]]:
+        return {host: sorted(os.listdir(hosts.path(host, product_dir))) if os.path.lexists(hosts.path(host, product_dir))
+                else [] for host in ("a", "b")}
+
+    assert written() == nothing_written and not os.path.lexists(hosts.path("a", product_dir))
+    workload = remote("fresh")
+    ad_hoc = dict(name=workload.name, target="127.0.0.3", ssh_port=hosts.port, ssh_key_file=hosts.key,
+                  ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")
+    refused = run_module("criu_migrate", dict(ad_hoc, pid=1), check=True, host="host-a", inventory=hosts.inventory)
+    assert refused["failed"] and "Refusing to checkpoint pid 1" in refused["msg"], refused
+    predicted = run_module("criu_migrate", dict(ad_hoc, pidfile=workload.pidfile), check=True, host="host-a",
+                           inventory=hosts.inventory)
+    assert predicted["changed"] and predicted["actions"] == [
+        "would migrate pid %d to 127.0.0.3:%d (copy mode)" % (workload.pid, hosts.port)], predicted
+    assert written() == nothing_written, "check mode must write nothing on either host"
+    assert workload.running_on("a") == [workload.pid]
+
+    token, count = read_state(workload.state_file)
+    result = hosts.migrate(**single(workload))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_migrated(workload, token, count)
+    for host in ("a", "b"):
+        for directory in (product_dir, MIGRATIONS):
+            st = os.lstat(hosts.path(host, directory))
+            assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o700), (host, directory, oct(st.st_mode))
 
 
 def test_migrates_and_a_rerun_reports_without_acting(hosts, remote):
@@ -139,7 +175,7 @@ def test_preflight_no_criu_on_the_target(hosts, remote):
 
 def test_preflight_target_without_room(hosts, remote):
     workload = remote("noroom", "--mem 32")
-    resize = ["nsenter", "-t", str(hosts.sshd("b")), "-m", "mount", "-o", "remount,size=%s", PRIVATE]
+    resize = ["nsenter", "-t", str(hosts.sshd("b")), "-m", "mount", "-o", "remount,size=%s", DISK]
     subprocess.run([arg.replace("%s", "8m") for arg in resize], check=True)
     try:
         result = hosts.migrate(**single(workload))

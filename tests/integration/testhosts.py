@@ -2,7 +2,7 @@
 files and journals read through each host's own mount namespace, failpoints armed there, playbooks run.
 
 host-a and host-b share the kernel (PID space, /proc, /tmp) and differ in their mount namespace: what one
-writes under /var/lib/nucleus-criu the other cannot see, and a process's mount namespace tells which host
+writes under /run or /var/lib the other cannot see, and a process's mount namespace tells which host
 it runs on.
 """
 
@@ -21,8 +21,9 @@ from conftest import REPO, proc_state, processes_running, read_state, wait_for
 TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
-PRIVATE = "/var/lib/nucleus-criu"
-MIGRATIONS = PRIVATE + "/migrations"
+MIGRATIONS = "/var/lib/nucleus-criu/migrations"  # criu_migrate's default migrate_dir
+FAILPOINTS = "/run/nucleus-criu-failpoints"  # _journal.FAILPOINTS
+DISK = "/run/testhost-disk"  # the tmpfs that holds what a host writes to /var/lib
 
 
 class Hosts:
@@ -130,22 +131,21 @@ class Hosts:
 
     def arm(self, name: str, phase: str, workload: t.Optional[str] = None) -> str:
         """Make host ``name`` stop at ``phase`` (of ``workload``, or of every migration) until released."""
-        directory = self.path(name, MIGRATIONS)
+        directory = self.path(name, FAILPOINTS)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        path = os.path.join(directory, ".failpoint.%s" % (phase if workload is None else "%s.%s" % (workload, phase)))
+        path = os.path.join(directory, phase if workload is None else "%s.%s" % (workload, phase))
         open(path, "w").close()
         return path
 
     def reached(self, name: str, workload: str, phase: str, timeout: float = 120) -> int:
         """Pid of the process that stopped at ``phase``, once it did."""
-        marker = self.path(name, "%s/.failpoint.%s.%s.reached" % (MIGRATIONS, workload, phase))
+        marker = self.path(name, "%s/%s.%s.reached" % (FAILPOINTS, workload, phase))
         return wait_for(lambda: json.load(open(marker))["pid"], timeout=timeout, what="%s to reach %s on host-%s" % (workload, phase, name))
 
     def clear_failpoints(self, name: str) -> None:
-        directory = self.path(name, MIGRATIONS)
+        directory = self.path(name, FAILPOINTS)
         for entry in os.listdir(directory) if os.path.isdir(directory) else ():
-            if entry.startswith(".failpoint."):
-                os.unlink(os.path.join(directory, entry))
+            os.unlink(os.path.join(directory, entry))
 
 
 def mount_ns(pid: int) -> str:
@@ -174,7 +174,7 @@ class Remote:
         self.hosts = hosts
         self.name = name
         self.state_file = os.path.join(tmp, name + ".state")
-        self.pidfile = "%s/%s.pid" % (PRIVATE, name)
+        self.pidfile = "/run/%s.pid" % name
         program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
         if netns:
             inner = "sh -c 'ip link set lo up; exec %s'" % program
@@ -251,7 +251,7 @@ class RemoteOn(Remote):
         self.host = host
         self.name = name
         self.state_file = os.path.join(tmp, name + ".state")
-        self.pidfile = "%s/%s.pid" % (PRIVATE, name)
+        self.pidfile = "/run/%s.pid" % name
         program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
         hosts.run(host, "setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % program)
         self.pid = wait_for(self._find, what="workload %s to start" % name)
