@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite on this machine: set up, then the sanity and lint gates, the docs site
-# (offline, no warnings), a clean build and the execution environment check, the Molecule
-# scenarios, a benchmark smoke run, the unit tests (ansible-test units), the modules' integration
-# targets (ansible-test integration), both again under the oldest ansible-core claimed, and finally
-# the pytest integration tests (real CRIU, real processes, real ssh hosts, as root). Extra arguments
-# go to pytest.
+# The whole test suite on this machine: set up, the README's demo on fresh Debian 12 and 13 roots, then
+# the sanity and lint gates, the docs site (offline, no warnings), a clean build and the execution
+# environment check, the Molecule scenarios, a benchmark smoke run, the unit tests (ansible-test units),
+# the modules' integration targets (ansible-test integration), both again under the oldest ansible-core
+# claimed, and finally the pytest integration tests (real CRIU, real processes, real ssh hosts, as root).
+# Extra arguments go to pytest.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -18,6 +18,9 @@ stop_test_hosts() {
 }
 trap stop_test_hosts EXIT
 
+# The README's demo on brand-new Debian 12 and 13 roots (scripts/fresh.sh), where nothing installed on this
+# machine exists: a missing install step fails here, not on a user's first try. First, while no test host runs.
+for suite in bookworm trixie; do bash scripts/fresh.sh "$suite"; done
 bash scripts/sanity.sh
 bash scripts/lint.sh
 bash scripts/docs.sh
