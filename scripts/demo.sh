@@ -43,6 +43,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+say "This machine: Debian $(cat /etc/debian_version), $("$REPO/.venv/bin/python" --version), ansible-core $(
+    "$REPO/.venv/bin/python" -c 'from ansible.release import __version__; print(__version__)'), criu $(
+    criu --version | sed -n 's/^Version: //p')"
 say "Starting two ssh hosts: host-a (127.0.0.2:2222) and host-b (127.0.0.3:2222), each with its own mount namespace"
 bash scripts/testhosts.sh up
 echo "host-a: $(mount_ns "$(bash scripts/testhosts.sh pid a)")   host-b: $(mount_ns "$(bash scripts/testhosts.sh pid b)")"

@@ -6,9 +6,11 @@
 # changes stay on the host (a tmpfs of 4 GiB, mounted on /run/testhost-disk). What one host writes
 # there the other cannot see, so a transfer between them is real. Each host starts as one where
 # nucleus.criu never ran: no /var/lib/nucleus-criu, whatever this machine has; the product makes
-# what it needs, as on a user's host. Podman's image and container storage (/var/lib/containers)
-# is a tmpfs of its own (Podman cannot keep its overlay layers on an overlay): a container or image
-# on one host is not on the other (images reach a host by podman load, as between real hosts).
+# what it needs, as on a user's host. root's shell start-up is empty there: bash runs ~/.bashrc for
+# every ssh command, and this machine's may start pyenv (0.1-0.2 s a session). Podman's image and
+# container storage (/var/lib/containers) is a tmpfs of its own (Podman cannot keep its overlay layers
+# on an overlay): a container or image on one host is not on the other (images reach a host by
+# podman load, as between real hosts).
 # They share the kernel, its PID space and the network namespace; workloads that migrate
 # here live in their own PID (and, for TCP, network) namespace, as they would in a container.
 #
@@ -94,6 +96,7 @@ start() {
          rm -rf /var/lib/nucleus-criu
          mkdir -p /var/lib/containers
          mount -t tmpfs -o mode=0700 nucleus-podman-$name /var/lib/containers
+         if [ -f /root/.bashrc ]; then mount --bind /dev/null /root/.bashrc; fi
          exec /usr/sbin/sshd -D -e -f $DIR/sshd-$name.conf" \
         </dev/null >>"$DIR/sshd-$name.log" 2>&1 &
     pid=$!
