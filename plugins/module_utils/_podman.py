@@ -41,6 +41,7 @@ CAP_SYS_RESOURCE = 24
 PODMAN_DEFAULT_LIMIT = 1048576
 PID_MAX = "/proc/sys/kernel/pid_max"
 SYSTEMD_BOOTED = "/run/systemd/system"  # what sd_booted() looks at
+NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft")  # where netavark finds nft on Debian (its PATH)
 _ULIMITS_RE = re.compile(r"^[ \t]*default_ulimits[ \t]*=[ \t]*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _ULIMIT_RE = re.compile(r"[\"'](\w+)=(-?\d+)(?::(-?\d+))?[\"']")
 
@@ -284,9 +285,13 @@ def ulimits_problem(configured: t.Mapping[str, t.Tuple[int, int]], ceilings: t.M
                "; ".join(wrong), example, CONF_DROP_IN, ROLE_HINT))
 
 
-def host_problems(host_info: t.Mapping[str, t.Any], systemd: bool) -> t.List[str]:
-    """Settings that need systemd where it is not running."""
+def host_problems(host_info: t.Mapping[str, t.Any], systemd: bool, nft: t.Optional[str] = None) -> t.List[str]:
+    """Settings that need systemd where it is not running, and a network backend without the tool it runs (``nft``:
+    where nft is, None if nowhere)."""
     problems = []
+    if host_info.get("networkBackend") == "netavark" and nft is None:
+        problems.append("Podman's network backend netavark sets up a container's network with nft, which is not installed "
+                        "here: no container with a network would start. Install nftables. %s" % ROLE_HINT)
     if host_info.get("cgroupManager") == "systemd" and not systemd:
         problems.append('Podman uses the systemd cgroup manager, but systemd is not running here: set cgroup_manager = '
                         '"cgroupfs" in the [engine] table of %s. %s' % (CONF_DROP_IN, ROLE_HINT))
@@ -338,6 +343,7 @@ def container_facts(engine: str, timeout: float, caps: int) -> t.Dict[str, t.Any
     facts["default_ulimits"] = ["%s=%d:%d" % (name, soft, hard) for name, (soft, hard) in sorted(configured.items())]
     problems = [problem_of_runtime, facts["criu"]["problem"],
                 ulimits_problem(configured, facts["limit_ceilings"], facts["cap_sys_resource"])]
-    facts["problems"] = [problem for problem in problems if problem] + host_problems(host_info, facts["systemd"])
+    nft = next((path for path in NFT_PATHS if os.access(path, os.X_OK)), None)
+    facts["problems"] = [problem for problem in problems if problem] + host_problems(host_info, facts["systemd"], nft)
     facts["usable"] = not facts["problems"]
     return facts

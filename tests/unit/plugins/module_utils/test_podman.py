@@ -60,10 +60,19 @@ def test_unlimited_host_limits_need_nothing():
     assert podman.ulimits_problem({}, {"nofile": None, "nproc": None}, False) == ""
 
 
+def test_netavark_needs_nft():
+    """Debian 13's Podman 5 runs netavark, which runs nft, which its package only recommends: without it every container
+    with a network fails to start ("unable to execute nft")."""
+    assert podman.host_problems({"networkBackend": "netavark"}, systemd=False, nft="/usr/sbin/nft") == []
+    (problem,) = podman.host_problems({"networkBackend": "netavark"}, systemd=False, nft=None)
+    assert "nft, which is not installed" in problem and "Install nftables" in problem
+    assert podman.host_problems({"networkBackend": "cni"}, systemd=False, nft=None) == []
+
+
 def test_settings_that_need_systemd():
     info = {"cgroupManager": "systemd", "eventLogger": "journald"}
-    assert podman.host_problems(info, systemd=True) == []
-    problems = podman.host_problems(info, systemd=False)
+    assert podman.host_problems(info, systemd=True, nft="/usr/sbin/nft") == []
+    problems = podman.host_problems(info, systemd=False, nft="/usr/sbin/nft")
     assert len(problems) == 2 and 'cgroup_manager = "cgroupfs"' in problems[0] and 'events_logger = "file"' in problems[1]
 
 
