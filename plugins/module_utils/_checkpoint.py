@@ -125,10 +125,25 @@ def staged(loc: store.Location) -> t.Iterator[store.Staging]:
 
 
 def _forget_failed_log(loc: store.Location) -> None:
+    """An earlier failure's log goes; anything else under that name (a directory, say) is not ours and stays."""
     try:
         os.unlink(".%s.dump-failed.log" % loc.name, dir_fd=loc.parent_fd)
-    except FileNotFoundError:
+    except OSError:
         pass
+
+
+def failed_dump_fate(exc: BaseException, staging: t.Optional[store.Staging], loc: store.Location,
+                     bring_back: t.Callable[[], str]) -> None:
+    """What a failed dump does with its workload, said in ``exc``: before the checkpoint is published the workload runs
+    again (``bring_back``); once it is published it never does, whatever fails after, or two copies could run."""
+    if staging is not None and staging.published:
+        fate = ("The checkpoint was published at %s before this failure, so the workload was not resumed beside it (it "
+                "could then run twice): it is left as the dump left it. Restore it from %s, or remove %s and resume it."
+                % (loc.path, loc.path, loc.path))
+    else:
+        fate = "%s No checkpoint was written to %s." % (bring_back(), loc.path)
+    if isinstance(exc, CriuError):
+        exc.msg = "%s %s" % (exc.msg, fate)
 
 
 def describe(criu: t.Mapping[str, str], name: str, facts: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
@@ -202,6 +217,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
     options = dump_options(params, pid, st, facts["tree"])
     ending = not (options["leave_running"] or options["leave_stopped"])
     identity: t.List[t.List[int]] = []
+    staging: t.Optional[store.Staging] = None
     try:
         with staged(loc) as staging:
             images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
@@ -219,9 +235,7 @@ def _dump(runtime: CriuRuntime, pid: int, st: procfs.ProcStat, loc: store.Locati
             staging.publish()
             fsync_seconds = time.monotonic() - flush_started
     except BaseException as exc:
-        fate = resume_if_we_stopped(pid, st)
-        if isinstance(exc, CriuError):
-            exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg, fate, loc.path)
+        failed_dump_fate(exc, staging, loc, lambda: resume_if_we_stopped(pid, st))
         raise
     if ending:
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
@@ -234,6 +248,7 @@ def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: st
     fails once the checkpoint stopped the container, Podman's own copy of the checkpoint brings it back."""
     options = container.dump_options(params)
     recorded, facts = container.describe(engine, found, params["timeout"])
+    staging: t.Optional[store.Staging] = None
     try:
         with staged(loc) as staging:
             frozen_at = procfs.utc_now()
@@ -245,9 +260,7 @@ def _dump_container(engine: podman.Podman, found: t.Mapping[str, t.Any], loc: st
             staging.publish()
             fsync_seconds = time.monotonic() - flush_started
     except BaseException as exc:
-        fate = container.bring_back(engine, found, facts["starttime"], params["timeout"])
-        if isinstance(exc, CriuError):
-            exc.msg = "%s %s No checkpoint was written to %s." % (exc.msg, fate, loc.path)
+        failed_dump_fate(exc, staging, loc, lambda: container.bring_back(engine, found, facts["starttime"], params["timeout"]))
         raise
     return dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
 

@@ -66,9 +66,22 @@ def location(path: str, make_parents: bool = False) -> t.Iterator[Location]:
     safepath.check_name(name, path)
     where = safepath.walk(path, CHAIN_REMEDY, follow_final=False, make_missing=make_parents)
     try:
+        require_unshared(where.dir_fd, where.real_dir, "Checkpoint parent")
         yield Location(where.dir_fd, where.real_dir, where.name)
     finally:
         os.close(where.dir_fd)
+
+
+def require_unshared(dir_fd: int, path: str, what: str) -> None:
+    """The directory that holds our files (a checkpoint's parent, the migration directory) must be writable by its owner
+    alone. The chain rule accepts a root-owned sticky directory above them, but in one that holds them another user
+    could create the names we use (a lock, a log, a journal) first: squat them, or plant what we would read back."""
+    mode = stat.S_IMODE(os.fstat(dir_fd).st_mode)
+    if mode & 0o022:
+        raise CriuError("%s %s is a directory other users can write (mode %04o): they could create the files nucleus.criu "
+                        "keeps there (locks, logs, journals) before it does. Use a directory that only root writes, e.g. "
+                        "/var/lib/criu/NAME for a checkpoint (missing parents are made for you)." % (what, path, mode),
+                        path=path)
 
 
 def _lstat(dir_fd: int, name: str) -> t.Optional[os.stat_result]:
@@ -264,6 +277,7 @@ class Staging:
     def __init__(self, loc: Location) -> None:
         self.loc = loc
         self.name = _scratch_prefixes(loc)[0] + secrets.token_hex(4)
+        self.published = False  # once renamed to the checkpoint's name: the point of no return
         os.mkdir(self.name, DIR_MODE, dir_fd=loc.parent_fd)
         self.fd = os.open(self.name, safepath.DIR_FLAGS, dir_fd=loc.parent_fd)
         os.mkdir(IMAGES, DIR_MODE, dir_fd=self.fd)
@@ -293,6 +307,7 @@ class Staging:
             old = _scratch_prefixes(self.loc)[1] + secrets.token_hex(4)
             os.rename(self.loc.name, old, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         os.rename(self.name, self.loc.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        self.published = True
         if durable:
             os.fsync(parent_fd)
         self.close()
@@ -378,17 +393,27 @@ def copy_file(src_dir: str, name: str, dest_fd: int) -> bool:
 
 def open_or_create_dir(path: str, what: str) -> t.Tuple[int, str]:
     """An fd of directory ``path`` (created 0700 with its missing parents, each under the fd of its checked parent),
-    its whole chain checked."""
-    return safepath.open_dir(path, what, CHAIN_REMEDY, make_missing=True)
+    its whole chain checked, writable by its owner alone."""
+    return _unshared(safepath.open_dir(path, what, CHAIN_REMEDY, make_missing=True), what)
 
 
 def open_existing_dir(path: str, what: str) -> t.Optional[t.Tuple[int, str]]:
     """An fd of directory ``path`` and its real path, or None where it (or a parent) does not exist yet: for a look
     that must create nothing (check mode, a preflight)."""
     try:
-        return safepath.open_dir(path, what, CHAIN_REMEDY)
+        opened = safepath.open_dir(path, what, CHAIN_REMEDY)
     except (FileNotFoundError, safepath.MissingDirectory):
         return None
+    return _unshared(opened, what)
+
+
+def _unshared(opened: t.Tuple[int, str], what: str) -> t.Tuple[int, str]:
+    try:
+        require_unshared(opened[0], opened[1], what)
+    except CriuError:
+        os.close(opened[0])
+        raise
+    return opened
 
 
 def free_bytes(dir_fd: int) -> int:

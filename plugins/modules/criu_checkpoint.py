@@ -92,8 +92,10 @@ options:
     description:
       - Checkpoint directory to create. Missing parents are created too (owned by the calling user, mode 0700; in
         check mode nothing is created). Every existing directory above it must be owned by root (or the calling
-        user) and not writable by group or others (a root-owned sticky directory such as C(/tmp) is fine). At most
-        200 bytes for its last component.
+        user) and not writable by group or others (a root-owned sticky directory such as C(/tmp) is fine above the
+        parent). The parent itself must be writable by its owner alone - a shared C(/tmp) or C(/var/tmp) is
+        refused, since other users could create the lock and log names kept there. At most 200 bytes for its last
+        component.
     type: path
     required: true
   name:

@@ -384,3 +384,60 @@ def test_verification_is_bounded_by_the_timeout(workloads, ckpt_dir):
     elapsed = time.monotonic() - started
     assert verdict["failed"] and "did not finish within 2s" in verdict["msg"], verdict
     assert elapsed < 20, "verification ran %.1fs past a 2s timeout" % elapsed
+
+
+# --- round three: a directory others can write never holds our files ------------------------------------------
+
+def as_nobody(*argv: str) -> None:
+    subprocess.run(["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups"] + list(argv), check=True)
+
+
+def shared_sticky(attack_base: str) -> str:
+    """A root-owned sticky directory every user can write, as /tmp and /var/tmp are."""
+    shared = os.path.join(attack_base, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    return shared
+
+
+def test_a_name_planted_in_a_shared_parent_cannot_undo_a_dump(workloads, attack_base):
+    """uid 65534 makes a directory named like a failed dump's log beside DEST. The dump that was to end the workload
+    published its checkpoint, the clean-up after it failed on that name, and the failure handler resumed the workload:
+    a valid checkpoint beside the running original, a second copy at the next restore. A DEST whose parent others can
+    write is now refused before anything is dumped."""
+    workload = workloads(pid_namespace=True, minimum=3)
+    shared = shared_sticky(attack_base)
+    as_nobody("mkdir", os.path.join(shared, ".ck.dump-failed.log"))
+
+    made = run_module("criu_checkpoint", dict(pid=workload.pid, dest=os.path.join(shared, "ck"), hmac_key=KEY))
+
+    assert made["failed"] and ("Checkpoint parent %s is a directory other users can write (mode 1777)" % shared) in made["msg"], made
+    assert not os.path.lexists(os.path.join(shared, "ck")), "nothing may be dumped into a shared directory"
+    assert workload.copies() == [workload.pid] and workload.wait_count(workload.state()[1] + 2)
+
+
+def test_a_journal_planted_in_a_shared_migrate_dir_kills_nothing(attack_base):
+    """uid 65534 writes a migration journal into a shared migrate_dir, naming a root process as the migration's criu:
+    the rerun-is-recovery of criu_migrate SIGKILLed it (with pid 1, every process of the host) before its preflight.
+    A migrate_dir others can write is now refused before any file in it is read."""
+    shared = shared_sticky(attack_base)
+    victim = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        with open("/proc/%d/stat" % victim.pid) as handle:
+            starttime = int(handle.read().rpartition(")")[2].split()[19])
+        journal = {"format": 1, "name": "web", "phase": "frozen", "history": [], "outcome": None, "decision": None,
+                   "role": "source", "mode": "copy", "criu": [victim.pid, starttime],
+                   "process": {"pid": victim.pid, "starttime": starttime, "tree": [[victim.pid, starttime]]},
+                   "target": {"label": "127.0.0.1:1", "host": "127.0.0.1"}, "settings": {"timeout": 5}}
+        as_nobody("/usr/bin/python3", "-c", "import json, sys; open(sys.argv[1], 'w').write(sys.argv[2])",
+                  os.path.join(shared, "web.journal.json"), json.dumps(journal))
+
+        result = run_module("criu_migrate", dict(name="web", pid=victim.pid, target="127.0.0.1", ssh_port=1,
+                                                 migrate_dir=shared, timeout=5))
+
+        assert result["failed"] and ("Migration directory %s is a directory other users can write (mode 1777)" % shared) in result["msg"], result
+        assert victim.poll() is None, "a planted journal killed a root process"
+        assert sorted(os.listdir(shared)) == ["web.journal.json"], "nothing may be written into a shared migrate_dir"
+    finally:
+        victim.kill()
+        victim.wait()

@@ -411,6 +411,39 @@ def test_a_failure_after_the_dump_resumes_the_workload_it_stopped(tmp_path, work
     assert not os.path.lexists(dest) and [n for n in os.listdir(tmp_path) if ".staging-" in n] == []
 
 
+def test_a_name_we_did_not_write_beside_dest_does_not_undo_the_dump(tmp_path, workload, fake_criu, kills):
+    """A directory named like an old failed dump's log (.NAME.dump-failed.log) once made the clean-up after the publish
+    raise, and the failure handler resumed the workload beside its published checkpoint: two copies. It is left alone."""
+    pid, st = workload
+    dest = str(tmp_path / "ckpt")
+    kills[0].dest = dest
+    (tmp_path / ".ckpt.dump-failed.log").mkdir()
+    result = checkpoint.checkpoint(params(pid=pid, dest=dest), False)
+    assert result["changed"] and verify_at(dest).metadata["options"]["leave_running"] is False
+    assert kills[1] == [([[pid, st.starttime]], signal.SIGKILL, "published", ["T"])]
+    assert wait_for(lambda: not procfs.is_alive(pid, st.starttime)) and (tmp_path / ".ckpt.dump-failed.log").is_dir()
+
+
+def test_nothing_after_the_publish_resumes_the_workload(tmp_path, workload, fake_criu, kills, monkeypatch):
+    """Whatever fails once the checkpoint is published, the workload is never resumed beside it (nor killed: the failure
+    may have come before the publish was flushed)."""
+    pid, st = workload
+    dest = str(tmp_path / "ckpt")
+    kills[0].dest = dest
+
+    def fails_after_publish(_loc):
+        raise CriuError("Cleaning up failed.")
+    monkeypatch.setattr(checkpoint, "_forget_failed_log", fails_after_publish)
+    with pytest.raises(CriuError) as err:
+        checkpoint.checkpoint(params(pid=pid, dest=dest), False)
+    assert err.value.msg == ("Cleaning up failed. The checkpoint was published at %s before this failure, so the workload was "
+                             "not resumed beside it (it could then run twice): it is left as the dump left it. Restore it "
+                             "from %s, or remove %s and resume it." % (dest, dest, dest))
+    assert kills[1] == [] and procfs.read_stat(pid).state == "T", "neither resumed nor killed"
+    assert verify_at(dest).metadata["options"]["leave_running"] is False
+    procfs.kill_tree(pid, signal.SIGCONT)
+
+
 def test_dump_stats_read_criu_stats_from_the_staging_dir(tmp_path, workload, fake_criu, monkeypatch):
     seen = []
 

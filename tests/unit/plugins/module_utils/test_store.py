@@ -19,10 +19,8 @@ def _real_of(fd):
 # --- location ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [0o700, 0o755, 0o1777, 0o1770])
-def test_location_accepts_private_or_root_sticky_parent(tmp_path, mode):
-    if mode & stat.S_ISVTX and not IS_ROOT:
-        pytest.skip("only root can make a root-owned sticky directory")
+@pytest.mark.parametrize("mode", [0o700, 0o755, 0o1755])
+def test_location_accepts_a_parent_only_its_owner_writes(tmp_path, mode):
     os.chmod(tmp_path, mode)
     with store.location(str(tmp_path / "ckpt")) as loc:
         assert (loc.parent, loc.name, loc.path) == (str(tmp_path), "ckpt", str(tmp_path / "ckpt"))
@@ -30,6 +28,27 @@ def test_location_accepts_private_or_root_sticky_parent(tmp_path, mode):
         fd = loc.parent_fd
     with pytest.raises(OSError):
         os.fstat(fd)  # closed when the block ends
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o1770])
+def test_location_refuses_a_shared_sticky_parent(tmp_path, mode):
+    """A root-owned sticky directory may lie above a checkpoint, never hold it: others could create its lock, its
+    logs or a sibling first."""
+    if not IS_ROOT:
+        pytest.skip("only root can make a root-owned sticky directory")
+    os.chmod(tmp_path, mode)
+    with pytest.raises(CriuError) as err:
+        with store.location(str(tmp_path / "ckpt")):
+            pass
+    assert err.value.msg.startswith("Checkpoint parent %s is a directory other users can write (mode %04o)" % (tmp_path, mode))
+    assert "/var/lib/criu/NAME" in err.value.msg and err.value.details["path"] == str(tmp_path)
+    sticky = tmp_path / "migrations"
+    sticky.mkdir()
+    os.chmod(sticky, mode)
+    for opener in (store.open_or_create_dir, store.open_existing_dir):
+        with pytest.raises(CriuError, match="Migration directory %s is a directory other users can write" % sticky):
+            opener(str(sticky), "Migration directory")
+    assert os.listdir(sticky) == [] and os.listdir(tmp_path) == ["migrations"]
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
