@@ -15,6 +15,8 @@ at exactly that step.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -90,6 +92,28 @@ class Journal:
                          replace=True)
         if reached:
             failpoint(self.name, phase)
+
+    @contextlib.contextmanager
+    def exclusive(self, wait: bool = True) -> t.Iterator[bool]:
+        """The decision lock, held while a decision is checked and written: the worker's commit and the lease keeper's
+        kill exclude each other, so neither acts on a journal the other has just changed. Each holder opens the lock
+        file itself (a lock on an inherited descriptor would be shared with the process it came from). Yields whether
+        the lock is held (always, when ``wait``)."""
+        fd = os.open(".%s.journal.lock" % self.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE,
+                     dir_fd=self.dir_fd)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
+
+    def reload(self) -> "Journal":
+        """The journal as it is on disk now (this copy when there is none)."""
+        return Journal.load(self.dir_fd, self.directory, self.name) or self
 
     def progress(self, **fields: t.Any) -> None:
         """Bytes and rate as they change: written often, so not flushed (it is no part of the recovery)."""

@@ -469,7 +469,8 @@ class Worker:
 
     def _decide(self) -> None:
         s, journal = self.settings, self.journal
-        journal.record("committed", decision="commit")  # ---- the commit point ----
+        with journal.exclusive():  # a lease keeper that finds the lease run out either kills us before this or sees it
+            journal.record("committed", decision="commit")  # ---- the commit point ----
         self.agent.channel.send(decision="commit", pidfile=s.target_pidfile,  # type: ignore[union-attr]
                                 cleanup=s.cleanup in ("all", "target"))
         done = self.agent.answer(s.link_timeout)  # type: ignore[union-attr]
@@ -493,19 +494,27 @@ def _detach_stdio() -> None:
     os.close(null)
 
 
+def _lease_ran_out(journal: Journal) -> bool:
+    deadline = journal.get("lease_deadline")
+    return bool(deadline) and journal.phase in PRE_COMMIT and time.monotonic() > deadline and journal.get("outcome") is None
+
+
 def _keep_lease(worker: int, journal: Journal) -> None:
-    """Wait for the worker; kill it if the lease runs out before the decision. The journal on disk tells."""
+    """Wait for the worker; kill it if the lease runs out before the decision. The journal on disk tells, read again
+    under the decision lock (a commit written meanwhile stands), and once more after the kill: what the worker wrote
+    last is kept, never overwritten by an older copy."""
     while True:
         done, _status = os.waitpid(worker, os.WNOHANG)
         if done:
             return
-        current = Journal.load(journal.dir_fd, journal.directory, journal.name) or journal
-        deadline = current.get("lease_deadline")
-        if deadline and current.phase in PRE_COMMIT and time.monotonic() > deadline and current.get("outcome") is None:
-            current.record(current.phase, error="the lease of %ss ran out before a decision" % current.get("lease_seconds"))
-            os.kill(worker, signal.SIGKILL)
-            os.waitpid(worker, 0)
-            return
+        if _lease_ran_out(journal.reload()):
+            with journal.exclusive(wait=False) as held:
+                if held and _lease_ran_out(journal.reload()):
+                    os.kill(worker, signal.SIGKILL)
+                    os.waitpid(worker, 0)
+                    final = journal.reload()
+                    final.record(final.phase, error="the lease of %ss ran out before a decision" % final.get("lease_seconds"))
+                    return
         time.sleep(WATCH_POLL)
 
 
@@ -737,7 +746,7 @@ def _failed_phase(data: t.Mapping[str, t.Any]) -> str:
 def watch(journal: Journal, lock: DriverLock, deadline: float) -> Journal:
     """Wait until the driver has reached an outcome and exited (the lock is free again)."""
     while True:
-        current = Journal.load(journal.dir_fd, journal.directory, journal.name) or journal
+        current = journal.reload()
         if current.get("outcome") is not None and not lock.held_elsewhere():
             return current
         if time.monotonic() > deadline:

@@ -6,6 +6,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _journal as journal_module
 from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
@@ -141,3 +143,58 @@ def test_a_failpoint_directory_others_can_write_is_ignored(tmp_path, monkeypatch
     monkeypatch.setattr(journal_module, "FAILPOINTS", str(failpoints))
     journal_module.failpoint("web", "frozen")  # returns at once: never trusted
     assert not (failpoints / "web.frozen.reached").exists()
+
+
+# --- the lease keeper and the commit: a decision on disk stands -------------------------------------------------
+
+def sleeping_worker(seconds: float) -> int:
+    """A child standing in for the driver's worker."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(seconds)
+        os._exit(0)  # pylint: disable=protected-access
+    return pid
+
+
+def lease_journal(tmp_path, phase="target_restored"):
+    with dir_fd(tmp_path) as fd:
+        return Journal.create(os.dup(fd), str(tmp_path), "web", phase, id="1", role="source", outcome=None, mode="copy",
+                              lease_seconds=5, lease_deadline=time.monotonic() - 1)
+
+
+def test_the_lease_keeper_never_undoes_a_commit_written_while_it_looked(tmp_path, monkeypatch):
+    """The keeper found the lease run out before a decision, then wrote its older copy of the journal over the commit the
+    worker had written meanwhile, and killed the worker: the source was resumed while the target ran its copy. Here the
+    worker commits right after the keeper's first look; the keeper decides only on what is on disk under the decision
+    lock, so the commit stands and the worker is left to finish."""
+    journal = lease_journal(tmp_path)
+    real_load = Journal.load.__func__
+    looked = []
+
+    def look_then_commit(cls, dir_fd, directory, name):
+        found = real_load(cls, dir_fd, directory, name)
+        if not looked:
+            looked.append(True)
+            Journal(dir_fd, directory, name, json.loads(json.dumps(found.data))).record("committed", decision="commit")
+        return found
+
+    monkeypatch.setattr(Journal, "load", classmethod(look_then_commit))
+    started = time.monotonic()
+    worker = sleeping_worker(1.0)
+    migrate._keep_lease(worker, journal)
+    assert time.monotonic() - started >= 0.9, "the worker must be left to finish, not killed"
+    on_disk = real_load(Journal, journal.dir_fd, journal.directory, journal.name)
+    assert on_disk.phase == "committed" and on_disk.get("decision") == "commit" and on_disk.get("error") is None
+
+
+def test_the_lease_keeper_kills_a_worker_past_its_lease_and_keeps_what_it_wrote_last(tmp_path):
+    journal = lease_journal(tmp_path)
+    worker = sleeping_worker(30)
+    stale = Journal.load(journal.dir_fd, journal.directory, journal.name)
+    journal.record("target_restored", sealed_sent=True)  # the worker's last write, after the keeper's first look
+    started = time.monotonic()
+    migrate._keep_lease(worker, stale)
+    assert time.monotonic() - started < 5, "killed at once, not waited for"
+    on_disk = Journal.load(journal.dir_fd, journal.directory, journal.name)
+    assert on_disk.get("sealed_sent") is True, "the worker's last write must survive the keeper's"
+    assert on_disk.get("error") == "the lease of 5s ran out before a decision" and on_disk.phase == "target_restored"
