@@ -17,11 +17,14 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as 
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 EXPORT = integrity.CONTAINER_EXPORT
+RUNC_CONFIG_REMEDY = ("runc has criu read it as root for every container that names no configuration of its own: keep it "
+                      "root's, or remove it.")
 # The criu options Podman passes on for a container; every other one is refused rather than silently dropped.
 PASSED_OPTIONS = ("tcp_established", "file_locks")
 RESTORE_OPTIONS = PASSED_OPTIONS + ("ignore_static_ip", "ignore_static_mac")
@@ -43,13 +46,49 @@ def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
 
 
 def require_running(found: t.Optional[t.Mapping[str, t.Any]], name: str) -> t.Mapping[str, t.Any]:
-    """The container to checkpoint (as inspected), which must exist and run."""
+    """The container to checkpoint (as inspected), which must exist, run, and give criu no configuration of its own."""
     if found is None:
         raise CriuError("There is no container %s on this host (podman ps -a lists them). Check the name, or the host." % name)
     if found["state"] != "running" or not found["pid"]:
         raise CriuError("Container %s is %s: only a running container can be checkpointed. Start it (podman start %s), or "
                         "restore it from its checkpoint." % (name, found["state"], name))
+    refuse_criu_config(found)
     return found
+
+
+def refuse_criu_config(found: t.Mapping[str, t.Any]) -> None:
+    """criu takes its configuration from nucleus.criu alone. runc has it read the file a container's org.criu.config
+    annotation names (an image's annotations reach every container made from it), else /etc/criu/runc.conf; a
+    configuration can run any program as root (action-script), at the dump and at every restore of the export."""
+    named = found.get("criu_config")
+    if named:
+        raise CriuError("Container %s (image %s) names a criu configuration file in its %s annotation (%s): runc would have "
+                        "criu read it as root at the checkpoint and at every restore, and a configuration can run any "
+                        "program (action-script). Recreate the container with --annotation %s= (empty: no file), or from "
+                        "an image without that annotation." % (found["name"], found.get("image_name") or found.get("image_id"),
+                                                             podman.CRIU_CONFIG_ANNOTATION, named,
+                                                             podman.CRIU_CONFIG_ANNOTATION), container=found["name"])
+    problem = runc_config_problem() if named is None else None
+    if problem:
+        raise CriuError(problem, path=podman.RUNC_CRIU_CONFIG)
+
+
+def runc_config_problem() -> t.Optional[str]:
+    """Why /etc/criu/runc.conf, which runc has criu read for a container that names no configuration, cannot be
+    trusted (another user could change it); None when it is root's, or absent."""
+    try:
+        fd, real = safepath.open_file(podman.RUNC_CRIU_CONFIG, "criu configuration for runc", RUNC_CONFIG_REMEDY)
+    except (FileNotFoundError, safepath.MissingDirectory):
+        return None
+    except CriuError as exc:
+        return exc.msg
+    try:
+        safepath.require_trusted(os.fstat(fd), real, "criu configuration for runc", RUNC_CONFIG_REMEDY)
+    except CriuError as exc:
+        return exc.msg
+    finally:
+        os.close(fd)
+    return None
 
 
 def same_container(metadata: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[str, t.Any]], name: str) -> bool:
@@ -167,6 +206,7 @@ def restore_problems(engine: podman.Podman, metadata: t.Mapping[str, t.Any], nam
                      timeout: float) -> t.List[str]:
     """Why this host cannot restore the container checkpoint (under ``name``, when given); empty when it can."""
     problems, _present = image_problems(engine, metadata["container"], False, timeout)
+    problems += [problem for problem in (runc_config_problem(),) if problem]
     if name is not None and engine.inspect(name, timeout) is not None:
         problems.append("a container named %s exists on this host: set container_name to another name, or remove that "
                         "container (podman rm %s) if it is the stopped original" % (name, name))
@@ -210,6 +250,7 @@ def target_problems(engine: podman.Podman, recorded: t.Mapping[str, t.Any], tran
                     timeout: float) -> t.Tuple[t.List[str], bool]:
     """Why a migration of the container ``recorded`` cannot land on this host, and whether its image is here."""
     problems, present = image_problems(engine, recorded, transfer_image, timeout)
+    problems += [problem for problem in (runc_config_problem(),) if problem]
     if engine.inspect(recorded["name"], timeout) is not None:
         problems.append("a container named %s exists here: remove it (podman rm %s) or migrate to another host"
                         % (recorded["name"], recorded["name"]))

@@ -41,6 +41,10 @@ CAP_SYS_RESOURCE = 24
 PODMAN_DEFAULT_LIMIT = 1048576
 PID_MAX = "/proc/sys/kernel/pid_max"
 SYSTEMD_BOOTED = "/run/systemd/system"  # what sd_booted() looks at
+# runc has criu read the file this annotation names (an image's annotations reach every container made from it), or
+# RUNC_CRIU_CONFIG when there is none; an empty value means no file.
+CRIU_CONFIG_ANNOTATION = "org.criu.config"
+RUNC_CRIU_CONFIG = "/etc/criu/runc.conf"
 NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft")  # where netavark finds nft on Debian (its PATH)
 _ULIMITS_RE = re.compile(r"^[ \t]*default_ulimits[ \t]*=[ \t]*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _ULIMIT_RE = re.compile(r"[\"'](\w+)=(-?\d+)(?::(-?\d+))?[\"']")
@@ -129,7 +133,8 @@ class Podman(t.NamedTuple):
         running = state.get("Status") == "running"
         return {"id": found.get("Id"), "name": found.get("Name"), "state": state.get("Status"),
                 "pid": (state.get("Pid") or None) if running else None,
-                "image_id": found.get("Image"), "image_name": found.get("ImageName"), "runtime": found.get("OCIRuntime")}
+                "image_id": found.get("Image"), "image_name": found.get("ImageName"), "runtime": found.get("OCIRuntime"),
+                "criu_config": (found.get("Config") or {}).get("Annotations", {}).get(CRIU_CONFIG_ANNOTATION)}
 
     def checkpoint(self, container_id: str, export_fd: int, options: t.Mapping[str, t.Any], timeout: float,
                    on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:

@@ -36,9 +36,9 @@ class Containers:
         self.names.append(name)
         return name
 
-    def start(self, label: str, command: str = COUNTER) -> str:
+    def start(self, label: str, command: str = COUNTER, image: t.Optional[str] = None) -> str:
         name = self.name(label)
-        podman("run", "-d", "--name", name, self.image, "sh", "-c", command)
+        podman("run", "-d", "--name", name, image or self.image, "sh", "-c", command)
         if command == COUNTER:
             wait_for(lambda: count(name) >= 3, what="container %s counting" % name)
         return name
@@ -219,3 +219,29 @@ def test_criu_info_reports_a_ready_container_host(podman_image):
     facts = info["containers"]
     assert facts["usable"] and facts["runtime"] == dict(facts["runtime"], name="runc", checkpoint=True), facts
     assert facts["criu"]["version"].startswith("4.") and facts["cgroup_manager"] in ("cgroupfs", "systemd"), facts
+
+
+def test_an_image_cannot_make_criu_run_its_script(containers, ckpt_dir, tmp_path):
+    """Trust, round three: an image's org.criu.config annotation reaches every container made from it, and runc had
+    criu read the file it names as root, whose action-script criu ran at the checkpoint (and at every restore). A
+    container that names a criu configuration is refused before anything is frozen."""
+    marker = tmp_path / "ran-as"
+    script = tmp_path / "evil.sh"
+    script.write_text("#!/bin/sh\nid -u >> %s\n" % marker)
+    os.chmod(script, 0o755)
+    config = tmp_path / "evil.conf"
+    config.write_text("action-script %s\n" % script)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "Containerfile").write_text("FROM %s\n" % containers.image)
+    image = "localhost/nucleus-criu-annotated:%s" % secrets.token_hex(3)
+    podman("build", "--quiet", "--annotation", "org.criu.config=%s" % config, "-t", image, str(build))
+    try:
+        name = containers.start("annotated", image=image)
+        made = run_module("criu_checkpoint", dict(container=name, dest=str(ckpt_dir / "ck"), leave_running=True))
+        assert not marker.exists(), "criu ran the image's script as uid %s" % marker.read_text().split()
+        assert made["failed"] and "names a criu configuration file in its org.criu.config annotation (%s)" % config in made["msg"], made
+        assert state(name) == "running" and not os.path.lexists(ckpt_dir / "ck")
+    finally:
+        containers.remove_all()
+        podman("image", "rm", "--force", image, check=False)

@@ -221,3 +221,34 @@ def test_an_image_is_loaded_then_named(recording_podman, tmp_path):
         os.close(fd)
     assert [call["argv"] for call in calls()] == [["image", "load", "--input", "/proc/self/fd/%d" % fd],
                                                   ["image", "tag", "1" * 64, "localhost/web:1"]]
+
+
+# --- criu's configuration comes from nucleus.criu alone -----------------------------------------------------------
+
+RUNNING = {"name": "web", "state": "running", "pid": 42, "image_name": "localhost/web:1", "image_id": "1" * 64}
+
+
+def test_a_container_that_names_a_criu_configuration_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(podman, "RUNC_CRIU_CONFIG", str(tmp_path / "absent" / "runc.conf"))
+    with pytest.raises(CriuError) as err:
+        container.require_running(dict(RUNNING, criu_config="/tmp/evil.conf"), "web")
+    assert "names a criu configuration file in its org.criu.config annotation (/tmp/evil.conf)" in err.value.msg
+    assert "--annotation org.criu.config= (empty: no file)" in err.value.msg and err.value.details["container"] == "web"
+    for harmless in ("", None):  # an empty annotation means no file; none means runc's default, absent here
+        assert container.require_running(dict(RUNNING, criu_config=harmless), "web")["name"] == "web"
+
+
+def test_runcs_default_criu_configuration_must_be_roots(monkeypatch, tmp_path):
+    conf = tmp_path / "runc.conf"
+    monkeypatch.setattr(podman, "RUNC_CRIU_CONFIG", str(conf))
+    assert container.runc_config_problem() is None, "absent"
+    conf.write_text("tcp-established\n")
+    os.chmod(conf, 0o644)
+    assert container.runc_config_problem() is None, "root's (the caller's) own"
+    os.chmod(conf, 0o666)
+    problem = container.runc_config_problem()
+    assert problem and "is writable by group/others" in problem and "keep it root's, or remove it" in problem
+    with pytest.raises(CriuError, match="writable by group/others"):
+        container.require_running(dict(RUNNING, criu_config=None), "web")
+    assert any("writable by group/others" in p for p in container.target_problems(
+        Images({"localhost/web:1": "1" * 64}), WEB, False, 10)[0])
