@@ -1,18 +1,17 @@
 # Copyright (c) nucleus.criu contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""criu's statistics files (stats-dump, stats-restore), read without pycriu or protobuf.
+"""criu's statistics files (stats-dump, stats-restore), read without pycriu or protobuf (_protowire).
 
-Every checkpoint and restore reports them, so they are parsed here by a few lines of protobuf wire format
-instead of importing pycriu and protobuf into each module run (megabytes of memory and tens of milliseconds);
-pycriu stays for checkpoint details only (_inspect). The layout is CRIU's images/stats.proto.
+Every checkpoint and restore reports them. The layout is CRIU's images/stats.proto.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import struct
 import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils import _protowire as protowire
 
 MAGIC_SERVICE = 1427134784  # IMG_SERVICE: the first magic of a service image (criu/include/magic.h)
 MAGIC_STATS = 1460220678
@@ -26,63 +25,17 @@ FIELDS: t.Dict[int, t.Dict[int, str]] = {
 }
 
 
-def _varint(data: bytes, pos: int) -> t.Tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> t.Iterator[t.Tuple[int, t.Union[int, bytes]]]:
-    """(field number, value) of a protobuf message: varints as ints, length-delimited fields as bytes."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-            yield number, value
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("a field runs past the end of its message")
-            yield number, data[pos:pos + length]
-            pos += length
-        elif wire in (1, 5):
-            pos += 8 if wire == 1 else 4
-            if pos > len(data):
-                raise ValueError("a fixed-size field runs past the end of its message")
-        else:
-            raise ValueError("unknown wire type %d" % wire)
-
-
 def parse(data: bytes) -> t.Dict[str, int]:
     """The counters of a stats image: two magics, then size-prefixed StatsEntry messages."""
-    if len(data) < 8 or struct.unpack("<II", data[:8]) != (MAGIC_SERVICE, MAGIC_STATS):
-        raise ValueError("not a criu stats image")
     found: t.Dict[str, int] = {}
-    pos = 8
-    while pos < len(data):
-        if pos + 4 > len(data):
-            raise ValueError("truncated entry size")
-        (size,) = struct.unpack("<I", data[pos:pos + 4])
-        pos += 4
-        if pos + size > len(data):
-            raise ValueError("an entry runs past the end of the file")
-        for number, body in _fields(data[pos:pos + size]):
+    for entry in protowire.entries(data, (MAGIC_SERVICE, MAGIC_STATS), "stats"):
+        for number, body in protowire.fields(entry):
             names = FIELDS.get(number)
             if names is None or not isinstance(body, bytes):
                 continue
-            for counter, value in _fields(body):
+            for counter, value in protowire.fields(body):
                 if counter in names and isinstance(value, int):
                     found[names[counter]] = value
-        pos += size
     return found
 
 

@@ -19,6 +19,7 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
@@ -239,7 +240,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         previous = live_restore(checkpoint, metadata)
         if previous and not params["force"]:
             return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": []}
-        problems = host.restore_problems(metadata)
+        problems = host.restore_problems(metadata) + reopen.problems(checkpoint.images_fd)
         if problems:
             raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
         options = criu_options.for_restore(metadata, params)

@@ -30,6 +30,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as 
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore_
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
@@ -252,7 +253,7 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
              page_conn: t.Optional[socket.socket], stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
     """Restore the verified checkpoint: stopped (copy), or running with its memory still at the source (post-copy,
     the lazy-pages fetcher and its work directory then live as long as ``stack``)."""
-    problems = host.restore_problems(metadata)
+    problems = host.restore_problems(metadata) + reopen.problems(opened.images_fd)
     if problems:
         raise CriuError("Cannot restore %s on this host: %s." % (opened.path, listed(problems)), problems=problems)
     if "container" in metadata:

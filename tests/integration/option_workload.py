@@ -11,6 +11,7 @@ the resource came back (or was closed) across a restore. Modes:
   listen PORT      a listening socket that never accepts (a client outside the tree makes it in-flight)
   link-remap DIR   a file opened by a name that was then unlinked while another hard link keeps it
   ghost DIR        a 4 MiB file opened, then deleted (its contents exist only through the open fd)
+  append FILE      FILE kept open for appending, a line written to it every 0.1 s (as a service's log)
 """
 
 from __future__ import annotations
@@ -99,8 +100,19 @@ def ghost(directory: str) -> "t.Callable[[], str]":
     return info
 
 
+def append(path: str) -> "t.Callable[[], str]":
+    handle = open(path, "a")  # pylint: disable=consider-using-with
+    HELD.append(handle)
+
+    def info() -> str:
+        handle.write("appended by the workload\n")
+        handle.flush()
+        return ""
+    return info
+
+
 MODES = {"closed-tcp": closed_tcp, "established-tcp": established_tcp, "listen": listen, "link-remap": link_remap,
-         "ghost": ghost}
+         "ghost": ghost, "append": append}
 
 
 def main() -> None:

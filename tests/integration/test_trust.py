@@ -441,3 +441,35 @@ def test_a_journal_planted_in_a_shared_migrate_dir_kills_nothing(attack_base):
     finally:
         victim.kill()
         victim.wait()
+
+
+# --- round three: criu never reopens a workload's file through a symlink planted after the dump ----------------
+
+OPTION_WORKLOAD = os.path.join(REPO, "tests", "integration", "option_workload.py")
+
+
+def test_a_restore_never_reopens_a_file_through_a_symlink_planted_after_the_dump(workloads, ckpt_dir, attack_base):
+    """A root workload appends to its log in a directory uid 65534 owns. After the dump uid 65534 swaps the log for a
+    symlink to a root-owned file: criu restore reopened the log by its path, as root, through the symlink, and the
+    restored workload appended its lines to the root-owned file (a signed, verified checkpoint). Every path a restore
+    reopens is now held to the chain rule first."""
+    owned = owned_by_nobody(os.path.join(attack_base, "owned"))
+    log = os.path.join(owned, "app.log")
+    victim = os.path.join(attack_base, "victim")
+    with open(victim, "w") as handle:
+        handle.write("precious\n")
+    os.chmod(victim, 0o644)
+    workload = workloads("append", log, pid_namespace=True, program=OPTION_WORKLOAD, minimum=3)
+    signed_checkpoint(workload, str(ckpt_dir / "ck"))
+    workload.reap()
+    as_nobody("sh", "-c", 'rm -f "$0" && ln -s "$1" "$0"', log, victim)
+
+    restored = run_module("criu_restore", dict(src=str(ckpt_dir / "ck"), hmac_key=KEY))
+    if restored.get("pid"):
+        workload.adopt(restored["pid"])
+        time.sleep(0.5)
+
+    with open(victim) as handle:
+        assert handle.read() == "precious\n", "the restored workload wrote into a root-owned file through the symlink"
+    assert restored["failed"] and "Directory %s is owned by uid 65534" % owned in restored["msg"], restored
+    assert "criu restore reopens the workload's files by these paths as root" in restored["msg"], restored
