@@ -196,7 +196,8 @@ def _ask_target(settings_: Settings, code: bytes, journal: Journal, decision: st
     """The target's answer to a decision (commit, abort or query), None when it cannot be reached."""
     try:
         return remote.ask(settings_.target, code, settings_.link_timeout, cmd="resolve", decision=decision, id=journal.get("id"),
-                          name=settings_.name, migrate_dir=settings_.directory, timeout=settings_.timeout)
+                          name=settings_.name, migrate_dir=settings_.directory, timeout=settings_.timeout,
+                          key=settings_.key.hex() if settings_.key else None)
     except CriuError as exc:
         journal.data["last_contact_error"] = exc.msg
         return None

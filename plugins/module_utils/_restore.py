@@ -10,6 +10,7 @@ logs in a private directory, and never writes into the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import os
 import socket
@@ -31,8 +32,14 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import HEALTH_DELAY, CriuRuntime, Dir, Run
 
 
-def recorded_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
-    """restored.json, when it records a restore of THIS checkpoint on this boot."""
+RECORD_MAC = "hmac"
+
+
+def recorded_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any],
+                     key: t.Optional[bytes]) -> t.Optional[t.Dict[str, t.Any]]:
+    """restored.json, when it records a restore of THIS checkpoint on this boot. With a key, only a record signed with
+    it counts: it decides that there is nothing to restore, and anyone who can write the checkpoint's storage could
+    otherwise name any live process there (pid, start time, boot id and checkpoint id are all public)."""
     try:
         raw = checkpoint.read(store.RESTORED)
         record = json.loads(raw.decode("utf-8")) if raw else None
@@ -41,12 +48,17 @@ def recorded_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.An
     if (not isinstance(record, dict) or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int)
             or record.get("checkpoint_id") != metadata["id"]):
         return None
+    mac = record.pop(RECORD_MAC, None)
+    if key is not None and not (isinstance(mac, str) and hmac.compare_digest(mac.encode("ascii", "replace"),
+                                                                             integrity.sign(record, key).encode("ascii"))):
+        return None
     return record
 
 
-def live_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+def live_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.Any],
+                 key: t.Optional[bytes]) -> t.Optional[t.Dict[str, t.Any]]:
     """restored.json, when it names a live process restored from THIS checkpoint on this boot (nothing left to do)."""
-    record = recorded_restore(checkpoint, metadata)
+    record = recorded_restore(checkpoint, metadata, key)
     return record if record and procfs.is_alive(record["pid"], record.get("starttime")) else None
 
 
@@ -157,8 +169,10 @@ def restore_record(checkpoint_id: str, pid: int, restored_at: str, **identity: t
                 restored_at=restored_at)
 
 
-def save_record(checkpoint_fd: int, record: t.Mapping[str, t.Any]) -> None:
-    store.write_file(checkpoint_fd, store.RESTORED, json.dumps(record, sort_keys=True).encode("utf-8"), replace=True)
+def save_record(checkpoint_fd: int, record: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> None:
+    """restored.json, signed with ``key`` when there is one (see recorded_restore)."""
+    signed = dict(record, **{RECORD_MAC: integrity.sign(record, key)}) if key is not None else record
+    store.write_file(checkpoint_fd, store.RESTORED, json.dumps(signed, sort_keys=True).encode("utf-8"), replace=True)
 
 
 @contextlib.contextmanager
@@ -189,14 +203,14 @@ def record_pid(params: t.Mapping[str, t.Any], src: str, pid: int) -> None:
 
 
 def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, params: t.Mapping[str, t.Any],
-                      check_mode: bool) -> t.Dict[str, t.Any]:
+                      key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
     """A container's checkpoint: Podman imports and restores the verified export, under ``container_name``."""
     metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
     src, timeout = checkpoint.path, params["timeout"]
     shown = integrity.public(metadata)
     container.refuse_unsupported(params, "restore")
     engine = podman.Podman.load(timeout)
-    previous = recorded_restore(checkpoint, metadata)
+    previous = recorded_restore(checkpoint, metadata, key)
     running = previous and engine.inspect(str(previous.get("container_id")), timeout)
     if previous and running and running["state"] == "running" and not params["force"]:
         return {"changed": False, "src": src, "pid": running["pid"], "container": running, "checkpoint": shown,
@@ -214,7 +228,7 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
                                                                options, timeout)
     record = restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
                             container_name=restored["name"])
-    save_record(checkpoint.fd, record)
+    save_record(checkpoint.fd, record, key)
     record_pid(params, src, restored["pid"])
     return {
         "changed": True, "src": src, "pid": restored["pid"], "container": restored, "checkpoint": shown, "restored": record,
@@ -231,13 +245,13 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         verdict = load_verified(checkpoint, key, params)
         metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
         if "container" in metadata:
-            return restore_container(checkpoint, verdict, params, check_mode)
+            return restore_container(checkpoint, verdict, params, key, check_mode)
         given = [name for name in CONTAINER_ONLY if params.get(name)]
         if given:
             raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of a %s. Leave it out."
                             % (", ".join(given), src, checkpoint_.subject(metadata)), path=src)
         shown = integrity.public(metadata)
-        previous = live_restore(checkpoint, metadata)
+        previous = live_restore(checkpoint, metadata, key)
         if previous and not params["force"]:
             return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": []}
         problems = host.restore_problems(metadata) + reopen.problems(checkpoint.images_fd)
@@ -252,7 +266,7 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         pid, run = restore_tree(runtime, checkpoint, options, params["timeout"])
         restored_at = procfs.utc_now()
         record = restore_record(metadata["id"], pid, restored_at, starttime=confirm_alive(pid, run.log_path, src).starttime)
-        save_record(checkpoint.fd, record)
+        save_record(checkpoint.fd, record, key)
     record_pid(params, src, pid)
     return {
         "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,

@@ -66,6 +66,7 @@ class Context:
         self.id = request["id"]
         self.dir_fd, self.directory = store.open_or_create_dir(request["migrate_dir"], "Migration directory")
         self.timeout = float(request["timeout"])
+        self.key = bytes.fromhex(request["key"]) if request.get("key") else None  # signs restored.json
         self.engine: t.Optional[podman.Podman] = None
 
     @property
@@ -157,7 +158,7 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
             identity = {"container_id": journal.get("container_id"), "container_name": journal.get("container_name")} \
                 if journal.get("container_id") else {}
             restore_.save_record(opened.fd, restore_.restore_record(journal.get("checkpoint_id"), pid, running_at, starttime=starttime,
-                                                                    **identity))
+                                                                    **identity), ctx.key)
     if journal.get("pidfile"):
         restore_.write_pidfile(journal.get("pidfile"), pid)
     if journal.get("cleanup"):
@@ -322,7 +323,7 @@ def _restore_container(ctx: Context, journal: Journal, opened: store.Checkpoint,
 
 def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
     ctx = Context(request)
-    key = bytes.fromhex(request["key"]) if request.get("key") else None
+    key = ctx.key
     link_timeout = float(request["link_timeout"])
     with store.location(ctx.checkpoint_path) as loc, store.Lock(loc, ctx.timeout):
         previous = ctx.journal()

@@ -473,3 +473,33 @@ def test_a_restore_never_reopens_a_file_through_a_symlink_planted_after_the_dump
         assert handle.read() == "precious\n", "the restored workload wrote into a root-owned file through the symlink"
     assert restored["failed"] and "Directory %s is owned by uid 65534" % owned in restored["msg"], restored
     assert "criu restore reopens the workload's files by these paths as root" in restored["msg"], restored
+
+
+def test_a_forged_restore_record_decides_nothing(workloads, ckpt_dir):
+    """A holder of the checkpoint's storage adds a restored.json naming a live process (all its fields are public): a
+    keyed criu_restore returned ok with that pid and restored nothing. With a key, only a signed record counts."""
+    workload = workloads(pid_namespace=True, minimum=3)
+    src = str(ckpt_dir / "ck")
+    made = signed_checkpoint(workload, src)
+    workload.reap()
+    decoy = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        with open("/proc/%d/stat" % decoy.pid) as handle:
+            starttime = int(handle.read().rpartition(")")[2].split()[19])
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot_id = handle.read().strip()
+        with open(os.path.join(src, "restored.json"), "w") as handle:
+            json.dump({"pid": decoy.pid, "starttime": starttime, "boot_id": boot_id, "checkpoint_id": made["checkpoint"]["id"]},
+                      handle)
+
+        restored = run_module("criu_restore", dict(src=src, hmac_key=KEY))
+        if restored.get("pid") and restored["pid"] != decoy.pid:
+            workload.adopt(restored["pid"])
+
+        assert restored["changed"] and restored["pid"] != decoy.pid, restored
+        assert workload.copies() == [restored["pid"]], "the workload must really be restored"
+        again = run_module("criu_restore", dict(src=src, hmac_key=KEY))
+        assert not again["changed"] and again["pid"] == restored["pid"], "our own signed record counts"
+    finally:
+        decoy.kill()
+        decoy.wait()

@@ -79,21 +79,40 @@ def test_live_restore(tmp_path, spawn):
     st = procfs.read_stat(child.pid)
     metadata = _free_ckpt(tmp_path / "c")
     with opened_checkpoint(tmp_path / "c") as checkpoint:
-        assert restore.live_restore(checkpoint, metadata) is None
+        assert restore.live_restore(checkpoint, metadata, None) is None
         record = {"pid": child.pid, "starttime": st.starttime, "boot_id": procfs.boot_id(), "checkpoint_id": metadata["id"]}
         _restored(tmp_path / "c", **record)
-        assert restore.live_restore(checkpoint, metadata) == record
+        assert restore.live_restore(checkpoint, metadata, None) == record
         for bad in ({"boot_id": "other"}, {"starttime": st.starttime + 1}, {"pid": "1"}, {"pid": PID_MAX + 1},
                     {"checkpoint_id": "another checkpoint"}):
             _restored(tmp_path / "c", **dict(record, **bad))
-            assert restore.live_restore(checkpoint, metadata) is None, bad
+            assert restore.live_restore(checkpoint, metadata, None) is None, bad
         (tmp_path / "c" / "restored.json").write_text("not json")
-        assert restore.live_restore(checkpoint, metadata) is None
+        assert restore.live_restore(checkpoint, metadata, None) is None
         os.unlink(tmp_path / "c" / "restored.json")
         (tmp_path / "c" / "restored.json").symlink_to(tmp_path / "elsewhere.json")
         _restored(tmp_path, **record)
         os.rename(tmp_path / "restored.json", tmp_path / "elsewhere.json")
-        assert restore.live_restore(checkpoint, metadata) is None  # never read through a symlink
+        assert restore.live_restore(checkpoint, metadata, None) is None  # never read through a symlink
+
+
+def test_with_a_key_only_a_signed_restore_record_counts(tmp_path, spawn):
+    """A holder of the checkpoint's storage could name any live process in restored.json (pid, start time, boot id and
+    checkpoint id are all public): with a key, criu_restore would have reported it restored and restored nothing."""
+    child = spawn(["sleep", "60"])
+    metadata = _free_ckpt(tmp_path / "c")
+    record = {"pid": child.pid, "starttime": procfs.read_stat(child.pid).starttime, "boot_id": procfs.boot_id(),
+              "checkpoint_id": metadata["id"]}
+    with opened_checkpoint(tmp_path / "c") as checkpoint:
+        _restored(tmp_path / "c", **record)
+        assert restore.live_restore(checkpoint, metadata, KEY) is None, "an unsigned record decides nothing"
+        _restored(tmp_path / "c", **dict(record, hmac="0" * 64))
+        assert restore.live_restore(checkpoint, metadata, KEY) is None, "nor a forged signature"
+        restore.save_record(checkpoint.fd, record, KEY)
+        assert json.loads((tmp_path / "c" / "restored.json").read_text())["hmac"] == integrity.sign(record, KEY)
+        assert restore.live_restore(checkpoint, metadata, KEY) == record
+        assert restore.live_restore(checkpoint, metadata, b"another key, 16 bytes or more") is None
+        assert restore.live_restore(checkpoint, metadata, None) == record, "without a key nothing is signed"
 
 
 @pytest.mark.parametrize("schema", [1, 2])
