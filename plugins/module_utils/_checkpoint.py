@@ -346,7 +346,7 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
                 result.update(_dump(t.cast(CriuRuntime, runtime), t.cast(int, pid), t.cast(procfs.ProcStat, st), loc, params, key, algorithm))
         actions = [action[0].upper() + action[1:]]
         if params["keep"]:
-            result["removed"] = lifecycle.prune(loc, result["checkpoint"]["name"], params["keep"], params["timeout"])
+            result["removed"] = lifecycle.prune(loc, result["checkpoint"]["name"], params["keep"], params["timeout"], key)
             actions += ["Delete the older checkpoint %s (keep %d of %s)" % (path, params["keep"], result["checkpoint"]["name"])
                         for path in result["removed"]]
     return dict(result, changed=True, actions=actions)

@@ -13,6 +13,7 @@ import importlib
 import os
 import stat
 import sys
+import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
@@ -80,32 +81,55 @@ def load(criu_path: str) -> t.Tuple[t.Any, str]:
     return _loaded["images"], ""
 
 
-def _load_image(images: t.Any, dir_fd: int, name: str) -> t.Dict[str, t.Any]:
+class Budget:
+    """What parsing one checkpoint may cost. pycriu takes tens of times an image's size in memory and seconds per MiB,
+    and a checkpoint whose manifest nobody signed may hold anything: the images parsed here (process tree, cores,
+    page maps, files) are kilobytes in a real checkpoint, so a few MiB in all and the task's timeout bound them."""
+
+    MAX_BYTES = 8 << 20
+
+    def __init__(self, timeout: float) -> None:
+        self.left = self.MAX_BYTES
+        self.deadline = time.monotonic() + timeout
+
+    def take(self, name: str, size: int) -> None:
+        if time.monotonic() > self.deadline:
+            raise CriuError("the timeout ran out before %s" % name)
+        if size > self.left:
+            raise CriuError("%s would take the images parsed past %d MiB (real ones are kilobytes): not parsed"
+                            % (name, self.MAX_BYTES >> 20))
+        self.left -= size
+
+
+def _load_image(images: t.Any, dir_fd: int, name: str, budget: Budget) -> t.Dict[str, t.Any]:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as handle:
+        budget.take(name, os.fstat(handle.fileno()).st_size)
         return images.load(handle)
 
 
-def inspect(criu_path: str, checkpoint: store.Checkpoint) -> t.Dict[str, t.Any]:
-    """The process tree, each process's memory, and a summary of open files and sockets of a checkpoint."""
+def inspect(criu_path: str, checkpoint: store.Checkpoint, timeout: float) -> t.Dict[str, t.Any]:
+    """The process tree, each process's memory, and a summary of open files and sockets of a checkpoint, parsed
+    within a budget of bytes and time."""
     images, why = load(criu_path)
     if images is None:
         return {"unavailable": why}
     fd = checkpoint.images_fd
+    budget = Budget(timeout)
     try:
-        tree = _load_image(images, fd, "pstree.img")["entries"]
+        tree = _load_image(images, fd, "pstree.img", budget)["entries"]
         processes = []
         for item in tree:
             pid = item["pid"]
-            core = _load_image(images, fd, "core-%d.img" % pid)["entries"][0]
-            pagemap = _load_image(images, fd, "pagemap-%d.img" % pid)["entries"][1:]
+            core = _load_image(images, fd, "core-%d.img" % pid, budget)["entries"][0]
+            pagemap = _load_image(images, fd, "pagemap-%d.img" % pid, budget)["entries"][1:]
             processes.append({
                 "pid": pid, "ppid": item["ppid"], "threads": len(item.get("threads", [])),
                 "comm": core.get("tc", {}).get("comm"),
                 "memory_bytes": sum(page.get("nr_pages", 0) for page in pagemap) * PAGE_SIZE,
             })
         files: t.Dict[str, int] = {}
-        for entry in _load_image(images, fd, "files.img")["entries"]:
+        for entry in _load_image(images, fd, "files.img", budget)["entries"]:
             files[entry.get("type", "?")] = files.get(entry.get("type", "?"), 0) + 1
     except Exception as exc:  # pylint: disable=broad-exception-caught
         return {"unavailable": "the images cannot be read: %s" % exc}

@@ -93,6 +93,10 @@ def _targets(directory: str) -> t.List[str]:
 def _candidates(targets: t.Iterable[str]) -> t.Iterator[t.Tuple[store.Location, store.Checkpoint]]:
     """Each of ``targets`` that is a checkpoint directory, opened while the caller looks at it."""
     for path in targets:
+        try:
+            safepath.check_name(os.path.basename(path), path)
+        except CriuError:
+            continue  # longer than any checkpoint's name: not one, and no reason to stop at the others
         with store.location(path) as loc:
             try:
                 opened = store.Checkpoint.open(loc)
@@ -112,14 +116,14 @@ def _metadata(opened: store.Checkpoint) -> t.Optional[t.Dict[str, t.Any]]:
     return integrity.parse_metadata(raw)[0] if raw else None
 
 
-def details(criu_path: str, opened: store.Checkpoint, entry: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """What a checkpoint holds, read by criu's own parser from images that verified."""
+def details(criu_path: str, opened: store.Checkpoint, entry: t.Mapping[str, t.Any], timeout: float) -> t.Dict[str, t.Any]:
+    """What a checkpoint holds, read by criu's own parser from images that verified, within a budget (_inspect)."""
     if not entry["valid"]:
         return {"unavailable": "it does not verify, so its images are not parsed"}
     if entry["container"]:
         return {"unavailable": "a container's checkpoint: criu's images are inside Podman's export (images/export.tar), "
                                "which is not unpacked to be parsed"}
-    return inspect_.inspect(criu_path, opened)
+    return inspect_.inspect(criu_path, opened, timeout)
 
 
 def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
@@ -143,19 +147,25 @@ def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
             verdict = integrity.verify(opened, key, skip_signature_check=key is None, timeout=params["timeout"])
             entry.update(valid=not verdict.problems, problems=verdict.problems)
         if params["details"]:
-            entry["details"] = details(criu_path, opened, entry)
+            entry["details"] = details(criu_path, opened, entry, params["timeout"])
         found.append(entry)
     found.sort(key=lambda item: item["created_at"] or "", reverse=True)
     return {"changed": False, "path": path, "exists": True, "checkpoints": found}
 
 
-def prune(loc: store.Location, name: str, keep: int, timeout: float) -> t.List[str]:
-    """Delete checkpoints of ``name`` beside ``loc`` beyond the ``keep`` newest (the one at ``loc`` counts, and stays)."""
+def prune(loc: store.Location, name: str, keep: int, timeout: float, key: t.Optional[bytes]) -> t.List[str]:
+    """Delete checkpoints of ``name`` beside ``loc`` beyond the ``keep`` newest (the one at ``loc`` counts, and stays).
+    Only checkpoints count, and go, whose metadata verifies, with their images/, and signed with ``key`` when there is
+    one: a directory anyone else made (a far-future created_at, say) would otherwise push out the genuine ones."""
     siblings = []
     for other, opened in _candidates(_targets(loc.parent)):
         metadata = _metadata(opened)
-        if metadata is not None and metadata.get("name") == name:
-            siblings.append((metadata.get("created_at") or "", other.path))
+        if metadata is None or metadata.get("name") != name:
+            continue
+        if other.path != loc.path and (opened.images_fd < 0 or integrity.verify(
+                opened, key, skip_signature_check=key is None, timeout=timeout, hashed=False).problems):
+            continue
+        siblings.append((metadata.get("created_at") or "", other.path))
     siblings.sort(reverse=True)
     removed = []
     for _created, path in siblings[keep:]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import Workload, processes_running, run_module, tree_digest, wait_for
+from conftest import REPO, Workload, processes_running, run_module, tree_digest, wait_for
 
 KEY = "tamper-test-key-0123456789abcdef"
 
@@ -177,3 +180,65 @@ def test_blake3_checkpoint_restores_and_its_tampering_is_named(workloads, ckpt_d
     assert restored["changed"], restored
     workload.adopt(restored["pid"])
     assert workload.wait_count(count + 3)[0] == token
+
+
+# --- a holder of the checkpoint storage, round three --------------------------------------------------------------
+
+def forge_sibling(ckpt_dir, genuine, name: str, created_at: str) -> None:
+    """What a storage holder can make without the key: a copy of a genuine checkpoint's metadata with another
+    created_at, unsigned, and no images."""
+    forged = ckpt_dir / name
+    forged.mkdir(mode=0o700)
+    metadata = json.loads((genuine / "metadata.json").read_text())
+    (forged / "metadata.json").write_text(json.dumps(dict(metadata, created_at=created_at)))
+
+
+def test_keep_counts_only_checkpoints_signed_with_the_key(workloads, ckpt_dir):
+    """Two unsigned, image-less directories of the same name and a far-future created_at made a keyed keep=2 delete
+    both genuine signed checkpoints (and hold their places for good)."""
+    workload = workloads()
+    first = dict(pid=workload.pid, dest=str(ckpt_dir / "job-1"), name="job", leave_running=True, hmac_key=KEY)
+    assert run_module("criu_checkpoint", first)["changed"]
+    for index in (1, 2):
+        forge_sibling(ckpt_dir, ckpt_dir / "job-1", "forged-%d" % index, "2099-01-01T00:00:0%dZ" % index)
+
+    made = run_module("criu_checkpoint", dict(first, dest=str(ckpt_dir / "job-2"), keep=2))
+
+    assert made["changed"] and made["removed"] == [], made
+    assert sorted(os.listdir(ckpt_dir)) == ["forged-1", "forged-2", "job-1", "job-2"]
+    again = run_module("criu_checkpoint", dict(first, dest=str(ckpt_dir / "job-3"), keep=2))
+    assert again["removed"] == [str(ckpt_dir / "job-1")], "the genuine ones rotate among themselves"
+
+
+REWRITE_MANIFEST = """
+import json, os, sys
+from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+dest = sys.argv[1]
+metadata = json.load(open(os.path.join(dest, "metadata.json")))
+images = os.open(os.path.join(dest, "images"), os.O_RDONLY | os.O_DIRECTORY)
+metadata["manifest"] = integrity.build_manifest(images, metadata["manifest_algorithm"])
+open(os.path.join(dest, "metadata.json"), "w").write(json.dumps(metadata))
+"""
+
+
+def test_details_of_a_forged_checkpoint_are_bounded(workloads, ckpt_dir):
+    """A storage holder grows files.img to 64 MiB and rewrites the unsigned manifest to match: criu_checkpoint_info
+    details=true took 42 s (past its timeout of 5 s) and 3.2 GiB as root in pycriu. The images parsed for details are
+    bounded in bytes and time."""
+    workload = workloads()
+    dest = ckpt_dir / "ck"
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), leave_running=True))["changed"]
+    files = dest / "images" / "files.img"
+    entry = b"\x08\x01\x10\x01" * ((64 << 20) // 4)
+    files.write_bytes(files.read_bytes()[:8] + len(entry).to_bytes(4, "little") + entry)
+    subprocess.run([sys.executable, "-c", REWRITE_MANIFEST, str(dest)], check=True,
+                   env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "build", "collections")))
+
+    started = time.monotonic()
+    [listed] = run_module("criu_checkpoint_info", dict(path=str(ckpt_dir), details=True, timeout=5))["checkpoints"]
+    took = time.monotonic() - started
+
+    assert listed["valid"], listed
+    assert listed["details"] == {"unavailable": "the images cannot be read: files.img would take the images parsed past 8 "
+                                                "MiB (real ones are kilobytes): not parsed"}, listed
+    assert took < 15, "details took %.1f s" % took

@@ -196,7 +196,7 @@ def test_inspect_summarises_processes_files_and_sockets(tmp_path):
     _image(images, "files.img", {"entries": [{"type": "REG"}, {"type": "REG"}, {"type": "PIPE"}, {"type": "INETSK"},
                                              {"type": "UNIXSK"}, {"type": "UNIXSK"}, {}]})
     with opened_checkpoint(tmp_path / "ckpt") as checkpoint:
-        found = inspect_.inspect(criu, checkpoint)
+        found = inspect_.inspect(criu, checkpoint, 60)
     page = inspect_.PAGE_SIZE
     assert found == {
         "processes": [{"pid": 10, "ppid": 0, "threads": 2, "comm": "app", "memory_bytes": 5 * page},
@@ -209,8 +209,28 @@ def test_inspect_of_images_that_cannot_be_read_says_why(tmp_path):
     make_checkpoint(tmp_path / "ckpt")
     _image(tmp_path / "ckpt" / "images", "pstree.img", {"entries": [{"pid": 10, "ppid": 0}]})  # no core-10.img
     with opened_checkpoint(tmp_path / "ckpt") as checkpoint:
-        found = inspect_.inspect(criu, checkpoint)
+        found = inspect_.inspect(criu, checkpoint, 60)
     assert list(found) == ["unavailable"] and found["unavailable"].startswith("the images cannot be read: ")
+
+
+def test_inspect_of_images_past_the_budget_parses_nothing_more(tmp_path, monkeypatch):
+    """An unsigned checkpoint may hold anything: a 64 MiB files.img once took 42 s and 3.2 GiB as root in pycriu. The
+    images parsed are bounded in bytes (kilobytes in a real checkpoint) and in time."""
+    criu = _prefix(tmp_path)
+    make_checkpoint(tmp_path / "ckpt")
+    images = tmp_path / "ckpt" / "images"
+    _image(images, "pstree.img", {"entries": [{"pid": 10, "ppid": 0}]})
+    _image(images, "core-10.img", {"entries": [{"tc": {"comm": "app"}}]})
+    _image(images, "pagemap-10.img", {"entries": [{"pages_id": 1}]})
+    _image(images, "files.img", {"entries": [{"type": "REG"}]})
+    with open(images / "files.img", "ab") as handle:
+        handle.truncate(inspect_.Budget.MAX_BYTES + 1)
+    with opened_checkpoint(tmp_path / "ckpt") as checkpoint:
+        found = inspect_.inspect(criu, checkpoint, 60)
+        assert found == {"unavailable": "the images cannot be read: files.img would take the images parsed past 8 MiB "
+                                        "(real ones are kilobytes): not parsed"}
+        assert inspect_.inspect(criu, checkpoint, -1) == {"unavailable": "the images cannot be read: the timeout ran out "
+                                                                        "before pstree.img"}
 
 
 def test_inspect_without_pycriu_says_why(tmp_path):
@@ -218,5 +238,5 @@ def test_inspect_without_pycriu_says_why(tmp_path):
     (tmp_path / "usr" / "lib" / "python3" / "dist-packages").mkdir(parents=True)
     criu = str(tmp_path / "usr" / "sbin" / "criu")
     with opened_checkpoint(tmp_path / "ckpt") as checkpoint:
-        assert inspect_.inspect(criu, checkpoint) == {
+        assert inspect_.inspect(criu, checkpoint, 60) == {
             "unavailable": "pycriu is not installed beside %s (the nucleus.criu.criu role installs it)" % criu}

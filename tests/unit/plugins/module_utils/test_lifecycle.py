@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import shutil
 
 import pytest
 
@@ -197,14 +198,14 @@ def test_prune_keeps_the_newest_of_a_name(tmp_path):
     (tmp_path / "data" / "precious.db").write_text("x")
     (tmp_path / "notes.txt").write_text("x")
     with store.location(str(tmp_path / "job-4")) as loc:
-        removed = lifecycle.prune(loc, "job", 2, 5)
+        removed = lifecycle.prune(loc, "job", 2, 5, None)
     assert removed == [str(tmp_path / "job-2"), str(tmp_path / "job-1")]  # newest first
     assert sorted(os.listdir(tmp_path)) == [".job-0", "data", "job-3", "job-4", "notes.txt", "other-0"]
     assert (tmp_path / "data" / "precious.db").read_text() == "x"
     for name in ("job-3", "job-4", "other-0", ".job-0"):
         assert (tmp_path / name / "metadata.json").is_file()
     with store.location(str(tmp_path / "job-4")) as loc:
-        assert lifecycle.prune(loc, "job", 2, 5) == []  # nothing more to do
+        assert lifecycle.prune(loc, "job", 2, 5, None) == []  # nothing more to do
 
 
 def test_prune_keeps_the_one_at_loc_even_when_it_is_not_among_the_newest(tmp_path):
@@ -212,7 +213,7 @@ def test_prune_keeps_the_one_at_loc_even_when_it_is_not_among_the_newest(tmp_pat
     _ckpt(tmp_path / "here", day=5)
     _ckpt(tmp_path / "older", day=1)
     with store.location(str(tmp_path / "here")) as loc:
-        assert lifecycle.prune(loc, "job", 1, 5) == [str(tmp_path / "older")]
+        assert lifecycle.prune(loc, "job", 1, 5, None) == [str(tmp_path / "older")]
     assert sorted(os.listdir(tmp_path)) == ["here", "later"]
 
 
@@ -225,8 +226,35 @@ def test_prune_leaves_what_it_cannot_read_as_a_checkpoint_of_that_name(tmp_path)
     os.chmod(tmp_path / "untrusted", 0o777)
     _ckpt(tmp_path / "other-case", name="Job", day=4)  # names are compared exactly
     with store.location(str(tmp_path / "now")) as loc:
-        assert lifecycle.prune(loc, "job", 1, 5) == [str(tmp_path / "old")]
+        assert lifecycle.prune(loc, "job", 1, 5, None) == [str(tmp_path / "old")]
     assert sorted(os.listdir(tmp_path)) == ["broken", "now", "other-case", "untrusted"]
+
+
+def test_prune_counts_and_deletes_only_what_verifies(tmp_path):
+    """Two image-less, unsigned directories of the same name and a far-future created_at made a keyed keep=2 delete
+    both genuine signed checkpoints, and held their places for good. Only checkpoints with their images, signed with
+    the key when there is one, count or go."""
+    _ckpt(tmp_path / "now", day=9, key=KEY)
+    _ckpt(tmp_path / "genuine", day=5, key=KEY)
+    for name in ("forged-1", "forged-2"):
+        _ckpt(tmp_path / name, day=28)
+        shutil.rmtree(tmp_path / name / "images")
+    _ckpt(tmp_path / "unsigned", day=27)
+    with store.location(str(tmp_path / "now")) as loc:
+        assert lifecycle.prune(loc, "job", 2, 5, KEY) == []
+        assert lifecycle.prune(loc, "job", 1, 5, KEY) == [str(tmp_path / "genuine")]
+    assert sorted(os.listdir(tmp_path)) == ["forged-1", "forged-2", "now", "unsigned"]
+    with store.location(str(tmp_path / "now")) as loc:  # without a key the unsigned one counts, the image-less never
+        assert lifecycle.prune(loc, "job", 2, 5, None) == []
+
+
+def test_a_name_too_long_to_be_a_checkpoint_stops_neither_keep_nor_the_listing(tmp_path):
+    _ckpt(tmp_path / "now", day=9)
+    _ckpt(tmp_path / "old", day=1)
+    (tmp_path / ("x" * 240)).mkdir()
+    assert _paths(lifecycle.listing(_info(tmp_path))["checkpoints"]) == [str(tmp_path / "now"), str(tmp_path / "old")]
+    with store.location(str(tmp_path / "now")) as loc:
+        assert lifecycle.prune(loc, "job", 1, 5, None) == [str(tmp_path / "old")]
 
 
 def test_prune_waits_for_a_locked_checkpoint(tmp_path):
@@ -235,7 +263,7 @@ def test_prune_waits_for_a_locked_checkpoint(tmp_path):
     with store.location(str(tmp_path / "old")) as other, store.Lock(other, 5):
         with store.location(str(tmp_path / "now")) as loc:
             with pytest.raises(CriuError, match="holds the lock"):
-                lifecycle.prune(loc, "job", 1, 0.1)
+                lifecycle.prune(loc, "job", 1, 0.1, None)
     assert sorted(os.listdir(tmp_path)) == ["now", "old"]
 
 
@@ -276,9 +304,9 @@ def test_listing_describes_each_checkpoint_without_its_arguments(tmp_path):
 
 def test_a_container_checkpoint_is_listed_with_its_container_and_no_parsed_details():
     entry = {"valid": True, "container": {"engine": "podman", "name": "web"}}
-    found = lifecycle.details("/nonexistent/criu", None, entry)
+    found = lifecycle.details("/nonexistent/criu", None, entry, 60)
     assert "Podman's export" in found["unavailable"]
-    assert "does not verify" in lifecycle.details("/nonexistent/criu", None, dict(entry, valid=False))["unavailable"]
+    assert "does not verify" in lifecycle.details("/nonexistent/criu", None, dict(entry, valid=False), 60)["unavailable"]
 
 
 def test_listing_of_a_checkpoint_directory_itself(tmp_path):
@@ -314,7 +342,7 @@ def test_listing_details_parse_only_checkpoints_that_verify(tmp_path, monkeypatc
     parsed = []
     monkeypatch.setattr(lifecycle.binary, "discover", lambda criu_path: "/opt/criu/sbin/criu" if criu_path is None else criu_path)
     monkeypatch.setattr(lifecycle.inspect_, "inspect",
-                        lambda criu_path, opened: parsed.append((criu_path, opened.path)) or {"processes": [], "memory_bytes": 0})
+                        lambda criu_path, opened, _timeout: parsed.append((criu_path, opened.path)) or {"processes": [], "memory_bytes": 0})
     good, bad = lifecycle.listing(_info(tmp_path, details=True))["checkpoints"]
     assert parsed == [("/opt/criu/sbin/criu", str(tmp_path / "good"))]  # never the images of one that does not verify
     assert good["valid"] is True and good["details"] == {"processes": [], "memory_bytes": 0}
