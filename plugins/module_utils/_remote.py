@@ -26,6 +26,7 @@ SSH = "/usr/bin/ssh"
 PACKAGE = "ansible_collections.nucleus.criu.plugins.module_utils"
 # AES-GCM first: about twice as fast as the default chacha20-poly1305 where the CPU has AES instructions.
 CIPHER_PREFERENCE = "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+ENFORCED_OPTIONS = ["-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ControlPersist=no", "-T"]
 # Reads our code from stdin with os.read (a buffered reader would swallow the frames that follow), imports it
 # from memory and hands the session's stdin/stdout to the target's agent.
 BOOTSTRAP = r"""
@@ -71,13 +72,14 @@ class SshTarget(t.NamedTuple):
     compress: bool = False
 
     def argv(self, command: t.Sequence[str]) -> t.List[str]:
-        """ssh argv running ``command`` on the target. The caller's extra args come first: for ssh the first
-        value of an option wins, so they override ours."""
-        argv = [SSH] + list(self.extra_args) + [
-            "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % self.connect_timeout,
+        """ssh argv running ``command`` on the target. For ssh the first value of an option wins: what the migration's
+        safety rests on comes first (never a prompt that hangs a frozen workload, never a multiplexing socket or master
+        that outlives or shares the session: a link cut must cut this session), then the caller's extra args, which
+        override the rest (timeouts, cipher, compression)."""
+        argv = [SSH] + ENFORCED_OPTIONS + list(self.extra_args) + [
+            "-o", "ConnectTimeout=%d" % self.connect_timeout,
             "-o", "ServerAliveInterval=%d" % self.keepalive, "-o", "ServerAliveCountMax=3",
-            "-o", CIPHER_PREFERENCE, "-o", "ControlMaster=no", "-o", "ControlPath=none", "-T",
-            "-o", "Compression=%s" % ("yes" if self.compress else "no"),
+            "-o", CIPHER_PREFERENCE, "-o", "Compression=%s" % ("yes" if self.compress else "no"),
         ]
         if self.port:
             argv += ["-p", str(self.port)]

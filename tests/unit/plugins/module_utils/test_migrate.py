@@ -198,3 +198,17 @@ def test_the_lease_keeper_kills_a_worker_past_its_lease_and_keeps_what_it_wrote_
     on_disk = Journal.load(journal.dir_fd, journal.directory, journal.name)
     assert on_disk.get("sealed_sent") is True, "the worker's last write must survive the keeper's"
     assert on_disk.get("error") == "the lease of 5s ran out before a decision" and on_disk.phase == "target_restored"
+
+
+def test_the_callers_ssh_args_cannot_turn_off_what_the_migration_rests_on():
+    """ssh takes the first value of an option: an inventory's usual -o ControlMaster=auto -o ControlPersist=60s (or a
+    ControlPath, or BatchMode=no) given as extra args came first and won. Those come first now; the rest stays the
+    caller's to tune."""
+    extra = ("-o", "ControlMaster=auto", "-o", "ControlPath=/tmp/mux", "-o", "ControlPersist=60s", "-o", "BatchMode=no",
+             "-o", "ConnectTimeout=3")
+    argv = remote.SshTarget("b", extra_args=extra).argv(["true"])
+
+    def first(option):
+        return next(arg.split("=", 1)[1] for arg in argv if arg.startswith(option + "="))
+    assert (first("ControlMaster"), first("ControlPath"), first("ControlPersist"), first("BatchMode")) == ("no", "none", "no", "yes")
+    assert first("ConnectTimeout") == "3", "the caller still tunes the rest"
