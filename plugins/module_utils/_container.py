@@ -10,6 +10,7 @@ restore through an fd opened before verification: the export is never reached by
 from __future__ import annotations
 
 import os
+import stat
 import time
 import typing as t
 
@@ -20,11 +21,12 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as pro
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
-from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 EXPORT = integrity.CONTAINER_EXPORT
 RUNC_CONFIG_REMEDY = ("runc has criu read it as root for every container that names no configuration of its own: keep it "
                       "root's, or remove it.")
+PLUGIN_REMEDY = "criu loads every .so there into itself as root when runc runs it for a container: keep it root's, or remove it."
 # The criu options Podman passes on for a container; every other one is refused rather than silently dropped.
 PASSED_OPTIONS = ("tcp_established", "file_locks")
 RESTORE_OPTIONS = PASSED_OPTIONS + ("ignore_static_ip", "ignore_static_mac")
@@ -68,14 +70,22 @@ def refuse_criu_config(found: t.Mapping[str, t.Any]) -> None:
                         "an image without that annotation." % (found["name"], found.get("image_name") or found.get("image_id"),
                                                              podman.CRIU_CONFIG_ANNOTATION, named,
                                                              podman.CRIU_CONFIG_ANNOTATION), container=found["name"])
-    problem = runc_config_problem() if named is None else None
-    if problem:
-        raise CriuError(problem, path=podman.RUNC_CRIU_CONFIG)
+    problems = runc_criu_problems(with_config=named is None)
+    if problems:
+        raise CriuError(listed(problems) + ".")
 
 
-def runc_config_problem() -> t.Optional[str]:
-    """Why /etc/criu/runc.conf, which runc has criu read for a container that names no configuration, cannot be
-    trusted (another user could change it); None when it is root's, or absent."""
+def runc_criu_problems(with_config: bool = True) -> t.List[str]:
+    """Why what runc has criu load on its own cannot be trusted (another user could change it): criu's plugin
+    directory (every .so there is loaded into criu; runc cannot point it elsewhere, as nucleus.criu does for its own
+    criu runs) and (``with_config``) /etc/criu/runc.conf, read for a container that names no configuration."""
+    problems = [_plugin_dir_problem()]
+    if with_config:
+        problems.append(_runc_config_problem())
+    return [problem for problem in problems if problem]
+
+
+def _runc_config_problem() -> t.Optional[str]:
     try:
         fd, real = safepath.open_file(podman.RUNC_CRIU_CONFIG, "criu configuration for runc", RUNC_CONFIG_REMEDY)
     except (FileNotFoundError, safepath.MissingDirectory):
@@ -84,6 +94,26 @@ def runc_config_problem() -> t.Optional[str]:
         return exc.msg
     try:
         safepath.require_trusted(os.fstat(fd), real, "criu configuration for runc", RUNC_CONFIG_REMEDY)
+    except CriuError as exc:
+        return exc.msg
+    finally:
+        os.close(fd)
+    return None
+
+
+def _plugin_dir_problem() -> t.Optional[str]:
+    try:
+        fd, real = safepath.open_dir(podman.CRIU_PLUGIN_DIR, "criu plugin directory", PLUGIN_REMEDY)
+    except (FileNotFoundError, safepath.MissingDirectory):
+        return None
+    except CriuError as exc:
+        return exc.msg
+    try:
+        for name in safepath.listdir(fd):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                return "criu plugin %s is a symlink. %s" % (os.path.join(real, name), PLUGIN_REMEDY)
+            safepath.require_trusted(st, os.path.join(real, name), "criu plugin", PLUGIN_REMEDY)
     except CriuError as exc:
         return exc.msg
     finally:
@@ -206,7 +236,7 @@ def restore_problems(engine: podman.Podman, metadata: t.Mapping[str, t.Any], nam
                      timeout: float) -> t.List[str]:
     """Why this host cannot restore the container checkpoint (under ``name``, when given); empty when it can."""
     problems, _present = image_problems(engine, metadata["container"], False, timeout)
-    problems += [problem for problem in (runc_config_problem(),) if problem]
+    problems += runc_criu_problems()
     if name is not None and engine.inspect(name, timeout) is not None:
         problems.append("a container named %s exists on this host: set container_name to another name, or remove that "
                         "container (podman rm %s) if it is the stopped original" % (name, name))
@@ -250,7 +280,7 @@ def target_problems(engine: podman.Podman, recorded: t.Mapping[str, t.Any], tran
                     timeout: float) -> t.Tuple[t.List[str], bool]:
     """Why a migration of the container ``recorded`` cannot land on this host, and whether its image is here."""
     problems, present = image_problems(engine, recorded, transfer_image, timeout)
-    problems += [problem for problem in (runc_config_problem(),) if problem]
+    problems += runc_criu_problems()
     if engine.inspect(recorded["name"], timeout) is not None:
         problems.append("a container named %s exists here: remove it (podman rm %s) or migrate to another host"
                         % (recorded["name"], recorded["name"]))

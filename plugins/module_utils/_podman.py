@@ -45,6 +45,7 @@ SYSTEMD_BOOTED = "/run/systemd/system"  # what sd_booted() looks at
 # RUNC_CRIU_CONFIG when there is none; an empty value means no file.
 CRIU_CONFIG_ANNOTATION = "org.criu.config"
 RUNC_CRIU_CONFIG = "/etc/criu/runc.conf"
+CRIU_PLUGIN_DIR = "/usr/lib/criu"  # criu's compiled-in plugin directory
 NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft")  # where netavark finds nft on Debian (its PATH)
 _ULIMITS_RE = re.compile(r"^[ \t]*default_ulimits[ \t]*=[ \t]*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _ULIMIT_RE = re.compile(r"[\"'](\w+)=(-?\d+)(?::(-?\d+))?[\"']")

@@ -134,7 +134,10 @@ class CriuRuntime:
         self.state = target
 
     def _command(self, action: str, argv: t.List[str], work: Dir) -> t.List[str]:
-        return [self.path, action, binary.NO_DEFAULT_CONFIG, "--work-dir", work.for_criu, "--log-file", "%s.log" % action, "-v4"] + argv
+        """criu's argv: no configuration file, and plugins only from its work directory, which is ours and holds
+        none (criu loads every .so in its plugin directory, /usr/lib/criu by default, into itself as root)."""
+        return [self.path, action, binary.NO_DEFAULT_CONFIG, "--work-dir", work.for_criu, "--libdir", work.for_criu,
+                "--log-file", "%s.log" % action, "-v4"] + argv
 
     def _spawn(self, full: t.List[str], stderr: int, fds: t.Sequence[int]) -> subprocess.Popen:
         """Start criu in a session of its own (neither a lost connection's SIGHUP nor our exit reaches it), with

@@ -107,7 +107,7 @@ options:
         tunable defaults so they win over those, for example
         C(-o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/ssh/migrate_known_hosts).
       - The module always adds, first so that nothing overrides them, C(BatchMode=yes) (no prompt may hang a frozen
-        workload) and no connection sharing (C(ControlMaster=no), C(ControlPath=none), C(ControlPersist=no): a cut
+        workload) and no connection sharing (C(ControlMaster=no), C(ControlPath=none), C(ControlPersist=no) - a cut
         link must cut the migration's own session); then, overridable, a connect timeout, keepalives (a silent link is
         noticed within 15 s) and a preference for AES-GCM ciphers.
     type: str

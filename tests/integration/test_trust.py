@@ -503,3 +503,32 @@ def test_a_forged_restore_record_decides_nothing(workloads, ckpt_dir):
     finally:
         decoy.kill()
         decoy.wait()
+
+
+# --- round three: criu loads no plugin but ours (none) ------------------------------------------------------------
+
+PLUGIN_DIR = "/usr/lib/criu"  # criu's compiled-in plugin directory
+
+
+@pytest.mark.skipif(os.path.lexists(PLUGIN_DIR), reason="this host has criu plugins of its own in %s" % PLUGIN_DIR)
+def test_criu_loads_no_plugin_from_its_default_directory(workloads, ckpt_dir, tmp_path):
+    """criu dlopen()s every .so in its plugin directory into itself, as root, at each dump and restore; nucleus.criu
+    points it at its own work directory, which holds none."""
+    marker = tmp_path / "plugin-ran"
+    source = tmp_path / "plugin.c"
+    source.write_text('#include <stdio.h>\n#include <unistd.h>\n__attribute__((constructor)) static void ran(void) '
+                      '{ char exe[256] = {0}; readlink("/proc/self/exe", exe, 255); FILE *f = fopen("%s", "a"); '
+                      'if (f) { fprintf(f, "loaded into %%s\\n", exe); fclose(f); } }\n' % marker)
+    os.makedirs(PLUGIN_DIR, mode=0o755)
+    try:
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", os.path.join(PLUGIN_DIR, "planted.so"), str(source)], check=True)
+        workload = workloads(pid_namespace=True, minimum=3)
+        signed_checkpoint(workload, str(ckpt_dir / "ck"))
+        workload.reap()
+        restored = run_module("criu_restore", dict(src=str(ckpt_dir / "ck"), hmac_key=KEY))
+        if restored.get("pid"):
+            workload.adopt(restored["pid"])
+        assert restored["changed"], restored
+        assert not marker.exists(), "criu loaded a plugin it was not given: %s" % marker.read_text()
+    finally:
+        shutil.rmtree(PLUGIN_DIR)

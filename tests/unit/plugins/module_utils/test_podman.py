@@ -230,6 +230,7 @@ RUNNING = {"name": "web", "state": "running", "pid": 42, "image_name": "localhos
 
 def test_a_container_that_names_a_criu_configuration_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(podman, "RUNC_CRIU_CONFIG", str(tmp_path / "absent" / "runc.conf"))
+    monkeypatch.setattr(podman, "CRIU_PLUGIN_DIR", str(tmp_path / "absent" / "criu"))
     with pytest.raises(CriuError) as err:
         container.require_running(dict(RUNNING, criu_config="/tmp/evil.conf"), "web")
     assert "names a criu configuration file in its org.criu.config annotation (/tmp/evil.conf)" in err.value.msg
@@ -238,17 +239,28 @@ def test_a_container_that_names_a_criu_configuration_is_refused(monkeypatch, tmp
         assert container.require_running(dict(RUNNING, criu_config=harmless), "web")["name"] == "web"
 
 
-def test_runcs_default_criu_configuration_must_be_roots(monkeypatch, tmp_path):
+def test_what_runc_has_criu_load_must_be_roots(monkeypatch, tmp_path):
+    """runc's default criu configuration, and criu's plugin directory (runc cannot point criu elsewhere)."""
     conf = tmp_path / "runc.conf"
+    plugins = tmp_path / "lib-criu"
     monkeypatch.setattr(podman, "RUNC_CRIU_CONFIG", str(conf))
-    assert container.runc_config_problem() is None, "absent"
+    monkeypatch.setattr(podman, "CRIU_PLUGIN_DIR", str(plugins))
+    assert container.runc_criu_problems() == [], "absent"
     conf.write_text("tcp-established\n")
     os.chmod(conf, 0o644)
-    assert container.runc_config_problem() is None, "root's (the caller's) own"
+    plugins.mkdir(mode=0o755)
+    (plugins / "amdgpu_plugin.so").write_bytes(b"\x7fELF")
+    assert container.runc_criu_problems() == [], "root's (the caller's) own"
     os.chmod(conf, 0o666)
-    problem = container.runc_config_problem()
-    assert problem and "is writable by group/others" in problem and "keep it root's, or remove it" in problem
-    with pytest.raises(CriuError, match="writable by group/others"):
+    os.chmod(plugins / "amdgpu_plugin.so", 0o666)
+    config_problem, plugin_problem = sorted(container.runc_criu_problems(), key=lambda p: "plugin" in p)
+    assert "is writable by group/others" in config_problem and "keep it root's, or remove it" in config_problem
+    assert "criu plugin %s" % (plugins / "amdgpu_plugin.so") in plugin_problem and "loads every .so" in plugin_problem
+    assert container.runc_criu_problems(with_config=False) == [plugin_problem]
+    os.chmod(plugins / "amdgpu_plugin.so", 0o644)
+    os.symlink("/tmp/evil.so", str(plugins / "planted.so"))
+    assert container.runc_criu_problems(with_config=False) == [
+        "criu plugin %s is a symlink. %s" % (plugins / "planted.so", container.PLUGIN_REMEDY)]
+    with pytest.raises(CriuError, match="is a symlink"):
         container.require_running(dict(RUNNING, criu_config=None), "web")
-    assert any("writable by group/others" in p for p in container.target_problems(
-        Images({"localhost/web:1": "1" * 64}), WEB, False, 10)[0])
+    assert any("is a symlink" in p for p in container.target_problems(Images({"localhost/web:1": "1" * 64}), WEB, False, 10)[0])

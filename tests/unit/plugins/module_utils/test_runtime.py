@@ -111,7 +111,7 @@ class Fake:
 
     def head(self, action, log=None):
         """The argv every criu run starts with (after the binary itself)."""
-        return [action, "--no-default-config", "--work-dir", self.work.for_criu, "--log-file", "%s.log" % (log or action), "-v4"]
+        return [action, "--no-default-config", "--work-dir", self.work.for_criu, "--libdir", self.work.for_criu, "--log-file", "%s.log" % (log or action), "-v4"]
 
     def runtime(self):
         return CriuRuntime(self.path, (4, 2, 0))
@@ -290,9 +290,9 @@ def test_dump_success(fake):
     run = rt.dump(4242, fake.images, fake.work, {"shell_job": True, "leave_running": True, "network_lock": "nftables"}, timeout=10)
     assert rt.state is State.DUMPED and run.log_path == os.path.join(fake.work.path, "dump.log")
     argv = fake.argv()
-    assert argv[:7] == fake.head("dump")
-    assert argv[7:11] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
-    assert set(argv[11:]) == {"--leave-running", "--shell-job", "--network-lock=nftables"}
+    assert argv[:9] == fake.head("dump")
+    assert argv[9:13] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
+    assert set(argv[13:]) == {"--leave-running", "--shell-job", "--network-lock=nftables"}
     assert os.path.isfile(os.path.join(fake.images.path, "inventory.img")), "criu wrote through the images fd"
     with pytest.raises(CriuError, match="cannot go from dumped to dumping"):
         rt.dump(4242, fake.images, fake.work, {}, timeout=10)
@@ -321,11 +321,11 @@ def test_restore_reads_pidfile_from_the_work_dir(fake):
     pid, run = rt.restore(fake.images, fake.work, {"shell_job": True, "leave_running": True}, timeout=10)
     assert pid == 31337 and rt.state is State.RESTORED and run.log_path == os.path.join(fake.work.path, "restore.log")
     argv = fake.argv()
-    assert argv[:7] == fake.head("restore")
-    assert argv[7:11] == ["--images-dir", fake.images.for_criu, "--restore-detached", "--pidfile"]
+    assert argv[:9] == fake.head("restore")
+    assert argv[9:13] == ["--images-dir", fake.images.for_criu, "--restore-detached", "--pidfile"]
     # criu writes the pidfile into its work dir (a relative --pidfile is relative to --work-dir)
-    assert argv[11] in (runtime.RESTORE_PIDFILE, fake.work.file(runtime.RESTORE_PIDFILE))
-    assert argv[12:] == ["--shell-job"]  # leave_running is dump-only
+    assert argv[13] in (runtime.RESTORE_PIDFILE, fake.work.file(runtime.RESTORE_PIDFILE))
+    assert argv[14:] == ["--shell-job"]  # leave_running is dump-only
     assert open(fake.work.file(runtime.RESTORE_PIDFILE)).read() == "31337\n"
     assert {fake.work.fd, fake.images.fd} <= fake.fds()
 
@@ -333,14 +333,14 @@ def test_restore_reads_pidfile_from_the_work_dir(fake):
 def test_restore_leave_stopped_and_lazy(fake):
     fake.set(rc=0, log=[RESTORE_OK], pid=4343)
     pid, _run = fake.runtime().restore(fake.images, fake.work, {"tcp_established": True}, timeout=10, lazy=True, leave_stopped=True)
-    assert pid == 4343 and fake.argv()[12:] == ["--tcp-established", "--lazy-pages", "--leave-stopped"]
+    assert pid == 4343 and fake.argv()[14:] == ["--tcp-established", "--lazy-pages", "--leave-stopped"]
 
 
 def test_restore_writes_a_given_pidfile(fake, tmp_path):
     fake.set(rc=0, log=[RESTORE_OK], pid="4444\n")
     pidfile = str(tmp_path / "app.pid")
     pid, _run = fake.runtime().restore(fake.images, fake.work, {}, timeout=10, pidfile=pidfile)
-    assert pid == 4444 and fake.argv()[10:12] == ["--pidfile", pidfile] and fake.argv()[12:] == []
+    assert pid == 4444 and fake.argv()[12:14] == ["--pidfile", pidfile] and fake.argv()[14:] == []
     assert open(pidfile).read() == "4444\n" and not os.path.exists(fake.work.file(runtime.RESTORE_PIDFILE))
 
 
@@ -350,13 +350,13 @@ def test_dump_and_restore_argv_of_every_option(fake):
                "shell_job": True, "link_remap": True, "ghost_limit": 2 << 20, "network_lock": "iptables",
                "manage_cgroups": "full", "leave_stopped": True, "leave_running": False}
     fake.runtime().dump(4242, fake.images, fake.work, options, timeout=10)
-    assert fake.argv()[11:] == ["--leave-stopped", "--tcp-close", "--skip-in-flight", "--ext-unix-sk", "--file-locks",
+    assert fake.argv()[13:] == ["--leave-stopped", "--tcp-close", "--skip-in-flight", "--ext-unix-sk", "--file-locks",
                                 "--shell-job", "--link-remap", "--ghost-limit=2097152", "--network-lock=iptables",
                                 "--manage-cgroups=full"]
     fake.set(rc=0, log=[RESTORE_OK], pid=4343)
     # a restore repeats what criu needs again and takes its own choices; dump-only options are never passed
     fake.runtime().restore(fake.images, fake.work, dict(options, cgroup_root=["/machine/a", "cpu:/machine/b"]), timeout=10)
-    assert fake.argv()[12:] == ["--tcp-close", "--ext-unix-sk", "--file-locks", "--shell-job", "--manage-cgroups=full",
+    assert fake.argv()[14:] == ["--tcp-close", "--ext-unix-sk", "--file-locks", "--shell-job", "--manage-cgroups=full",
                                 "--cgroup-root", "/machine/a", "--cgroup-root", "cpu:/machine/b"]
 
 
@@ -447,9 +447,9 @@ def test_start_lazy_dump_returns_once_the_page_server_runs(fake, page_socket):
         assert daemon.proc.poll() is None, "the page server must keep running after the call"
         assert rt.state is State.DUMPED and daemon.log_path == os.path.join(fake.work.path, "dump.log")
         argv = fake.argv()
-        assert argv[:7] == fake.head("dump")
-        assert argv[7:11] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
-        assert argv[11:] == ["--leave-stopped", "--lazy-pages", "--ps-socket", str(theirs.fileno())]
+        assert argv[:9] == fake.head("dump")
+        assert argv[9:13] == ["--tree", "4242", "--images-dir", fake.images.for_criu]
+        assert argv[13:] == ["--leave-stopped", "--lazy-pages", "--ps-socket", str(theirs.fileno())]
         assert ours.recv(64) == b"page server dump", "criu inherits the page socket under the same number"
         assert os.getsid(daemon.proc.pid) == daemon.proc.pid, "a session of its own: no SIGHUP from a lost connection"
     finally:
@@ -492,7 +492,7 @@ def test_start_lazy_pages_that_never_gets_ready_is_killed(fake, page_socket):
     with pytest.raises(CriuError, match="criu lazy-pages did not finish within 0.3s") as err:
         fake.runtime().start_lazy_pages(fake.images, fake.work, page_socket[1].fileno(), timeout=0.3)
     assert time.monotonic() - started < 5 and err.value.details["timed_out"]
-    assert fake.argv()[7:] == ["--page-server", "--ps-socket", str(page_socket[1].fileno()), "--images-dir", fake.images.for_criu]
+    assert fake.argv()[9:] == ["--page-server", "--ps-socket", str(page_socket[1].fileno()), "--images-dir", fake.images.for_criu]
 
 
 def test_daemon_stop_kills_and_reaps(spawn):
