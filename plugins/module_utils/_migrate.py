@@ -18,6 +18,7 @@ whose migration is in flight or in doubt.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import fcntl
 import os
@@ -193,11 +194,13 @@ def stop_criu(journal: Journal) -> None:
 # --- recovery: one way to finish or undo a migration from its journal -------------------------------------
 
 def _ask_target(settings_: Settings, code: bytes, journal: Journal, decision: str) -> t.Optional[t.Dict[str, t.Any]]:
-    """The target's answer to a decision (commit, abort or query), None when it cannot be reached."""
+    """The target's answer to a decision (commit, abort or query), None when it cannot be reached. A commit carries
+    what the worker's decision does: the target's pidfile and whether it removes its checkpoint."""
     try:
         return remote.ask(settings_.target, code, settings_.link_timeout, cmd="resolve", decision=decision, id=journal.get("id"),
                           name=settings_.name, migrate_dir=settings_.directory, timeout=settings_.timeout,
-                          key=settings_.key.hex() if settings_.key else None)
+                          key=settings_.key.hex() if settings_.key else None, pidfile=settings_.target_pidfile,
+                          cleanup=settings_.cleanup in ("all", "target"))
     except CriuError as exc:
         journal.data["last_contact_error"] = exc.msg
         return None
@@ -211,7 +214,8 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         answer = _ask_target(settings_, code, journal, "commit")
         if answer is not None and answer.get("state") == "completed":
             end_source(journal)
-            journal.record("completed", outcome="completed", target_pid=answer.get("pid", journal.get("target_pid")))
+            journal.record("completed", outcome="completed", target_pid=answer.get("pid", journal.get("target_pid")),
+                           **_recovered_timing(journal, answer.get("running_at")))
             _cleanup_source(journal, settings_)
         else:
             journal.record("committed", outcome="in_doubt", error=_doubt(journal, answer, committed=True))
@@ -244,6 +248,25 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
                        error="the migration was undone, but the source could not run again: %s" % unresumed)
         return
     journal.record("rolled_back", outcome="rolled_back", target_cleanup=cleanup)
+
+
+def _recovered_timing(journal: Journal, running_at: t.Optional[str]) -> t.Dict[str, t.Any]:
+    """When the copy ran and the downtime, for a commit finished by a recovery: from the frozen_at and running_at
+    wall-clock stamps of the two hosts (the worker measures it on one clock; a recovery has only these)."""
+    frozen_at = journal.get("frozen_at")
+    if journal.get("downtime_seconds") is not None or not (frozen_at and running_at):
+        return {}
+    started, resumed = (datetime.datetime.strptime(stamp, procfs.TIME_FORMAT) for stamp in (frozen_at, running_at))
+    return {"running_at": running_at, "downtime_seconds": round((resumed - started).total_seconds(), 3)}
+
+
+def finish_target_cleanup(journal: Journal, settings_: Settings, code: bytes) -> None:
+    """A rolled-back migration whose target could not be told (its link was lost after the target voted) left a
+    stopped copy there, in doubt on the target's side: the source's journal decided abort, so the target undoes it now.
+    Unreachable still, the next preflight says so; the source runs meanwhile."""
+    answer = _ask_target(settings_, code, journal, "abort")
+    if answer is not None and answer.get("state") in ("aborted", "absent"):
+        journal.record("rolled_back", target_cleanup="done")
 
 
 def _resume_problem(journal: Journal) -> t.Optional[str]:
@@ -791,6 +814,11 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             if journal.get("outcome") != "rolled_back":
                 return report(journal, True, read_progress(dir_fd, directory, s.name))
             workload = _workload(params)
+        elif journal is not None and journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending":
+            if check_mode:
+                return {"changed": True, "actions": ["would remove the stopped copy that the rolled-back migration %s left on "
+                                                     "the target, then migrate anew" % journal.get("id")]}
+            finish_target_cleanup(journal, s._replace(**_recorded(journal)), code)
         elif journal is not None and journal.get("outcome") == "completed":
             if _already_migrated(journal, workload):
                 return report(journal, False, read_progress(dir_fd, directory, s.name))
@@ -837,4 +865,4 @@ def _recordable(s: Settings) -> t.Dict[str, t.Any]:
 
 def _recorded(journal: Journal) -> t.Dict[str, t.Any]:
     recorded = journal.get("settings") or {}
-    return {key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup") if key in recorded}
+    return {key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile") if key in recorded}

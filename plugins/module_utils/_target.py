@@ -432,7 +432,9 @@ def resolve(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             channel.send(state=_query(journal), phase=journal.phase, tree_alive=procfs.alive_identified(journal.get("tree") or []))
             return
         if decision == "commit" and journal.phase in VOTED[:3]:
-            channel.send(state="completed", **commit(ctx, journal, journal.data))
+            # A recovery's commit carries what the source's decision would have: the pidfile and the clean-up.
+            channel.send(state="completed", **commit(ctx, journal, dict(journal.data, **{
+                key: request[key] for key in ("pidfile", "cleanup") if key in request})))
             return
         if decision == "commit":
             channel.send(state=_query(journal), phase=journal.phase, error="the target never restored this migration's copy")

@@ -259,6 +259,7 @@ COPY_MATRIX = [
     ("target", "b", "restored", "rolled_back"),
     ("target", "b", "committed", "completed"),
     ("link", "a", "transferring", "rolled_back"),
+    ("link", "a", "target_restored", "rolled_back"),  # after the vote: the target keeps a stopped copy until the rerun
     ("link", "a", "committed", "in_doubt"),
 ]
 
@@ -296,12 +297,18 @@ def finish(controller: subprocess.Popen) -> None:
 def test_kill_matrix_copy(hosts, remote, tmp_path, who, host, phase, outcome):
     workload = remote("k-%s-%s" % (who, phase.replace("_", "-")))
     token, count = read_state(workload.state_file)
-    controller = kill_at(hosts, workload.name, single(workload), tmp_path, who, host, phase)
+    target_pidfile = "/run/%s.target.pid" % workload.name
+    controller = kill_at(hosts, workload.name, single(workload, migrate_target_pidfile=target_pidfile), tmp_path, who, host,
+                         phase)
     journal = hosts.settled(workload.name)
     finish(controller)
     assert journal["outcome"] == outcome, journal
     if outcome == "completed":
-        assert_migrated(workload, token, count)
+        pid = assert_migrated(workload, token, count)
+        # However it was finished (by the worker, or by a recovery), the commit does all a commit does.
+        assert journal["downtime_seconds"] is not None and journal["running_at"], journal
+        assert open(hosts.path("b", target_pidfile)).read().strip() == str(pid)
+        assert not os.path.lexists(hosts.path("b", "%s/%s" % (MIGRATIONS, workload.name))), "cleanup=all removes it"
     elif outcome == "rolled_back":
         assert_rolled_back(workload, token, count)
         assert journal["decision"] == "abort" and "committed" not in [h["phase"] for h in journal["history"]], journal
