@@ -259,7 +259,7 @@ COPY_MATRIX = [
     ("target", "b", "restored", "rolled_back"),
     ("target", "b", "committed", "completed"),
     ("link", "a", "transferring", "rolled_back"),
-    ("link", "a", "target_restored", "rolled_back"),  # after the vote: the target keeps a stopped copy until the rerun
+    ("link", "b", "restored", "rolled_back"),  # the vote lost: the target keeps its stopped copy until the rerun
     ("link", "a", "committed", "in_doubt"),
 ]
 
@@ -309,6 +309,11 @@ def test_kill_matrix_copy(hosts, remote, tmp_path, who, host, phase, outcome):
         assert journal["downtime_seconds"] is not None and journal["running_at"], journal
         assert open(hosts.path("b", target_pidfile)).read().strip() == str(pid)
         assert not os.path.lexists(hosts.path("b", "%s/%s" % (MIGRATIONS, workload.name))), "cleanup=all removes it"
+    elif outcome == "rolled_back" and journal.get("target_cleanup") == "pending":
+        # The target voted, and never heard the decision: its copy stays stopped (in doubt there) until a rerun tells it.
+        assert (who, phase) == ("link", "restored"), journal
+        assert wait_for(lambda: workload.running_on("a") == [workload.pid], what="the source to run again")
+        assert workload.running_on("b") == [] and [proc_state(pid) for pid in workload.copies() if pid != workload.pid] == ["T"]
     elif outcome == "rolled_back":
         assert_rolled_back(workload, token, count)
         assert journal["decision"] == "abort" and "committed" not in [h["phase"] for h in journal["history"]], journal
