@@ -109,11 +109,17 @@ class DriverLock:
     """A flock on ``.NAME.driver.lock``. The module takes it, the driver it forks inherits it, and the kernel
     releases it when the last of them dies: "is a driver alive?" is "is the lock held?"."""
 
-    def __init__(self, dir_fd: int, name: str, create: bool = True) -> None:
+    def __init__(self, dir_fd: int, name: str, create: bool = True, file: t.Optional[str] = None) -> None:
         self.dir_fd = dir_fd
-        self.file = ".%s.driver.lock" % name
+        self.file = file or ".%s.driver.lock" % name
         self.create = create
         self.fd = -1
+
+    @classmethod
+    def for_workload(cls, dir_fd: int, key: str) -> "DriverLock":
+        """The workload's own claim: one migration of a process or container at a time on this host, whatever its name
+        (two controllers, two names: both preflights passed before either froze it, and both drivers moved it)."""
+        return cls(dir_fd, "", file=workload_claim(key))
 
     def try_acquire(self) -> bool:
         """Take the lock; without ``create`` (a look that writes nothing) a missing lock file is a free lock: every
@@ -212,7 +218,9 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         return
     if journal.phase in ("committed", "completed") or journal.get("decision") == "commit":
         answer = _ask_target(settings_, code, journal, "commit")
-        if answer is not None and answer.get("state") == "completed":
+        if answer is not None and answer.get("state") == target_.NEVER_RAN:
+            never_ran(journal)
+        elif answer is not None and answer.get("state") == "completed":
             end_source(journal)
             journal.record("completed", outcome="completed", target_pid=answer.get("pid", journal.get("target_pid")),
                            **_recovered_timing(journal, answer.get("running_at")))
@@ -248,6 +256,17 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
                        error="the migration was undone, but the source could not run again: %s" % unresumed)
         return
     journal.record("rolled_back", outcome="rolled_back", target_cleanup=cleanup)
+
+
+def never_ran(journal: Journal) -> None:
+    """The commit found the target's stopped copy dead before it resumed it: the workload never ran there, so the
+    source, frozen with its memory intact, runs again (exactly once still), rather than staying frozen for nothing."""
+    problem = _resume_problem(journal)
+    error = "the target's restored copy died while stopped, before the commit resumed it: it never ran there"
+    if problem:
+        journal.record("committed", outcome="in_doubt", error="%s, and the source could not run again: %s" % (error, problem))
+        return
+    journal.record("rolled_back", outcome="rolled_back", error=error, target_cleanup="done")
 
 
 def _recovered_timing(journal: Journal, running_at: t.Optional[str]) -> t.Dict[str, t.Any]:
@@ -288,7 +307,21 @@ def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: 
             % where)
 
 
+def workload_key(process: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[str, t.Any]]) -> str:
+    """What a workload is on this host, whatever a migration calls it: its container's id, or its root's pid and
+    start time (a pid alone is reused)."""
+    return "container-%s" % found["id"] if found else "pid-%s-%s" % (process.get("pid"), process.get("starttime"))
+
+
+def workload_claim(key: str) -> str:
+    return ".workload.%s.lock" % key
+
+
 def _cleanup_source(journal: Journal, settings_: Settings) -> None:
+    """What the completed migration leaves on the source: its checkpoint (by ``cleanup``) and the claim on the
+    workload, which is gone from here."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(workload_claim(workload_key(journal.get("process") or {}, journal.get("container"))), dir_fd=journal.dir_fd)
     if settings_.cleanup in ("all", "source"):
         with store.location(os.path.join(settings_.directory, settings_.name)) as loc:
             if store.replace_problem(loc) is None:
@@ -498,6 +531,9 @@ class Worker:
         self.agent.channel.send(decision="commit", pidfile=s.target_pidfile,  # type: ignore[union-attr]
                                 cleanup=s.cleanup in ("all", "target"))
         done = self.agent.answer(s.link_timeout)  # type: ignore[union-attr]
+        if done.get("done") == target_.NEVER_RAN:
+            never_ran(journal)
+            return
         downtime = self._downtime if self._downtime is not None else time.monotonic() - self._started - done["running_for"]
         end_source(journal)
         if self.daemon is not None:
@@ -797,12 +833,18 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     s = s._replace(directory=directory)
     lock = DriverLock(dir_fd, s.name, create=not check_mode)
     deadline = time.monotonic() + params["wait_timeout"]
+    stack = contextlib.ExitStack()
     try:
-        if not lock.try_acquire():
+        while not lock.try_acquire():
+            # The same migration, run again while it runs (a second controller): wait for it and report it, as a
+            # rerun does. Before its journal exists it is in its preflight: that ends soon, one way or the other.
             journal = Journal.load(dir_fd, directory, s.name)
-            if journal is None:
-                raise CriuError("Another run holds the lock of migration %s but wrote no journal yet: retry in a moment." % s.name)
-            return report(watch(journal, lock, deadline), False, read_progress(dir_fd, directory, s.name))
+            if journal is not None:
+                return report(watch(journal, lock, deadline), False, read_progress(dir_fd, directory, s.name))
+            if time.monotonic() > deadline:
+                raise CriuError("Another run of migration %s has held its lock for wait_timeout without writing a journal. "
+                                "Rerun the same command to wait for it again." % s.name)
+            time.sleep(WATCH_POLL)
         journal = Journal.load(dir_fd, directory, s.name)
         workload = _workload(params)
         if journal is not None and journal.get("outcome") in (None, "in_doubt"):
@@ -831,10 +873,17 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         if check_mode:
             return _would_migrate(params, s, code, workload)
         pid, found = workload.require(params)
+        st = procfs.read_stat(t.cast(int, pid))
+        what = "pid %d" % pid if found is None else "container %s" % found["name"]
+        claim = DriverLock.for_workload(dir_fd, workload_key({"pid": pid, "starttime": st.starttime if st else None}, found))
+        if not claim.try_acquire():
+            raise CriuError("%s is being migrated right now by another migration from this host (another name, another "
+                            "controller): only one may freeze it. Wait for it to end (its journal is in %s), then rerun "
+                            "this one if the workload is still here." % (what, directory), pid=pid)
+        stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
         journal_id = str(uuid.uuid4())
         facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"], found, check_mode=False)
         s = s._replace(algorithm=facts["algorithm"])
-        st = procfs.read_stat(t.cast(int, pid))
         journal = Journal.create(
             dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
             source=os.uname().nodename, target={"label": s.target.label, "host": s.target.host}, lease_seconds=s.lease,
@@ -845,6 +894,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         spawn(lock, journal, s, code)
         return report(watch(journal, lock, deadline), True, read_progress(dir_fd, directory, s.name))
     finally:
+        stack.close()
         lock.release()
         os.close(dir_fd)
 

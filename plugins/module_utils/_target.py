@@ -41,6 +41,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuR
 
 # Target phases, in order. After "restored" the target has voted: only the source's decision ends it.
 VOTED = ("restored", "pages_complete", "committed", "aborting")
+NEVER_RAN = "never_ran"  # a commit's answer: the stopped copy died before it was resumed
 RELAY_READY = b"\x01"
 RELAY_BUFFER = 1 << 20
 
@@ -139,10 +140,20 @@ def abort(ctx: Context, journal: Journal, reason: str) -> None:
 
 
 def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """Let the restored copy run; idempotent. Recorded before it acts, so a crash here is finished by a rerun."""
+    """Let the restored copy run; idempotent. Recorded before it acts, so a crash here is finished by a rerun. A
+    stopped copy (copy mode) that died before this resumed it never ran: that is said (``never_ran``), and the source,
+    whose memory is intact, may run again instead of staying frozen for a copy that is gone."""
     if journal.phase != "committed":
         journal.record("committed", decision="commit", cleanup=bool(decision.get("cleanup")), pidfile=decision.get("pidfile"))
     tree = journal.get("tree") or []
+    if journal.get("mode") == "copy" and not journal.get("container_id") and tree and not procfs.is_alive(*tree[0]):
+        if journal.get("outcome") is None:
+            _kill_restored(journal)
+            _remove_checkpoint(ctx, keep_log=True)
+            journal.record("committed", outcome="aborted", never_ran=True,
+                           error="the restored copy (pid %d) died while stopped, before the commit resumed it: it never ran "
+                                 "here" % tree[0][0])
+        return {"done": NEVER_RAN}
     procfs.signal_identified(tree, signal.SIGCONT)
     resumed = time.monotonic()
     running_at = procfs.utc_now()
@@ -426,15 +437,15 @@ def resolve(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             return
         decision = request["decision"]
         if journal.get("outcome") in ("completed", "aborted"):
-            channel.send(state=journal.get("outcome"), phase=journal.phase)
+            channel.send(state=NEVER_RAN if journal.get("never_ran") else journal.get("outcome"), phase=journal.phase)
             return
         if decision == "query":
             channel.send(state=_query(journal), phase=journal.phase, tree_alive=procfs.alive_identified(journal.get("tree") or []))
             return
         if decision == "commit" and journal.phase in VOTED[:3]:
             # A recovery's commit carries what the source's decision would have: the pidfile and the clean-up.
-            channel.send(state="completed", **commit(ctx, journal, dict(journal.data, **{
-                key: request[key] for key in ("pidfile", "cleanup") if key in request})))
+            done = commit(ctx, journal, dict(journal.data, **{key: request[key] for key in ("pidfile", "cleanup") if key in request}))
+            channel.send(state="completed" if done["done"] == "completed" else NEVER_RAN, **done)
             return
         if decision == "commit":
             channel.send(state=_query(journal), phase=journal.phase, error="the target never restored this migration's copy")

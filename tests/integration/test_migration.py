@@ -14,12 +14,13 @@ import os
 import re
 import signal
 import subprocess
+import time
 import typing as t
 
 import pytest
 
 from conftest import free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
-from testhosts import DISK, MIGRATIONS, Hosts, Remote, mount_ns
+from testhosts import DISK, MIGRATIONS, Hosts, Remote, driver_alive, mount_ns
 
 HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
 LEASE = 60
@@ -506,3 +507,76 @@ def test_invalid_request_is_refused_before_any_host_is_touched(hosts, request_va
     result = hosts.migrate(**dict({"migrate_source": "host-a", "migrate_target": "host-b"}, **request_vars))
     assert result.returncode != 0 and "Invalid migration" in result.stdout, result.stdout
     assert "host-a(" not in result.stdout, "the plan must stop before any task reaches a host"
+
+
+def test_two_controllers_two_names_one_workload(hosts, remote, tmp_path):
+    """Two operators (two AWX jobs) migrate the same process under two names: both preflights passed before either
+    froze it, both drivers dumped it, both targets restored it: two copies. A migration claims the workload itself
+    before its preflight; the other is refused until that one ends."""
+    workload = remote("claimed")
+    token, count = read_state(workload.state_file)
+    hosts.arm("a", "prepared", workload.name)
+    first = hosts.start_migrate(str(tmp_path / "first.log"), **single(workload))
+    hosts.reached("a", workload.name, "prepared")
+    second = hosts.migrate(**single(workload, migrate_name="claimed-again"))
+    hosts.clear_failpoints("a")
+    finish(first)
+
+    output = second.stdout + second.stderr
+    assert second.returncode != 0 and "pid %d is being migrated right now by another migration" % workload.pid in output, output
+    assert hosts.journal("a", "claimed-again") is None, "the refused one wrote nothing"
+    assert first.returncode == 0, open(tmp_path / "first.log").read()
+    assert_migrated(workload, token, count)
+
+
+def test_the_same_migration_run_twice_at_once_waits_for_the_first(hosts, remote, tmp_path):
+    """A second controller runs the same command while the first is still in its preflight (no journal yet): it failed
+    at once ("retry in a moment"); it waits for the first and reports what happened, as a rerun does."""
+    workload = remote("twice")
+    token, count = read_state(workload.state_file)
+    link = hosts.freeze_link("b")  # the first run's preflight waits on the target: no journal meanwhile
+    try:
+        first = hosts.start_migrate(str(tmp_path / "first.log"), **single(workload))
+        lock = hosts.path("a", "%s/.%s.driver.lock" % (MIGRATIONS, workload.name))
+        wait_for(lambda: driver_alive(lock), timeout=60, what="the first run to take its lock")
+        assert hosts.journal("a", workload.name) is None
+        second = hosts.start_migrate(str(tmp_path / "second.log"), **single(workload))
+        wait_for(lambda: len(module_processes("criu_migrate")) == 2, timeout=60, what="the second run to reach the lock")
+        time.sleep(1)  # the old code gave up here at once
+        assert second.poll() is None, open(tmp_path / "second.log").read()
+    finally:
+        hosts.thaw_link(link)
+    finish(first)
+    finish(second)
+    assert second.returncode == 0, open(tmp_path / "second.log").read()
+    assert_migrated(workload, token, count)
+
+
+def module_processes(module: str) -> t.List[int]:
+    """Pids of the Ansible module ``module`` running on this machine (its AnsiballZ wrapper)."""
+    return processes_running("AnsiballZ_%s.py" % module)
+
+
+def test_a_stopped_copy_that_dies_before_the_commit_lets_the_source_run_again(hosts, remote, tmp_path):
+    """The target's stopped copy dies between the vote and the commit (the OOM killer, an operator): the source
+    committed anyway and stayed frozen for ever, every rerun saying the target could not be reached. The copy never
+    ran, so the source, whose memory is intact, runs again; a rerun migrates it."""
+    workload = remote("copydies")
+    token, count = read_state(workload.state_file)
+    hosts.arm("a", "committed", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload))
+    hosts.reached("a", workload.name, "committed")
+    (copy,) = [pid for pid in workload.copies() if pid != workload.pid]
+    assert proc_state(copy) == "T" and mount_ns(copy) == hosts.mount_ns("b")
+    os.kill(copy, signal.SIGKILL)
+    hosts.clear_failpoints("a")
+    journal = hosts.settled(workload.name)
+    finish(controller)
+
+    assert journal["outcome"] == "rolled_back" and "never ran there" in journal["error"], journal
+    assert_rolled_back(workload, token, count)
+    target = hosts.journal("b", workload.name)
+    assert target["outcome"] == "aborted" and target["never_ran"], target
+    rerun = hosts.migrate(**single(workload))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert_migrated(workload, token, count)

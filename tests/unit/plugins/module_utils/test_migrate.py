@@ -212,3 +212,20 @@ def test_the_callers_ssh_args_cannot_turn_off_what_the_migration_rests_on():
         return next(arg.split("=", 1)[1] for arg in argv if arg.startswith(option + "="))
     assert (first("ControlMaster"), first("ControlPath"), first("ControlPersist"), first("BatchMode")) == ("no", "none", "no", "yes")
     assert first("ConnectTimeout") == "3", "the caller still tunes the rest"
+
+
+def test_one_migration_claims_a_workload_whatever_its_name(tmp_path):
+    """Two controllers, two names, one process: the claim is keyed by what the workload is, not by a name."""
+    process = {"pid": 4242, "starttime": 777}
+    assert migrate.workload_key(process, None) == "pid-4242-777"
+    assert migrate.workload_key(process, {"id": "c" * 64}) == "container-" + "c" * 64
+    with dir_fd(tmp_path) as fd:
+        first = migrate.DriverLock.for_workload(fd, migrate.workload_key(process, None))
+        second = migrate.DriverLock.for_workload(fd, migrate.workload_key(process, None))
+        other = migrate.DriverLock.for_workload(fd, migrate.workload_key(dict(process, starttime=778), None))
+        assert first.try_acquire() and not second.try_acquire() and other.try_acquire()
+        assert sorted(os.listdir(tmp_path)) == [".workload.pid-4242-777.lock", ".workload.pid-4242-778.lock"]
+        first.release()
+        assert second.try_acquire()
+        second.release()
+        other.release()
