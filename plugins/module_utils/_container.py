@@ -64,12 +64,13 @@ def refuse_criu_config(found: t.Mapping[str, t.Any]) -> None:
     configuration can run any program as root (action-script), at the dump and at every restore of the export."""
     named = found.get("criu_config")
     if named:
+        image = found.get("image_name") or found.get("image_id")
         raise CriuError("Container %s (image %s) names a criu configuration file in its %s annotation (%s): runc would have "
                         "criu read it as root at the checkpoint and at every restore, and a configuration can run any "
                         "program (action-script). Recreate the container with --annotation %s= (empty: no file), or from "
-                        "an image without that annotation." % (found["name"], found.get("image_name") or found.get("image_id"),
-                                                             podman.CRIU_CONFIG_ANNOTATION, named,
-                                                             podman.CRIU_CONFIG_ANNOTATION), container=found["name"])
+                        "an image without that annotation."
+                        % (found["name"], image, podman.CRIU_CONFIG_ANNOTATION, named, podman.CRIU_CONFIG_ANNOTATION),
+                        container=found["name"])
     problems = runc_criu_problems(with_config=named is None)
     if problems:
         raise CriuError(listed(problems) + ".")

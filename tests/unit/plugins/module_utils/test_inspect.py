@@ -229,8 +229,8 @@ def test_inspect_of_images_past_the_budget_parses_nothing_more(tmp_path, monkeyp
         found = inspect_.inspect(criu, checkpoint, 60)
         assert found == {"unavailable": "the images cannot be read: files.img would take the images parsed past 8 MiB "
                                         "(real ones are kilobytes): not parsed"}
-        assert inspect_.inspect(criu, checkpoint, -1) == {"unavailable": "the images cannot be read: the timeout ran out "
-                                                                        "before pstree.img"}
+        timed_out = inspect_.inspect(criu, checkpoint, -1)
+        assert timed_out == {"unavailable": "the images cannot be read: the timeout ran out before pstree.img"}
 
 
 def test_inspect_without_pycriu_says_why(tmp_path):

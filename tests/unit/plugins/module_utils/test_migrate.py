@@ -6,8 +6,6 @@ import os
 import threading
 import time
 
-import pytest
-
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _journal as journal_module
 from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate

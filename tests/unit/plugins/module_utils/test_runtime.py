@@ -111,7 +111,8 @@ class Fake:
 
     def head(self, action, log=None):
         """The argv every criu run starts with (after the binary itself)."""
-        return [action, "--no-default-config", "--work-dir", self.work.for_criu, "--libdir", self.work.for_criu, "--log-file", "%s.log" % (log or action), "-v4"]
+        work = self.work.for_criu
+        return [action, "--no-default-config", "--work-dir", work, "--libdir", work, "--log-file", "%s.log" % (log or action), "-v4"]
 
     def runtime(self):
         return CriuRuntime(self.path, (4, 2, 0))
