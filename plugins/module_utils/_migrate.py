@@ -881,6 +881,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                             "controller): only one may freeze it. Wait for it to end (its journal is in %s), then rerun "
                             "this one if the workload is still here." % (what, directory), pid=pid)
         stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
+        failpoint(s.name, "preflight")  # (tests: the window in which the migration is locked and has no journal yet)
         journal_id = str(uuid.uuid4())
         facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"], found, check_mode=False)
         s = s._replace(algorithm=facts["algorithm"])
