@@ -87,34 +87,32 @@ def runc_criu_problems(with_config: bool = True) -> t.List[str]:
 
 
 def _runc_config_problem() -> t.Optional[str]:
-    try:
-        fd, real = safepath.open_file(podman.RUNC_CRIU_CONFIG, "criu configuration for runc", RUNC_CONFIG_REMEDY)
-    except (FileNotFoundError, safepath.MissingDirectory):
-        return None
-    except CriuError as exc:
-        return exc.msg
-    try:
+    def check(fd: int, real: str) -> None:
         safepath.require_trusted(os.fstat(fd), real, "criu configuration for runc", RUNC_CONFIG_REMEDY)
-    except CriuError as exc:
-        return exc.msg
-    finally:
-        os.close(fd)
-    return None
+    return _untrusted(lambda: safepath.open_file(podman.RUNC_CRIU_CONFIG, "criu configuration for runc", RUNC_CONFIG_REMEDY),
+                      check)
 
 
 def _plugin_dir_problem() -> t.Optional[str]:
+    def check(fd: int, real: str) -> None:
+        for name in safepath.listdir(fd):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise CriuError("criu plugin %s is a symlink. %s" % (os.path.join(real, name), PLUGIN_REMEDY))
+            safepath.require_trusted(st, os.path.join(real, name), "criu plugin", PLUGIN_REMEDY)
+    return _untrusted(lambda: safepath.open_dir(podman.CRIU_PLUGIN_DIR, "criu plugin directory", PLUGIN_REMEDY), check)
+
+
+def _untrusted(opened: t.Callable[[], t.Tuple[int, str]], check: t.Callable[[int, str], None]) -> t.Optional[str]:
+    """Why what ``opened`` reaches (by the chain rule) fails ``check``; None when it passes, or is absent."""
     try:
-        fd, real = safepath.open_dir(podman.CRIU_PLUGIN_DIR, "criu plugin directory", PLUGIN_REMEDY)
+        fd, real = opened()
     except (FileNotFoundError, safepath.MissingDirectory):
         return None
     except CriuError as exc:
         return exc.msg
     try:
-        for name in safepath.listdir(fd):
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                return "criu plugin %s is a symlink. %s" % (os.path.join(real, name), PLUGIN_REMEDY)
-            safepath.require_trusted(st, os.path.join(real, name), "criu plugin", PLUGIN_REMEDY)
+        check(fd, real)
     except CriuError as exc:
         return exc.msg
     finally:
