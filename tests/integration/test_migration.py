@@ -20,7 +20,7 @@ import typing as t
 import pytest
 
 from conftest import free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
-from testhosts import DISK, MIGRATIONS, Hosts, Remote, driver_alive, mount_ns
+from testhosts import DISK, MIGRATIONS, Hosts, Remote, mount_ns
 
 HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
 LEASE = 60
@@ -588,4 +588,3 @@ def test_a_stopped_copy_that_dies_before_the_commit_lets_the_source_run_again(ho
     rerun = hosts.migrate(**single(workload))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_migrated(workload, token, count)
-
