@@ -27,8 +27,11 @@ HELD = []  # what the mode's resource is held by, for the process's whole life
 
 
 def write(path: str, text: str) -> None:
-    with open(path, "w") as handle:
+    """Whole or not at all: a reader never sees the file truncated and not yet written (an empty info read as a
+    resource gone)."""
+    with open(path + ".tmp", "w") as handle:
         handle.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def loopback_pair() -> "tuple[socket.socket, socket.socket, socket.socket]":
