@@ -140,8 +140,7 @@ class DriverLock:
         return True
 
     def held_elsewhere(self) -> bool:
-        probe = DriverLock(self.dir_fd, "", create=False)
-        probe.file = self.file
+        probe = DriverLock(self.dir_fd, "", create=False, file=self.file)
         if probe.try_acquire():
             probe.release()
             return False
