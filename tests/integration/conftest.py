@@ -8,6 +8,7 @@ create); whatever is still running at teardown is killed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,15 +30,106 @@ COUNTER = os.path.join(REPO, "demo", "counter.py")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# Tests that change what the whole machine shares (its criu install, Podman's configuration, criu's plugin directory):
+# they run alone, after the parallel run (scripts/test.sh).
+SERIAL_MODULES = ("test_criu_role.py",)
+
+
 def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
-    """Mark every test under this directory ``integration`` (so ``-m integration`` selects them; a ``pytestmark`` in a
-    conftest marks nothing), and skip them when not root."""
+    """Mark every test under this directory (a ``pytestmark`` in a conftest marks nothing): ``integration``; ``hosts``
+    when it needs the ssh test-host pair; ``containers`` and ``role`` when it needs Podman prepared by the criu role;
+    ``serial`` for whole modules that change the machine. All skip when not root."""
     skip = pytest.mark.skip(reason="integration tests checkpoint real processes and need root")
     for item in items:
-        if str(item.path).startswith(HERE + os.sep):
-            item.add_marker(pytest.mark.integration)
-            if os.geteuid() != 0:
-                item.add_marker(skip)
+        if not str(item.path).startswith(HERE + os.sep):
+            continue
+        item.add_marker(pytest.mark.integration)
+        fixtures = getattr(item, "fixturenames", ())
+        if "hosts" in fixtures:
+            item.add_marker(pytest.mark.hosts)
+        if "container_host" in fixtures:
+            item.add_marker(pytest.mark.containers)
+            item.add_marker(pytest.mark.role)
+        if item.path.name in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
+            item.add_marker(pytest.mark.role)
+        if os.geteuid() != 0:
+            item.add_marker(skip)
+
+
+def hosts_port() -> int:
+    """This pytest process's test-host port: NUCLEUS_TEST_PORT (default 2222) for a serial run, and 100 more for
+    each further xdist worker, so that each worker drives a pair of hosts of its own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(os.environ.get("NUCLEUS_TEST_PORT", "2222")) + 100 * int(worker[2:])
+
+
+@contextlib.contextmanager
+def session_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> t.Iterator[str]:
+    """A lock shared by every worker of this pytest session (their base temp directories share a parent), with a
+    directory for what they share under it: one worker does a shared step while the others wait for it."""
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.getbasetemp()
+    path = os.path.join(str(shared), name)
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+
+
+# Tests that share something system-wide run on one xdist worker, one at a time (the groups, by node id prefix):
+# - the Podman tests, here and on the test hosts: this machine's /var/lib (where Podman's network keeps its address
+#   book, /var/lib/cni) is the lower layer of every test host's /var/lib, and a lower layer changed under a mounted
+#   overlay makes its hosts see addresses in use that are not ("requested IP address ... is not available");
+# - the tests that set fs.pipe-max-size (post-copy needs it at 4 MiB, one test lowers it).
+XDIST_GROUPS = {
+    "podman": ("tests/integration/test_containers.py::", "tests/integration/test_container_migration.py::"),
+    "pipe-max-size": ("tests/integration/test_migration.py::test_postcopy", "tests/integration/test_migration.py::test_kill_matrix_postcopy"),
+}
+
+
+def xdist_group(nodeid: str) -> t.Optional[str]:
+    return next((group for group, prefixes in XDIST_GROUPS.items() if nodeid.startswith(prefixes)), None)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: t.Any) -> t.Any:
+    """``--dist loadgroup``, with the groups above. pytest-xdist's own loadgroup does not group under pytest 9 (it
+    renames ``item._nodeid``, which pytest 9 no longer reads), so the scheduler here decides by node id: a group's
+    tests form one unit of work, every other test is a unit of its own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel  # only under xdist
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid) or nodeid
+
+    return GroupScheduling(config, log)
+
+
+@pytest.fixture(scope="session")
+def container_host(tmp_path_factory) -> str:
+    """This machine made a container host by the criu role, once per session (whichever worker comes first), and the
+    test image; returns the image."""
+    with session_lock(tmp_path_factory, "container-host") as shared:
+        done = os.path.join(shared, "done")
+        if not os.path.exists(done):
+            criu_role({"criu_containers": True})
+            ensure_test_image()
+            open(done, "w").close()
+    return TEST_IMAGE
+
+
+@pytest.fixture(scope="session")
+def hosts():
+    """This worker's pair of ssh test hosts (testhosts.Hosts), up for the whole session."""
+    from testhosts import Hosts  # pylint: disable=import-outside-toplevel  # testhosts imports this module
+    pair = Hosts(hosts_port())
+    pair.up()
+    yield pair
+    pair.down()
 
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,

@@ -16,7 +16,8 @@ import typing as t
 
 import pytest
 
-from conftest import criu_role, ensure_test_image, podman, run_module, wait_for
+from conftest import podman, run_module, wait_for
+
 
 KEY = "container-test-key-0123456789"
 # Counts in memory (the shell's variable), shows the count in a file: after a restore the count goes on from where it
@@ -59,10 +60,9 @@ def state(name: str) -> t.Optional[str]:
 
 
 @pytest.fixture(scope="module")
-def podman_image():
+def podman_image(container_host):
     """This host prepared for containers by the criu role itself, and the test image."""
-    criu_role({"criu_containers": True})
-    return ensure_test_image()
+    return container_host
 
 
 @pytest.fixture

@@ -19,19 +19,11 @@ import typing as t
 
 import pytest
 
-from conftest import free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
+from conftest import alive, free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
 from testhosts import DISK, MIGRATIONS, Hosts, Remote, mount_ns
 
 HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
 LEASE = 60
-
-
-@pytest.fixture(scope="module")
-def hosts():
-    pair = Hosts(2222)
-    pair.up()
-    yield pair
-    pair.down()
 
 
 @pytest.fixture
@@ -206,7 +198,7 @@ def test_stopped_source_is_refused_unless_a_journal_explains_it(hosts, remote):
         result = hosts.migrate(**single(workload))
     finally:
         os.kill(workload.pid, signal.SIGCONT)
-    assert_untouched(result, workload, "is stopped (state T) and no unfinished migration")
+    assert_untouched(result, workload, "is stopped (state T) and no migration of stopped explains it, on this host or on the target")
 
 
 def test_restore_failure_on_the_target_rolls_back(hosts, remote):
@@ -242,21 +234,18 @@ def test_reused_pid_named_by_a_stale_pidfile_is_refused(hosts, remote):
 
 # --- the kill matrix -----------------------------------------------------------------------------------
 
-# (who is killed, on which host the step is reached, the step, the outcome the journals must settle on)
+# (who is killed, on which host the step is reached, the step, the outcome the journals must settle on): one case per
+# actor and phase class (before the freeze; frozen, criu running; voted; decided). What resolve decides from every
+# phase and answer is tested as data in tests/unit/plugins/module_utils/test_resolve_table.py.
 COPY_MATRIX = [
     ("controller", "a", "prepared", "completed"),
-    ("controller", "a", "freezing", "completed"),
     ("controller", "a", "transferring", "completed"),
-    ("controller", "a", "frozen", "completed"),
     ("controller", "a", "target_restored", "completed"),
     ("controller", "a", "committed", "completed"),
-    ("driver", "a", "freezing", "rolled_back"),
-    ("driver", "a", "transferring", "rolled_back"),
-    ("driver", "a", "frozen", "rolled_back"),
+    ("driver", "a", "transferring", "rolled_back"),  # criu still dumping
     ("driver", "a", "target_restored", "rolled_back"),
     ("driver", "a", "committed", "completed"),
-    ("target", "b", "receiving", "rolled_back"),
-    ("target", "b", "restoring", "rolled_back"),
+    ("target", "b", "restoring", "rolled_back"),  # criu restoring
     ("target", "b", "restored", "rolled_back"),
     ("target", "b", "committed", "completed"),
     ("link", "a", "transferring", "rolled_back"),
@@ -318,6 +307,11 @@ def test_kill_matrix_copy(hosts, remote, tmp_path, who, host, phase, outcome):
     elif outcome == "rolled_back":
         assert_rolled_back(workload, token, count)
         assert journal["decision"] == "abort" and "committed" not in [h["phase"] for h in journal["history"]], journal
+        if who == "driver":  # the worker could not say why it stopped: its lease keeper does
+            assert "was killed by SIGKILL in phase" in journal["error"], journal
+        if (who, phase) == ("link", "transferring"):  # the target never restored anything: no stopped copy to speak of
+            told = open(tmp_path / "controller.log").read()
+            assert "nothing was restored on the target" in told and "stopped copy" not in told, told
     else:
         # Committed, the target unreachable: the source is never resumed, the target's copy is not running either.
         assert proc_state(workload.pid) == "T" and workload.running_on("a") == [] and workload.running_on("b") == []
@@ -414,7 +408,7 @@ def test_postcopy_migrates_with_memory_following(hosts, remote, big_pipes):
     assert journal["mode"] == "postcopy" and journal["lazy_pages"] > (64 << 20) // 4096, journal
     assert journal["image_bytes"] < 8 << 20, "only the images without the memory travel while frozen: %s" % journal
     assert_migrated(workload, token, count)
-    assert wait_for(lambda: not processes_running("--lazy-pages"), what="the page server to end")
+    assert wait_for(lambda: not hosts.processes_running("--lazy-pages"), what="the page server to end")
 
 
 def listening_tcp_inodes() -> t.Set[str]:
@@ -448,13 +442,118 @@ def test_postcopy_page_channel_has_no_listening_socket(hosts, remote, tmp_path, 
     hosts.arm("a", "target_restored", workload.name)
     controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload, migrate_mode="postcopy"))
     hosts.reached("a", workload.name, "target_restored")
-    criu = [pid for pid in processes_running("criu") if "criu" in open("/proc/%d/cmdline" % pid).read().split("\0")[0]]
+    criu = [pid for pid in hosts.processes_running("criu") if "criu" in open("/proc/%d/cmdline" % pid).read().split("\0")[0]]
     listening = listening_tcp_inodes()
     assert criu and all(not socket_inodes(pid) & listening for pid in criu), "a criu listens on a TCP port"
     hosts.clear_failpoints("a")
     finish(controller)
     assert hosts.settled(workload.name)["outcome"] == "completed"
     assert_migrated(workload, token, count)
+
+
+def test_a_driver_killed_whole_is_resolved_by_the_waiting_task(hosts, remote, tmp_path):
+    """One SIGKILL to the driver's whole session (lease keeper and worker, the workload frozen): nothing enforces the
+    lease any more, so the task that waits for the outcome notices within seconds and resolves the migration itself,
+    instead of waiting out wait_timeout (1800 s) with the workload frozen."""
+    workload = remote("driver-whole")
+    token, count = read_state(workload.state_file)
+    hosts.arm("a", "frozen", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload))
+    worker = hosts.reached("a", workload.name, "frozen")
+    os.killpg(os.getpgid(worker), signal.SIGKILL)  # the driver's session: keeper, worker (and a criu, if any)
+    hosts.clear_failpoints("a")
+    try:
+        controller.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        Hosts.kill_controller(controller)
+        raise AssertionError("the task did not notice its driver died")
+    output = open(tmp_path / "controller.log").read()
+    assert controller.returncode != 0 and "Rolled back: the workload runs again on" in output, output
+    assert hosts.journal("a", workload.name)["outcome"] == "rolled_back"
+    assert_rolled_back(workload, token, count)
+
+
+def test_a_damaged_or_lost_source_journal_asks_the_target_before_any_advice(hosts, remote):
+    """The source's journal damaged (truncated), then lost, after its migration completed, and a stopped process under
+    its pidfile (as the frozen source would be had the target run its copy unheard): the damaged journal stops the run
+    with a remedy, not "Unexpected ValueError"; without it, the run asks the target, which ran the copy, and says not
+    to resume the stopped process (the old advice, kill -CONT, would run the workload twice)."""
+    workload = remote("lostjournal")
+    token, count = read_state(workload.state_file)
+    assert hosts.migrate(**single(workload)).returncode == 0
+    assert_migrated(workload, token, count)
+    frozen = remote("lostjournal-source")
+    os.kill(frozen.pid, signal.SIGSTOP)
+    journal_path = "%s/%s.journal.json" % (MIGRATIONS, workload.name)
+    hosts.run("a", "echo %d > %s && truncate -s 100 %s" % (frozen.pid, workload.pidfile, journal_path))
+    damaged = hosts.migrate(**single(workload))
+    assert damaged.returncode != 0 and "is damaged or not a nucleus.criu migration journal" in damaged.stdout, damaged.stdout
+    assert "mv %s %s.damaged" % (journal_path, journal_path) in damaged.stdout
+    hosts.run("a", "mv %s %s.damaged" % (journal_path, journal_path))
+    lost = hosts.migrate(**single(workload))
+    output = lost.stdout + lost.stderr
+    assert lost.returncode != 0 and "the target's journal says that migration" in output and "Do not resume it" in output, output
+    assert proc_state(frozen.pid) == "T" and frozen.copies() == [frozen.pid]
+    assert_migrated(workload, token, count)
+
+
+def test_a_target_disk_that_fills_up_during_the_transfer_is_named(hosts, remote, tmp_path):
+    """The target's migrate_dir fills up while the images travel: the failure names the target's own words (No space
+    left on device), not the broken pipe its end left behind, and the source runs on."""
+    workload = remote("fulldisk", "--mem 32")
+    token, count = read_state(workload.state_file)
+    disk = "/run/fulldisk"  # host-b's migrate_dir on a disk of its own: a tmpfs of 160 MiB (the preflight wants ~115)
+    directory = disk + "/migrations"
+    hosts.run("b", "mkdir %s && mount -t tmpfs -o size=160m,mode=0755 fulldisk %s" % (disk, disk))
+    hosts.arm("a", "transferring", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload, migrate_dir=directory))
+    try:
+        hosts.reached("a", workload.name, "transferring")
+        hosts.run("b", "fallocate -l $(($(stat -f -c '%%a*%%S' %s) - 65536)) %s/filler" % (disk, disk))
+        hosts.clear_failpoints("a")
+        finish(controller)
+        told = open(tmp_path / "controller.log").read()
+        assert "No space left on device" in told and "Broken pipe" not in told, told
+        assert_rolled_back(workload, token, count)
+    finally:
+        hosts.run("b", "umount %s; rmdir %s" % (disk, disk), check=False)
+        hosts.run("a", "rm -rf %s" % disk, check=False)
+
+
+def children_of(pid: int) -> t.List[int]:
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+            return [int(child) for child in handle.read().split()]
+    except OSError:
+        return []
+
+
+def test_a_criu_restore_killed_midway_leaves_nothing_on_the_target(hosts, remote, tmp_path):
+    """criu restore killed on the target (the OOM killer) once it has made the workload's first task and before it is
+    done: the migration rolls back, and the half-restored task (blocked in criu's restorer, holding the workload's
+    memory) goes with it, instead of staying for ever under init."""
+    workload = remote("halfrestored", "--mem 256")
+    token, count = read_state(workload.state_file)
+    hosts.arm("b", "restoring", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload))
+    hosts.reached("b", workload.name, "restoring")
+    criu = hosts.journal("b", workload.name)["criu"][0]
+    os.kill(criu, signal.SIGSTOP)
+    # Let criu run in small steps until it has made the workload's first task: then it is midway.
+    deadline = time.monotonic() + 60
+    while not children_of(criu):
+        assert proc_state(criu) not in (None, "Z"), "criu finished the restore before the test could stop it midway"
+        assert time.monotonic() < deadline, "criu made no task"
+        os.kill(criu, signal.SIGCONT)
+        time.sleep(0.002)
+        os.kill(criu, signal.SIGSTOP)
+    (half,) = children_of(criu)
+    os.kill(criu, signal.SIGKILL)
+    hosts.clear_failpoints("b")
+    finish(controller)
+    assert hosts.settled(workload.name)["outcome"] == "rolled_back"
+    assert wait_for(lambda: not alive(half), what="the half-restored task %d to be killed" % half)
+    assert_rolled_back(workload, token, count)
 
 
 POSTCOPY_MATRIX = [

@@ -64,6 +64,19 @@ class Hosts:
                 "-o", "UserKnownHostsFile=/dev/null", "root@%s" % ADDRESS[name], command]
         return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=120).stdout
 
+    def processes_running(self, needle: str) -> t.List[int]:
+        """Live pids on either host of this pair whose command line mentions ``needle`` (other workers' pairs run
+        the same programs)."""
+        ours = {self.mount_ns("a"), self.mount_ns("b")}
+        found = []
+        for pid in processes_running(needle):
+            try:
+                if mount_ns(pid) in ours:
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
     def sshd_processes(self, name: str) -> t.List[int]:
         """Every sshd of host ``name`` (the listener and one per session): what carries its link."""
         ns = self.mount_ns(name)
