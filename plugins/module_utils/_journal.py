@@ -71,7 +71,11 @@ class Journal:
         except ValueError:
             data = None
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("phase"), str):
-            raise ValueError("%s is not a nucleus.criu migration journal (format %d)" % (os.path.join(directory, journal_name(name)), FORMAT))
+            path = os.path.join(directory, journal_name(name))
+            raise CriuError("%s is damaged or not a nucleus.criu migration journal (format %d): nothing was done, since a "
+                            "decision cannot be read from it. Keep it for the record (mv %s %s.damaged) and rerun the same "
+                            "command: with no journal here, the run asks the other host where the migration stands before "
+                            "anything else." % (path, FORMAT, path, path), path=path)
         return cls(dir_fd, directory, name, data)
 
     @classmethod

@@ -357,6 +357,16 @@ def send_rest(images_fd: int, hashed: t.Dict[str, integrity.FileDigest], algorit
     return hashed
 
 
+def _why_the_send_broke(agent: remote.Agent, exc: wire.LinkError) -> CriuError:
+    """A send that broke: the target may have said why before it went (its migrate_dir full, its criu refused), and
+    that, not the broken pipe it left behind, is what the operator must read."""
+    try:
+        agent.answer(2.0)
+    except CriuError as reason:
+        return reason
+    return agent.failure("the session with nucleus.criu's agent broke (%s)" % exc, exc)
+
+
 class Worker:
     """Runs one migration from its "prepared" journal to a decision, in the detached driver."""
 
@@ -404,7 +414,11 @@ class Worker:
         self.journal.progress(step=step, bytes_sent=sent, rate_mib_s=round(sent / elapsed / 1048576, 1))
 
     def _send_chunk(self, name: str, offset: int, data: memoryview) -> None:
-        self.agent.channel.send_chunk(name, offset, data)  # type: ignore[union-attr]
+        agent = t.cast(remote.Agent, self.agent)
+        try:
+            agent.channel.send_chunk(name, offset, data)
+        except wire.LinkError as exc:
+            raise _why_the_send_broke(agent, exc) from exc
         if not self._progress_at:
             failpoint(self.journal.name, "transferring")  # the first bytes are on their way
         self._progress("transfer")
@@ -561,10 +575,14 @@ def _lease_ran_out(journal: Journal) -> bool:
 def _keep_lease(worker: int, journal: Journal) -> None:
     """Wait for the worker; kill it if the lease runs out before the decision. The journal on disk tells, read again
     under the decision lock (a commit written meanwhile stands), and once more after the kill: what the worker wrote
-    last is kept, never overwritten by an older copy."""
+    last is kept, never overwritten by an older copy. A worker that died by itself before a decision leaves its cause
+    in the journal (it could not write one)."""
     while True:
-        done, _status = os.waitpid(worker, os.WNOHANG)
+        done, status = os.waitpid(worker, os.WNOHANG)
         if done:
+            final = journal.reload()
+            if final.get("outcome") is None and not final.get("error") and os.waitstatus_to_exitcode(status) != 0:
+                final.record(final.phase, error=_worker_death(worker, status, final))
             return
         if _lease_ran_out(journal.reload()):
             with journal.exclusive(wait=False) as held:
@@ -575,6 +593,14 @@ def _keep_lease(worker: int, journal: Journal) -> None:
                     final.record(final.phase, error="the lease of %ss ran out before a decision" % final.get("lease_seconds"))
                     return
         time.sleep(WATCH_POLL)
+
+
+def _worker_death(worker: int, status: int, journal: Journal) -> str:
+    """What the lease keeper records for a worker that died without a word (it records its own failures)."""
+    how = ("was killed by %s" % signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
+           else "exited with status %d" % os.waitstatus_to_exitcode(status))
+    when = "before a decision" if journal.get("decision") is None else "after the decision to %s" % journal.get("decision")
+    return "the migration's worker (pid %d) %s in phase %s, %s" % (worker, how, journal.phase, when)
 
 
 def _drive(journal: Journal, settings_: Settings, code: bytes) -> None:
@@ -640,9 +666,7 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
         problems += podman.container_facts("podman", settings_.timeout, host.effective_caps())["problems"]
     st = procfs.require_checkpointable(pid)
     if st.state == "T":
-        raise CriuError("pid %d is stopped (state T) and no unfinished migration of %s explains it: a checkpoint of a stopped "
-                        "process restores stopped. Resume it (kill -CONT %d) if it should run, then migrate it."
-                        % (pid, settings_.name, pid), pid=pid)
+        raise CriuError(_stopped_source(settings_, code, pid, journal_id), pid=pid)
     if settings_.mode == "postcopy":
         host.require_page_server()
     tree = procfs.tree_identity(pid)
@@ -679,6 +703,33 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
     if problems:
         raise CriuError("%s." % listed(problems), problems=problems)
     return {"tree": tree, "expected_bytes": expected, "target": facts, "algorithm": settings_.algorithm}
+
+
+def _stopped_source(settings_: Settings, code: bytes, pid: int, journal_id: str) -> str:
+    """Why a stopped process with no journal here is not migrated, and what to do: asked of the target first. A lost
+    (or damaged and moved aside) journal may have frozen it, and the target may run its copy: "resume it" would then
+    run the workload twice."""
+    try:
+        facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
+                           migrate_dir=settings_.directory, timeout=settings_.timeout, transfer_image=False, container=None)
+        other = facts.get("journal")
+    except CriuError as exc:
+        return ("pid %d is stopped (state T), this host has no journal of migration %s, and the target could not be asked whether "
+                "it holds one (%s). Do not resume it before you know: if a migration froze it, the target may run its copy. "
+                "Rerun once the target is reachable." % (pid, settings_.name, exc.msg))
+    if other is None:
+        return ("pid %d is stopped (state T) and no migration of %s explains it, on this host or on the target: a checkpoint of "
+                "a stopped process restores stopped. Resume it (kill -CONT %d) if it should run, then migrate it."
+                % (pid, settings_.name, pid))
+    if other.get("outcome") == "completed":
+        return ("pid %d is stopped (state T) and this host has no journal of migration %s, but the target's journal says that "
+                "migration (id %s) completed: its copy runs there, and pid %d is most likely its frozen source, whose journal "
+                "was lost here. Do not resume it (the workload would run twice): end it (kill -KILL %d) once you have checked "
+                "the copy on the target." % (pid, settings_.name, other.get("id"), pid, pid))
+    return ("pid %d is stopped (state T) and this host has no journal of migration %s, but the target holds that migration "
+            "(id %s, phase %s, outcome %s): pid %d is most likely its frozen source, whose journal was lost here, with the "
+            "decision it held. Do not resume it while the target holds the migration; see the target's journal in %s."
+            % (pid, settings_.name, other.get("id"), other.get("phase"), other.get("outcome") or "none yet", pid, settings_.directory))
 
 
 def _send_image(settings_: Settings, code: bytes, journal_id: str, found: t.Mapping[str, t.Any]) -> float:
@@ -778,8 +829,12 @@ def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> 
     where = data.get("process", {})
     workload = "pid %s" % where.get("pid") if not data.get("container") else "container %s" % data["container"]["name"]
     if outcome == "rolled_back":
-        target_state = ("; nothing of it remains on the target" if data.get("target_cleanup") == "done" else
-                        "; the target's stopped copy is removed by the next run (target unreachable now)")
+        if data.get("target_cleanup") == "done":
+            target_state = "; nothing of it remains on the target"
+        elif "target_restored" in [entry["phase"] for entry in data.get("history", [])]:
+            target_state = "; the target's stopped copy is removed by the next run (target unreachable now)"
+        else:
+            target_state = "; nothing was restored on the target (unreachable now), and the next run clears what it received"
         raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (%s) with its "
                         "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
                                               data.get("source"), workload, target_state),
@@ -802,12 +857,19 @@ def _failed_phase(data: t.Mapping[str, t.Any]) -> str:
     return phases[-1] if phases else "prepared"
 
 
-def watch(journal: Journal, lock: DriverLock, deadline: float) -> Journal:
-    """Wait until the driver has reached an outcome and exited (the lock is free again)."""
+def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settings, code: bytes) -> Journal:
+    """Wait until the driver has reached an outcome and exited (the lock is free again). A driver that died whole
+    (keeper and worker) leaves the lock free and no outcome: nothing enforces the lease any more, so this run takes
+    the lock and resolves the migration itself, as a rerun would, instead of waiting out ``deadline``."""
     while True:
         current = journal.reload()
-        if current.get("outcome") is not None and not lock.held_elsewhere():
-            return current
+        if not lock.held_elsewhere():
+            if current.get("outcome") is None and lock.try_acquire():
+                current = journal.reload()
+                if current.get("outcome") is None:
+                    resolve(current, settings_._replace(**_recorded(current)), code)
+            if current.get("outcome") is not None:
+                return current
         if time.monotonic() > deadline:
             raise CriuError("Migration of %s is still running in the background (phase %s) on this host. Rerun the same command "
                             "to wait for it again; nothing is lost meanwhile." % (journal.name, current.phase),
@@ -839,7 +901,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             # rerun does. Before its journal exists it is in its preflight: that ends soon, one way or the other.
             journal = Journal.load(dir_fd, directory, s.name)
             if journal is not None:
-                return report(watch(journal, lock, deadline), False, read_progress(dir_fd, directory, s.name))
+                return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, directory, s.name))
             if time.monotonic() > deadline:
                 raise CriuError("Another run of migration %s has held its lock for wait_timeout without writing a journal. "
                                 "Rerun the same command to wait for it again." % s.name)
@@ -892,7 +954,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             expected_bytes=facts["expected_bytes"], settings=_recordable(s),
             container=None if found is None else container.identity(found), image_seconds=facts.get("image_seconds"))
         spawn(lock, journal, s, code)
-        return report(watch(journal, lock, deadline), True, read_progress(dir_fd, directory, s.name))
+        return report(watch(journal, lock, deadline, s, code), True, read_progress(dir_fd, directory, s.name))
     finally:
         stack.close()
         lock.release()

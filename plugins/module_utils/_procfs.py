@@ -8,6 +8,7 @@ A pid alone does not name a process (pids are reused), so identity here is alway
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
 import signal
@@ -19,6 +20,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as s
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 PF_KTHREAD = 0x00200000
+PR_SET_CHILD_SUBREAPER = 36
 PIDFILE_MAX = 4096
 
 
@@ -241,6 +243,24 @@ def utc_now() -> str:
 
 def boot_id() -> str:
     return _read_text("/proc/sys/kernel/random/boot_id")
+
+
+def become_subreaper() -> None:
+    """Orphans among this process's descendants become its children, not init's: a criu restore killed midway leaves
+    the task it was building within this process's reach (to be killed), not blocked for ever under init."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def children_since(starttime: int) -> t.List[int]:
+    """This process's children that started at ``starttime`` or later (as a subreaper: the orphans it adopted too)."""
+    found = []
+    for child in children_map().get(os.getpid(), []):
+        st = read_stat(child)
+        if st is not None and st.starttime >= starttime:
+            found.append(child)
+    return found
 
 
 def kill_tree(root: int, sig: int = signal.SIGKILL) -> t.List[int]:

@@ -128,6 +128,10 @@ def _kill_restored(journal: Journal) -> None:
         st = procfs.read_stat(pid)
         if st is not None and st.starttime >= started:
             victims += procfs.kill_tree(pid)
+    if started is not None:
+        # The agent that restored is a subreaper: a task a killed criu left half-restored is its child now.
+        for orphan in procfs.children_since(started):
+            victims += procfs.kill_tree(orphan)
     procfs.wait_gone(victims, timeout=10)
 
 
@@ -275,6 +279,7 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
         journal.record("restoring", criu=procfs.tree_identity(criu_pid)[0])
 
     pidfile = os.path.join(ctx.directory, restore_pidfile_name(ctx.name))
+    procfs.become_subreaper()
     if page_conn is None:
         runtime.on_spawn = restoring
         pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, {}), ctx.timeout, leave_stopped=True,

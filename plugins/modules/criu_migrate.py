@@ -151,6 +151,8 @@ options:
   wait_timeout:
     description:
       - Seconds the module waits for the outcome. The migration goes on without it; a rerun waits again.
+      - A driver that dies whole (its lease keeper too) is noticed within a second; this run then finishes or undoes
+        the migration from the journals, as a rerun would.
     type: int
     default: 1800
   tcp_established:

@@ -227,3 +227,28 @@ def test_one_migration_claims_a_workload_whatever_its_name(tmp_path):
         assert second.try_acquire()
         second.release()
         other.release()
+
+
+def _stopped_source_advice(monkeypatch, answer):
+    """_migrate._stopped_source with the target's preflight answering ``answer`` (a CriuError: unreachable)."""
+    def ask(*_args, **_kwargs):
+        if isinstance(answer, CriuError):
+            raise answer
+        return {"journal": answer}
+    monkeypatch.setattr(remote, "ask", ask)
+    settings = migrate.Settings(name="web", directory="/var/lib/nucleus-criu/migrations", target=remote.SshTarget("b"),
+                                mode="copy", lease=60, timeout=60, key=None, algorithm="sha256", tcp_established=False,
+                                target_pidfile=None, cleanup="all")
+    return migrate._stopped_source(settings, b"", 4242, "id")  # pylint: disable=protected-access
+
+
+def test_a_stopped_source_without_a_journal_is_resumed_only_when_the_target_knows_no_such_migration(monkeypatch):
+    """A stopped process with no journal here: the advice depends on what the target holds (a lost journal may have
+    frozen it), and only "nothing there either" says to resume it."""
+    assert "Resume it (kill -CONT 4242)" in _stopped_source_advice(monkeypatch, None)
+    ran = _stopped_source_advice(monkeypatch, {"id": "x", "phase": "completed", "outcome": "completed"})
+    assert "Do not resume it" in ran and "kill -KILL 4242" in ran and "kill -CONT" not in ran
+    held = _stopped_source_advice(monkeypatch, {"id": "x", "phase": "restored", "outcome": None})
+    assert "Do not resume it while the target holds the migration" in held and "phase restored" in held
+    unknown = _stopped_source_advice(monkeypatch, CriuError("ssh: connection refused"))
+    assert "Do not resume it before you know" in unknown and "connection refused" in unknown
