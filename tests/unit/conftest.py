@@ -12,7 +12,7 @@ import importlib
 import pytest
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:  # pylint: disable=unused-argument
+def pytest_sessionstart() -> None:
     try:
         importlib.import_module("ansible_collections.nucleus.criu.plugins.module_utils")
     except ImportError as exc:
