@@ -23,7 +23,7 @@ import sys
 import time
 import typing as t
 
-HELD = []  # what the mode's resource is held by, for the process's whole life
+HELD: t.List[t.Any] = []  # what the mode's resource is held by, for the process's whole life
 
 
 def write(path: str, text: str) -> None:
