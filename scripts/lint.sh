@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint gate for nucleus.criu: ansible-lint, antsibull-docs, antsibull-changelog, mypy.
+# Lint gate for nucleus.criu: ansible-lint, antsibull-docs, antsibull-changelog, mypy, ruff.
 #
 # Usage: scripts/lint.sh
 # Environment: VENV (default <repo>/.venv)
@@ -46,6 +46,8 @@ if [[ ! -e $link && ! -L $link ]]; then
     mkdir -p "$(dirname "$link")" && ln -s ../../../.. "$link"
 fi
 run mypy mypy
+# Python lint of the whole repository (ruff.toml); checks only, never rewrites a file.
+run ruff ruff check --no-fix
 
 if ((${#failed[@]})); then
     echo "lint.sh: FAILED: ${failed[*]}" >&2

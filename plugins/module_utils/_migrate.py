@@ -116,7 +116,7 @@ class DriverLock:
         self.fd = -1
 
     @classmethod
-    def for_workload(cls, dir_fd: int, key: str) -> "DriverLock":
+    def for_workload(cls, dir_fd: int, key: str) -> DriverLock:
         """The workload's own claim: one migration of a process or container at a time on this host, whatever its name
         (two controllers, two names: both preflights passed before either froze it, and both drivers moved it)."""
         return cls(dir_fd, "", file=workload_claim(key))

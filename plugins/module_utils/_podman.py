@@ -116,7 +116,7 @@ class Podman(t.NamedTuple):
     version: str
 
     @classmethod
-    def load(cls, timeout: float) -> "Podman":
+    def load(cls, timeout: float) -> Podman:
         real = locate()
         output, _seconds = run([real, "--version"], timeout)
         return cls(real, output.strip().rsplit(" ", 1)[-1])
