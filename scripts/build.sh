@@ -13,7 +13,7 @@ listing=$(tar -tzf "$tarball")
 for required in MANIFEST.json plugins/modules/criu_checkpoint.py roles/criu/tasks/main.yml meta/runtime.yml; do
     grep -qx "$required" <<<"$listing" || { echo "build: $required missing from $tarball" >&2; exit 1; }
 done
-if grep -E '(^|/)(\.venv|\.cache|build|tests/output|__pycache__|\.pytest_cache|\.hypothesis|\.git)(/|$)' <<<"$listing"; then
+if grep -E '(^|/)(\.venv|\.cache|build|tests/output|__pycache__|\.pytest_cache|\.hypothesis|\.git|mypy\.ini|ruff\.toml)(/|$)' <<<"$listing"; then
     echo "build: $tarball holds files that must not ship (above)" >&2
     exit 1
 fi

@@ -15,6 +15,8 @@
 #     all pinned in requirements/test.txt; nothing is installed. Elsewhere,
 #     `ansible-test units --venv --requirements --python X.Y` installs them from those files.
 #   * No root needed; tests that need root skip themselves.
+#   * ansible-test passes a pytest run that ran no test at all (pytest-xdist workers that crashed while loading a
+#     conftest make one), so each context's junit report must count tests.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,4 +33,19 @@ collection_tree "$ROOT" "$DEST"
 
 cd "$DEST"
 ansible-test units --local --python "$PYVER" --color no "$@"
+"$VENV/bin/python" - tests/output/junit <<'EOF'
+import glob
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+reports = sorted(glob.glob(os.path.join(sys.argv[1], "*-units.xml")))
+if not reports:
+    sys.exit("units.sh: FAILED: ansible-test wrote no junit report in %s" % sys.argv[1])
+for report in reports:
+    tests = sum(int(suite.get("tests", "0")) for suite in ET.parse(report).getroot().iter("testsuite"))
+    print("units.sh: %s: %d tests" % (os.path.basename(report), tests))
+    if not tests:
+        sys.exit("units.sh: FAILED: no test ran in %s (did pytest or its workers crash? see above)" % os.path.basename(report))
+EOF
 echo "units.sh: OK"

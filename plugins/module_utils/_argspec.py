@@ -23,7 +23,7 @@ COMMON: t.Dict[str, t.Dict[str, t.Any]] = {
     "hmac_key": {"type": "str", "no_log": True},
     "hmac_key_file": {"type": "path", "no_log": False},
 }
-COMMON_EXCLUSIVE = [("hmac_key", "hmac_key_file")]
+COMMON_EXCLUSIVE: t.List[t.Tuple[str, ...]] = [("hmac_key", "hmac_key_file")]
 _SIGNATURE = {
     "require_signature": {"type": "bool", "default": False},
     "skip_signature_check": {"type": "bool", "default": False},

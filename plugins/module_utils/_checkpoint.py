@@ -308,7 +308,7 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
         pid = procfs.resolve_pid(params["pid"], params["pidfile"])
 
         def same(metadata: t.Mapping[str, t.Any]) -> bool:
-            return same_process(metadata, t.cast(int, pid))
+            return same_process(metadata, pid)
         result = {"pid": pid}
     dest = os.path.normpath(params["dest"])
     enclosing = store.enclosing_checkpoint(dest)

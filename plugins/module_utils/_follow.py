@@ -64,7 +64,7 @@ class ImageFollower:
         self._error: t.Optional[Exception] = None
         self._dir_fd = -1
 
-    def __enter__(self) -> "ImageFollower":
+    def __enter__(self) -> ImageFollower:
         self._dir_fd = safepath.reopen_dir(self.images_fd)
         self._thread.start()
         return self

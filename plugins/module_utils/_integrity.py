@@ -21,12 +21,14 @@ import re
 import stat
 import sys
 import time
+import types
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
+_blake3: t.Optional[types.ModuleType]  # optional: hash_algorithm=blake3 needs it
 try:
     import blake3 as _blake3
 except ImportError:
@@ -85,6 +87,9 @@ def choose_algorithm(requested: str) -> str:
 
 def new_digest(algorithm: str) -> t.Any:
     if algorithm == "blake3":
+        if _blake3 is None:  # (callers check available_algorithms() first)
+            raise CriuError("hash_algorithm=blake3 needs the Python module blake3, which %s cannot import. %s"
+                            % (sys.executable, BLAKE3_HINT))
         return _blake3.blake3(max_threads=_blake3.blake3.AUTO)
     return hashlib.sha256()
 

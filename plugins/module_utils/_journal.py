@@ -62,7 +62,7 @@ class Journal:
         return self.data.get(key, default)
 
     @classmethod
-    def load(cls, dir_fd: int, directory: str, name: str) -> t.Optional["Journal"]:
+    def load(cls, dir_fd: int, directory: str, name: str) -> t.Optional[Journal]:
         raw = store.read_small_file(dir_fd, journal_name(name), os.path.join(directory, journal_name(name)))
         if raw is None:
             return None
@@ -79,7 +79,7 @@ class Journal:
         return cls(dir_fd, directory, name, data)
 
     @classmethod
-    def create(cls, dir_fd: int, directory: str, name: str, phase: str, **fields: t.Any) -> "Journal":
+    def create(cls, dir_fd: int, directory: str, name: str, phase: str, **fields: t.Any) -> Journal:
         journal = cls(dir_fd, directory, name, {"format": FORMAT, "name": name, "history": []})
         journal.record(phase, **fields)
         return journal
@@ -115,7 +115,7 @@ class Journal:
         finally:
             os.close(fd)
 
-    def reload(self) -> "Journal":
+    def reload(self) -> Journal:
         """The journal as it is on disk now (this copy when there is none)."""
         return Journal.load(self.dir_fd, self.directory, self.name) or self
 

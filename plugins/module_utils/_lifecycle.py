@@ -49,10 +49,12 @@ def _remove(loc: store.Location) -> None:
     os.fsync(loc.parent_fd)
 
 
-def _age(created_at: str) -> t.Optional[float]:
+def _age(created_at: object) -> t.Optional[float]:
+    if not isinstance(created_at, str):  # missing, or not what criu_checkpoint writes
+        return None
     try:
         created = datetime.datetime.strptime(created_at, TIME_FORMAT).replace(tzinfo=datetime.timezone.utc)
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     return round((datetime.datetime.now(datetime.timezone.utc) - created).total_seconds(), 3)
 

@@ -116,7 +116,7 @@ class DriverLock:
         self.fd = -1
 
     @classmethod
-    def for_workload(cls, dir_fd: int, key: str) -> "DriverLock":
+    def for_workload(cls, dir_fd: int, key: str) -> DriverLock:
         """The workload's own claim: one migration of a process or container at a time on this host, whatever its name
         (two controllers, two names: both preflights passed before either froze it, and both drivers moved it)."""
         return cls(dir_fd, "", file=workload_claim(key))
@@ -780,13 +780,14 @@ class Workload(t.NamedTuple):
     pid: t.Optional[int]
     found: t.Optional[t.Dict[str, t.Any]] = None
 
-    def require(self, params: t.Mapping[str, t.Any]) -> "Workload":
-        """This workload, which must run; raises explaining the pidfile, or what the container is."""
+    def require(self, params: t.Mapping[str, t.Any]) -> t.Tuple[int, t.Optional[t.Dict[str, t.Any]]]:
+        """This workload's root pid and container (None for a process), which must run; raises explaining the
+        pidfile, or what the container is."""
         if params["container"]:
-            container.require_running(self.found, params["container"])
-        elif self.pid is None:
-            procfs.resolve_pid(params["pid"], params["pidfile"])
-        return self
+            return container.require_running(self.found, params["container"])["pid"], self.found
+        # No pid when the workload was looked up: the pidfile is read again, and names no process (raises) or, if
+        # one started since, that one.
+        return (self.pid if self.pid is not None else procfs.resolve_pid(params["pid"], params["pidfile"])), self.found
 
 
 def _workload(params: t.Mapping[str, t.Any]) -> Workload:
@@ -926,15 +927,15 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             if _already_migrated(journal, workload):
                 return report(journal, False, read_progress(dir_fd, directory, s.name))
             pid = workload.pid
-            if not journal.get("container") and pid == journal.get("process", {}).get("pid"):
+            if not journal.get("container") and pid is not None and pid == journal.get("process", {}).get("pid"):
                 raise CriuError("pid %d was migrated to %s already (journal %s), and now belongs to another process (%s): the "
                                 "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
                                 "process." % (pid, journal.get("target", {}).get("label"), journal.path,
-                                              procfs.process_state(t.cast(int, pid)).get("comm")), pid=pid)
+                                              procfs.process_state(pid).get("comm")), pid=pid)
         if check_mode:
             return _would_migrate(params, s, code, workload)
         pid, found = workload.require(params)
-        st = procfs.read_stat(t.cast(int, pid))
+        st = procfs.read_stat(pid)
         what = "pid %d" % pid if found is None else "container %s" % found["name"]
         claim = DriverLock.for_workload(dir_fd, workload_key({"pid": pid, "starttime": st.starttime if st else None}, found))
         if not claim.try_acquire():
@@ -944,7 +945,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
         failpoint(s.name, "preflight")  # (tests: the window in which the migration is locked and has no journal yet)
         journal_id = str(uuid.uuid4())
-        facts = _preflight(s, code, t.cast(int, pid), journal_id, params["criu_path"], found, check_mode=False)
+        facts = _preflight(s, code, pid, journal_id, params["criu_path"], found, check_mode=False)
         s = s._replace(algorithm=facts["algorithm"])
         journal = Journal.create(
             dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
@@ -964,7 +965,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
 def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, workload: Workload) -> t.Dict[str, t.Any]:
     """Check mode: every preflight check on both hosts, and what a real run would do; nothing is written anywhere."""
     pid, found = workload.require(params)
-    facts = _preflight(s, code, t.cast(int, pid), str(uuid.uuid4()), params["criu_path"], found, check_mode=True)
+    facts = _preflight(s, code, pid, str(uuid.uuid4()), params["criu_path"], found, check_mode=True)
     what = "pid %d" % pid if found is None else "container %s" % found["name"]
     image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
     return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}

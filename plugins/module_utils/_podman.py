@@ -116,7 +116,7 @@ class Podman(t.NamedTuple):
     version: str
 
     @classmethod
-    def load(cls, timeout: float) -> "Podman":
+    def load(cls, timeout: float) -> Podman:
         real = locate()
         output, _seconds = run([real, "--version"], timeout)
         return cls(real, output.strip().rsplit(" ", 1)[-1])
@@ -275,10 +275,9 @@ def ulimits_problem(configured: t.Mapping[str, t.Tuple[int, int]], ceilings: t.M
     for name in ("nofile", "nproc"):
         ceiling = ceilings.get(name)
         given = configured.get(name)
-        if given is None and (ceiling is None or ceiling >= PODMAN_DEFAULT_LIMIT):
-            continue
         if given is None:
-            wrong.append("%s is not set (Podman's default %d is above %d)" % (name, PODMAN_DEFAULT_LIMIT, ceiling))
+            if ceiling is not None and ceiling < PODMAN_DEFAULT_LIMIT:
+                wrong.append("%s is not set (Podman's default %d is above %d)" % (name, PODMAN_DEFAULT_LIMIT, ceiling))
         elif ceiling is not None and max(given) > ceiling:
             wrong.append("%s=%d:%d is above %d" % (name, given[0], given[1], ceiling))
     if not wrong:

@@ -57,7 +57,7 @@ def parse_stat(text: str) -> ProcStat:
 def read_stat(pid: int) -> t.Optional[ProcStat]:
     """The stat of ``pid``, or None when no such process exists."""
     try:
-        with open("/proc/%d/stat" % pid, "r") as handle:
+        with open("/proc/%d/stat" % pid) as handle:
             return parse_stat(handle.read())
     except (OSError, ValueError, IndexError):
         return None
@@ -155,7 +155,7 @@ def _readlink(path: str) -> t.Optional[str]:
 
 def _read_text(path: str, default: str = "") -> str:
     try:
-        with open(path, "r") as handle:
+        with open(path) as handle:
             return handle.read().strip()
     except OSError:
         return default

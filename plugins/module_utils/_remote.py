@@ -124,13 +124,14 @@ class Agent:
         if socket_io:
             self.sock, theirs = socket.socketpair()
             with theirs:
-                self.proc = subprocess.Popen(argv, stdin=theirs, stdout=theirs, stderr=self._stderr, close_fds=True,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(argv, stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=self._stderr,
+                                             close_fds=True, start_new_session=True)
             self.channel = wire.Channel(self.sock.fileno(), self.sock.fileno())
         else:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                          close_fds=True, start_new_session=True)
-            self.channel = wire.Channel(self.proc.stdout.fileno(), self.proc.stdin.fileno())
+            stdout, stdin = t.cast(t.IO[bytes], self.proc.stdout), t.cast(t.IO[bytes], self.proc.stdin)  # (PIPE: not None)
+            self.channel = wire.Channel(stdout.fileno(), stdin.fileno())
         try:
             self.channel.write_raw(b"%d\n" % len(code) + code)
             self.channel.send(**request)

@@ -113,7 +113,7 @@ class CriuRuntime:
         self.on_spawn: t.Optional[t.Callable[[int], None]] = None
 
     @classmethod
-    def load(cls, criu_path: t.Optional[str] = None) -> "CriuRuntime":
+    def load(cls, criu_path: t.Optional[str] = None) -> CriuRuntime:
         """Discover and validate criu, refusing a version older than 4.2."""
         path = binary.discover(criu_path)
         version = binary.probe_version(path)
@@ -189,7 +189,7 @@ class CriuRuntime:
             error = self._timed_out(action, proc.pid, timeout, log_path)
             proc.kill()
             proc.communicate()
-            raise error
+            raise error from None  # (the error says it timed out)
         duration = time.monotonic() - started
         if proc.returncode == 0 and criulog.succeeded(criulog.read_tail(log_path), action):
             return Run(duration, log_path)
@@ -269,7 +269,7 @@ class CriuRuntime:
         argv += criu_options.argv(options, "restore") + (["--lazy-pages"] if lazy else []) + (["--leave-stopped"] if leave_stopped else [])
         try:
             run = self._run("restore", argv, work, (images.fd,), timeout)
-            with open(pidfile, "r") as handle:
+            with open(pidfile) as handle:
                 pid = procfs.parse_pidfile(handle.read())
             if pid is None:
                 raise CriuError("criu restore succeeded but wrote no valid pidfile. Log: %s" % run.log_path, log=run.log_path)
@@ -290,7 +290,7 @@ class CriuRuntime:
         except subprocess.TimeoutExpired:
             error = CriuRuntime._timed_out("lazy-pages", daemon.proc.pid, timeout, daemon.log_path)
             daemon.proc.wait()
-            raise error
+            raise error from None  # (the error says it timed out)
         counts = criulog.lazy_page_counts(daemon.log_path)
         fetched, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
         if returncode == 0 and counts and all(done == wanted for done, wanted in counts):

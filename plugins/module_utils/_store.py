@@ -122,7 +122,7 @@ class Checkpoint:
         self.path = path
 
     @classmethod
-    def open(cls, loc: Location) -> t.Optional["Checkpoint"]:
+    def open(cls, loc: Location) -> t.Optional[Checkpoint]:
         """The checkpoint at ``loc``, None when nothing is there."""
         fd = open_subdir(loc.parent_fd, loc.name, loc.path, "Checkpoint directory")
         if fd is None:
@@ -158,7 +158,7 @@ class Checkpoint:
                 os.close(fd)
         self.fd = self.images_fd = -1
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc_info: t.Any) -> None:
@@ -228,7 +228,7 @@ class Lock:
                             "Remove it." % (self.path, owner, os.geteuid()), path=self.path)
         return fd
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         deadline = time.monotonic() + self.timeout
         while True:
             fd = self._open()

@@ -371,7 +371,10 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             finally:
                 staging.remove()
             # The agent's own start: any process with a later start time that criu's pidfile names is this restore's.
-            journal.record("received", checkpoint_id=metadata["id"], restore_started_ticks=procfs.read_stat(os.getpid()).starttime)
+            own = procfs.read_stat(os.getpid())
+            if own is None:  # (Linux always lets a process read its own stat; without it no abort could be sure)
+                raise CriuError("Cannot read /proc/%d/stat, this restore agent's own start time." % os.getpid())
+            journal.record("received", checkpoint_id=metadata["id"], restore_started_ticks=own.starttime)
             channel.send(verified=True)
             page_conn = _accept_pages(listener, link_timeout) if listener else None
             with store.open_checkpoint(loc) as opened, contextlib.ExitStack() as stack:

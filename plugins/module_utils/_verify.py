@@ -35,7 +35,7 @@ def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         else:
             problems += host.criu_facts(params["criu_path"])["problems"]
         problems += host.restore_problems(verdict.metadata)
-    if problems:
+    if problems or verdict.metadata is None:  # (a verdict without metadata has a problem saying why)
         raise CriuError("Checkpoint %s is not valid: %s." % (path, listed(problems)), path=path, problems=problems, valid=False,
                         unexpected_entries=verdict.unexpected)
     return {

@@ -28,7 +28,9 @@ def container(spec: dict) -> int:
     export = directory + "/export.tar"
     remote = "echo ready && cat > %s && date +%%s.%%N && podman container restore --import %s >/dev/null" % (q(export), q(export))
     session = subprocess.Popen(spec["ssh"] + [remote], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    if session.stdout.readline().strip() != b"ready":  # type: ignore[union-attr]
+    stdin, stdout = session.stdin, session.stdout
+    assert stdin is not None and stdout is not None  # (PIPE)
+    if stdout.readline().strip() != b"ready":
         session.kill()
         sys.exit("bare: the ssh session to the target did not start (rc %s)" % session.wait())
     started = time.time()
@@ -36,9 +38,9 @@ def container(spec: dict) -> int:
                    check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     dumped = time.time()
     with open(export, "rb") as handle:
-        shutil.copyfileobj(handle, session.stdin, 1 << 20)  # type: ignore[misc]
-    session.stdin.close()  # type: ignore[union-attr]
-    output = session.stdout.read()  # type: ignore[union-attr]
+        shutil.copyfileobj(handle, stdin, 1 << 20)
+    stdin.close()
+    output = stdout.read()
     code = session.wait()
     restored = time.time()
     if code != 0:
@@ -56,7 +58,9 @@ def main() -> int:
                "--log-file", "restore.log", "-v4", "--restore-detached", "--pidfile", directory + "/restored.pid"]
     remote = "echo ready && tar -C %s -xf - && date +%%s.%%N && %s" % (q(directory), " ".join(q(part) for part in restore))
     session = subprocess.Popen(spec["ssh"] + [remote], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    if session.stdout.readline().strip() != b"ready":  # type: ignore[union-attr]
+    stdin, stdout = session.stdin, session.stdout
+    assert stdin is not None and stdout is not None  # (PIPE)
+    if stdout.readline().strip() != b"ready":
         session.kill()
         sys.exit("bare: the ssh session to the target did not start (rc %s)" % session.wait())
     started = time.time()
@@ -64,9 +68,9 @@ def main() -> int:
                     "--work-dir", directory, "--log-file", "dump.log", "-v4", "--network-lock", "nftables", "--leave-stopped"],
                    check=True, stdin=subprocess.DEVNULL)
     dumped = time.time()
-    subprocess.run(["tar", "-C", directory, "-cf", "-", "images"], stdout=session.stdin, check=True)
-    session.stdin.close()  # type: ignore[union-attr]
-    output = session.stdout.read()  # type: ignore[union-attr]
+    subprocess.run(["tar", "-C", directory, "-cf", "-", "images"], stdout=stdin, check=True)
+    stdin.close()
+    output = stdout.read()
     code = session.wait()
     restored = time.time()
     if code != 0:

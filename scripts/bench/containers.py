@@ -158,7 +158,9 @@ def container_run(run_dir: str, mib: int, index: int, hosts: t.Optional[Hosts], 
         label = "c%d-%s-r%d" % (mib, variant, index)
         log("container %d MiB, run %d: %s" % (mib, index + 1, variant))
         run.update((bare if variant == "bare" else module)(run_dir, mib, label))
-    for variant in rotate(MIGRATION_VARIANTS, index) if hosts is not None else ():
+    if hosts is None:
+        return run
+    for variant in rotate(MIGRATION_VARIANTS, index):
         label = "c%d-migrate-%s-r%d-%s" % (mib, variant, index, secrets.token_hex(2))
         log("container %d MiB, run %d: migration, %s" % (mib, index + 1, variant))
         run.update(migrate_bare(hosts, mib, label) if variant == "bare" else migrate_module(hosts, bench, mib, label))

@@ -79,7 +79,7 @@ class Sampler:
         self._masters_at_start = True
         self.samples = 0
 
-    def start(self) -> "Sampler":
+    def start(self) -> Sampler:
         if self.needle:
             self._scan_masters()
             self._masters_at_start = False

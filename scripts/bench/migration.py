@@ -98,7 +98,7 @@ def playbook(hosts: Hosts, bench: Bench, extra: t.Mapping[str, t.Any], what: str
     found = None
     if sampler is not None and usage is not None:
         tree_cpu = usage.ru_utime + usage.ru_stime
-        seen = dict(sampler.tree_seen())
+        seen: t.Dict[t.Any, t.Tuple[str, float]] = dict(sampler.tree_seen())
         masters = sampler.masters_cpu_s()
         if masters:
             seen[("masters", 0)] = ("ssh ControlPersist masters (daemonized)", masters)

@@ -18,7 +18,6 @@ import json
 import os
 import select
 import struct
-import sys
 import time
 
 RENAME_EXCHANGE = 2
@@ -127,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

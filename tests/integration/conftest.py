@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -225,6 +226,10 @@ def alive(pid: int) -> bool:
     return proc_state(pid) not in (None, "Z", "X")
 
 
+def gone(pid: int) -> bool:
+    return not alive(pid)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -288,7 +293,7 @@ class Workload:
         except subprocess.TimeoutExpired:
             pass
         for pid in self.extra_pids:
-            wait_for(lambda pid=pid: not alive(pid), what="pid %d to exit" % pid)
+            wait_for(functools.partial(gone, pid), what="pid %d to exit" % pid)
 
 
 @pytest.fixture

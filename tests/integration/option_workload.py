@@ -23,7 +23,7 @@ import sys
 import time
 import typing as t
 
-HELD = []  # what the mode's resource is held by, for the process's whole life
+HELD: t.List[t.Any] = []  # what the mode's resource is held by, for the process's whole life
 
 
 def write(path: str, text: str) -> None:
@@ -34,7 +34,7 @@ def write(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def loopback_pair() -> "tuple[socket.socket, socket.socket, socket.socket]":
+def loopback_pair() -> tuple[socket.socket, socket.socket, socket.socket]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -44,7 +44,7 @@ def loopback_pair() -> "tuple[socket.socket, socket.socket, socket.socket]":
     return server, client, accepted
 
 
-def closed_tcp(_arg: str) -> "t.Callable[[], str]":
+def closed_tcp(_arg: str) -> t.Callable[[], str]:
     _server, client, accepted = loopback_pair()
     client.shutdown(socket.SHUT_RDWR)
     accepted.shutdown(socket.SHUT_RDWR)
@@ -52,7 +52,7 @@ def closed_tcp(_arg: str) -> "t.Callable[[], str]":
     return lambda: ""
 
 
-def established_tcp(_arg: str) -> "t.Callable[[], str]":
+def established_tcp(_arg: str) -> t.Callable[[], str]:
     _server, client, accepted = loopback_pair()
     client.setblocking(False)
 
@@ -66,7 +66,7 @@ def established_tcp(_arg: str) -> "t.Callable[[], str]":
     return info
 
 
-def listen(port: str) -> "t.Callable[[], str]":
+def listen(port: str) -> t.Callable[[], str]:
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("127.0.0.1", int(port)))
@@ -75,7 +75,7 @@ def listen(port: str) -> "t.Callable[[], str]":
     return lambda: ""
 
 
-def link_remap(directory: str) -> "t.Callable[[], str]":
+def link_remap(directory: str) -> t.Callable[[], str]:
     first, second = os.path.join(directory, "file"), os.path.join(directory, "other-name")
     write(first, "linked contents\n")
     os.link(first, second)
@@ -89,7 +89,7 @@ def link_remap(directory: str) -> "t.Callable[[], str]":
     return info
 
 
-def ghost(directory: str) -> "t.Callable[[], str]":
+def ghost(directory: str) -> t.Callable[[], str]:
     path = os.path.join(directory, "ghost")
     with open(path, "wb") as out:
         out.write(os.urandom(4 << 20))
@@ -103,7 +103,7 @@ def ghost(directory: str) -> "t.Callable[[], str]":
     return info
 
 
-def append(path: str) -> "t.Callable[[], str]":
+def append(path: str) -> t.Callable[[], str]:
     handle = open(path, "a")  # pylint: disable=consider-using-with
     HELD.append(handle)
 

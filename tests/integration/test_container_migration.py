@@ -224,7 +224,9 @@ def podman_held(hosts: Hosts, host: str, failpoint: str, name: str, tmp_path) ->
     hosts.arm(host, failpoint, name)
     controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
     starter = hosts.reached(host, name, failpoint)
-    engine_pid = hosts.journal(host, name)["engine_process"][0]
+    journal = hosts.journal(host, name)
+    assert journal is not None, "no journal on host-%s at %s" % (host, failpoint)
+    engine_pid = journal["engine_process"][0]
     os.kill(engine_pid, signal.SIGSTOP)
     try:
         os.kill(starter, signal.SIGKILL)

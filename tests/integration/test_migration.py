@@ -76,7 +76,7 @@ def test_fresh_hosts_check_mode_writes_nothing_and_the_default_migrate_dir_is_ma
     hosts.down()
     hosts.up()  # each host starts without /var/lib/nucleus-criu, as a user's does
     product_dir = os.path.dirname(MIGRATIONS)
-    nothing_written = {"a": [], "b": []}
+    nothing_written: t.Dict[str, t.List[str]] = {"a": [], "b": []}
 
     def written() -> t.Dict[str, t.List[str]]:
         return {host: sorted(os.listdir(hosts.path(host, product_dir))) if os.path.lexists(hosts.path(host, product_dir))

@@ -63,6 +63,7 @@ class Attacker:
         argv = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
                 "/usr/bin/python3", script, "--timeout", str(timeout)] + list(args)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None  # (PIPE)
         line = self.proc.stdout.readline()
         assert json.loads(line or "{}").get("ready"), line + self.proc.stderr.read()
 

@@ -1,18 +1,22 @@
-"""Make ``ansible_collections.nucleus.criu`` importable from the repo checkout.
+"""The unit tests import the collection as ``ansible_collections.nucleus.criu``.
 
-build/collections/ansible_collections/nucleus/criu is a symlink to the repo root
-(build/ is gitignored); recreate it if missing and put build/collections on sys.path.
+Nothing here puts it on the import path: pytest-ansible does (run pytest from the repository root, next to
+galaxy.yml; see tests/conftest.py), or ``ansible-test units`` does (scripts/units.sh). This only says so plainly
+when neither did, instead of an ImportError in every test file.
 """
 
-import os
-import sys
+from __future__ import annotations
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, "build", "collections")
-LINK = os.path.join(COLLECTIONS, "ansible_collections", "nucleus", "criu")
+import importlib
 
-if not os.path.lexists(LINK):
-    os.makedirs(os.path.dirname(LINK), exist_ok=True)
-    os.symlink(os.path.relpath(ROOT, os.path.dirname(LINK)), LINK)
-if COLLECTIONS not in sys.path:
-    sys.path.insert(0, COLLECTIONS)
+import pytest
+
+
+def pytest_sessionstart() -> None:
+    try:
+        importlib.import_module("ansible_collections.nucleus.criu.plugins.module_utils")
+    except ImportError as exc:
+        raise pytest.UsageError(
+            "ansible_collections.nucleus.criu is not importable (%s): run pytest from the repository root, next to "
+            "galaxy.yml, with pytest-ansible installed (requirements/test.txt); it puts the collection on the import "
+            "path only when started there" % exc) from exc

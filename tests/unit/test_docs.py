@@ -8,8 +8,13 @@ import sys
 
 import pytest
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _argspec
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
+# The directory holding the ansible_collections/ this process imports the collection from (pytest-ansible's
+# collections/ tree, or ansible-test's copy): ansible-doc is pointed at the same one.
+COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_argspec.__file__), *[os.pardir] * 5))
 
 
 @pytest.mark.parametrize("kind, name, expected", [
@@ -22,7 +27,7 @@ ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
 ])
 def test_ansible_doc_renders(kind, name, expected):
     proc = subprocess.run([ANSIBLE_DOC, "-t", kind, "nucleus.criu.%s" % name], cwd=REPO, capture_output=True, text=True,
-                          check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+                          check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_COLLECTIONS_PATH=COLLECTIONS))
     assert proc.returncode == 0, proc.stderr
     for word in expected:
         assert word in proc.stdout, (word, proc.stdout[:2000])

@@ -184,7 +184,7 @@ def test_huge_offset_raises_not_elf(tmp_path):
 
 # --- properties -------------------------------------------------------------------------------
 
-_path_text = st.text(st.characters(blacklist_characters="\0:", blacklist_categories=("Cs",)), min_size=1, max_size=30)
+_path_text = st.text(st.characters(codec="utf-8", exclude_characters="\0:"), min_size=1, max_size=30)
 
 
 @settings(deadline=None, max_examples=100)

@@ -14,6 +14,9 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
+# The directory holding the ansible_collections/ this process imports the collection from (pytest-ansible's
+# collections/ tree, or ansible-test's copy): the child processes below are pointed at the same one.
+COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(argspec.__file__), *[os.pardir] * 5))
 SPECS = {"criu_checkpoint": argspec.CHECKPOINT, "criu_restore": argspec.RESTORE, "criu_verify": argspec.VERIFY,
          "criu_info": argspec.INFO, "criu_migrate": argspec.MIGRATE, "criu_checkpoint_info": argspec.CHECKPOINT_INFO}
 
@@ -160,7 +163,7 @@ def test_ansible_module_accepts_the_defaults(name):
             "from ansible_collections.nucleus.criu.plugins.module_utils import _argspec, _module\n"
             "with patch_module_args(%r):\n"
             "    module = _module.create_module(_argspec.%s)\n"
-            "print(json.dumps(module.params))\n" % (os.path.join(REPO, "build", "collections"), given,
+            "print(json.dumps(module.params))\n" % (COLLECTIONS, given,
                                                     {"criu_checkpoint": "CHECKPOINT", "criu_restore": "RESTORE",
                                                      "criu_verify": "VERIFY", "criu_info": "INFO",
                                                      "criu_migrate": "MIGRATE",
@@ -180,7 +183,7 @@ def _checkpoint_module(given):
             "from ansible_collections.nucleus.criu.plugins.module_utils import _argspec, _module\n"
             "with patch_module_args(%r):\n"
             "    module = _module.create_module(_argspec.CHECKPOINT)\n"
-            "print(json.dumps(module.params))\n" % (os.path.join(REPO, "build", "collections"), given))
+            "print(json.dumps(module.params))\n" % (COLLECTIONS, given))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     return proc.returncode, json.loads(proc.stdout.splitlines()[-1])
 
@@ -208,7 +211,7 @@ def _documented_options(name):
     # ansible-test units narrows PYTHONPATH to module code; the ansible-doc command needs all of ansible.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     proc = subprocess.run([ANSIBLE_DOC, "-j", "-t", "module", "nucleus.criu.%s" % name], cwd=REPO, capture_output=True,
-                          text=True, check=False, env=dict(env, ANSIBLE_NOCOLOR="1"))
+                          text=True, check=False, env=dict(env, ANSIBLE_NOCOLOR="1", ANSIBLE_COLLECTIONS_PATH=COLLECTIONS))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["nucleus.criu.%s" % name]["doc"]["options"]
 
