@@ -101,7 +101,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: t.Any) -> t.Any:
     tests form one unit of work, every other test is a unit of its own."""
     if config.getvalue("dist") != "loadgroup":
         return None
-    from xdist.scheduler import LoadScopeScheduling  # pylint: disable=import-outside-toplevel  # only under xdist
+    # pytest-xdist has no type information; imported only when it schedules.
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # pylint: disable=import-outside-toplevel
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

@@ -34,7 +34,7 @@ def hosts(hosts, container_host, tmp_path_factory):  # pylint: disable=redefined
     archive = str(tmp_path_factory.mktemp("image") / "image.tar")
     podman("image", "save", "--output", archive, container_host)
     hosts.run("a", "podman image load --input %s" % archive)
-    hosts.image, hosts.archive = container_host, archive  # type: ignore[attr-defined]
+    hosts.image, hosts.archive = container_host, archive
     return hosts
 
 

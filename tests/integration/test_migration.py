@@ -466,7 +466,7 @@ def test_a_driver_killed_whole_is_resolved_by_the_waiting_task(hosts, remote, tm
         controller.wait(timeout=60)
     except subprocess.TimeoutExpired:
         Hosts.kill_controller(controller)
-        raise AssertionError("the task did not notice its driver died")
+        raise AssertionError("the task did not notice its driver died") from None
     output = open(tmp_path / "controller.log").read()
     assert controller.returncode != 0 and "Rolled back: the workload runs again on" in output, output
     assert hosts.journal("a", workload.name)["outcome"] == "rolled_back"
