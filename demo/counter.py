@@ -20,10 +20,14 @@ import time
 
 
 def write_state(path, token, count):
-    # Written in place, never via a renamed temporary: a dump may catch the file open, and a
-    # restore needs that path to still exist. Readers retry on a partial line.
-    with open(path, "w") as handle:
-        handle.write("%s %d\n" % (token, count))
+    # Written in place at one size (the count right-aligned), never truncated or renamed: a dump may
+    # catch the file open, and a restore needs the path to exist with the size criu saw, also while the
+    # original runs on. Readers retry on a partial line.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, ("%s %12d\n" % (token, count)).encode(), 0)
+    finally:
+        os.close(fd)
 
 
 def count_forever(path, tick, server=None):

@@ -878,6 +878,23 @@ def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settin
         time.sleep(WATCH_POLL)
 
 
+def source_journal(dir_fd: int, directory: str, name: str) -> t.Optional[Journal]:
+    """This host's journal of migration ``name`` as its source; None when there is none. A name is a migration's
+    identity only with its role here: the journal of a migration this host received (a -> b, read on b by a b -> a run
+    of the same name) is not this run's to resolve, and while it is unfinished the name is taken. A finished one
+    (completed or aborted here) is history: the workload may move on, or back, under the same name."""
+    journal = Journal.load(dir_fd, directory, name)
+    if journal is None or journal.get("role") != "target":
+        return journal
+    if journal.get("outcome") in ("completed", "aborted"):
+        return None
+    source = journal.get("source")
+    raise CriuError("This host is the target of the unfinished migration %s (id %s, from %s, phase %s): its journal %s is not "
+                    "this run's to resolve. Finish that migration by rerunning it on its source (%s), then rerun this one; "
+                    "or give this migration another name." % (name, journal.get("id"), source, journal.phase, journal.path, source),
+                    path=journal.path)
+
+
 def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_migrate module's work: returns the module result."""
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
@@ -900,14 +917,14 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         while not lock.try_acquire():
             # The same migration, run again while it runs (a second controller): wait for it and report it, as a
             # rerun does. Before its journal exists it is in its preflight: that ends soon, one way or the other.
-            journal = Journal.load(dir_fd, directory, s.name)
+            journal = source_journal(dir_fd, directory, s.name)
             if journal is not None:
                 return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, directory, s.name))
             if time.monotonic() > deadline:
                 raise CriuError("Another run of migration %s has held its lock for wait_timeout without writing a journal. "
                                 "Rerun the same command to wait for it again." % s.name)
             time.sleep(WATCH_POLL)
-        journal = Journal.load(dir_fd, directory, s.name)
+        journal = source_journal(dir_fd, directory, s.name)
         workload = _workload(params)
         if journal is not None and journal.get("outcome") in (None, "in_doubt"):
             if check_mode:

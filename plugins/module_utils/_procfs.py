@@ -245,6 +245,24 @@ def boot_id() -> str:
     return _read_text("/proc/sys/kernel/random/boot_id")
 
 
+def processes_with_argument(comm: str, argument: str) -> t.List[int]:
+    """Live processes named ``comm`` with ``argument`` as one of their arguments (a container's conmon: its id), in
+    this process's mount namespace (what this host's Podman started, not another's sharing the kernel)."""
+    found = []
+    ours = _readlink("/proc/self/ns/mnt")
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or _read_text("/proc/%s/comm" % name) != comm or _readlink("/proc/%s/ns/mnt" % name) != ours:
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if argument.encode() in argv and is_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
 def become_subreaper() -> None:
     """Orphans among this process's descendants become its children, not init's: a criu restore killed midway leaves
     the task it was building within this process's reach (to be killed), not blocked for ever under init."""

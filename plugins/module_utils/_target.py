@@ -117,7 +117,13 @@ def _kill_restored(journal: Journal) -> None:
         # still running (its agent died) would create it after a look: it is waited for first.
         timeout = journal.get("timeout") or 60.0
         procfs.wait_identified_gone(journal.get("engine_process"), timeout=timeout)
-        podman.Podman.load(timeout).remove(journal.get("container_id"), timeout)
+        try:
+            podman.Podman.load(timeout).remove(journal.get("container_id"), timeout)
+        finally:
+            # A restore killed on its timeout may have started the container already, under a conmon Podman has no
+            # record of (podman rm finds nothing): the copy runs there until its monitor and everything under it go.
+            for monitor in procfs.processes_with_argument("conmon", journal.get("container_id")):
+                victims += procfs.kill_tree(monitor)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
         pid = procfs.parse_pidfile(raw.decode("ascii", "replace")) if raw else None
@@ -440,6 +446,12 @@ def resolve(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
     ctx = Context(request)
     with store.location(ctx.checkpoint_path) as loc, store.Lock(loc, ctx.timeout):
         journal = ctx.journal()
+        if journal is not None and journal.get("id") == ctx.id and journal.get("role") != "target":
+            # The same migration's source journal (a run in the other direction under its name sent this): never
+            # the decision of this host's own migration.
+            channel.send(state="not_target", error="this host is the source of migration %s (id %s), not its target"
+                         % (ctx.name, ctx.id))
+            return
         if journal is None or journal.get("id") != ctx.id:
             channel.send(state="absent", other=None if journal is None else {"id": journal.get("id"), "phase": journal.phase})
             return

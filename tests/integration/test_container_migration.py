@@ -18,9 +18,9 @@ import typing as t
 
 import pytest
 
-from conftest import podman, run_module, wait_for
+from conftest import alive, podman, run_module, wait_for
 from test_migration import finish, kill_at, recap_changed
-from testhosts import MIGRATIONS, Hosts
+from testhosts import MIGRATIONS, Hosts, mount_ns
 
 LEASE = 60
 # Counts in memory (the shell's variable) and shows the count in a file: a restored container goes on counting,
@@ -175,6 +175,41 @@ CONTAINER_MATRIX = [
     ("link", "a", "transferring", "in_doubt"),
     ("link", "a", "committed", "in_doubt"),
 ]
+
+
+def test_a_podman_restore_that_hangs_after_starting_the_container_leaves_no_copy(hosts, containers, tmp_path):
+    """The target's podman container restore hangs once it has started the container (stopped here, held past the
+    migration's timeout): the agent kills podman, and the container it started, running under a conmon Podman has no
+    record of, goes too before the source container runs again; it used to run on, a second copy."""
+    containers.image_on_b(True)
+    name = "c-restorehang"
+    container_id = containers.start(name)
+    before = containers.count("a", name)
+    hosts.arm("b", "importing", name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name, migrate_timeout=15))
+    hosts.reached("b", name, "importing")  # the agent, which has just started podman
+    podman_pid = hosts.journal("b", name)["engine_process"][0]
+    os.kill(podman_pid, signal.SIGSTOP)
+    hosts.clear_failpoints("b")
+
+    def monitors() -> t.List[int]:
+        return [pid for pid in hosts.processes_running(container_id)
+                if open("/proc/%d/comm" % pid).read().strip() == "conmon" and mount_ns(pid) == hosts.mount_ns("b")]
+    # Podman runs in small steps until the container's monitor exists: then it hangs, the container started.
+    deadline = time.monotonic() + 60
+    while not monitors():
+        assert alive(podman_pid), "podman finished the restore before the test could hold it"
+        assert time.monotonic() < deadline, "podman started no container"
+        os.kill(podman_pid, signal.SIGCONT)
+        time.sleep(0.005)
+        os.kill(podman_pid, signal.SIGSTOP)
+    started = monitors()
+    finish(controller)
+    journal = hosts.settled(name)
+    assert journal["outcome"] == "rolled_back", journal
+    assert wait_for(lambda: not any(alive(pid) for pid in started), what="the conmon podman left on host-b to go")
+    assert not [pid for pid in hosts.processes_running(container_id) if mount_ns(pid) == hosts.mount_ns("b")]
+    containers.runs_only_on("a", name, container_id, before)
 
 
 @pytest.mark.parametrize("who, host, phase, outcome", CONTAINER_MATRIX,

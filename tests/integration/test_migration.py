@@ -556,6 +556,27 @@ def test_a_criu_restore_killed_midway_leaves_nothing_on_the_target(hosts, remote
     assert_rolled_back(workload, token, count)
 
 
+def test_a_reverse_run_under_the_same_name_leaves_the_unfinished_migration_alone(hosts, remote, tmp_path):
+    """While host-b holds the a -> b migration NAME unfinished (its copy restored, no decision yet), a b -> a run under
+    the same name is refused on host-b: it used to take host-b's target journal for its own source journal, "roll it
+    back" and send host-a an abort that host-a applied to its source journal. The a -> b migration then completes."""
+    workload = remote("reverse")
+    token, count = read_state(workload.state_file)
+    hosts.arm("b", "restored", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(workload))
+    hosts.reached("b", workload.name, "restored")
+    reverse = hosts.migrate(migrate_source="host-b", migrate_target="host-a", migrate_pidfile="/run/reverse.pid",
+                            migrate_name=workload.name, migrate_lease=LEASE)
+    output = reverse.stdout + reverse.stderr
+    assert reverse.returncode != 0 and "This host is the target of the unfinished migration reverse" in output, output
+    source = hosts.journal("a", workload.name)
+    assert source["role"] == "source" and source["outcome"] is None and source.get("decision") is None, source
+    hosts.clear_failpoints("b")
+    finish(controller)
+    assert hosts.settled(workload.name)["outcome"] == "completed"
+    assert_migrated(workload, token, count)
+
+
 POSTCOPY_MATRIX = [
     ("controller", "a", "target_restored", "completed"),
     ("driver", "a", "target_restored", "rolled_back"),
