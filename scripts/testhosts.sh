@@ -10,7 +10,8 @@
 # every ssh command, and this machine's may start pyenv (0.1-0.2 s a session). Podman's image and
 # container storage (/var/lib/containers) is a tmpfs of its own (Podman cannot keep its overlay layers
 # on an overlay): a container or image on one host is not on the other (images reach a host by
-# podman load, as between real hosts).
+# podman load, as between real hosts). So is the address book of Podman's network (/var/lib/cni): as
+# part of the overlay it would change under the host whenever this machine's Podman gave out an address.
 # They share the kernel, its PID space and the network namespace; workloads that migrate
 # here live in their own PID (and, for TCP, network) namespace, as they would in a container.
 #
@@ -95,8 +96,9 @@ start() {
          mkdir $DISK/upper $DISK/work
          mount -t overlay -o lowerdir=/var/lib,upperdir=$DISK/upper,workdir=$DISK/work nucleus-var-lib-$name /var/lib
          rm -rf /var/lib/nucleus-criu
-         mkdir -p /var/lib/containers
+         mkdir -p /var/lib/containers /var/lib/cni
          mount -t tmpfs -o mode=0700 nucleus-podman-$name /var/lib/containers
+         mount -t tmpfs -o mode=0755 nucleus-cni-$name /var/lib/cni
          if [ -f /root/.bashrc ]; then mount --bind /dev/null /root/.bashrc; fi
          exec /usr/sbin/sshd -D -e -f $DIR/sshd-$name.conf" \
         </dev/null >>"$DIR/sshd-$name.log" 2>&1 &

@@ -81,12 +81,8 @@ def session_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> t.Itera
 
 
 # Tests that share something system-wide run on one xdist worker, one at a time (the groups, by node id prefix):
-# - the Podman tests, here and on the test hosts: this machine's /var/lib (where Podman's network keeps its address
-#   book, /var/lib/cni) is the lower layer of every test host's /var/lib, and a lower layer changed under a mounted
-#   overlay makes its hosts see addresses in use that are not ("requested IP address ... is not available");
-# - the tests that set fs.pipe-max-size (post-copy needs it at 4 MiB, one test lowers it).
+# the tests that set fs.pipe-max-size (post-copy needs it at 4 MiB, one test lowers it).
 XDIST_GROUPS = {
-    "podman": ("tests/integration/test_containers.py::", "tests/integration/test_container_migration.py::"),
     "pipe-max-size": ("tests/integration/test_migration.py::test_postcopy", "tests/integration/test_migration.py::test_kill_matrix_postcopy"),
 }
 

@@ -19,7 +19,7 @@ import typing as t
 import pytest
 
 from conftest import alive, podman, run_module, wait_for
-from test_migration import finish, kill_at, recap_changed
+from test_migration import finish, kill_at, matrix, recap_changed
 from testhosts import MIGRATIONS, Hosts, mount_ns
 
 LEASE = 60
@@ -95,6 +95,7 @@ def single(name: str, **extra: t.Any) -> t.Dict[str, t.Any]:
                      migrate_lease=LEASE), **extra)
 
 
+@pytest.mark.slow
 def test_migrates_a_container_sending_its_image_when_asked(hosts, containers):
     containers.image_on_b(False)
     name = "c-single"
@@ -177,6 +178,7 @@ CONTAINER_MATRIX = [
 ]
 
 
+@pytest.mark.slow
 def test_a_podman_restore_that_hangs_after_starting_the_container_leaves_no_copy(hosts, containers, tmp_path):
     """The target's podman container restore hangs once it has started the container (stopped here, held past the
     migration's timeout): the agent kills podman, and the container it started, running under a conmon Podman has no
@@ -212,8 +214,8 @@ def test_a_podman_restore_that_hangs_after_starting_the_container_leaves_no_copy
     containers.runs_only_on("a", name, container_id, before)
 
 
-@pytest.mark.parametrize("who, host, phase, outcome", CONTAINER_MATRIX,
-                         ids=["-".join(c[:3:2] + (c[2],)) for c in CONTAINER_MATRIX])
+@pytest.mark.slow
+@pytest.mark.parametrize("who, host, phase, outcome", matrix(CONTAINER_MATRIX))
 def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, outcome):
     containers.image_on_b(True)
     name = "c-%s-%s" % (who, phase.replace("_", "-"))
@@ -291,6 +293,7 @@ def test_a_migration_killed_while_podman_checkpoints_waits_for_podman_then_resto
     assert containers.state("b", name) == ""
 
 
+@pytest.mark.slow
 def test_a_link_lost_before_the_export_is_sealed_rolls_back_at_once(hosts, containers, tmp_path):
     """Until the source has sent the whole export the target cannot restore anything: a link lost before that resumes
     the source container at once, without waiting to hear from the target (its leftovers go at the next run)."""

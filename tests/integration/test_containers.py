@@ -46,7 +46,7 @@ class Containers:
 
     def remove_all(self) -> None:
         for name in self.names:
-            podman("rm", "--force", "--", name, check=False)
+            podman("rm", "--force", "--time", "0", "--", name, check=False)
 
 
 def count(name: str) -> int:

@@ -254,6 +254,12 @@ COPY_MATRIX = [
 ]
 
 
+def matrix(rows: t.Sequence[t.Tuple[str, str, str, str]]) -> t.List[t.Any]:
+    """A kill matrix's rows as test cases: a cut link waits out ssh's keepalives, so those rows are slow."""
+    return [pytest.param(*row, id="-".join(row[:3:2] + (row[2],)), marks=[pytest.mark.slow] if row[0] == "link" else [])
+            for row in rows]
+
+
 def kill_at(hosts: Hosts, name: str, migrate_vars: t.Mapping[str, t.Any], tmp_path, who: str, host: str,
             phase: str) -> subprocess.Popen:
     """Start migration ``name`` (the playbook's ``migrate_vars``), stop it at ``phase`` on ``host``, kill ``who``, and
@@ -283,7 +289,7 @@ def finish(controller: subprocess.Popen) -> None:
         Hosts.kill_controller(controller)
 
 
-@pytest.mark.parametrize("who, host, phase, outcome", COPY_MATRIX, ids=["-".join(c[:3:2] + (c[2],)) for c in COPY_MATRIX])
+@pytest.mark.parametrize("who, host, phase, outcome", matrix(COPY_MATRIX))
 def test_kill_matrix_copy(hosts, remote, tmp_path, who, host, phase, outcome):
     workload = remote("k-%s-%s" % (who, phase.replace("_", "-")))
     token, count = read_state(workload.state_file)
@@ -346,6 +352,7 @@ def test_controller_killed_while_the_source_is_frozen_leaves_no_frozen_source(ho
     assert_migrated(workload, token, count)
 
 
+@pytest.mark.slow
 def test_lease_runs_out_and_the_hosts_roll_back_by_themselves(hosts, remote, tmp_path):
     """The worker is stuck (stopped at a step) with no controller: the lease keeper rolls back when it runs out."""
     workload = remote("lease")
@@ -585,7 +592,7 @@ POSTCOPY_MATRIX = [
 ]
 
 
-@pytest.mark.parametrize("who, host, phase, outcome", POSTCOPY_MATRIX, ids=["-".join(c[:3:2] + (c[2],)) for c in POSTCOPY_MATRIX])
+@pytest.mark.parametrize("who, host, phase, outcome", matrix(POSTCOPY_MATRIX))
 def test_kill_matrix_postcopy(hosts, remote, tmp_path, big_pipes, who, host, phase, outcome):
     workload = remote("p-%s-%s" % (who, phase.replace("_", "-")), "--mem 32")
     token, count = read_state(workload.state_file)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import pathlib
 import signal
 import stat
 
@@ -26,7 +27,8 @@ def params(**given):
 @pytest.fixture
 def workload(spawn):
     child = spawn(["sleep", "60"])
-    assert wait_for(lambda: getattr(procfs.read_stat(child.pid), "comm", "") == "sleep")
+    # The exec is done once its arguments are in place: the kernel names the process (comm) a moment before.
+    assert wait_for(lambda: pathlib.Path("/proc/%d/cmdline" % child.pid).read_bytes() == b"sleep\x0060\x00")
     return child.pid, procfs.read_stat(child.pid)
 
 
