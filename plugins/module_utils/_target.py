@@ -18,6 +18,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import typing as t
@@ -69,6 +70,7 @@ class Context:
         self.timeout = float(request["timeout"])
         self.key = bytes.fromhex(request["key"]) if request.get("key") else None  # signs restored.json
         self.engine: t.Optional[podman.Podman] = None
+        self.source_fd: t.Optional[int] = None  # the source's session (receive): its hang-up is watched while Podman restores
 
     @property
     def checkpoint_path(self) -> str:
@@ -332,19 +334,41 @@ def _restore_container(ctx: Context, journal: Journal, opened: store.Checkpoint,
     journal.record("restoring", container_id=recorded["id"], container_name=recorded["name"], timeout=ctx.timeout)
     options = container.restore_options(metadata, {"ignore_static_ip": False, "ignore_static_mac": False})
 
+    restoring = threading.Event()
+
     def importing(podman_pid: int) -> None:
         journal.record("restoring", engine_process=procfs.tree_identity(podman_pid)[0])
+        if ctx.source_fd is not None:
+            threading.Thread(target=_kill_when_the_source_leaves, daemon=True,
+                             args=(ctx.source_fd, journal.get("engine_process"), restoring)).start()
         failpoint(journal.name, "importing")  # Podman creates the container from here
 
-    restored, podman_stats, seconds = container.restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
-                                                               options, ctx.timeout, on_spawn=importing)
+    try:
+        restored, podman_stats, seconds = container.restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
+                                                                   options, ctx.timeout, on_spawn=importing)
+    finally:
+        restoring.set()
     journal.data["running_since"] = time.monotonic()
     journal.record("restoring", restore_seconds=round(seconds, 3), podman=podman_stats)
     return t.cast(int, restored["pid"])
 
 
+def _kill_when_the_source_leaves(source_fd: int, engine_process: t.Sequence[int], restoring: threading.Event) -> None:
+    """While Podman restores (it may take minutes), nothing reads the source's session. A source that left (its lease
+    ran out, it decided to abort) waits for this host to confirm its copy is gone before its own container runs again,
+    and this host's decision lock is held until the restore ends: so its hang-up kills podman at once, the restore
+    fails, and the abort that follows removes whatever it started."""
+    poller = select.poll()
+    poller.register(source_fd, select.POLLRDHUP)  # a hang-up (POLLHUP, POLLERR) is always reported
+    while not restoring.is_set():
+        if poller.poll(100):
+            procfs.signal_identified([engine_process], signal.SIGKILL)
+            return
+
+
 def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
     ctx = Context(request)
+    ctx.source_fd = channel.read_fd
     key = ctx.key
     link_timeout = float(request["link_timeout"])
     with store.location(ctx.checkpoint_path) as loc, store.Lock(loc, ctx.timeout):

@@ -215,6 +215,34 @@ def test_a_podman_restore_that_hangs_after_starting_the_container_leaves_no_copy
 
 
 @pytest.mark.slow
+def test_a_slow_podman_restore_does_not_keep_the_source_down_past_its_lease(hosts, containers, tmp_path):
+    """The target's Podman restore is slow (held here): the lease (20 s) runs out and the source gives up; the target,
+    which no longer hears from it, stops its restore at once, so the source container runs again soon after the lease,
+    not once the restore has timed out (60 s) and its copy been removed (it stayed down about three times the lease)."""
+    containers.image_on_b(True)
+    name = "c-slowrestore"
+    container_id = containers.start(name)
+    before = containers.count("a", name)
+    hosts.arm("b", "importing", name)
+    started = time.monotonic()
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name, migrate_lease=20, migrate_timeout=60))
+    hosts.reached("b", name, "importing")
+    podman_pid = hosts.journal("b", name)["engine_process"][0]
+    os.kill(podman_pid, signal.SIGSTOP)
+    hosts.clear_failpoints("b")
+    try:
+        wait_for(lambda: containers.state("a", name).startswith("running"), timeout=120, what="the source container to run again")
+        down = time.monotonic() - started
+    finally:
+        if alive(podman_pid):
+            os.kill(podman_pid, signal.SIGCONT)
+    finish(controller)
+    assert hosts.settled(name)["outcome"] == "rolled_back"
+    assert down < 20 + 15, "the source container stayed down %.0f s, its lease being 20 s" % down
+    containers.runs_only_on("a", name, container_id, before)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("who, host, phase, outcome", matrix(CONTAINER_MATRIX))
 def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, outcome):
     containers.image_on_b(True)
