@@ -215,6 +215,16 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
     """Finish or undo the migration in ``journal`` from the phase it reached; idempotent, any process may run it."""
     if journal.get("outcome") in ("completed", "rolled_back"):
         return
+    if _runs_on_the_target(journal):
+        # An abort would throw away the work its copy has done since: a recovery decides commit, as the worker would
+        # have (under the decision lock: a lease keeper deciding at this moment decides abort, and first).
+        with journal.exclusive():
+            current = journal.reload()
+            if _runs_on_the_target(current):
+                current.record("committed", decision="commit")
+        journal.data = journal.reload().data
+        if journal.get("outcome") in ("completed", "rolled_back"):
+            return
     if journal.phase in ("committed", "completed") or journal.get("decision") == "commit":
         answer = _ask_target(settings_, code, journal, "commit")
         if answer is not None and answer.get("state") == target_.NEVER_RAN:
@@ -255,6 +265,13 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
                        error="the migration was undone, but the source could not run again: %s" % unresumed)
         return
     journal.record("rolled_back", outcome="rolled_back", target_cleanup=cleanup)
+
+
+def _runs_on_the_target(journal: Journal) -> bool:
+    """A container the target restored and voted for: it runs there (Podman cannot restore one stopped) while the
+    source's copy is stopped by its checkpoint. Unless its lease ran out, a recovery commits it."""
+    return (bool(journal.get("container")) and journal.phase == "target_restored" and journal.get("decision") is None
+            and journal.get("outcome") is None and not journal.get("lease_expired"))
 
 
 def never_ran(journal: Journal) -> None:
@@ -590,7 +607,8 @@ def _keep_lease(worker: int, journal: Journal) -> None:
                     os.kill(worker, signal.SIGKILL)
                     os.waitpid(worker, 0)
                     final = journal.reload()
-                    final.record(final.phase, error="the lease of %ss ran out before a decision" % final.get("lease_seconds"))
+                    final.record(final.phase, error="the lease of %ss ran out before a decision" % final.get("lease_seconds"),
+                                 lease_expired=True)
                     return
         time.sleep(WATCH_POLL)
 

@@ -69,7 +69,8 @@ def resolved(tmp_path, monkeypatch, case) -> t.Tuple[Journal, Hosts]:
 def expected(case) -> t.Tuple[str, bool]:
     """The outcome the protocol's rules give, and whether the source runs again (resume attempted)."""
     (phase, decision), (kind, mode), answer, resume_fails = case
-    if decision == "commit":
+    if decision == "commit" or (phase == "target_restored" and kind != "process"):
+        # A container the target restored runs there: a recovery commits it rather than discard its work.
         if answer == "completed":
             return "completed", False
         if answer == "never_ran":  # the target's stopped copy died before it ran: the frozen source runs instead
@@ -109,3 +110,16 @@ def test_resolve(tmp_path, monkeypatch, case):
         migrate.resolve(journal, migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256",
                                                   False, None, "all"), b"")
         assert again.calls == [], "a settled migration is decided once"
+
+
+def test_a_container_whose_lease_ran_out_is_undone_even_once_the_target_runs_it(tmp_path, monkeypatch):
+    """The lease bounds the wait for a decision: run out, the keeper decides abort, even for a container the target
+    already runs (a recovery commits one only while its lease holds)."""
+    hosts = Hosts(monkeypatch, "aborted", False)
+    with dir_fd(tmp_path) as fd:
+        journal = Journal.create(os.dup(fd), str(tmp_path), "web", "target_restored", id="1", role="source", outcome=None,
+                                 mode="copy", decision=None, container={"id": "f" * 64, "name": "web"}, sealed_sent=True,
+                                 lease_expired=True, process={"pid": 100, "tree": []})
+    migrate.resolve(journal, migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256",
+                                              False, None, "all"), b"")
+    assert hosts.calls[0] == "target:abort" and "target:commit" not in hosts.calls and journal.get("outcome") == "rolled_back"
