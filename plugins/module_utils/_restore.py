@@ -42,11 +42,22 @@ def recorded_restore(checkpoint: store.Checkpoint, metadata: t.Mapping[str, t.An
     otherwise name any live process there (pid, start time, boot id and checkpoint id are all public)."""
     try:
         raw = checkpoint.read(store.RESTORED)
-        record = json.loads(raw.decode("utf-8")) if raw else None
-    except (CriuError, ValueError):
+    except CriuError:
         return None
-    if (not isinstance(record, dict) or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int)
+    record = signed_record(raw, key)
+    if (record is None or record.get("boot_id") != procfs.boot_id() or not isinstance(record.get("pid"), int)
             or record.get("checkpoint_id") != metadata["id"]):
+        return None
+    return record
+
+
+def signed_record(raw: t.Optional[bytes], key: t.Optional[bytes]) -> t.Optional[t.Dict[str, t.Any]]:
+    """A restore record (restored.json's bytes) that parses and, with a key, carries that key's signature."""
+    try:
+        record = json.loads(raw.decode("utf-8")) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
         return None
     mac = record.pop(RECORD_MAC, None)
     if key is not None and not (isinstance(mac, str) and hmac.compare_digest(mac.encode("ascii", "replace"),

@@ -410,6 +410,10 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             with store.open_checkpoint(loc) as opened, contextlib.ExitStack() as stack:
                 pid, fetcher = _restore(ctx, journal, runtime, opened, metadata, page_conn, stack)
                 journal.record("restored", tree=procfs.tree_identity(pid), restored_at=procfs.utc_now())
+                # Also beside the checkpoint: an abort finds the copy by it should this journal be lost.
+                restore_.save_record(opened.fd, restore_.restore_record(
+                    metadata["id"], pid, journal.get("restored_at"), starttime=journal.get("tree")[0][1], tree=journal.get("tree"),
+                    migration_id=ctx.id), ctx.key)
                 since = journal.get("running_since")
                 channel.send(restored=True, pid=pid, running_for=None if since is None else time.monotonic() - since)
                 if fetcher is not None:
@@ -477,6 +481,8 @@ def resolve(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
                          % (ctx.name, ctx.id))
             return
         if journal is None or journal.get("id") != ctx.id:
+            if journal is None and request["decision"] == "abort":
+                _abort_unjournaled(ctx, loc)
             channel.send(state="absent", other=None if journal is None else {"id": journal.get("id"), "phase": journal.phase})
             return
         decision = request["decision"]
@@ -496,6 +502,24 @@ def resolve(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             return
         abort(ctx, journal, "the source decided to abort")
         channel.send(state="aborted", phase=journal.phase)
+
+
+def _abort_unjournaled(ctx: Context, loc: store.Location) -> None:
+    """An abort for a migration whose journal is gone from here (deleted, a disk replaced) while its copy may still
+    be here, stopped: the restore record beside its checkpoint names the copy (pid and start time) and the migration;
+    when it is this migration's (and signed with its key, when there is one), the copy is killed and the checkpoint
+    removed."""
+    opened = store.Checkpoint.open(loc)
+    if opened is None:
+        return
+    try:
+        record = restore_.signed_record(opened.read(store.RESTORED), ctx.key)
+    finally:
+        opened.close()
+    if record is None or record.get("migration_id") != ctx.id or record.get("boot_id") != procfs.boot_id():
+        return
+    procfs.wait_gone(procfs.signal_identified(record.get("tree") or [], signal.SIGKILL), timeout=10)
+    _remove_checkpoint(ctx, keep_log=True)
 
 
 def _query(journal: Journal) -> str:

@@ -584,6 +584,26 @@ def test_a_reverse_run_under_the_same_name_leaves_the_unfinished_migration_alone
     assert_migrated(workload, token, count)
 
 
+@pytest.mark.slow
+def test_a_target_journal_lost_while_its_cleanup_is_pending_leaves_no_copy_behind(hosts, remote, tmp_path):
+    """The vote lost (the link cut as the target voted): the source rolls back and the target keeps its stopped copy
+    until told. Its journal deleted meanwhile, the rerun's abort used to find nothing there and leave the copy stopped
+    for ever; what the source recorded of the copy (pid and start time) now names it, and the abort removes it."""
+    workload = remote("lostcopy")
+    token, count = read_state(workload.state_file)
+    controller = kill_at(hosts, workload.name, single(workload), tmp_path, "link", "b", "restored")
+    journal = hosts.settled(workload.name)
+    finish(controller)
+    assert journal["outcome"] == "rolled_back" and journal["target_cleanup"] == "pending", journal
+    stopped = [pid for pid in workload.copies() if pid != workload.pid]
+    assert [proc_state(pid) for pid in stopped] == ["T"], "the target keeps its stopped copy until told"
+    hosts.run("b", "rm %s/%s.journal.json" % (MIGRATIONS, workload.name))
+    rerun = hosts.migrate(**single(workload))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert wait_for(lambda: not any(alive(pid) for pid in stopped), what="the orphaned stopped copy to be removed")
+    assert_migrated(workload, token, count)
+
+
 POSTCOPY_MATRIX = [
     ("controller", "a", "target_restored", "completed"),
     ("driver", "a", "target_restored", "rolled_back"),
