@@ -251,6 +251,51 @@ migration:
     journal:
       description: Path of the source's journal.
       type: str
+    name:
+      description: The migration's name (O(name)); its journals are C(NAME.journal.json) on both hosts.
+      type: str
+    mode:
+      description: V(copy) or V(postcopy).
+      type: str
+    decision:
+      description: V(commit) or V(abort) once decided; null before.
+      type: str
+    frozen_at:
+      description: UTC time the workload was frozen on the source.
+      type: str
+    running_at:
+      description: UTC time the target's copy was running (the target's clock).
+      type: str
+    dump_seconds:
+      description: Seconds criu (or Podman) took to checkpoint the workload.
+      type: float
+    transfer_seconds:
+      description: Seconds from the freeze until every image had reached the target.
+      type: float
+    lazy_pages:
+      description: Pages the target fetched after its copy started (O(mode=postcopy)); null in copy mode.
+      type: int
+    checkpoint_id:
+      description: Id of the checkpoint the migration made (its C(metadata.json) on both hosts).
+      type: str
+    target_cleanup:
+      description:
+        - For a rolled-back migration, whether what reached the target is gone (V(done)) or is removed by the next run
+          (V(pending), the target unreachable when it was undone).
+      type: str
+    error:
+      description: Why the migration did not complete; null when it did.
+      type: str
+    source_cleanup_error:
+      description: Why the source container could not be removed after the commit (it stays stopped); null otherwise.
+      type: str
+    source:
+      description: The source host's name (its C(uname -n)).
+      type: str
+    target:
+      description: The target as the source reached it (C(label) user@host:port, C(host)).
+      type: dict
+      sample: {label: "root@10.0.0.2:22", host: 10.0.0.2}
 actions:
   description: In check mode, what would be done.
   returned: in check mode

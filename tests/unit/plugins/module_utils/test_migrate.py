@@ -252,3 +252,15 @@ def test_a_stopped_source_without_a_journal_is_resumed_only_when_the_target_know
     assert "Do not resume it while the target holds the migration" in held and "phase restored" in held
     unknown = _stopped_source_advice(monkeypatch, CriuError("ssh: connection refused"))
     assert "Do not resume it before you know" in unknown and "connection refused" in unknown
+
+
+def test_every_key_of_the_migration_result_is_documented(tmp_path):
+    """criu_migrate's RETURN lists every key report() returns (the migrate role reads some of them), and no other."""
+    import yaml  # pylint: disable=import-outside-toplevel  # ansible-core's own dependency
+    from ansible_collections.nucleus.criu.plugins.modules import criu_migrate  # pylint: disable=import-outside-toplevel
+    with dir_fd(tmp_path) as fd:
+        journal = Journal.create(os.dup(fd), str(tmp_path), "web", "completed", id="1", role="source", outcome="completed",
+                                 mode="copy", process={"pid": 100, "tree": []}, target={"label": "b", "host": "b"})
+    returned = migrate.report(journal, True, {})["migration"]
+    documented = yaml.safe_load(criu_migrate.RETURN)["migration"]["contains"]
+    assert sorted(returned) == sorted(documented)
