@@ -886,7 +886,7 @@ def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settin
             if current.get("outcome") is None and lock.try_acquire():
                 current = journal.reload()
                 if current.get("outcome") is None:
-                    resolve(current, settings_._replace(**_recorded(current)), code)
+                    resolve(current, _as_recorded(settings_, current), code)
             if current.get("outcome") is not None:
                 return current
         if time.monotonic() > deadline:
@@ -949,7 +949,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                 return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
             # Rerun = recovery: finish or undo it from both journals. Undone, the workload runs on the source again,
             # and this run migrates it as asked.
-            resolve(journal, s._replace(**_recorded(journal)), code)
+            resolve(journal, _as_recorded(s, journal), code)
             if journal.get("outcome") != "rolled_back":
                 return report(journal, True, read_progress(dir_fd, directory, s.name))
             workload = _workload(params)
@@ -957,7 +957,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             if check_mode:
                 return {"changed": True, "actions": ["would remove the stopped copy that the rolled-back migration %s left on "
                                                      "the target, then migrate anew" % journal.get("id")]}
-            finish_target_cleanup(journal, s._replace(**_recorded(journal)), code)
+            finish_target_cleanup(journal, _as_recorded(s, journal), code)
         elif journal is not None and journal.get("outcome") == "completed":
             if _already_migrated(journal, workload):
                 return report(journal, False, read_progress(dir_fd, directory, s.name))
@@ -1011,6 +1011,7 @@ def _recordable(s: Settings) -> t.Dict[str, t.Any]:
     return {"mode": s.mode, "lease": s.lease, "timeout": s.timeout, "cleanup": s.cleanup, "target_pidfile": s.target_pidfile}
 
 
-def _recorded(journal: Journal) -> t.Dict[str, t.Any]:
+def _as_recorded(s: Settings, journal: Journal) -> Settings:
+    """``s`` with what the migration in ``journal`` was started with (a recovery finishes it as it was asked)."""
     recorded = journal.get("settings") or {}
-    return {key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile") if key in recorded}
+    return s._replace(**{key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile") if key in recorded})

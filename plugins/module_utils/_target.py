@@ -409,11 +409,11 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             page_conn = _accept_pages(listener, link_timeout) if listener else None
             with store.open_checkpoint(loc) as opened, contextlib.ExitStack() as stack:
                 pid, fetcher = _restore(ctx, journal, runtime, opened, metadata, page_conn, stack)
-                journal.record("restored", tree=procfs.tree_identity(pid), restored_at=procfs.utc_now())
-                # Also beside the checkpoint: an abort finds the copy by it should this journal be lost.
-                restore_.save_record(opened.fd, restore_.restore_record(
-                    metadata["id"], pid, journal.get("restored_at"), starttime=journal.get("tree")[0][1], tree=journal.get("tree"),
-                    migration_id=ctx.id), ctx.key)
+                tree = procfs.tree_identity(pid)
+                journal.record("restored", tree=tree, restored_at=procfs.utc_now())
+                if tree:  # also beside the checkpoint: an abort finds the copy by it should this journal be lost
+                    restore_.save_record(opened.fd, restore_.restore_record(
+                        metadata["id"], pid, journal.get("restored_at"), starttime=tree[0][1], tree=tree, migration_id=ctx.id), ctx.key)
                 since = journal.get("running_since")
                 channel.send(restored=True, pid=pid, running_for=None if since is None else time.monotonic() - since)
                 if fetcher is not None:

@@ -255,9 +255,8 @@ class Workload:
 
     @staticmethod
     def _only_child(pid: int) -> t.Optional[int]:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
-            children = handle.read().split()
-        return int(children[0]) if children else None
+        found = children(pid)
+        return found[0] if found else None
 
     def state(self, suffix: str = "") -> t.Tuple[str, int]:
         return read_state(self.state_file + suffix)
@@ -349,6 +348,15 @@ def tree_digest(path: str) -> t.Dict[str, bytes]:
             with open(full, "rb") as handle:
                 found[os.path.relpath(full, path)] = handle.read()
     return found
+
+
+def children(pid: int) -> t.List[int]:
+    """The children of ``pid`` (none once it is gone)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+            return [int(child) for child in handle.read().split()]
+    except OSError:
+        return []
 
 
 def processes_running(needle: str) -> t.List[int]:

@@ -19,7 +19,7 @@ import typing as t
 
 import pytest
 
-from conftest import alive, free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
+from conftest import alive, children, free_port, pipe_max_size, processes_running, proc_state, read_state, run_module, wait_for
 from testhosts import DISK, MIGRATIONS, Hosts, Remote, mount_ns
 
 HOSTS_HAVE_BLAKE3 = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True, check=False).returncode == 0
@@ -527,14 +527,6 @@ def test_a_target_disk_that_fills_up_during_the_transfer_is_named(hosts, remote,
         hosts.run("a", "rm -rf %s" % disk, check=False)
 
 
-def children_of(pid: int) -> t.List[int]:
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
-            return [int(child) for child in handle.read().split()]
-    except OSError:
-        return []
-
-
 def test_a_criu_restore_killed_midway_leaves_nothing_on_the_target(hosts, remote, tmp_path):
     """criu restore killed on the target (the OOM killer) once it has made the workload's first task and before it is
     done: the migration rolls back, and the half-restored task (blocked in criu's restorer, holding the workload's
@@ -548,13 +540,13 @@ def test_a_criu_restore_killed_midway_leaves_nothing_on_the_target(hosts, remote
     os.kill(criu, signal.SIGSTOP)
     # Let criu run in small steps until it has made the workload's first task: then it is midway.
     deadline = time.monotonic() + 60
-    while not children_of(criu):
+    while not children(criu):
         assert proc_state(criu) not in (None, "Z"), "criu finished the restore before the test could stop it midway"
         assert time.monotonic() < deadline, "criu made no task"
         os.kill(criu, signal.SIGCONT)
         time.sleep(0.002)
         os.kill(criu, signal.SIGSTOP)
-    (half,) = children_of(criu)
+    (half,) = children(criu)
     os.kill(criu, signal.SIGKILL)
     hosts.clear_failpoints("b")
     finish(controller)
