@@ -101,13 +101,33 @@ checkpoints:
       description: Seconds since it was made.
       type: float
     process:
-      description: Pid and command name of the root of the dumped tree (never its arguments).
+      description: The root of the dumped tree (never its arguments).
       type: dict
-      sample: {pid: 4242, comm: python3}
+      contains:
+        pid:
+          description: Its pid when it was dumped.
+          type: int
+          sample: 4242
+        comm:
+          description: Its command name.
+          type: str
+          sample: python3
     source:
-      description: Host name, architecture and kernel it was made on.
+      description: The host it was made on.
       type: dict
-      sample: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64}
+      contains:
+        hostname:
+          description: Host name.
+          type: str
+          sample: web1
+        arch:
+          description: Machine architecture; it restores only on the same one.
+          type: str
+          sample: x86_64
+        kernel:
+          description: Kernel release.
+          type: str
+          sample: 6.1.0-27-amd64
     criu_version:
       description: Version of the criu that made it.
       type: str
@@ -121,15 +141,31 @@ checkpoints:
       description: Whether it carries a signature.
       type: bool
     options:
-      description: The criu options it was made with (those set).
+      description: The criu options it was made with (those set), as in its C(metadata.json).
       type: dict
       sample: {leave_running: true, network_lock: nftables}
     container:
       description:
-        - The container, for a container's checkpoint (engine, name, id, image_name); null for a process tree's.
+        - The container, for a container's checkpoint; null for a process tree's.
         - Its C(details) are not read (criu's images are inside the engine's export).
       type: dict
-      sample: {engine: podman, name: web, id: 9f86d081884c, image_name: "localhost/web:1"}
+      contains:
+        engine:
+          description: The container engine.
+          type: str
+          sample: podman
+        name:
+          description: The container's name.
+          type: str
+          sample: web
+        id:
+          description: The container's id.
+          type: str
+          sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+        image_name:
+          description: Name of its image, which a restoring host must have.
+          type: str
+          sample: "localhost/web:1"
     valid:
       description: Whether it verifies.
       type: bool
@@ -145,10 +181,30 @@ checkpoints:
       returned: with O(details)
       contains:
         processes:
-          description: Each process (pid, ppid, comm, threads, memory_bytes), pids as in the checkpoint.
+          description: Each process of the tree, pids as in the checkpoint.
           type: list
           elements: dict
-          sample: [{pid: 1, ppid: 0, comm: python3, threads: 1, memory_bytes: 268435456}]
+          contains:
+            pid:
+              description: Its pid.
+              type: int
+              sample: 1
+            ppid:
+              description: Its parent's pid (0 for the root).
+              type: int
+              sample: 0
+            comm:
+              description: Its command name.
+              type: str
+              sample: python3
+            threads:
+              description: Its number of threads.
+              type: int
+              sample: 1
+            memory_bytes:
+              description: Bytes of its memory saved in the images.
+              type: int
+              sample: 268435456
         memory_bytes:
           description: Memory of all processes.
           type: int

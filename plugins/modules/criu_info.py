@@ -183,15 +183,43 @@ containers:
       type: list
       elements: str
     runtime:
-      description: The OCI runtime the engine uses, and whether it can checkpoint (runc; crun only when built with CRIU).
+      description: The OCI runtime the engine uses.
       type: dict
       returned: when the engine answered
-      sample: {name: runc, path: /usr/bin/runc, version: runc version 1.1.5+ds1, checkpoint: true}
+      contains:
+        name:
+          description: Its name.
+          type: str
+          sample: runc
+        path:
+          description: Its path.
+          type: str
+          sample: /usr/bin/runc
+        version:
+          description: The first line of its version.
+          type: str
+          sample: runc version 1.1.5+ds1
+        checkpoint:
+          description: Whether it can checkpoint (runc; crun only when built with CRIU).
+          type: bool
+          sample: true
     criu:
       description: The criu the runtime will execute (the first on the modules' PATH), validated like criu discovery.
       type: dict
       returned: when the engine answered
-      sample: {path: /opt/criu-forky/usr/sbin/criu, version: 4.2.1, problem: ""}
+      contains:
+        path:
+          description: Its path, null when none was found.
+          type: str
+          sample: /opt/criu-forky/usr/sbin/criu
+        version:
+          description: Its version.
+          type: str
+          sample: 4.2.1
+        problem:
+          description: Why it cannot be used, naming the fix; empty when it can.
+          type: str
+          sample: ""
     cgroup_manager:
       description: The engine's cgroup manager (systemd needs systemd running).
       type: str
@@ -215,10 +243,19 @@ containers:
       sample: ["nofile=20000:20000", "nproc=32768:32768"]
     limit_ceilings:
       description:
-        - The highest C(nofile) and C(nproc) a container can get without C(CAP_SYS_RESOURCE) (null - unlimited). The
-          engine lowers its own nproc limit to C(kernel.pid_max), which bounds nproc too.
+        - The highest C(nofile) and C(nproc) a container can get without C(CAP_SYS_RESOURCE).
       type: dict
-      sample: {nofile: 20000, nproc: 32768}
+      contains:
+        nofile:
+          description: The hard limit of open files (null - unlimited).
+          type: int
+          sample: 20000
+        nproc:
+          description:
+            - The hard limit of processes (null - unlimited). The engine lowers its own nproc limit to C(kernel.pid_max),
+              which bounds it too.
+          type: int
+          sample: 32768
     cap_sys_resource:
       description: Whether the caller holds C(CAP_SYS_RESOURCE); without it, containers need limits under RV(containers.limit_ceilings).
       type: bool

@@ -223,10 +223,25 @@ migration:
       description: Pid of the workload on the source.
       type: int
     container:
-      description: The migrated container (id, name, image_id, image_name); null for a process.
+      description: The migrated container; null for a process.
       type: dict
-      sample: {id: 1f2e3d4c5b6a79880fedcba9876543210fedcba9876543210fedcba98765432, name: web, image_id: b274be4f03ef...,
-               image_name: "localhost/web:1"}
+      contains:
+        id:
+          description: Its id, the same on both hosts.
+          type: str
+          sample: 1f2e3d4c5b6a79880fedcba9876543210fedcba9876543210fedcba98765432
+        name:
+          description: Its name, the same on both hosts.
+          type: str
+          sample: web
+        image_id:
+          description: Id of its image.
+          type: str
+          sample: b274be4f03ef5cbb5a0a0bfcb8b4a8e3f5b1a3e1c7d3f1e6b8a2c4d6e8f0a1b2
+        image_name:
+          description: Name of its image.
+          type: str
+          sample: "localhost/web:1"
     image_seconds:
       description: Seconds spent sending the container's image before the freeze (O(transfer_image)); null when none was sent.
       type: float
@@ -240,14 +255,38 @@ migration:
       description: Size of the checkpoint.
       type: int
     history:
-      description: Every phase with its UTC time.
+      description: Every phase the source recorded, in order.
       type: list
       elements: dict
-      sample: [{phase: prepared, at: "2026-11-30T10:00:00.100000Z"}, {phase: freezing, at: "2026-11-30T10:00:00.650000Z"}]
+      contains:
+        phase:
+          description: The phase.
+          type: str
+          sample: freezing
+        at:
+          description: UTC time it was recorded (ISO 8601).
+          type: str
+          sample: "2026-11-30T10:00:00.650000Z"
     progress:
-      description: Last progress report (step, bytes_sent, rate_mib_s).
+      description: The driver's last progress report; empty when it wrote none.
       type: dict
-      sample: {step: transferring, bytes_sent: 134217728, rate_mib_s: 181.4}
+      contains:
+        step:
+          description: V(transfer) while images are sent, V(verify) once all reached the target, V(done) once the migration completed.
+          type: str
+          sample: done
+        bytes_sent:
+          description: Bytes sent to the target so far.
+          type: int
+          sample: 134217728
+        rate_mib_s:
+          description: Mean rate of the transfer so far, in MiB/s.
+          type: float
+          sample: 181.4
+        at:
+          description: UTC time of the report (ISO 8601).
+          type: str
+          sample: "2026-11-30T10:00:01.250000Z"
     journal:
       description: Path of the source's journal.
       type: str
@@ -293,9 +332,17 @@ migration:
       description: The source host's name (its C(uname -n)).
       type: str
     target:
-      description: The target as the source reached it (C(label) user@host:port, C(host)).
+      description: The target as the source reached it.
       type: dict
-      sample: {label: "root@10.0.0.2:22", host: 10.0.0.2}
+      contains:
+        label:
+          description: How messages name it, C(user@host:port) (user and port only when given).
+          type: str
+          sample: "root@10.0.0.2:22"
+        host:
+          description: Its address or ssh host name (O(target)).
+          type: str
+          sample: 10.0.0.2
 actions:
   description: In check mode, what would be done.
   returned: in check mode

@@ -141,39 +141,155 @@ pid:
   type: int
   sample: 4242
 container:
-  description: The restored container (its id, name, state, main pid, image), for a container's checkpoint.
+  description: The restored container, for a container's checkpoint, as the engine reports it.
   returned: when a container was restored or is still running from an earlier restore
   type: dict
-  sample: {id: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, name: web, state: running, pid: 4242,
-           image_id: 3f1394ce8db03bd98578ad312f91c2e0e10bcb0fc96750a0eef1fcee62c32218, image_name: "localhost/web:1",
-           runtime: runc}
+  contains:
+    id:
+      description: Its id.
+      type: str
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    name:
+      description: Its name (O(container_name), else the checkpointed container's).
+      type: str
+      sample: web
+    state:
+      description: Its state.
+      type: str
+      sample: running
+    pid:
+      description: Pid (on this host) of its main process.
+      type: int
+      sample: 4242
+    image_id:
+      description: Id of its image.
+      type: str
+      sample: 3f1394ce8db03bd98578ad312f91c2e0e10bcb0fc96750a0eef1fcee62c32218
+    image_name:
+      description: Name of its image.
+      type: str
+      sample: "localhost/web:1"
+    runtime:
+      description: The OCI runtime that runs it.
+      type: str
+      sample: runc
+    criu_config:
+      description:
+        - The criu configuration file its C(org.criu.config) annotation names, null when none (a container naming one
+          is refused by M(nucleus.criu.criu_checkpoint)).
+      type: str
+      sample: null
 checkpoint:
-  description: The checkpoint's metadata.
+  description:
+    - The checkpoint's C(metadata.json), which the
+      R(checkpoint directory format,ansible_collections.nucleus.criu.docsite.format) describes field by field.
+    - C(process.cmdline) is left out (arguments may hold secrets); it stays in the root-only C(metadata.json).
   returned: when a restore happened or would happen
   type: dict
-  sample:
-    schema_version: 2
-    id: ebcf018e-b18e-4eda-8f02-24b1a177c61d
-    name: job
-    created_at: "2026-11-30T11:22:38.165114Z"
-    source: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
-             machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
-    criu: {path: /usr/local/sbin/criu, version: 4.2.1}
-    process: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
-              pid_namespace_init: false, tree: [4242]}
-    options: {leave_running: true, tcp_established: false, network_lock: nftables}
-    restore_needs: {}
-    manifest_algorithm: sha256
-    manifest_chunk_bytes: 67108864
-    manifest: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
+  contains:
+    schema_version:
+      description: Version of the metadata's format.
+      type: int
+      sample: 2
+    id:
+      description: Random unique id (UUID4) of the checkpoint.
+      type: str
+      sample: ebcf018e-b18e-4eda-8f02-24b1a177c61d
+    name:
+      description: Its name (O(nucleus.criu.criu_checkpoint#module:name), else the basename of its directory; a migration's name).
+      type: str
+      sample: job
+    created_at:
+      description: UTC time its metadata was written (ISO 8601).
+      type: str
+      sample: "2026-11-30T11:22:38.165114Z"
+    source:
+      description: The host it was made on (hostname, machine_id, boot_id, kernel, arch).
+      type: dict
+      sample: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
+               machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
+    criu:
+      description: The criu that dumped it (path, version); for a container, the criu its runtime ran.
+      type: dict
+      sample: {path: /usr/local/sbin/criu, version: 4.2.1}
+    process:
+      description:
+        - The root of the dumped tree (pid, starttime, comm, exe, cwd, pid_namespace_init, tree - every pid of the tree);
+          for a container, its main process as this host saw it.
+      type: dict
+      sample: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
+               pid_namespace_init: false, tree: [4242]}
+    options:
+      description:
+        - The criu options of the dump, one key per option; a restore replays those it needs again.
+        - A container's are leave_running, leave_stopped, tcp_established, file_locks and compress.
+      type: dict
+      sample: {leave_running: true, leave_stopped: false, tcp_established: false, network_lock: nftables, shell_job: false}
+    restore_needs:
+      description: Restore options the images call for beyond RV(checkpoint.options) (a saved TCP connection); empty when none.
+      type: dict
+      sample: {}
+    manifest_algorithm:
+      description: Digest of the manifest, V(sha256) or V(blake3).
+      type: str
+      sample: sha256
+    manifest_chunk_bytes:
+      description: Bytes covered by each digest of RV(checkpoint.manifest).
+      type: int
+      sample: 67108864
+    manifest:
+      description: Every image file with its size and one digest per RV(checkpoint.manifest_chunk_bytes) (C(chunks)).
+      type: list
+      elements: dict
+      sample: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
+    container:
+      description: The container (engine, engine_version, runtime, id, name, image_id, image_name).
+      type: dict
+      returned: for a container's checkpoint
+      sample: {engine: podman, engine_version: 4.3.1, runtime: runc, name: web,
+               id: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08,
+               image_id: 3f1394ce8db03bd98578ad312f91c2e0e10bcb0fc96750a0eef1fcee62c32218, image_name: "localhost/web:1"}
 restored:
   description:
-    - The record written to C(restored.json) (pid, starttime, boot_id, host, checkpoint_id, restored_at).
-    - C(restored_at) is the UTC time criu restore returned with the tree running; the end of the workload's downtime.
-  returned: when the process is restored
+    - The record written to C(restored.json) (without its signature), or the one found there when nothing was done.
+  returned: when the process is restored, or runs from an earlier restore
   type: dict
-  sample: {pid: 4242, starttime: 987654, boot_id: 0e6a..., host: web2, checkpoint_id: ebcf018e-b18e-4eda-8f02-24b1a177c61d,
-           restored_at: "2026-11-30T10:00:01.654321Z"}
+  contains:
+    pid:
+      description: Pid (on this host) of the restored root process (a container's main process).
+      type: int
+      sample: 4242
+    starttime:
+      description: Its start time in clock ticks since boot; with the pid, it identifies the process.
+      type: int
+      returned: for a process tree's checkpoint
+      sample: 987654
+    container_id:
+      description: Id of the restored container.
+      type: str
+      returned: for a container's checkpoint
+      sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    container_name:
+      description: Name of the restored container.
+      type: str
+      returned: for a container's checkpoint
+      sample: web-copy
+    boot_id:
+      description: Boot id of this host when it restored; a record of another boot is ignored.
+      type: str
+      sample: 0e6a21f4-8a43-4c3e-9d0e-3d7f6f1c2b7a
+    host:
+      description: This host's name.
+      type: str
+      sample: web2
+    checkpoint_id:
+      description: Id of the checkpoint restored (RV(checkpoint.id)).
+      type: str
+      sample: ebcf018e-b18e-4eda-8f02-24b1a177c61d
+    restored_at:
+      description: UTC time criu restore returned with the tree running (ISO 8601); the end of the workload's downtime.
+      type: str
+      sample: "2026-11-30T10:00:01.654321Z"
 stats:
   description: Restore statistics.
   returned: when a restore happened

@@ -65,24 +65,75 @@ valid:
   returned: always
   type: bool
 checkpoint:
-  description: The checkpoint's metadata.
+  description:
+    - The checkpoint's C(metadata.json), which the
+      R(checkpoint directory format,ansible_collections.nucleus.criu.docsite.format) describes field by field.
+    - C(process.cmdline) is left out (arguments may hold secrets); it stays in the root-only C(metadata.json).
   returned: success
   type: dict
-  sample:
-    schema_version: 2
-    id: ebcf018e-b18e-4eda-8f02-24b1a177c61d
-    name: job
-    created_at: "2026-11-30T11:22:38.165114Z"
-    source: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
-             machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
-    criu: {path: /usr/local/sbin/criu, version: 4.2.1}
-    process: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
-              pid_namespace_init: false, tree: [4242]}
-    options: {leave_running: true, tcp_established: false, network_lock: nftables}
-    restore_needs: {}
-    manifest_algorithm: sha256
-    manifest_chunk_bytes: 67108864
-    manifest: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
+  contains:
+    schema_version:
+      description: Version of the metadata's format.
+      type: int
+      sample: 2
+    id:
+      description: Random unique id (UUID4) of the checkpoint.
+      type: str
+      sample: ebcf018e-b18e-4eda-8f02-24b1a177c61d
+    name:
+      description: Its name (O(nucleus.criu.criu_checkpoint#module:name), else the basename of its directory; a migration's name).
+      type: str
+      sample: job
+    created_at:
+      description: UTC time its metadata was written (ISO 8601).
+      type: str
+      sample: "2026-11-30T11:22:38.165114Z"
+    source:
+      description: The host it was made on (hostname, machine_id, boot_id, kernel, arch).
+      type: dict
+      sample: {hostname: web1, arch: x86_64, kernel: 6.1.0-27-amd64, boot_id: 7faabbcb-f231-4b4c-80e5-92f1d4b436a5,
+               machine_id: 3d1219c7c4c5404aaa1f6d2a48adfda4}
+    criu:
+      description: The criu that dumped it (path, version); for a container, the criu its runtime ran.
+      type: dict
+      sample: {path: /usr/local/sbin/criu, version: 4.2.1}
+    process:
+      description:
+        - The root of the dumped tree (pid, starttime, comm, exe, cwd, pid_namespace_init, tree - every pid of the tree);
+          for a container, its main process as this host saw it.
+      type: dict
+      sample: {pid: 4242, comm: python3, exe: /usr/bin/python3.11, cwd: /srv/job, starttime: 1013160,
+               pid_namespace_init: false, tree: [4242]}
+    options:
+      description:
+        - The criu options of the dump, one key per option; a restore replays those it needs again.
+        - A container's are leave_running, leave_stopped, tcp_established, file_locks and compress.
+      type: dict
+      sample: {leave_running: true, leave_stopped: false, tcp_established: false, network_lock: nftables, shell_job: false}
+    restore_needs:
+      description: Restore options the images call for beyond RV(checkpoint.options) (a saved TCP connection); empty when none.
+      type: dict
+      sample: {}
+    manifest_algorithm:
+      description: Digest of the manifest, V(sha256) or V(blake3).
+      type: str
+      sample: sha256
+    manifest_chunk_bytes:
+      description: Bytes covered by each digest of RV(checkpoint.manifest).
+      type: int
+      sample: 67108864
+    manifest:
+      description: Every image file with its size and one digest per RV(checkpoint.manifest_chunk_bytes) (C(chunks)).
+      type: list
+      elements: dict
+      sample: [{path: core-4242.img, size: 2603, chunks: [91838861340413385ffda76223fed2c55c50d84183c0690d1636a4043121922a]}]
+    container:
+      description: The container (engine, engine_version, runtime, id, name, image_id, image_name).
+      type: dict
+      returned: for a container's checkpoint
+      sample: {engine: podman, engine_version: 4.3.1, runtime: runc, name: web,
+               id: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08,
+               image_id: 3f1394ce8db03bd98578ad312f91c2e0e10bcb0fc96750a0eef1fcee62c32218, image_name: "localhost/web:1"}
 signed:
   description: Whether the checkpoint carries a C(checkpoint.hmac).
   returned: success
