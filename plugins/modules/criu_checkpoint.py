@@ -72,14 +72,12 @@ options:
       - The host must be able to checkpoint containers, see M(nucleus.criu.criu_info)'s O(nucleus.criu.criu_info#module:engine)
         (the C(nucleus.criu.criu) role's C(criu_containers) prepares it).
     type: str
-    version_added: 0.2.0
   engine:
     description:
       - The container engine of O(container).
     type: str
     choices: [podman]
     default: podman
-    version_added: 0.2.0
   compress:
     description:
       - Compression of a container's export (Podman's C(--compress)). Memory rarely compresses, so the default
@@ -87,7 +85,6 @@ options:
     type: str
     choices: [none, gzip, zstd]
     default: none
-    version_added: 0.2.0
   dest:
     description:
       - Checkpoint directory to create. Missing parents are created too (owned by the calling user, mode 0700; in

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: criu_checkpoint_info
 short_description: List the CRIU checkpoints under a directory
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Lists every checkpoint directory this collection made directly under O(path) (or O(path) itself when it is one),
     newest first, with its id, name, process, size, age, source host and whether it is signed. Anything else there

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: criu_migrate
 short_description: Migrate a live process tree or Podman container to another host, exactly once, driven by this (the source) host
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Runs on the B(source) host; the P(nucleus.criu.migrate#role) role runs it for many workloads at once.
   - Checks both hosts before touching the workload (the target over ssh exactly as the
@@ -68,14 +68,12 @@ options:
         a commit removes the source container.
       - Only O(mode=copy). O(tcp_established) is passed on to Podman.
     type: str
-    version_added: 0.2.0
   engine:
     description:
       - Container engine of O(container).
     type: str
     choices: [podman]
     default: podman
-    version_added: 0.2.0
   transfer_image:
     description:
       - When the target lacks the container's image (checked by image id in the preflight), send it first
@@ -83,7 +81,6 @@ options:
         migration at the preflight, naming the image.
     type: bool
     default: false
-    version_added: 0.2.0
   target:
     description:
       - Address (or ssh host name) of the target host, as the source reaches it.

@@ -64,20 +64,17 @@ options:
       - A container with established TCP connections is restored under its own name only (Podman refuses
         C(--tcp-established) with another name).
     type: str
-    version_added: 0.2.0
   ignore_static_ip:
     description:
       - For a container's checkpoint - give the restored container a new IP address instead of the one it had
         (Podman's C(--ignore-static-ip)), for a copy beside the original.
     type: bool
     default: false
-    version_added: 0.2.0
   ignore_static_mac:
     description:
       - For a container's checkpoint - give the restored container a new MAC address (Podman's C(--ignore-static-mac)).
     type: bool
     default: false
-    version_added: 0.2.0
   tcp_established:
     description:
       - Restore the TCP connections saved in the checkpoint as they were (C(--tcp-established)).
