@@ -81,6 +81,7 @@ def tamper(path: t.Any) -> None:
     pages.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_every_key_a_process_run_returns_is_documented(workloads, ckpt_dir, tmp_path):
     results = Results()
     workload = workloads("--mem", "1")
