@@ -191,8 +191,6 @@ def _checkpoint_module(given):
 @pytest.mark.parametrize("given, message", [
     ({"dest": "/var/lib/criu/x"}, "state is present but any of the following are missing: pid, pidfile"),
     ({"dest": "/var/lib/criu/x", "state": "present"}, "state is present but any of the following are missing: pid, pidfile"),
-    ({"dest": "/var/lib/criu/x", "pid": 1, "tcp_established": True, "tcp_close": True},
-     "parameters are mutually exclusive: tcp_established|tcp_close"),
     ({"dest": "/var/lib/criu/x", "pid": 1, "pidfile": "/run/x.pid"}, "parameters are mutually exclusive: pid|pidfile"),
     ({"dest": "/var/lib/criu/x", "state": "gone"}, "value of state must be one of: present, absent"),
 ])
