@@ -17,8 +17,8 @@ import typing as t
 
 import pytest
 
-from conftest import read_state, run_module, wait_for
-from testhosts import MIGRATIONS, Hosts, Remote
+from conftest import REPO, read_state, run_module, wait_for
+from testhosts import MIGRATIONS, PLAYBOOK, Hosts, Remote
 from test_migration import LEASE, assert_migrated
 
 PORT = 8765  # in the workload's own network namespace
@@ -253,3 +253,42 @@ def test_a_container_migration_refuses_options_podman_cannot_pass(hosts, option_
     refused = run_module("criu_migrate", dict(name="ctr", container="nucleus-nonexistent", target="127.0.0.3", ghost_limit="8M",
                                               link_remap=True), host="host-a", inventory=hosts.inventory)
     assert refused["failed"] and "link_remap, ghost_limit cannot be used with a container" in refused["msg"], refused
+
+
+def test_module_defaults_reach_the_role_and_the_key_comes_from_a_file(hosts, option_remote, tmp_path):
+    """A play's module_defaults for group/nucleus.criu.criu apply to the role's migrations (it passes timeout only when
+    migrate_timeout is set), and migrate_hmac_key_file signs the checkpoint the target verifies with the same key."""
+    workload = option_remote("opt-defaults", "append", "{files}/defaults.log")
+    key_file = "/run/opt-defaults.key"
+    for host in ("a", "b"):  # each host's own /run
+        hosts.run(host, "umask 077; printf %%s 0123456789abcdef0123456789abcdef > %s" % key_file)
+    playbook = tmp_path / "play.yml"
+    playbook.write_text("""
+- name: Migrate with the group's defaults
+  hosts: host-a
+  gather_facts: false
+  module_defaults:
+    group/nucleus.criu.criu:
+      timeout: 77
+  roles:
+    - role: nucleus.criu.migrate
+      vars:
+        migrate_source: host-a
+        migrate_target: host-b
+        migrate_pidfile: %s
+        migrate_name: %s
+        migrate_lease: %d
+        migrate_cleanup: none
+        migrate_hmac_key_file: %s
+""" % (workload.pidfile, workload.name, LEASE, key_file))
+    token, count = read_state(workload.state_file)
+    played = subprocess.run([PLAYBOOK, "-i", hosts.inventory, str(playbook)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert_migrated(workload, token, count)
+    journal = hosts.journal("a", workload.name)
+    assert journal is not None and journal["settings"]["timeout"] == 77, journal
+    checkpoint = "%s/%s" % (MIGRATIONS, workload.name)
+    verified = run_module("criu_verify", dict(path=checkpoint, hmac_key_file=key_file, require_signature=True), host="host-b",
+                          inventory=hosts.inventory)
+    assert verified["valid"] and not verified["failed"], verified
