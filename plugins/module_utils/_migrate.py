@@ -45,6 +45,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress, require_name
+from ansible_collections.nucleus.criu.plugins.module_utils._migration_status import report
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
 # Source phases before the decision; "committed" is the decision itself.
@@ -837,50 +838,6 @@ def migration_info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """The criu_migration_info module's work."""
     return migration_status.read(os.path.normpath(params["migrate_dir"]), params["name"],
                                  lambda dir_fd: DriverLock(dir_fd, params["name"], create=False).held_elsewhere())
-
-
-def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """The module's result from a journal that reached an outcome; a failed migration raises, saying where the
-    workload runs and what to do."""
-    data = journal.data
-    migration = {key: data.get(key) for key in (
-        "id", "name", "mode", "phase", "outcome", "decision", "frozen_at", "running_at", "downtime_seconds", "dump_seconds",
-        "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error", "container",
-        "image_seconds", "source_cleanup_error")}
-    migration.update(source=data.get("source"), target=data.get("target"), source_pid=data.get("process", {}).get("pid"),
-                     journal=journal.path, history=data.get("history"), progress=dict(progress))
-    outcome = data.get("outcome")
-    if outcome == "completed":
-        return {"changed": changed, "migration": migration}
-    where = data.get("process", {})
-    workload = "pid %s" % where.get("pid") if not data.get("container") else "container %s" % data["container"]["name"]
-    if outcome == "rolled_back":
-        if data.get("target_cleanup") == "done":
-            target_state = "; nothing of it remains on the target"
-        elif "target_restored" in [entry["phase"] for entry in data.get("history", [])]:
-            target_state = "; the target's stopped copy is removed by the next run (target unreachable now)"
-        else:
-            target_state = "; nothing was restored on the target (unreachable now), and the next run clears what it received"
-        raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (%s) with its "
-                        "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
-                                              data.get("source"), workload, target_state),
-                        migration=migration)
-    raise CriuError("Migration of %s is in doubt: %s. Source %s: %s %s. Target %s: see its journal %s. Once the target is "
-                    "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
-                    % (data["name"], data.get("error"), data.get("source"), workload,
-                       _source_state(data), data["target"]["label"], journal.path), migration=migration)
-
-
-def _source_state(data: t.Mapping[str, t.Any]) -> str:
-    """How the source's copy is left while a migration is in doubt."""
-    if data.get("container"):
-        return "stopped by its checkpoint, which Podman keeps (never restored here while in doubt)"
-    return "frozen" if procfs.alive_identified(data.get("process", {}).get("tree") or []) else "gone"
-
-
-def _failed_phase(data: t.Mapping[str, t.Any]) -> str:
-    phases = [entry["phase"] for entry in data.get("history", []) if entry["phase"] not in ("aborting", "rolled_back")]
-    return phases[-1] if phases else "prepared"
 
 
 def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settings, code: bytes) -> Journal:

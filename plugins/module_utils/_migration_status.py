@@ -14,6 +14,7 @@ import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, read_progress, require_name
 
 MIB = 1048576.0
@@ -48,6 +49,59 @@ def describe(journal: Journal, progress: t.Mapping[str, t.Any], driver_running: 
     }
 
 
+def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """criu_migrate's result from a journal that reached an outcome; a failed migration raises, saying where the
+    workload runs and what to do."""
+    data = journal.data
+    migration = {key: data.get(key) for key in (
+        "id", "name", "mode", "phase", "outcome", "decision", "frozen_at", "running_at", "downtime_seconds", "dump_seconds",
+        "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error", "container",
+        "image_seconds", "source_cleanup_error")}
+    migration.update(source=data.get("source"), target=data.get("target"), source_pid=data.get("process", {}).get("pid"),
+                     journal=journal.path, history=data.get("history"), progress=dict(progress))
+    failure = failure_message(journal)
+    if failure is not None:
+        raise CriuError(failure, migration=migration)
+    return {"changed": changed, "migration": migration}
+
+
+def failure_message(journal: Journal) -> t.Optional[str]:
+    """What an outcome other than completed means for the operator: where the workload runs and what to do. None for
+    a completed migration, or one without an outcome yet."""
+    data = journal.data
+    outcome = data.get("outcome")
+    if outcome in (None, "completed") or data.get("role") == "target":
+        return None
+    where = data.get("process", {})
+    workload = "pid %s" % where.get("pid") if not data.get("container") else "container %s" % data["container"]["name"]
+    if outcome == "rolled_back":
+        if data.get("target_cleanup") == "done":
+            target_state = "; nothing of it remains on the target"
+        elif "target_restored" in [entry["phase"] for entry in data.get("history", [])]:
+            target_state = "; the target's stopped copy is removed by the next run (target unreachable now)"
+        else:
+            target_state = "; nothing was restored on the target (unreachable now), and the next run clears what it received"
+        return ("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (%s) with its "
+                "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
+                                      data.get("source"), workload, target_state))
+    return ("Migration of %s is in doubt: %s. Source %s: %s %s. Target %s: see its journal %s. Once the target is "
+            "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
+            % (data["name"], data.get("error"), data.get("source"), workload,
+               _source_state(data), data["target"]["label"], journal.path))
+
+
+def _source_state(data: t.Mapping[str, t.Any]) -> str:
+    """How the source's copy is left while a migration is in doubt."""
+    if data.get("container"):
+        return "stopped by its checkpoint, which Podman keeps (never restored here while in doubt)"
+    return "frozen" if procfs.alive_identified(data.get("process", {}).get("tree") or []) else "gone"
+
+
+def _failed_phase(data: t.Mapping[str, t.Any]) -> str:
+    phases = [entry["phase"] for entry in data.get("history", []) if entry["phase"] not in ("aborting", "rolled_back")]
+    return phases[-1] if phases else "prepared"
+
+
 def summary(migration: t.Mapping[str, t.Any]) -> str:
     """One line for a playbook's output: phase, MiB sent of the total, rate, seconds frozen."""
     total = migration.get("expected_bytes")
@@ -71,4 +125,5 @@ def read(directory: str, name: str, driver_running: t.Callable[[int], bool]) -> 
     if journal is None:
         return {"changed": False, "exists": False, "migration": {}, "msg": "No migration named %s on this host." % name}
     migration = describe(journal, read_progress(dir_fd, real, name), driver_running(dir_fd))
-    return {"changed": False, "exists": True, "migration": migration, "msg": summary(migration)}
+    failure = failure_message(journal) if migration["done"] else None
+    return {"changed": False, "exists": True, "migration": migration, "msg": failure or summary(migration)}

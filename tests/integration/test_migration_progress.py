@@ -4,6 +4,7 @@ criu_migration_info reports its phase, bytes and frozen time until the outcome, 
 from __future__ import annotations
 
 import os
+import re
 import time
 import typing as t
 
@@ -65,3 +66,17 @@ def test_migration_info_of_nothing_creates_nothing(hosts):
     assert not unknown["exists"] and "No migration named never-migrated" in unknown["msg"], unknown
     bad = info(hosts, "../etc")
     assert bad["failed"] and "must be 1-100 letters" in bad["msg"], bad
+
+
+def test_the_role_prints_the_phase_and_bytes_as_the_migration_goes(hosts, remote):  # noqa: F811
+    workload = remote("shown", "--mem 512")
+    token, count = read_state(workload.state_file)
+    result = hosts.migrate(migrate_source="host-a", migrate_target="host-b", migrate_pidfile=workload.pidfile,
+                           migrate_name=workload.name, migrate_lease=LEASE, migrate_poll_interval=1)
+    assert result.returncode == 0, result.stdout + result.stderr
+    looks = re.findall(r"^  shown: (\w+), ([\d.]+) of ~([\d.]+) MiB sent", result.stdout, re.MULTILINE)
+    assert len(looks) >= 2 and looks[-1][0] == "completed", result.stdout
+    assert [phase for phase, _sent, _total in looks if phase != "completed"], "a look while it ran: " + result.stdout
+    sent = [float(mib) for _phase, mib, _total in looks]
+    assert sent == sorted(sent) and sent[-1] >= 512, sent
+    assert_migrated(workload, token, count)
