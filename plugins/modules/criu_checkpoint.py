@@ -36,6 +36,16 @@ attributes:
   check_mode:
     support: full
     details: Validates the process, the destination and criu, and predicts whether a dump would happen.
+  diff_mode:
+    support: partial
+    details:
+      - Shows the checkpoint directories the task changes, by path, each with its C(id), C(name), C(created_at), what it
+        holds (C(pid) and C(comm), or C(container) and C(pid)) and C(image_bytes). Before - the checkpoint at O(dest),
+        if any, and the older ones O(keep) deletes; after - the checkpoint at O(dest). A missing checkpoint shows as
+        nothing, so O(state=absent) shows the checkpoint going; with nothing to do, before and after are the same.
+      - In check mode the new checkpoint shows only what is known before the dump (its C(name), C(pid), and C(comm) or
+        C(container)); its C(id), C(created_at) and C(image_bytes) come with the dump.
+      - Not shown - missing parents of O(dest) made, and files O(link_remap) links aside.
 options:
   state:
     description:

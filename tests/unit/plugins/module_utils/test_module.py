@@ -22,8 +22,9 @@ SPECS = {"criu_checkpoint": argspec.CHECKPOINT, "criu_restore": argspec.RESTORE,
 
 
 class FakeModule:
-    def __init__(self):
+    def __init__(self, diff=False):
         self.calls = []
+        self._diff = diff
 
     def exit_json(self, **kwargs):
         self.calls.append(("exit", kwargs))
@@ -39,6 +40,15 @@ def test_success_exits_with_result():
     with pytest.raises(SystemExit):
         _module.run_module(module, lambda: {"changed": True, "pid": 7})
     assert module.calls == [("exit", {"changed": True, "pid": 7})]
+
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_diff_is_returned_only_under_diff_mode(diff):
+    module = FakeModule(diff=diff)
+    shown = {"before": {}, "after": {"pid": 7}}
+    with pytest.raises(SystemExit):
+        _module.run_module(module, lambda: {"changed": True, "diff": shown})
+    assert module.calls == [("exit", dict({"changed": True}, **({"diff": shown} if diff else {})))]
 
 
 def test_criu_error_becomes_fail_json_with_details():
