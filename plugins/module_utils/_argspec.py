@@ -31,15 +31,16 @@ _SIGNATURE = {
 
 
 def _criu_options(at: str) -> t.Dict[str, t.Dict[str, t.Any]]:
-    """The criu options of _options.OPTIONS that ``at`` ("dump" or "restore") takes. At dump a flag left out is off;
-    at restore an option left out replays what the dump recorded."""
+    """The criu options of _options.OPTIONS that ``at`` ("dump", "restore" or "migrate") takes. At dump a flag left
+    out is off; at restore an option left out replays what the dump recorded; a migration takes every option, as
+    the dump and the restore it makes would."""
     specs: t.Dict[str, t.Dict[str, t.Any]] = {}
     for option in OPTIONS:
-        if not (option.at_dump if at == "dump" else option.at_restore):
+        if not option.applies(at):
             continue
         if option.kind == "bool":
             spec: t.Dict[str, t.Any] = {"type": "bool"}
-            if at == "dump" and option.name != "shell_job":
+            if at != "restore" and option.name != "shell_job":
                 spec["default"] = False
         elif option.kind == "list":
             spec = {"type": "list", "elements": "str", "default": []}
@@ -87,8 +88,7 @@ CHECKPOINT = _spec(dict({
     "force": {"type": "bool", "default": False},
     "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
     "keep": {"type": "int"},
-}, **_criu_options("dump")), exclusive=[("pid", "pidfile", "container"), ("leave_running", "leave_stopped"),
-                                        ("tcp_established", "tcp_close")],
+}, **_criu_options("dump")), exclusive=[("pid", "pidfile", "container"), ("leave_running", "leave_stopped")],
     required_if=[("state", "present", ("pid", "pidfile", "container"), True)])
 
 CHECKPOINT_INFO = _spec({
@@ -113,6 +113,11 @@ VERIFY = _spec(dict({
     "check_host": {"type": "bool", "default": False},
 }, **_SIGNATURE))
 
+MIGRATION_INFO = _spec({
+    "name": {"type": "str", "required": True},
+    "migrate_dir": {"type": "path", "default": "/var/lib/nucleus-criu/migrations"},
+})
+
 INFO = _spec({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
@@ -121,7 +126,7 @@ INFO = _spec({
 
 MIGRATE_MODES = ["copy", "postcopy"]
 MIGRATE_CLEANUP = ["all", "source", "target", "none"]
-MIGRATE = _spec({
+MIGRATE = _spec(dict({
     "name": {"type": "str", "required": True},
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
@@ -139,9 +144,10 @@ MIGRATE = _spec({
     "migrate_dir": {"type": "path", "default": "/var/lib/nucleus-criu/migrations"},
     "mode": {"type": "str", "default": "copy", "choices": MIGRATE_MODES},
     "lease": {"type": "int", "default": 120},
+    "wait": {"type": "bool", "default": True},
     "wait_timeout": {"type": "int", "default": 1800},
-    "tcp_established": {"type": "bool", "default": False},
     "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
     "cleanup": {"type": "str", "default": "all", "choices": MIGRATE_CLEANUP},
     "compress": {"type": "bool", "default": False},
-}, exclusive=[("pid", "pidfile", "container")], one_of=[("pid", "pidfile", "container")])
+}, **_criu_options("migrate")), exclusive=[("pid", "pidfile", "container")],
+    one_of=[("pid", "pidfile", "container")])

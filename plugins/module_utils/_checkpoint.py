@@ -13,6 +13,7 @@ import typing as t
 import uuid
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
@@ -281,6 +282,26 @@ def _checkpointable(params: t.Mapping[str, t.Any], found: t.Optional[t.Dict[str,
     return what, st, runtime
 
 
+def _to_come(name: str, found: t.Optional[t.Mapping[str, t.Any]], pid: t.Optional[int],
+             st: t.Optional[procfs.ProcStat]) -> t.Dict[str, t.Any]:
+    """The checkpoint a dump would make, as check mode's diff shows it: of the container ``found``, else of the process
+    ``pid`` (``st``), as _checkpointable saw them."""
+    if found is not None:
+        return diff_.new_checkpoint(name, found.get("pid"), container=found.get("name"))
+    return diff_.new_checkpoint(name, pid, st.comm if st is not None else None)
+
+
+def _unchanged(result: t.Dict[str, t.Any], path: str, existing: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The result when DEST already holds a checkpoint of this process: nothing to do, and a diff without a change."""
+    shown = diff_.checkpoints({path: existing})
+    return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[], diff=diff_.diff(shown, shown))
+
+
+def _pruning(paths: t.Iterable[str], keep: int, name: str, verb: str) -> t.List[str]:
+    """The actions of ``keep``: one line per older checkpoint deleted (or, in check mode, to be deleted)."""
+    return ["%s the older checkpoint %s (keep %d of %s)" % (verb, path, keep, name) for path in paths]
+
+
 def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_checkpoint module's work: returns the module result."""
     require_timeout(params["timeout"])
@@ -314,17 +335,19 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
     enclosing = store.enclosing_checkpoint(dest)
     if enclosing:
         raise CriuError("dest %s lies inside the checkpoint %s; writing there would corrupt it. Choose a path outside it." % (dest, enclosing), path=dest)
+    name = params["name"] or os.path.basename(dest)
     with contextlib.ExitStack() as stack:
         try:
             loc = stack.enter_context(store.location(dest, make_parents=not check_mode))
         except safepath.MissingDirectory as missing:  # check mode only: a real run makes it
-            what = _checkpointable(params, found, pid)[0]
-            return dict(result, dest=dest, changed=True, actions=["would make %s and dump %s to %s" % (missing.path, what, dest)])
+            what, st, _runtime = _checkpointable(params, found, pid)
+            return dict(result, dest=dest, changed=True, actions=["would make %s and dump %s to %s" % (missing.path, what, dest)],
+                        diff=diff_.diff({}, {dest: _to_come(name, found, pid, st)}))
         result["dest"] = loc.path
         if not params["force"]:
             existing = existing_checkpoint(loc, same, key, params["timeout"])
             if existing is not None:
-                return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
+                return _unchanged(result, loc.path, existing)
         else:
             problem = store.replace_problem(loc)
             if problem:
@@ -333,20 +356,26 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
         what, st, runtime = _checkpointable(params, found, pid)
         action = "%s %s to %s" % ("replace the checkpoint with a dump of" if exists else "dump", what, loc.path)
         if check_mode:
-            return dict(result, changed=True, actions=["would " + action])
+            gone = lifecycle.surplus(loc, name, params["keep"], params["timeout"], key, procfs.utc_now()) if params["keep"] else {}
+            before = dict(gone, **{loc.path: lifecycle.metadata_at(loc)})
+            return dict(result, changed=True, actions=["would " + action] + _pruning(gone, params["keep"], name, "would delete"),
+                        diff=diff_.diff(diff_.checkpoints(before), {loc.path: _to_come(name, found, pid, st)}))
         with store.Lock(loc, params["timeout"]):
             store.remove_litter(loc)
             if not params["force"]:
                 existing = existing_checkpoint(loc, same, key, params["timeout"])
                 if existing is not None:
-                    return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[])
+                    return _unchanged(result, loc.path, existing)
+            before = {loc.path: lifecycle.metadata_at(loc)}
             if params["container"]:
                 result.update(_dump_container(t.cast(podman.Podman, engine), t.cast(t.Dict[str, t.Any], found), loc, params, key, algorithm))
             else:
                 result.update(_dump(t.cast(CriuRuntime, runtime), t.cast(int, pid), t.cast(procfs.ProcStat, st), loc, params, key, algorithm))
         actions = [action[0].upper() + action[1:]]
         if params["keep"]:
-            result["removed"] = lifecycle.prune(loc, result["checkpoint"]["name"], params["keep"], params["timeout"], key)
-            actions += ["Delete the older checkpoint %s (keep %d of %s)" % (path, params["keep"], result["checkpoint"]["name"])
-                        for path in result["removed"]]
-    return dict(result, changed=True, actions=actions)
+            removed = lifecycle.prune(loc, name, params["keep"], params["timeout"], key)
+            result["removed"] = list(removed)
+            before.update(removed)
+            actions += _pruning(removed, params["keep"], name, "Delete")
+    return dict(result, changed=True, actions=actions,
+                diff=diff_.diff(diff_.checkpoints(before), diff_.checkpoints({loc.path: result["checkpoint"]})))

@@ -20,7 +20,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _podman as pod
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
-from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, MIGRATE, RESTORE
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 EXPORT = integrity.CONTAINER_EXPORT
@@ -34,8 +34,8 @@ RESTORE_OPTIONS = PASSED_OPTIONS + ("ignore_static_ip", "ignore_static_mac")
 
 def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
     """A criu option Podman cannot pass for a container, set to anything but its default, is an error naming it,
-    never ignored."""
-    spec = (CHECKPOINT if at == "dump" else RESTORE).argument_spec
+    never ignored. ``at``: "dump", "restore" or "migrate"."""
+    spec = {"dump": CHECKPOINT, "restore": RESTORE, "migrate": MIGRATE}[at].argument_spec
     given = [option.name for option in criu_options.OPTIONS if option.name in spec and option.name not in PASSED_OPTIONS
              and params.get(option.name) not in (None, spec[option.name].get("default"))]
     if at == "dump" and params.get("leave_stopped"):
@@ -44,7 +44,7 @@ def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
         them = "it" if len(given) == 1 else "them"
         raise CriuError("%s cannot be used with a container: Podman does not pass %s to criu. Leave %s out (Podman takes "
                         "%s for a container)." % (", ".join(given), them, them,
-                                                  ", ".join(PASSED_OPTIONS if at == "dump" else RESTORE_OPTIONS)))
+                                                  ", ".join(RESTORE_OPTIONS if at == "restore" else PASSED_OPTIONS)))
 
 
 def require_running(found: t.Optional[t.Mapping[str, t.Any]], name: str) -> t.Mapping[str, t.Any]:

@@ -39,6 +39,9 @@ _HINTS = (
      "Checkpoint the peer in the same tree, or close the connection first."),
     (re.compile(r"unix.*[Ee]xternal socket|ext-unix-sk"),
      "The process holds a unix socket connected outside the tree: set ext_unix_sk=true if the peer is a datagram socket."),
+    (re.compile(r"file locks are hold by dumping tasks|--file-locks"),
+     "The process holds file locks (flock, POSIX or OFD locks, leases): set file_locks=true to checkpoint them; their "
+     "files must be at the same paths when it is restored."),
     (re.compile(r"Connected TCP socket, consider using --tcp-established"),
      "The process holds an established TCP connection: set tcp_established=true to keep it across the restore, or "
      "tcp_close=true to drop it."),
@@ -56,7 +59,10 @@ _HINTS = (
     (re.compile(r"Can't dump ghost file \S+ of (\d+) size"),
      "The process holds a deleted file of {0} bytes, more than criu keeps in the images by default (1M): set "
      "ghost_limit to at least that size (e.g. ghost_limit=64M)."),
-    (re.compile(r"A session leader of \d+\(\d+\) is outside of its pid namespace|shell-job"),
+    (re.compile(r"A session leader of \d+\(\d+\) is outside of its pid namespace"),
+     "The workload's session leader is outside its PID namespace, which criu cannot dump, not even with shell_job: start "
+     "the workload as the leader of a session of its own inside the namespace (unshare --pid --fork setsid CMD)."),
+    (re.compile(r"shell-job"),
      "The process belongs to a session or terminal outside the tree: set shell_job=true."),
     (re.compile(r"Can't restore pid namespace|CLONE_NEWPID"),
      "The pid namespace of the checkpoint could not be recreated on this host."),

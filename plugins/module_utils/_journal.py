@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 import typing as t
 
@@ -28,6 +29,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _store as stor
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FORMAT = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 FAILPOINT_POLL = 0.02
 # Kept out of the migration directory, so that arming one never makes a directory the product should make.
 FAILPOINTS = "/run/nucleus-criu-failpoints"
@@ -124,6 +126,14 @@ class Journal:
         fields["at"] = procfs.utc_now()
         store.write_file(self.dir_fd, progress_name(self.name), json.dumps(fields, sort_keys=True).encode("utf-8"),
                          replace=True, durable=False)
+
+
+def require_name(name: str) -> str:
+    """A migration's name, which names its journal and checkpoint directory on both hosts: never a path."""
+    if not NAME_RE.match(name):
+        raise CriuError("name %r must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit: it names the "
+                        "migration's journal and checkpoint directory on both hosts." % name)
+    return name
 
 
 def read_progress(dir_fd: int, directory: str, name: str) -> t.Dict[str, t.Any]:

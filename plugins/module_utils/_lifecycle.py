@@ -13,6 +13,7 @@ import os
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
@@ -26,17 +27,31 @@ def delete(dest: str, timeout: float, check_mode: bool) -> t.Dict[str, t.Any]:
     with store.location(dest) as loc:
         result: t.Dict[str, t.Any] = {"dest": loc.path}
         if not os.path.lexists(loc.path):
-            return dict(result, changed=False, actions=[])
+            return dict(result, changed=False, actions=[], diff=diff_.diff({}, {}))
         problem = store.replace_problem(loc, empty_ok=False)
         if problem:
             raise CriuError("Refusing to delete %s: %s" % (loc.path, problem.replace("force replaces", "state=absent deletes")),
                             path=loc.path)
+        result["diff"] = diff_.diff(diff_.checkpoints({loc.path: metadata_at(loc)}), {})
         action = "delete the checkpoint %s" % loc.path
         if check_mode:
             return dict(result, changed=True, actions=["would " + action])
         with store.Lock(loc, timeout):
             _remove(loc)
     return dict(result, changed=True, actions=[action[0].upper() + action[1:]])
+
+
+def metadata_at(loc: store.Location) -> t.Optional[t.Dict[str, t.Any]]:
+    """metadata.json of the checkpoint at ``loc`` as it reads, unverified (it only shows what a task is about to replace
+    or delete), or None when there is none to read."""
+    try:
+        opened = store.Checkpoint.open(loc)
+    except CriuError:
+        return None
+    if opened is None:
+        return None
+    with opened:
+        return _metadata(opened)
 
 
 def _remove(loc: store.Location) -> None:
@@ -155,27 +170,36 @@ def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     return {"changed": False, "path": path, "exists": True, "checkpoints": found}
 
 
-def prune(loc: store.Location, name: str, keep: int, timeout: float, key: t.Optional[bytes]) -> t.List[str]:
-    """Delete checkpoints of ``name`` beside ``loc`` beyond the ``keep`` newest (the one at ``loc`` counts, and stays).
-    Only checkpoints count, and go, whose metadata verifies, with their images/, and signed with ``key`` when there is
-    one: a directory anyone else made (a far-future created_at, say) would otherwise push out the genuine ones."""
-    siblings = []
+def surplus(loc: store.Location, name: str, keep: int, timeout: float, key: t.Optional[bytes],
+            to_come: t.Optional[str] = None) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """The checkpoints of ``name`` beside ``loc`` beyond the ``keep`` newest (the one at ``loc`` counts, and stays), by
+    path, with their metadata: what ``prune`` deletes. Only checkpoints count whose metadata verifies, with their
+    images/, and signed with ``key`` when there is one: a directory anyone else made (a far-future created_at, say)
+    would otherwise push out the genuine ones. ``to_come``: in check mode, the created_at of the dump still to be made
+    at ``loc``, which counts instead of what ``loc`` holds now."""
+    siblings: t.List[t.Tuple[str, str, t.Dict[str, t.Any]]] = [] if to_come is None else [(to_come, loc.path, {})]
     for other, opened in _candidates(_targets(loc.parent)):
+        if to_come is not None and other.path == loc.path:
+            continue
         metadata = _metadata(opened)
         if metadata is None or metadata.get("name") != name:
             continue
         if other.path != loc.path and (opened.images_fd < 0 or integrity.verify(
                 opened, key, skip_signature_check=key is None, timeout=timeout, hashed=False).problems):
             continue
-        siblings.append((metadata.get("created_at") or "", other.path))
-    siblings.sort(reverse=True)
-    removed = []
-    for _created, path in siblings[keep:]:
-        if path == loc.path:
-            continue
+        siblings.append((metadata.get("created_at") or "", other.path, metadata))
+    siblings.sort(key=lambda sibling: (sibling[0], sibling[1]), reverse=True)
+    return {path: metadata for _created, path, metadata in siblings[keep:] if path != loc.path}
+
+
+def prune(loc: store.Location, name: str, keep: int, timeout: float, key: t.Optional[bytes]) -> t.Dict[str, t.Dict[str, t.Any]]:
+    """Delete the checkpoints ``surplus`` names (each one only if force could replace it); returns those deleted, by
+    path, with their metadata."""
+    removed = {}
+    for path, metadata in surplus(loc, name, keep, timeout, key).items():
         with store.location(path) as other:
             if store.replace_problem(other) is None:
                 with store.Lock(other, timeout):
                     _remove(other)
-                removed.append(path)
+                removed[path] = metadata
     return removed

@@ -22,7 +22,6 @@ import datetime
 import errno
 import fcntl
 import os
-import re
 import shlex
 import signal
 import time
@@ -35,6 +34,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _container as 
 from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils import _migration_status as migration_status
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
@@ -43,10 +44,10 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _target as tar
 from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress, require_name
+from ansible_collections.nucleus.criu.plugins.module_utils._migration_status import report
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 # Source phases before the decision; "committed" is the decision itself.
 PRE_COMMIT = ("prepared", "freezing", "frozen", "target_restored", "pages_complete", "aborting")
 WATCH_POLL = 0.05
@@ -68,7 +69,7 @@ class Settings(t.NamedTuple):
     timeout: float
     key: t.Optional[bytes]
     algorithm: str
-    tcp_established: bool
+    criu: t.Mapping[str, t.Any]  # the criu options, by module option name (_options.OPTIONS), as given
     target_pidfile: t.Optional[str]
     cleanup: str
     transfer_image: bool = False
@@ -80,13 +81,14 @@ class Settings(t.NamedTuple):
 
 
 def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
-    name = params["name"]
-    if not NAME_RE.match(name):
-        raise CriuError("name %r must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit: it names the "
-                        "migration's journal and checkpoint directory on both hosts." % name)
+    name = require_name(params["name"])
     if params["container"] and params["mode"] != "copy":
         raise CriuError("mode=%s cannot migrate a container: Podman restores a container whole, not lazily. Use mode=copy."
                         % params["mode"])
+    criu = {option.name: params[option.name] for option in criu_options.OPTIONS}
+    criu_options.normalise(criu, "migrate")  # a bad value is refused before anything runs
+    if params["container"]:
+        container.refuse_unsupported(params, "migrate")
     for option in ("lease", "timeout"):
         if params[option] <= 0:
             raise CriuError("%s must be a positive number of seconds, got %s." % (option, params[option]))
@@ -99,7 +101,7 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
                               python=params["target_python"], connect_timeout=params["ssh_connect_timeout"],
                               compress=params["compress"])
     return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
-                    float(params["timeout"]), key, params["hash_algorithm"], params["tcp_established"],
+                    float(params["timeout"]), key, params["hash_algorithm"], criu,
                     params["target_pidfile"], params["cleanup"], params["transfer_image"])
 
 
@@ -419,7 +421,8 @@ class Worker:
         return {"cmd": "receive", "id": self.journal.get("id"), "name": s.name, "migrate_dir": s.directory, "mode": s.mode,
                 "algorithm": s.algorithm, "timeout": s.timeout, "link_timeout": s.link_timeout,
                 "decision_timeout": s.lease + s.link_timeout, "source": os.uname().nodename,
-                "key": s.key.hex() if s.key else None, "container": self.journal.get("container")}
+                "key": s.key.hex() if s.key else None, "container": self.journal.get("container"),
+                "restore_options": {option.name: s.criu[option.name] for option in criu_options.OPTIONS if option.restore_choice}}
 
     def _progress(self, step: str, force: bool = False) -> None:
         now = time.monotonic()
@@ -479,7 +482,7 @@ class Worker:
         runtime.on_spawn = lambda criu_pid: journal.record(journal.phase, criu=procfs.tree_identity(criu_pid)[0])
         st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
         options = checkpoint_.dump_options(
-            CHECKPOINT.defaults(leave_stopped=True, tcp_established=s.tcp_established), pid, st,
+            CHECKPOINT.defaults(leave_stopped=True, **s.criu), pid, st,
             [member[0] for member in journal.get("process")["tree"]])
         options["lazy_pages"] = s.mode == "postcopy"
         images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
@@ -507,8 +510,7 @@ class Worker:
             raise CriuError("Container %s was stopped, restarted or removed since the preflight; nothing was migrated."
                             % recorded["name"])
         described, facts = container.describe(engine, found, s.timeout)
-        options = container.dump_options({"tcp_established": s.tcp_established, "file_locks": False, "leave_running": False,
-                                          "compress": "none"})
+        options = container.dump_options(dict(s.criu, leave_running=False, compress="none"))
 
         def checkpointing(podman_pid: int) -> None:
             journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0])
@@ -832,48 +834,10 @@ def _already_migrated(journal: Journal, workload: Workload) -> bool:
     return pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
 
 
-def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """The module's result from a journal that reached an outcome; a failed migration raises, saying where the
-    workload runs and what to do."""
-    data = journal.data
-    migration = {key: data.get(key) for key in (
-        "id", "name", "mode", "phase", "outcome", "decision", "frozen_at", "running_at", "downtime_seconds", "dump_seconds",
-        "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error", "container",
-        "image_seconds", "source_cleanup_error")}
-    migration.update(source=data.get("source"), target=data.get("target"), source_pid=data.get("process", {}).get("pid"),
-                     journal=journal.path, history=data.get("history"), progress=dict(progress))
-    outcome = data.get("outcome")
-    if outcome == "completed":
-        return {"changed": changed, "migration": migration}
-    where = data.get("process", {})
-    workload = "pid %s" % where.get("pid") if not data.get("container") else "container %s" % data["container"]["name"]
-    if outcome == "rolled_back":
-        if data.get("target_cleanup") == "done":
-            target_state = "; nothing of it remains on the target"
-        elif "target_restored" in [entry["phase"] for entry in data.get("history", [])]:
-            target_state = "; the target's stopped copy is removed by the next run (target unreachable now)"
-        else:
-            target_state = "; nothing was restored on the target (unreachable now), and the next run clears what it received"
-        raise CriuError("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (%s) with its "
-                        "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
-                                              data.get("source"), workload, target_state),
-                        migration=migration)
-    raise CriuError("Migration of %s is in doubt: %s. Source %s: %s %s. Target %s: see its journal %s. Once the target is "
-                    "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
-                    % (data["name"], data.get("error"), data.get("source"), workload,
-                       _source_state(data), data["target"]["label"], journal.path), migration=migration)
-
-
-def _source_state(data: t.Mapping[str, t.Any]) -> str:
-    """How the source's copy is left while a migration is in doubt."""
-    if data.get("container"):
-        return "stopped by its checkpoint, which Podman keeps (never restored here while in doubt)"
-    return "frozen" if procfs.alive_identified(data.get("process", {}).get("tree") or []) else "gone"
-
-
-def _failed_phase(data: t.Mapping[str, t.Any]) -> str:
-    phases = [entry["phase"] for entry in data.get("history", []) if entry["phase"] not in ("aborting", "rolled_back")]
-    return phases[-1] if phases else "prepared"
+def migration_info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The criu_migration_info module's work."""
+    return migration_status.read(os.path.normpath(params["migrate_dir"]), params["name"],
+                                 lambda dir_fd: DriverLock(dir_fd, params["name"], create=False).held_elsewhere())
 
 
 def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settings, code: bytes) -> Journal:
@@ -936,6 +900,8 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             # The same migration, run again while it runs (a second controller): wait for it and report it, as a
             # rerun does. Before its journal exists it is in its preflight: that ends soon, one way or the other.
             journal = source_journal(dir_fd, directory, s.name)
+            if journal is not None and not params["wait"]:
+                return _running(journal, False)
             if journal is not None:
                 return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, directory, s.name))
             if time.monotonic() > deadline:
@@ -990,6 +956,8 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             expected_bytes=facts["expected_bytes"], settings=_recordable(s),
             container=None if found is None else container.identity(found), image_seconds=facts.get("image_seconds"))
         spawn(lock, journal, s, code)
+        if not params["wait"]:
+            return _running(journal, True)
         return report(watch(journal, lock, deadline, s, code), True, read_progress(dir_fd, directory, s.name))
     finally:
         stack.close()
@@ -1004,6 +972,12 @@ def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, work
     what = "pid %d" % pid if found is None else "container %s" % found["name"]
     image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
     return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}
+
+
+def _running(journal: Journal, changed: bool) -> t.Dict[str, t.Any]:
+    """wait=false: the migration runs in its driver; where it stands now (criu_migration_info follows it)."""
+    status = migration_status.describe(journal, read_progress(journal.dir_fd, journal.directory, journal.name), True)
+    return {"changed": changed, "status": status, "msg": migration_status.summary(status)}
 
 
 def _recordable(s: Settings) -> t.Dict[str, t.Any]:

@@ -21,7 +21,8 @@ def create_module(spec: Spec) -> AnsibleModule:
 
 def run_module(module: AnsibleModule, action: t.Callable[[], t.Dict[str, t.Any]]) -> None:
     """Run ``action`` and exit with its result. A CriuError becomes fail_json with its details; anything else
-    too, with its cause in ``msg`` and the traceback in ``exception``, never a bare errno."""
+    too, with its cause in ``msg`` and the traceback in ``exception``, never a bare errno. The result's ``diff``
+    (_diff.py) is returned only under ``--diff``, as Ansible's diff mode asks."""
     try:
         result = action()
     except CriuError as exc:
@@ -31,4 +32,7 @@ def run_module(module: AnsibleModule, action: t.Callable[[], t.Dict[str, t.Any]]
         module.fail_json(msg="Unexpected %s%s: %s. Nothing more is known about this failure; please report it to "
                              "nucleus.criu with the traceback in `exception`." % (type(exc).__name__, where, exc),
                          exception=traceback.format_exc())
+    # AnsibleModule has no public name for --diff; _diff is what ansible-core's own modules read.
+    if not module._diff:  # pylint: disable=protected-access
+        result.pop("diff", None)
     module.exit_json(**result)

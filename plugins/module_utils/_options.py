@@ -30,6 +30,15 @@ class Option(t.NamedTuple):
     replay: bool  # a restore repeats what the dump used (criu needs it again)
     choices: t.Optional[t.Tuple[str, ...]] = None
 
+    def applies(self, at: str) -> bool:
+        """Whether ``at`` ("dump", "restore" or "migrate": a dump, then a restore on the target) takes this option."""
+        return {"dump": self.at_dump, "restore": self.at_restore, "migrate": True}[at]
+
+    @property
+    def restore_choice(self) -> bool:
+        """A choice made at restore, not a replay of the dump's: a migration passes it to the target's restore."""
+        return self.at_restore and not self.replay
+
 
 OPTIONS: t.Tuple[Option, ...] = (
     Option("tcp_established", "--tcp-established", "bool", True, True, True),
@@ -72,7 +81,7 @@ def normalise(params: t.Mapping[str, t.Any], at: str) -> t.Dict[str, t.Any]:
     """The options ``params`` give for ``at`` ("dump" or "restore"), validated and typed; None for those not given."""
     chosen: t.Dict[str, t.Any] = {}
     for option in OPTIONS:
-        if not (option.at_dump if at == "dump" else option.at_restore):
+        if not option.applies(at):
             continue
         value = params.get(option.name)
         if value is None or value == []:

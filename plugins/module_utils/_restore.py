@@ -20,6 +20,7 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
@@ -223,9 +224,10 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
     engine = podman.Podman.load(timeout)
     previous = recorded_restore(checkpoint, metadata, key)
     running = previous and engine.inspect(str(previous.get("container_id")), timeout)
-    if previous and running and running["state"] == "running" and not params["force"]:
+    live = previous if running and running["state"] == "running" else None  # the copy an earlier restore made, running
+    if running and live and not params["force"]:
         return {"changed": False, "src": src, "pid": running["pid"], "container": running, "checkpoint": shown,
-                "restored": previous, "actions": []}
+                "restored": previous, "actions": [], "diff": diff_.restore(src, live, diff_.restored(live))}
     options = container.restore_options(metadata, params)
     name = container.restore_name(metadata, params, options["tcp_established"])
     problems = host.restore_problems(metadata) + container.restore_problems(engine, metadata, name, timeout)
@@ -234,7 +236,8 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
     host.require_privileges()
     action = "restore %s (checkpoint of container %s) as container %s" % (src, metadata["container"]["name"], name)
     if check_mode:
-        return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action]}
+        return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action],
+                "diff": diff_.restore(src, live, diff_.new_restore(metadata["id"], name))}
     restored, podman_stats, seconds = container.restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
                                                                options, timeout)
     record = restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
@@ -244,6 +247,7 @@ def restore_container(checkpoint: store.Checkpoint, verdict: integrity.Verdict, 
     return {
         "changed": True, "src": src, "pid": restored["pid"], "container": restored, "checkpoint": shown, "restored": record,
         "stats": dict(verdict.stats(), restore_seconds=round(seconds, 3), podman=podman_stats), "actions": [action],
+        "diff": diff_.restore(src, live, diff_.restored(record)),
     }
 
 
@@ -264,7 +268,8 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         shown = integrity.public(metadata)
         previous = live_restore(checkpoint, metadata, key)
         if previous and not params["force"]:
-            return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": []}
+            return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": [],
+                    "diff": diff_.restore(src, previous, diff_.restored(previous))}
         problems = host.restore_problems(metadata) + reopen.problems(checkpoint.images_fd)
         if problems:
             raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
@@ -273,7 +278,8 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         runtime = CriuRuntime.load(params["criu_path"])
         action = "restore %s (checkpoint of pid %s)" % (src, metadata["process"].get("pid"))
         if check_mode:
-            return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action]}
+            return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action],
+                    "diff": diff_.restore(src, previous, diff_.new_restore(metadata["id"]))}
         pid, run = restore_tree(runtime, checkpoint, options, params["timeout"])
         restored_at = procfs.utc_now()
         record = restore_record(metadata["id"], pid, restored_at, starttime=confirm_alive(pid, run.log_path, src).starttime)
@@ -282,4 +288,5 @@ def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     return {
         "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,
         "stats": dict(verdict.stats(), restore_seconds=round(run.duration, 3), criu=run.criu_stats), "actions": [action],
+        "diff": diff_.restore(src, previous, diff_.restored(record)),
     }

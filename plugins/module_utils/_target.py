@@ -68,6 +68,8 @@ class Context:
         self.id = request["id"]
         self.dir_fd, self.directory = store.open_or_create_dir(request["migrate_dir"], "Migration directory")
         self.timeout = float(request["timeout"])
+        # The restore choices the migration was given (manage_cgroups, cgroup_root); the rest replays the dump's.
+        self.restore_options: t.Mapping[str, t.Any] = request.get("restore_options") or {}
         self.key = bytes.fromhex(request["key"]) if request.get("key") else None  # signs restored.json
         self.engine: t.Optional[podman.Podman] = None
         self.source_fd: t.Optional[int] = None  # the source's session (receive): its hang-up is watched while Podman restores
@@ -290,7 +292,7 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     procfs.become_subreaper()
     if page_conn is None:
         runtime.on_spawn = restoring
-        pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, {}), ctx.timeout, leave_stopped=True,
+        pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, ctx.restore_options), ctx.timeout, leave_stopped=True,
                                          pidfile=pidfile)
         restore_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
         return pid, None
@@ -304,7 +306,7 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     page_conn.close()
     journal.record("received", lazy_log=fetcher.log_path, lazy_pages_daemon=procfs.tree_identity(fetcher.proc.pid)[0])
     runtime.on_spawn = restoring
-    pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, {}), ctx.timeout, lazy=True,
+    pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, ctx.restore_options), ctx.timeout, lazy=True,
                                      pidfile=pidfile, work=work)
     journal.data["running_since"] = time.monotonic()
     restore_.confirm_alive(pid, run.log_path, opened.path)

@@ -28,6 +28,7 @@ author:
   - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.CRIU_OPTIONS
   - nucleus.criu.common.TIMEOUT
   - nucleus.criu.common.HMAC
   - nucleus.criu.common.ATTRIBUTES
@@ -35,6 +36,16 @@ attributes:
   check_mode:
     support: full
     details: Validates the process, the destination and criu, and predicts whether a dump would happen.
+  diff_mode:
+    support: partial
+    details:
+      - Shows the checkpoint directories the task changes, by path, each with its C(id), C(name), C(created_at), what it
+        holds (C(pid) and C(comm), or C(container) and C(pid)) and C(image_bytes). Before - the checkpoint at O(dest),
+        if any, and the older ones O(keep) deletes; after - the checkpoint at O(dest). A missing checkpoint shows as
+        nothing, so O(state=absent) shows the checkpoint going; with nothing to do, before and after are the same.
+      - In check mode the new checkpoint shows only what is known before the dump (its C(name), C(pid), and C(comm) or
+        C(container)); its C(id), C(created_at) and C(image_bytes) come with the dump.
+      - Not shown - missing parents of O(dest) made, and files O(link_remap) links aside.
 options:
   state:
     description:
@@ -110,67 +121,6 @@ options:
       - Leave the process stopped (frozen) after the dump, for a two-phase migration; C(kill -CONT) resumes it.
     type: bool
     default: false
-  tcp_established:
-    description:
-      - Checkpoint established TCP connections (C(--tcp-established)), restored as they were. Needed when the process
-        holds one. The network is locked (O(network_lock)) from the dump until the restore, so peers only see a delay.
-      - Mutually exclusive with O(tcp_close).
-    type: bool
-    default: false
-  tcp_close:
-    description:
-      - Do not save established TCP connections (C(--tcp-close)); the restore recreates them closed, and the process sees
-        them end. For connections you want dropped.
-      - A restore of such a checkpoint needs it too; M(nucleus.criu.criu_restore) replays it from the metadata.
-    type: bool
-    default: false
-  skip_in_flight:
-    description:
-      - Leave out connections a listening socket holds that are not established or not yet accepted (C(--skip-in-flight));
-        their clients must connect again. Without it such a socket makes the dump fail.
-    type: bool
-    default: false
-  link_remap:
-    description:
-      - Files the process holds open whose name was unlinked while another hard link keeps them (or that cannot be
-        reopened by their name) are linked aside in their directory so the restore can reopen them (C(--link-remap)).
-        It changes the filesystem.
-    type: bool
-    default: false
-  ghost_limit:
-    description:
-      - Largest deleted-but-open file whose contents are kept inside the images (C(--ghost-limit)); criu's default is 1M.
-        Bytes, or a size with V(K), V(M) or V(G) (powers of 1024), for example V(64M).
-    type: str
-  manage_cgroups:
-    description:
-      - Record the process's cgroups in the images (C(--manage-cgroups)) so a restore can put it back in them (or under
-        O(nucleus.criu.criu_restore#module:cgroup_root)). The mode matters at restore; see
-        O(nucleus.criu.criu_restore#module:manage_cgroups).
-    type: str
-    choices: [none, props, soft, full, strict, ignore]
-  ext_unix_sk:
-    description:
-      - Allow unix sockets connected to processes outside the tree (C(--ext-unix-sk)).
-    type: bool
-    default: false
-  file_locks:
-    description:
-      - Checkpoint file locks (C(--file-locks)).
-    type: bool
-    default: false
-  shell_job:
-    description:
-      - Allow a tree whose session or process group leader is outside it, or that has a terminal (C(--shell-job)).
-      - When omitted, detected from the process.
-      - Recorded, and replayed by the restore.
-    type: bool
-  network_lock:
-    description:
-      - How CRIU blocks the network while it dumps TCP connections. V(nftables) works where iptables is absent.
-    type: str
-    choices: [nftables, iptables, skip]
-    default: nftables
   hash_algorithm:
     description:
       - Digest of every image file in the manifest, recorded in C(metadata.json) so verification uses the same.

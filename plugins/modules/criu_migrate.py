@@ -17,6 +17,8 @@ description:
     them, over ssh, to this collection's own code that it runs there (sent over the session, never installed). The
     target digests every byte as it writes it, verifies the manifest and the signature, restores with the same code
     and checks as M(nucleus.criu.criu_restore), and keeps its copy B(stopped) until the source decides.
+  - It takes every criu option M(nucleus.criu.criu_checkpoint) takes, with the same names and meaning; the dump records
+    them and the target's restore replays those criu needs again, as M(nucleus.criu.criu_restore) does.
   - The decision is journaled on the source (the commit point) before the target is told. Before it, any failure,
     timeout or expired O(lease) resumes the source (SIGCONT, memory intact) and has the target remove its copy.
     After it, the source is never resumed; it is ended once the target runs. The controller, its connection and
@@ -32,6 +34,7 @@ author:
   - nucleus.criu maintainers (@nucleus-criu)
 extends_documentation_fragment:
   - nucleus.criu.common.CRIU_PATH
+  - nucleus.criu.common.CRIU_OPTIONS
   - nucleus.criu.common.TIMEOUT
   - nucleus.criu.common.HMAC
   - nucleus.criu.common.ATTRIBUTES
@@ -66,7 +69,8 @@ options:
         restore a container stopped, so the target's copy runs from its restore while the source container stays
         stopped until the decision; an abort removes the target's copy B(before) the source container runs again, and
         a commit removes the source container.
-      - Only O(mode=copy). O(tcp_established) is passed on to Podman.
+      - Only O(mode=copy). O(tcp_established) and O(file_locks) are passed on to Podman; the other criu options are
+        refused for a container, by name.
     type: str
   engine:
     description:
@@ -145,18 +149,36 @@ options:
         fast link.
     type: int
     default: 120
+  wait:
+    description:
+      - Wait for the outcome (up to O(wait_timeout)). With V(false), return as soon as the migration is journaled and
+        its driver runs, with RV(status); follow it with M(nucleus.criu.criu_migration_info) in an C(until) loop (the
+        P(nucleus.criu.migrate#role) role does). A rerun with V(false) while it runs returns its status unchanged.
+      - Either way the migration runs in its driver, which keeps the lease; a controller that stops waiting or polling
+        changes nothing about its outcome.
+    type: bool
+    default: true
   wait_timeout:
     description:
-      - Seconds the module waits for the outcome. The migration goes on without it; a rerun waits again.
+      - Seconds the module waits for the outcome (O(wait=true)). The migration goes on without it; a rerun waits again.
       - A driver that dies whole (its lease keeper too) is noticed within a second; this run then finishes or undoes
         the migration from the journals, as a rerun would.
     type: int
     default: 1800
-  tcp_established:
+  manage_cgroups:
     description:
-      - Migrate established TCP connections (C(--tcp-established), also for a container).
-    type: bool
-    default: false
+      - Record the process's cgroups in the images (C(--manage-cgroups)) and recreate them on the target with the same
+        mode, so the copy runs in the same cgroups there (or under O(cgroup_root)). See
+        O(nucleus.criu.criu_restore#module:manage_cgroups) for the modes.
+    type: str
+    choices: [none, props, soft, full, strict, ignore]
+  cgroup_root:
+    description:
+      - Restore the copy on the target under these cgroups instead of where it was (C(--cgroup-root)), each
+        V([CONTROLLER:]/PATH), for example V(cpu:/services/job). Use with O(manage_cgroups). Not for a container.
+    type: list
+    elements: str
+    default: []
   hash_algorithm:
     description:
       - Digest of the manifest, see M(nucleus.criu.criu_checkpoint). V(auto) uses V(blake3) when both hosts have it.
@@ -201,6 +223,18 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+status:
+  description:
+    - With O(wait=false), where the migration stands once its driver runs, as M(nucleus.criu.criu_migration_info)
+      returns it in RV(nucleus.criu.criu_migration_info#module:migration) (phase, bytes sent, ...).
+  returned: when O(wait=false) and a migration runs
+  type: dict
+  sample: {"phase": "prepared", "done": false, "driver_running": true, "bytes_sent": 0, "name": "web"}
+msg:
+  description: With O(wait=false), one line saying where the migration stands; on failure, what failed and what to do.
+  returned: when O(wait=false), or on failure
+  type: str
+  sample: "web: prepared, 0.0 MiB sent"
 migration:
   description: The migration as its source journal records it.
   returned: when a migration completed (also on failure, in the failure's details)

@@ -32,6 +32,16 @@ attributes:
   check_mode:
     support: full
     details: Verifies the checkpoint and the host and predicts whether a restore would happen.
+  diff_mode:
+    support: partial
+    details:
+      - Shows the copy of the checkpoint that runs, as C(restored.json) in O(src) records it - its C(pid),
+        C(checkpoint_id), C(restored_at), and C(container) (its name) for a container - under the header C(copy restored
+        from SRC). Before - the live copy an earlier restore made, if any (nothing when there is none, or it is gone);
+        after - the copy this restore made, or the same live copy when there is nothing to do.
+      - In check mode the new copy shows only its C(checkpoint_id) (and C(container)); its C(pid) and C(restored_at)
+        come with the restore.
+      - Not shown - the O(pidfile), and C(restored.json) and C(restore.log) written into O(src).
 options:
   src:
     description:

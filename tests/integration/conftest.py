@@ -132,9 +132,9 @@ def hosts():
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
                env: t.Optional[t.Mapping[str, str]] = None, host: str = "localhost",
-               inventory: t.Optional[str] = None) -> t.Dict[str, t.Any]:
+               inventory: t.Optional[str] = None, diff: bool = False) -> t.Dict[str, t.Any]:
     """Run ``ansible HOST -m nucleus.criu.MODULE -a JSON`` (``env``: extra environment; HOST from ``inventory``, by
-    default localhost) and return the task result.
+    default localhost; ``check``: with ``--check``, ``diff``: with ``--diff``) and return the task result.
 
     The result is read from ansible-core's ``json`` stdout callback, not from the human output. (pytest-ansible's
     ``ansible_module`` fixture would run in-process, but its host management is deprecated upstream.)
@@ -143,8 +143,8 @@ def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
                ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", **(env or {}))
     argv = [ANSIBLE, host, "-m", "nucleus.criu.%s" % module] + (["-a", json.dumps(dict(args))] if args else [])
     argv += ["-i", inventory] if inventory else []
-    if check:
-        argv.append("--check")
+    argv += ["--check"] if check else []
+    argv += ["--diff"] if diff else []
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
     try:
         result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"][host]

@@ -12,10 +12,14 @@ the resource came back (or was closed) across a restore. Modes:
   link-remap DIR   a file opened by a name that was then unlinked while another hard link keeps it
   ghost DIR        a 4 MiB file opened, then deleted (its contents exist only through the open fd)
   append FILE      FILE kept open for appending, a line written to it every 0.1 s (as a service's log)
+  flock FILE       FILE held under an exclusive flock (info: locked|unlocked, asked through another open of FILE)
+  unix-dgram PATH  a datagram socket connected to PATH, bound by a process outside the tree (as a logger's /dev/log),
+                   the count sent to it every 0.1 s (info: sent|error)
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
@@ -114,8 +118,38 @@ def append(path: str) -> t.Callable[[], str]:
     return info
 
 
+def flock(path: str) -> t.Callable[[], str]:
+    handle = open(path, "a")  # pylint: disable=consider-using-with
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    HELD.append(handle)
+
+    def info() -> str:
+        with open(path) as other:  # another open file description: the lock excludes it while it is held
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "locked"
+            return "unlocked"
+    return info
+
+
+def unix_dgram(path: str) -> t.Callable[[], str]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.connect(path)
+    HELD.append(sock)
+
+    def info() -> str:
+        try:
+            sock.send(b"tick")
+            return "sent"
+        except OSError:
+            return "error"
+    return info
+
+
 MODES = {"closed-tcp": closed_tcp, "established-tcp": established_tcp, "listen": listen, "link-remap": link_remap,
-         "ghost": ghost, "append": append}
+         "ghost": ghost, "append": append, "flock": flock,
+         "unix-dgram": unix_dgram}
 
 
 def main() -> None:

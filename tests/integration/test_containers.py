@@ -130,6 +130,36 @@ def test_leave_running_and_a_copy_beside_it(containers, ckpt_dir):
     assert restored["changed"] and state(copy) == "running" and state(name) == "running", restored
 
 
+def test_diff_of_a_container_checkpoint_and_its_restore(containers, ckpt_dir):
+    """--diff names the container: the checkpoint (predicted, made, unchanged), then the copy restored from it."""
+    name = containers.start("diff")
+    dest = str(ckpt_dir / "ck")
+    args = dict(container=name, dest=dest, leave_running=True)
+    pid = int(podman("container", "inspect", "--format", "{{.State.Pid}}", name).stdout)
+    predicted = run_module("criu_checkpoint", args, check=True, diff=True)
+    assert predicted["diff"] == {"before": {}, "after": {dest: {"name": "ck", "container": name, "pid": pid}}}, predicted
+    made = run_module("criu_checkpoint", args, diff=True)
+    checkpoint = {"id": made["checkpoint"]["id"], "name": "ck", "created_at": made["checkpoint"]["created_at"], "container": name,
+                  "pid": pid, "image_bytes": made["stats"]["image_bytes"]}
+    assert made["changed"] and made["diff"] == {"before": {}, "after": {dest: checkpoint}}, made
+    again = run_module("criu_checkpoint", args, diff=True)
+    assert not again["changed"] and again["diff"] == {"before": {dest: checkpoint}, "after": {dest: checkpoint}}, again
+
+    copy = containers.name("diff-copy")
+    restore_args = dict(src=dest, container_name=copy)
+    header = {"before_header": "copy restored from %s" % dest, "after_header": "copy restored from %s" % dest}
+    predicted = run_module("criu_restore", restore_args, check=True, diff=True)
+    assert predicted["diff"] == dict(header, before={}, after={"checkpoint_id": checkpoint["id"], "container": copy}), predicted
+    restored = run_module("criu_restore", restore_args, diff=True)
+    assert restored["changed"] and state(copy) == "running", restored
+    running = {"pid": restored["pid"], "checkpoint_id": checkpoint["id"], "restored_at": restored["restored"]["restored_at"],
+               "container": copy}
+    assert restored["diff"] == dict(header, before={}, after=running), restored
+    for check in (True, False):
+        again = run_module("criu_restore", restore_args, check=check, diff=True)
+        assert not again["changed"] and again["diff"] == dict(header, before=running, after=running), again
+
+
 def test_tcp_connection_kept_across_a_restore(containers, ckpt_dir):
     """On the bridge network, an established connection from the host survives checkpoint and restore."""
     name = containers.start("tcp", "nc -l -p 9000 > /tmp/got; sleep 1000")

@@ -85,7 +85,11 @@ def test_tcp_close_cannot_be_undone_at_restore(option_workloads, ckpt_dir):
         assert refused["failed"] and words in refused["msg"], refused
     both = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "both"), tcp_close=True,
                                               tcp_established=True, leave_running=True))
-    assert both["failed"] and "mutually exclusive" in both["msg"], both
+    assert both["failed"] and "contradict each other" in both["msg"], both
+    # false is no choice at all: a playbook may template either one
+    kept = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(ckpt_dir / "false"), tcp_close=True,
+                                              tcp_established=False, leave_running=True))
+    assert kept["changed"] and kept["checkpoint"]["options"]["tcp_close"] is True, kept
 
 
 def test_skip_in_flight(option_workloads, ckpt_dir):

@@ -20,6 +20,7 @@ from conftest import REPO, proc_state, processes_running, read_state, wait_for
 
 TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+COUNTER = os.path.join(REPO, "demo", "counter.py")
 ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
 MIGRATIONS = "/var/lib/nucleus-criu/migrations"  # criu_migrate's default migrate_dir
 FAILPOINTS = "/run/nucleus-criu-failpoints"  # _journal.FAILPOINTS
@@ -183,18 +184,21 @@ def driver_alive(lock: str) -> bool:
 class Remote:
     """A counter workload started on host-a over ssh, in its own PID (and optionally network) namespace."""
 
-    def __init__(self, hosts: Hosts, name: str, tmp: str, args: str = "", netns: bool = False) -> None:
+    def __init__(self, hosts: Hosts, name: str, tmp: str, args: str = "", netns: bool = False, program: str = COUNTER,
+                 own_session: bool = True) -> None:
+        """``program`` STATE ARGS in its own PID namespace on host-a, in a session of its own unless ``own_session`` is
+        false (its session leader is then outside the tree: a dump needs shell_job)."""
         self.hosts = hosts
         self.name = name
         self.state_file = os.path.join(tmp, name + ".state")
         self.pidfile = "/run/%s.pid" % name
-        program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
+        command = "%s %s %s %s" % (sys.executable, program, self.state_file, args)
         if netns:
-            inner = "sh -c 'ip link set lo up; exec %s'" % program
+            inner = "sh -c 'ip link set lo up; exec %s%s'" % ("setsid " if own_session else "", command)
             namespaces = "--net --pid"
         else:
-            inner, namespaces = program, "--pid"
-        hosts.run("a", "setsid unshare %s --fork setsid %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
+            inner, namespaces = ("setsid " if own_session else "") + command, "--pid"
+        hosts.run("a", "setsid unshare %s --fork %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
         self.pid = wait_for(self._find, what="workload %s to start" % name)
         hosts.run("a", "echo %d > %s" % (self.pid, self.pidfile))
         # It writes its state only once its memory is filled: a second or more per GiB.

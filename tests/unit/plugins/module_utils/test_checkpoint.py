@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
 from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint
+from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
@@ -529,16 +530,18 @@ def test_published_metadata_holds_restore_needs(tmp_path, workload, fake_criu, m
 
 
 def test_state_absent_deletes_a_checkpoint_without_running_criu(tmp_path, monkeypatch):
-    make_checkpoint(tmp_path / "ckpt")
+    metadata = make_checkpoint(tmp_path / "ckpt")
     monkeypatch.setattr(checkpoint.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     dest = str(tmp_path / "ckpt")
+    going = {"before": {dest: diff_.checkpoint(metadata)}, "after": {}}
     assert checkpoint.checkpoint(params(dest=dest, state="absent"), True) == {
-        "dest": dest, "changed": True, "actions": ["would delete the checkpoint %s" % dest]}
+        "dest": dest, "changed": True, "actions": ["would delete the checkpoint %s" % dest], "diff": going}
     assert os.listdir(tmp_path) == ["ckpt"]
     assert checkpoint.checkpoint(params(dest=dest + "/", state="absent"), False) == {
-        "dest": dest, "changed": True, "actions": ["Delete the checkpoint %s" % dest]}
+        "dest": dest, "changed": True, "actions": ["Delete the checkpoint %s" % dest], "diff": going}
     assert os.listdir(tmp_path) == []
-    assert checkpoint.checkpoint(params(dest=dest, state="absent"), False) == {"dest": dest, "changed": False, "actions": []}
+    assert checkpoint.checkpoint(params(dest=dest, state="absent"), False) == {
+        "dest": dest, "changed": False, "actions": [], "diff": {"before": {}, "after": {}}}
 
 
 def test_state_absent_refuses_what_is_not_a_checkpoint(tmp_path):
@@ -582,6 +585,21 @@ def test_keep_deletes_the_oldest_checkpoints_of_the_name(tmp_path, workload, fak
     assert verify_at(dest).problems == []
 
 
+def test_keep_shows_the_older_checkpoints_going_in_the_diff(tmp_path, workload, fake_criu):
+    """Check mode predicts the same deletions the dump then makes: before holds DEST (nothing yet) and the older ones."""
+    pid = workload[0]
+    older = {day: make_checkpoint(tmp_path / ("job-%d" % day), name="job", created_at="2025-01-0%dT00:00:00.000000Z" % day)
+             for day in (1, 2)}
+    dest = str(tmp_path / "job-3")
+    args = params(pid=pid, dest=dest, name="job", keep=2, leave_running=True)
+    going = {str(tmp_path / "job-1"): diff_.checkpoint(older[1])}
+    predicted = checkpoint.checkpoint(args, True)["diff"]
+    assert predicted == {"before": going, "after": {dest: {"name": "job", "pid": pid, "comm": "sleep"}}}
+    result = checkpoint.checkpoint(args, False)
+    assert result["diff"] == {"before": going, "after": {dest: diff_.checkpoint(result["checkpoint"])}}
+    assert sorted(os.listdir(tmp_path)) == ["job-2", "job-3"]
+
+
 def test_keep_with_nothing_to_delete_and_without_keep(tmp_path, workload, fake_criu):
     pid = workload[0]
     make_checkpoint(tmp_path / "job-1", name="job")
@@ -595,5 +613,6 @@ def test_keep_with_nothing_to_delete_and_without_keep(tmp_path, workload, fake_c
 def test_keep_in_check_mode_deletes_nothing(tmp_path, workload, fake_criu):
     make_checkpoint(tmp_path / "job-1", name="job")
     result = checkpoint.checkpoint(params(pid=workload[0], dest=str(tmp_path / "job-2"), name="job", keep=1), True)
-    assert result["actions"] == ["would dump pid %d (sleep) to %s" % (workload[0], tmp_path / "job-2")]
+    assert result["actions"] == ["would dump pid %d (sleep) to %s" % (workload[0], tmp_path / "job-2"),
+                                 "would delete the older checkpoint %s (keep 1 of job)" % (tmp_path / "job-1")]
     assert os.listdir(tmp_path) == ["job-1"] and fake_criu.dumps == []

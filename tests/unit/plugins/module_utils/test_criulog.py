@@ -1,9 +1,12 @@
 """Reading CRIU's logs (_criulog)."""
 
+import re
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
+from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, MIGRATE
 
 RLIMIT = "(00.000431) Error (criu/rlimit.c:24): rlimit: Can't setup RLIMIT_NOFILE for self"
 LOG = """\
@@ -52,13 +55,24 @@ def test_error_lines_limit_zero_returns_nothing():
 @pytest.mark.parametrize("line, needle", [
     ("Error (criu/cr-restore.c:2): Can't fork for 1234: File exists", "PID 1234 is already in use"),
     ("Error (x): Connected TCP socket, consider using --tcp-established option.", "tcp_established=true"),
-    ("Error (x): A session leader of 77(77) is outside of its pid namespace", "shell_job=true"),
+    ("Error (x): A session leader of 77(77) is outside of its pid namespace", "unshare --pid --fork setsid"),
+    ("Error (x): The root process 5 is not a session leader. Consider using --shell-job option", "shell_job=true"),
     ("Error (x): Can't dump half of stream unix connection.", "unix stream socket"),
     ("Error (x): iptables-restore failed", "nftables"),
+    ("Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! You can try --file-locks to dump them.",
+     "file_locks=true"),
 ])
 def test_hints(line, needle):
     found = criulog.hints([line])
     assert len(found) == 1 and needle in found[0]
+
+
+def test_every_option_a_hint_names_is_one_a_checkpoint_and_a_migration_take():
+    """A remedy names a module option; criu_migrate dumps as criu_checkpoint does, so both must have it."""
+    named = {word for _pattern, hint in criulog._HINTS for word in re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", hint)}
+    assert {"ext_unix_sk", "ghost_limit", "file_locks", "skip_in_flight"} <= named
+    for spec in (CHECKPOINT, MIGRATE):
+        assert named <= set(spec.argument_spec), sorted(named - set(spec.argument_spec))
 
 
 def test_hints_deduplicated_and_empty_for_unknown():

@@ -41,16 +41,21 @@ def test_delete_removes_a_checkpoint_with_its_litter_and_failed_log(tmp_path):
     _ckpt(tmp_path / "other")
     (tmp_path / ".other.dump-failed.log").write_text("not ours to delete")
     result = lifecycle.delete(str(tmp_path / "ckpt"), 5, False)
+    assert result.pop("diff")["after"] == {}
     assert result == {"dest": str(tmp_path / "ckpt"), "changed": True, "actions": ["Delete the checkpoint %s" % (tmp_path / "ckpt")]}
     assert sorted(os.listdir(tmp_path)) == [".other.dump-failed.log", "other"]  # no lock left either
     # deleting what is not there changes nothing
-    assert lifecycle.delete(str(tmp_path / "ckpt"), 5, False) == {"dest": str(tmp_path / "ckpt"), "changed": False, "actions": []}
+    assert lifecycle.delete(str(tmp_path / "ckpt"), 5, False) == {"dest": str(tmp_path / "ckpt"), "changed": False, "actions": [],
+                                                                  "diff": {"before": {}, "after": {}}}
 
 
 def test_delete_in_check_mode_changes_nothing(tmp_path):
     metadata = _ckpt(tmp_path / "ckpt")
     result = lifecycle.delete(str(tmp_path / "ckpt"), 5, True)
-    assert result == {"dest": str(tmp_path / "ckpt"), "changed": True, "actions": ["would delete the checkpoint %s" % (tmp_path / "ckpt")]}
+    assert result == {"dest": str(tmp_path / "ckpt"), "changed": True, "actions": ["would delete the checkpoint %s" % (tmp_path / "ckpt")],
+                      "diff": {"before": {str(tmp_path / "ckpt"): {"id": metadata["id"], "name": "job", "created_at": _at(1),
+                                                                   "pid": 4242, "image_bytes": len(b"inventory")}},
+                               "after": {}}}
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     with open(tmp_path / "ckpt" / "metadata.json", "rb") as handle:
         assert integrity.parse_metadata(handle.read())[0] == metadata
@@ -198,14 +203,14 @@ def test_prune_keeps_the_newest_of_a_name(tmp_path):
     (tmp_path / "data" / "precious.db").write_text("x")
     (tmp_path / "notes.txt").write_text("x")
     with store.location(str(tmp_path / "job-4")) as loc:
-        removed = lifecycle.prune(loc, "job", 2, 5, None)
+        removed = list(lifecycle.prune(loc, "job", 2, 5, None))
     assert removed == [str(tmp_path / "job-2"), str(tmp_path / "job-1")]  # newest first
     assert sorted(os.listdir(tmp_path)) == [".job-0", "data", "job-3", "job-4", "notes.txt", "other-0"]
     assert (tmp_path / "data" / "precious.db").read_text() == "x"
     for name in ("job-3", "job-4", "other-0", ".job-0"):
         assert (tmp_path / name / "metadata.json").is_file()
     with store.location(str(tmp_path / "job-4")) as loc:
-        assert lifecycle.prune(loc, "job", 2, 5, None) == []  # nothing more to do
+        assert list(lifecycle.prune(loc, "job", 2, 5, None)) == []  # nothing more to do
 
 
 def test_prune_keeps_the_one_at_loc_even_when_it_is_not_among_the_newest(tmp_path):
@@ -213,7 +218,7 @@ def test_prune_keeps_the_one_at_loc_even_when_it_is_not_among_the_newest(tmp_pat
     _ckpt(tmp_path / "here", day=5)
     _ckpt(tmp_path / "older", day=1)
     with store.location(str(tmp_path / "here")) as loc:
-        assert lifecycle.prune(loc, "job", 1, 5, None) == [str(tmp_path / "older")]
+        assert list(lifecycle.prune(loc, "job", 1, 5, None)) == [str(tmp_path / "older")]
     assert sorted(os.listdir(tmp_path)) == ["here", "later"]
 
 
@@ -226,7 +231,7 @@ def test_prune_leaves_what_it_cannot_read_as_a_checkpoint_of_that_name(tmp_path)
     os.chmod(tmp_path / "untrusted", 0o777)
     _ckpt(tmp_path / "other-case", name="Job", day=4)  # names are compared exactly
     with store.location(str(tmp_path / "now")) as loc:
-        assert lifecycle.prune(loc, "job", 1, 5, None) == [str(tmp_path / "old")]
+        assert list(lifecycle.prune(loc, "job", 1, 5, None)) == [str(tmp_path / "old")]
     assert sorted(os.listdir(tmp_path)) == ["broken", "now", "other-case", "untrusted"]
 
 
@@ -241,11 +246,11 @@ def test_prune_counts_and_deletes_only_what_verifies(tmp_path):
         shutil.rmtree(tmp_path / name / "images")
     _ckpt(tmp_path / "unsigned", day=27)
     with store.location(str(tmp_path / "now")) as loc:
-        assert lifecycle.prune(loc, "job", 2, 5, KEY) == []
-        assert lifecycle.prune(loc, "job", 1, 5, KEY) == [str(tmp_path / "genuine")]
+        assert list(lifecycle.prune(loc, "job", 2, 5, KEY)) == []
+        assert list(lifecycle.prune(loc, "job", 1, 5, KEY)) == [str(tmp_path / "genuine")]
     assert sorted(os.listdir(tmp_path)) == ["forged-1", "forged-2", "now", "unsigned"]
     with store.location(str(tmp_path / "now")) as loc:  # without a key the unsigned one counts, the image-less never
-        assert lifecycle.prune(loc, "job", 2, 5, None) == []
+        assert list(lifecycle.prune(loc, "job", 2, 5, None)) == []
 
 
 def test_a_name_too_long_to_be_a_checkpoint_stops_neither_keep_nor_the_listing(tmp_path):
@@ -254,7 +259,27 @@ def test_a_name_too_long_to_be_a_checkpoint_stops_neither_keep_nor_the_listing(t
     (tmp_path / ("x" * 240)).mkdir()
     assert _paths(lifecycle.listing(_info(tmp_path))["checkpoints"]) == [str(tmp_path / "now"), str(tmp_path / "old")]
     with store.location(str(tmp_path / "now")) as loc:
-        assert lifecycle.prune(loc, "job", 1, 5, None) == [str(tmp_path / "old")]
+        assert list(lifecycle.prune(loc, "job", 1, 5, None)) == [str(tmp_path / "old")]
+
+
+def test_surplus_predicts_what_prune_deletes_with_the_dump_still_to_come(tmp_path):
+    """Check mode: the dump to come at loc is the newest; what loc holds now (force replaces it) does not count."""
+    for day in (1, 2, 3):
+        _ckpt(tmp_path / ("job-%d" % day), day=day)
+    with store.location(str(tmp_path / "job-2")) as loc:
+        predicted = lifecycle.surplus(loc, "job", 2, 5, None, _at(9))
+        assert list(predicted) == [str(tmp_path / "job-1")]
+        assert predicted[str(tmp_path / "job-1")]["created_at"] == _at(1)
+    with store.location(str(tmp_path / "job-4")) as loc:  # a new dest
+        assert list(lifecycle.surplus(loc, "job", 2, 5, None, _at(9))) == [str(tmp_path / "job-2"), str(tmp_path / "job-1")]
+    assert sorted(os.listdir(tmp_path)) == ["job-1", "job-2", "job-3"]  # nothing deleted
+
+
+def test_prune_returns_the_metadata_of_what_it_deleted(tmp_path):
+    _ckpt(tmp_path / "now", day=9)
+    old = _ckpt(tmp_path / "old", day=1)
+    with store.location(str(tmp_path / "now")) as loc:
+        assert lifecycle.prune(loc, "job", 1, 5, None) == {str(tmp_path / "old"): old}
 
 
 def test_prune_waits_for_a_locked_checkpoint(tmp_path):

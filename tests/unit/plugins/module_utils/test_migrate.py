@@ -237,7 +237,7 @@ def _stopped_source_advice(monkeypatch, answer):
         return {"journal": answer}
     monkeypatch.setattr(remote, "ask", ask)
     settings = migrate.Settings(name="web", directory="/var/lib/nucleus-criu/migrations", target=remote.SshTarget("b"),
-                                mode="copy", lease=60, timeout=60, key=None, algorithm="sha256", tcp_established=False,
+                                mode="copy", lease=60, timeout=60, key=None, algorithm="sha256", criu={},
                                 target_pidfile=None, cleanup="all")
     return migrate._stopped_source(settings, b"", 4242, "id")  # pylint: disable=protected-access
 

@@ -22,8 +22,9 @@ SPECS = {"criu_checkpoint": argspec.CHECKPOINT, "criu_restore": argspec.RESTORE,
 
 
 class FakeModule:
-    def __init__(self):
+    def __init__(self, diff=False):
         self.calls = []
+        self._diff = diff
 
     def exit_json(self, **kwargs):
         self.calls.append(("exit", kwargs))
@@ -39,6 +40,15 @@ def test_success_exits_with_result():
     with pytest.raises(SystemExit):
         _module.run_module(module, lambda: {"changed": True, "pid": 7})
     assert module.calls == [("exit", {"changed": True, "pid": 7})]
+
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_diff_is_returned_only_under_diff_mode(diff):
+    module = FakeModule(diff=diff)
+    shown = {"before": {}, "after": {"pid": 7}}
+    with pytest.raises(SystemExit):
+        _module.run_module(module, lambda: {"changed": True, "diff": shown})
+    assert module.calls == [("exit", dict({"changed": True}, **({"diff": shown} if diff else {})))]
 
 
 def test_criu_error_becomes_fail_json_with_details():
@@ -191,8 +201,6 @@ def _checkpoint_module(given):
 @pytest.mark.parametrize("given, message", [
     ({"dest": "/var/lib/criu/x"}, "state is present but any of the following are missing: pid, pidfile"),
     ({"dest": "/var/lib/criu/x", "state": "present"}, "state is present but any of the following are missing: pid, pidfile"),
-    ({"dest": "/var/lib/criu/x", "pid": 1, "tcp_established": True, "tcp_close": True},
-     "parameters are mutually exclusive: tcp_established|tcp_close"),
     ({"dest": "/var/lib/criu/x", "pid": 1, "pidfile": "/run/x.pid"}, "parameters are mutually exclusive: pid|pidfile"),
     ({"dest": "/var/lib/criu/x", "state": "gone"}, "value of state must be one of: present, absent"),
 ])

@@ -61,7 +61,7 @@ def resolved(tmp_path, monkeypatch, case) -> t.Tuple[Journal, Hosts]:
         journal = Journal.create(os.dup(fd), str(tmp_path), "web", phase, id="1", role="source", outcome=None, mode=mode,
                                  decision=decision, container=container, sealed_sent=kind == "sealed container",
                                  process={"pid": 100, "tree": []})
-    settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256", False, None, "all")
+    settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256", {}, None, "all")
     migrate.resolve(journal, settings, b"")
     return journal, hosts
 

@@ -36,6 +36,12 @@ def _restored(dest, **record):
         json.dump(record, handle)
 
 
+def _diff(src, before, after):
+    """A restore's diff, as --diff returns it."""
+    header = "copy restored from %s" % src
+    return {"before": before, "after": after, "before_header": header, "after_header": header}
+
+
 def _load_verified(path, key=None, **given):
     with opened_checkpoint(path) as checkpoint:
         return restore.load_verified(checkpoint, key, params(src=str(path), **given))
@@ -211,8 +217,10 @@ def test_restore_is_idempotent_when_restored_process_lives(tmp_path, spawn, monk
     _restored(tmp_path / "c", **record)
     monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     result = restore.restore(params(src=str(tmp_path / "c")), False)
+    shown = {"pid": child.pid, "checkpoint_id": metadata["id"]}
     assert result == {"changed": False, "src": str(tmp_path / "c"), "pid": child.pid,
-                      "checkpoint": integrity.public(metadata), "restored": record, "actions": []}
+                      "checkpoint": integrity.public(metadata), "restored": record, "actions": [],
+                      "diff": _diff(str(tmp_path / "c"), shown, shown)}
     assert "cmdline" not in result["checkpoint"]["process"]
 
 
@@ -248,6 +256,19 @@ def test_restore_runs_criu_on_the_verified_fds_in_a_private_work_dir(tmp_path, f
     # the restored process lives: a second run changes nothing
     again = restore.restore(params(src=src), False)
     assert again["changed"] is False and again["pid"] == pid and len(fake_criu.calls) == 1
+
+
+def test_a_forced_restore_shows_the_live_copy_replaced_in_the_diff(tmp_path, fake_criu):
+    """force restores beside a live copy: before is that copy, after the new one (check mode: its checkpoint only)."""
+    metadata = _free_ckpt(tmp_path / "c")
+    src = str(tmp_path / "c")
+    first = restore.restore(params(src=src), False)
+    live = {"pid": first["pid"], "checkpoint_id": metadata["id"], "restored_at": first["restored"]["restored_at"]}
+    assert first["diff"] == _diff(src, {}, live)
+    assert restore.restore(params(src=src, force=True), True)["diff"] == _diff(src, live, {"checkpoint_id": metadata["id"]})
+    second = restore.restore(params(src=src, force=True), False)
+    assert second["pid"] != first["pid"] and second["diff"] == _diff(
+        src, live, {"pid": second["pid"], "checkpoint_id": metadata["id"], "restored_at": second["restored"]["restored_at"]})
 
 
 def test_restore_replays_recorded_options_and_applies_choices(tmp_path, fake_criu):
