@@ -173,7 +173,15 @@ migration:
     target:
       description: The target, as the source reaches it.
       type: dict
-      sample: {"host": "10.0.0.2", "label": "root@10.0.0.2:22"}
+      contains:
+        host:
+          description: Its address or name.
+          type: str
+          sample: 10.0.0.2
+        label:
+          description: How messages name it (user, host, port).
+          type: str
+          sample: root@10.0.0.2:22
     journal:
       description: Path of the journal read.
       type: str

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils import _migration_status as migration_status
 from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, read_progress
@@ -56,7 +57,8 @@ def test_what_the_comparison_finds():
 def test_every_module_has_a_return_doc_to_compare_with():
     modules = sorted(name[:-3] for name in os.listdir(os.path.dirname(migrate.__file__).replace("module_utils", "modules"))
                      if name.endswith(".py") and not name.startswith("_"))
-    assert modules == ["criu_checkpoint", "criu_checkpoint_info", "criu_info", "criu_migrate", "criu_restore", "criu_verify"]
+    assert modules == ["criu_checkpoint", "criu_checkpoint_info", "criu_info", "criu_migrate", "criu_migration_info",
+                       "criu_restore", "criu_verify"]
     for module in modules:
         assert isinstance(return_doc(module), dict) and return_doc(module), module
 
@@ -72,7 +74,7 @@ def test_every_key_of_a_migration_result_is_documented(tmp_path, outcome):
                                  mode="copy", source="a", process={"pid": 4242, "tree": [4242]}, container=container,
                                  target={"label": "root@b:22", "host": "b"}, image_seconds=1.5)
         journal.record("freezing", frozen_at="2026-11-30T10:00:00.000000Z")
-        settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", False,
+        settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", {},
                                     None, "all")
         migrate.Worker(journal, settings, b"")._progress("transfer", force=True)  # pylint: disable=protected-access
         journal.record("completed" if outcome == "completed" else "rolled_back", outcome=outcome, decision="commit",
@@ -90,3 +92,36 @@ def test_every_key_of_a_migration_result_is_documented(tmp_path, outcome):
 
 def test_a_migration_in_check_mode_is_documented():
     assert undocumented({"changed": True, "actions": ["would migrate pid 4242 to b (copy mode)"]}, return_doc("criu_migrate")) == []
+
+
+@pytest.mark.parametrize("outcome", [None, "completed", "rolled_back"])
+def test_a_migration_followed_as_it_goes_is_documented(tmp_path, outcome):
+    """criu_migration_info's result, and criu_migrate's with wait=false (its status is what criu_migration_info returns
+    as migration), from a journal and the progress file the driver writes: while it runs, and after."""
+    with dir_fd(tmp_path) as fd:
+        journal = Journal.create(os.dup(fd), str(tmp_path), "web", "prepared", id="1", role="source", outcome=None,
+                                 mode="copy", source="a", process={"pid": 4242, "tree": [4242]}, container=None,
+                                 target={"label": "root@b:22", "host": "b"}, expected_bytes=1 << 20)
+        journal.record("freezing", frozen_at="2026-11-30T10:00:00.000000Z")
+        settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", {},
+                                    None, "all")
+        migrate.Worker(journal, settings, b"")._progress("transfer", force=True)  # pylint: disable=protected-access
+        if outcome is not None:
+            journal.record(outcome, outcome=outcome, decision="commit" if outcome == "completed" else "abort", target_pid=4343,
+                           running_at="2026-11-30T10:00:01.000000Z", downtime_seconds=1.0, image_bytes=1 << 20,
+                           checkpoint_id="2", error=None if outcome == "completed" else "the target said no",
+                           target_cleanup="done")
+        followed = migration_status.read(str(tmp_path), "web", lambda _fd: outcome is None)
+        started = migrate._running(journal, True)  # pylint: disable=protected-access
+    assert followed["exists"] and followed["migration"]["done"] is (outcome is not None), followed
+    info_doc = return_doc("criu_migration_info")
+    assert undocumented(followed, info_doc) == []
+    assert undocumented(started, return_doc("criu_migrate"), whole=["status"]) == []
+    assert undocumented(started["status"], info_doc["migration"]["contains"]) == []
+    if outcome == "rolled_back":
+        assert "Rolled back" in followed["msg"], followed
+
+
+def test_no_migration_to_follow_is_documented(tmp_path):
+    for directory in (str(tmp_path), str(tmp_path / "never-made")):
+        assert undocumented(migration_status.read(directory, "web", lambda _fd: False), return_doc("criu_migration_info")) == []
