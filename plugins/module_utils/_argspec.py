@@ -145,6 +145,7 @@ MIGRATE = _spec(dict({
     "mode": {"type": "str", "default": "copy", "choices": MIGRATE_MODES},
     "lease": {"type": "int", "default": 120},
     "wait": {"type": "bool", "default": True},
+    "migration_id": {"type": "str"},
     "wait_timeout": {"type": "int", "default": 1800},
     "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
     "cleanup": {"type": "str", "default": "all", "choices": MIGRATE_CLEANUP},

@@ -894,6 +894,8 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     s = s._replace(directory=directory)
     lock = DriverLock(dir_fd, s.name, create=not check_mode)
     deadline = time.monotonic() + params["wait_timeout"]
+    if params["migration_id"]:
+        return _follow(params["migration_id"], s, code, dir_fd, directory, lock, deadline)
     stack = contextlib.ExitStack()
     try:
         while not lock.try_acquire():
@@ -972,6 +974,19 @@ def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, work
     what = "pid %d" % pid if found is None else "container %s" % found["name"]
     image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
     return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}
+
+
+def _follow(migration_id: str, s: Settings, code: bytes, dir_fd: int, directory: str, lock: DriverLock,
+            deadline: float) -> t.Dict[str, t.Any]:
+    """migration_id: wait for that migration's outcome (resolving it, should its driver have died) and report it, as
+    the run that started it would have; never start another (a rolled-back one stays rolled back). Following changes
+    nothing the migration would not have: the run that started it reported the change."""
+    journal = source_journal(dir_fd, directory, s.name)
+    if journal is None or journal.get("id") != migration_id:
+        holds = "no journal" if journal is None else journal.get("id")
+        raise CriuError("The journal of migration %s in %s is not that of migration id %s (it holds %s): there is nothing of it "
+                        "to follow. Leave migration_id out to migrate." % (s.name, directory, migration_id, holds))
+    return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, directory, s.name))
 
 
 def _running(journal: Journal, changed: bool) -> t.Dict[str, t.Any]:

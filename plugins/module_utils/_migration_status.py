@@ -31,15 +31,15 @@ def _seconds_between(start: t.Optional[str], end: t.Optional[str]) -> t.Optional
 
 def describe(journal: Journal, progress: t.Mapping[str, t.Any], driver_running: bool) -> t.Dict[str, t.Any]:
     """The migration as an operator follows it: phase, bytes sent of the expected total, rate, how long the workload
-    has been frozen (until its copy ran), and the outcome once there is one. ``done``: the outcome is final and no
-    driver is left to change it."""
+    has been frozen (until its copy ran), and the outcome once there is one. ``done``: there is an outcome and no
+    driver is left to change it (in doubt, only a rerun can)."""
     data = journal.data
     outcome = data.get("outcome")
     frozen_until = data.get("running_at") or (None if outcome is None else data.get("history", [{}])[-1].get("at"))
     return {
         "id": data.get("id"), "name": data.get("name"), "role": data.get("role"), "mode": data.get("mode"),
         "phase": journal.phase, "outcome": outcome, "decision": data.get("decision"), "error": data.get("error"),
-        "driver_running": driver_running, "done": outcome in ("completed", "rolled_back", "aborted") and not driver_running,
+        "driver_running": driver_running, "done": outcome is not None and not driver_running,
         "step": progress.get("step"), "bytes_sent": progress.get("bytes_sent", 0), "expected_bytes": data.get("expected_bytes"),
         "rate_mib_s": progress.get("rate_mib_s"), "progress_at": progress.get("at"),
         "frozen_at": data.get("frozen_at"), "frozen_seconds": _seconds_between(data.get("frozen_at"), frozen_until),

@@ -158,6 +158,14 @@ options:
         changes nothing about its outcome.
     type: bool
     default: true
+  migration_id:
+    description:
+      - Follow the migration of O(name) with this id (the C(id) in RV(status) of a run with O(wait=false)) instead of starting
+        one - wait for its outcome, finish or undo it should its driver have died, and report it, as the run that
+        started it would have with O(wait=true), with C(changed=false) (the run that started it reported the change).
+        Never starts another migration, so a rolled-back one stays rolled back (a rerun without it tries again).
+      - The other options must be those the migration was started with.
+    type: str
   wait_timeout:
     description:
       - Seconds the module waits for the outcome (O(wait=true)). The migration goes on without it; a rerun waits again.

@@ -119,7 +119,9 @@ migration:
       type: bool
       sample: false
     done:
-      description: The outcome is final and no driver is left to change it; the condition of an C(until) loop.
+      description:
+        - There is an outcome and no driver is left to change it; the condition of an C(until) loop. An outcome of
+          V(in_doubt) is done too - only a rerun of M(nucleus.criu.criu_migrate) resolves it.
       type: bool
       sample: true
     step:

@@ -53,6 +53,13 @@ def test_wait_false_returns_while_it_runs_and_migration_info_follows_it_to_the_e
 
     again = run_module("criu_migrate", migrate_args(hosts, workload, wait=False), host="host-a", inventory=hosts.inventory)
     assert not again["changed"] and again["migration"]["outcome"] == "completed", again
+    followed = run_module("criu_migrate", migrate_args(hosts, workload, migration_id=status["id"]), host="host-a",
+                          inventory=hosts.inventory)
+    assert followed["migration"]["outcome"] == "completed" and followed["migration"]["id"] == status["id"], followed
+    assert not followed["changed"], "following changes nothing: the run that started it said so"
+    other = run_module("criu_migrate", migrate_args(hosts, workload, migration_id="not-" + status["id"]), host="host-a",
+                       inventory=hosts.inventory)
+    assert other["failed"] and "nothing of it to follow" in other["msg"], other
 
 
 def test_migration_info_of_nothing_creates_nothing(hosts):
