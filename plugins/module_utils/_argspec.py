@@ -34,24 +34,7 @@ def _criu_options(at: str) -> t.Dict[str, t.Dict[str, t.Any]]:
     """The criu options of _options.OPTIONS that ``at`` ("dump", "restore" or "migrate") takes. At dump a flag left
     out is off; at restore an option left out replays what the dump recorded; a migration takes every option, as
     the dump and the restore it makes would."""
-    specs: t.Dict[str, t.Dict[str, t.Any]] = {}
-    for option in OPTIONS:
-        if not option.applies(at):
-            continue
-        if option.kind == "bool":
-            spec: t.Dict[str, t.Any] = {"type": "bool"}
-            if at != "restore" and option.name != "shell_job":
-                spec["default"] = False
-        elif option.kind == "list":
-            spec = {"type": "list", "elements": "str", "default": []}
-        else:
-            spec = {"type": "str"}
-        if option.choices:
-            spec["choices"] = list(option.choices)
-        if option.name == "network_lock":
-            spec["default"] = "nftables"
-        specs[option.name] = spec
-    return specs
+    return {option.name: option.spec(at) for option in OPTIONS if option.applies(at)}
 
 
 class Spec(t.NamedTuple):

@@ -28,15 +28,14 @@ RUNC_CONFIG_REMEDY = ("runc has criu read it as root for every container that na
                       "root's, or remove it.")
 PLUGIN_REMEDY = "criu loads every .so there into itself as root when runc runs it for a container: keep it root's, or remove it."
 # The criu options Podman passes on for a container; every other one is refused rather than silently dropped.
-PASSED_OPTIONS = ("tcp_established", "file_locks")
-RESTORE_OPTIONS = PASSED_OPTIONS + ("ignore_static_ip", "ignore_static_mac")
+RESTORE_OPTIONS = criu_options.PODMAN_PASSES + ("ignore_static_ip", "ignore_static_mac")
 
 
 def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
     """A criu option Podman cannot pass for a container, set to anything but its default, is an error naming it,
     never ignored. ``at``: "dump", "restore" or "migrate"."""
     spec = {"dump": CHECKPOINT, "restore": RESTORE, "migrate": MIGRATE}[at].argument_spec
-    given = [option.name for option in criu_options.OPTIONS if option.name in spec and option.name not in PASSED_OPTIONS
+    given = [option.name for option in criu_options.OPTIONS if option.name in spec and not option.podman
              and params.get(option.name) not in (None, spec[option.name].get("default"))]
     if at == "dump" and params.get("leave_stopped"):
         given.append("leave_stopped")
@@ -44,7 +43,7 @@ def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
         them = "it" if len(given) == 1 else "them"
         raise CriuError("%s cannot be used with a container: Podman does not pass %s to criu. Leave %s out (Podman takes "
                         "%s for a container)." % (", ".join(given), them, them,
-                                                  ", ".join(RESTORE_OPTIONS if at == "restore" else PASSED_OPTIONS)))
+                                                  ", ".join(RESTORE_OPTIONS if at == "restore" else criu_options.PODMAN_PASSES)))
 
 
 def require_running(found: t.Optional[t.Mapping[str, t.Any]], name: str) -> t.Mapping[str, t.Any]:
@@ -131,7 +130,7 @@ def same_container(metadata: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[
 
 
 def dump_options(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    options = {name: bool(params.get(name)) for name in PASSED_OPTIONS}
+    options = {name: bool(params.get(name)) for name in criu_options.PODMAN_PASSES}
     options.update(leave_running=params["leave_running"], leave_stopped=False, compress=params["compress"])
     return options
 

@@ -19,43 +19,6 @@ _CGROUP_ROOT_RE = re.compile(r"^([A-Za-z0-9_,]+:)?/[^\x00-\x1f]*$")
 MAX_GHOST_LIMIT = 1 << 40
 
 
-class Option(t.NamedTuple):
-    """One criu option as the modules expose it."""
-
-    name: str
-    flag: str
-    kind: str  # "bool": the flag alone; "value": --flag=VALUE; "list": --flag VALUE for each item
-    at_dump: bool  # criu_checkpoint takes it
-    at_restore: bool  # criu_restore takes it
-    replay: bool  # a restore repeats what the dump used (criu needs it again)
-    choices: t.Optional[t.Tuple[str, ...]] = None
-
-    def applies(self, at: str) -> bool:
-        """Whether ``at`` ("dump", "restore" or "migrate": a dump, then a restore on the target) takes this option."""
-        return {"dump": self.at_dump, "restore": self.at_restore, "migrate": True}[at]
-
-    @property
-    def restore_choice(self) -> bool:
-        """A choice made at restore, not a replay of the dump's: a migration passes it to the target's restore."""
-        return self.at_restore and not self.replay
-
-
-OPTIONS: t.Tuple[Option, ...] = (
-    Option("tcp_established", "--tcp-established", "bool", True, True, True),
-    Option("tcp_close", "--tcp-close", "bool", True, True, True),
-    Option("skip_in_flight", "--skip-in-flight", "bool", True, False, False),
-    Option("ext_unix_sk", "--ext-unix-sk", "bool", True, False, True),
-    Option("file_locks", "--file-locks", "bool", True, False, True),
-    Option("shell_job", "--shell-job", "bool", True, False, True),
-    Option("link_remap", "--link-remap", "bool", True, False, False),
-    Option("ghost_limit", "--ghost-limit", "value", True, False, False),
-    Option("network_lock", "--network-lock", "value", True, False, False, ("nftables", "iptables", "skip")),
-    Option("manage_cgroups", "--manage-cgroups", "value", True, True, False, ("none", "props", "soft", "full", "strict", "ignore")),
-    Option("cgroup_root", "--cgroup-root", "list", False, True, False),
-)
-BY_NAME = {option.name: option for option in OPTIONS}
-
-
 def parse_size(value: t.Any, name: str) -> int:
     """Bytes from an int or a size such as ``8M``, ``512K``, ``1G`` (powers of 1024, as criu reads them)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -70,11 +33,71 @@ def parse_size(value: t.Any, name: str) -> int:
     return size
 
 
-def _check_list(name: str, items: t.Sequence[str], pattern: t.Pattern[str], example: str) -> t.List[str]:
+def parse_cgroup_roots(items: t.Sequence[str], name: str) -> t.List[str]:
+    """``[CONTROLLER[,CONTROLLER]:]/PATH`` items, as criu's --cgroup-root reads them."""
     for item in items:
-        if not pattern.match(item):
-            raise CriuError("%s item %r is not of the form criu expects (e.g. %s)." % (name, item, example))
+        if not _CGROUP_ROOT_RE.match(item):
+            raise CriuError("%s item %r is not of the form criu expects (e.g. /machine/job or cpu,cpuacct:/machine/job)."
+                            % (name, item))
     return list(items)
+
+
+class Option(t.NamedTuple):
+    """One criu option as the modules expose it: every fact about it, so that argument specs, argv, the replay at
+    restore and what Podman passes all derive from this table."""
+
+    name: str
+    flag: str
+    kind: str  # "bool": the flag alone; "value": --flag=VALUE; "list": --flag VALUE for each item
+    at_dump: bool  # criu_checkpoint takes it
+    at_restore: bool  # criu_restore takes it
+    replay: bool  # a restore repeats what the dump used (criu needs it again)
+    choices: t.Optional[t.Tuple[str, ...]] = None
+    default: t.Any = None  # at dump (and migration); at restore an option left out replays, or leaves criu's default
+    parse: t.Optional[t.Callable[[t.Any, str], t.Any]] = None  # validates and types a given value
+    podman: bool = False  # Podman passes it to criu for a container (the same flag), at its checkpoint and restore
+
+    def applies(self, at: str) -> bool:
+        """Whether ``at`` ("dump", "restore" or "migrate": a dump, then a restore on the target) takes this option."""
+        return {"dump": self.at_dump, "restore": self.at_restore, "migrate": True}[at]
+
+    @property
+    def restore_choice(self) -> bool:
+        """A choice made at restore, not a replay of the dump's: a migration passes it to the target's restore."""
+        return self.at_restore and not self.replay
+
+    def spec(self, at: str) -> t.Dict[str, t.Any]:
+        """This option's AnsibleModule argument spec for ``at``."""
+        spec: t.Dict[str, t.Any] = {"type": {"bool": "bool", "value": "str", "list": "list"}[self.kind]}
+        if self.kind == "list":
+            spec.update(elements="str", default=[])
+        elif at != "restore" and self.default is not None:
+            spec["default"] = self.default
+        if self.choices:
+            spec["choices"] = list(self.choices)
+        return spec
+
+
+OPTIONS: t.Tuple[Option, ...] = (
+    Option("tcp_established", "--tcp-established", "bool", True, True, True, default=False, podman=True),
+    Option("tcp_close", "--tcp-close", "bool", True, True, True, default=False),
+    Option("skip_in_flight", "--skip-in-flight", "bool", True, False, False, default=False),
+    Option("ext_unix_sk", "--ext-unix-sk", "bool", True, False, True, default=False),
+    Option("file_locks", "--file-locks", "bool", True, False, True, default=False, podman=True),
+    Option("shell_job", "--shell-job", "bool", True, False, True),  # left out: detected from the process
+    Option("link_remap", "--link-remap", "bool", True, False, False, default=False),
+    Option("ghost_limit", "--ghost-limit", "value", True, False, False, parse=parse_size),
+    Option("network_lock", "--network-lock", "value", True, False, False, ("nftables", "iptables", "skip"), default="nftables"),
+    Option("manage_cgroups", "--manage-cgroups", "value", True, True, False, ("none", "props", "soft", "full", "strict", "ignore")),
+    Option("cgroup_root", "--cgroup-root", "list", False, True, False, parse=parse_cgroup_roots),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+PODMAN_PASSES = tuple(option.name for option in OPTIONS if option.podman)
+
+
+def podman_flags(options: t.Mapping[str, t.Any]) -> t.List[str]:
+    """The flags Podman is given for the criu options it passes that are set in ``options``."""
+    return [option.flag for option in OPTIONS if option.podman and options.get(option.name)]
 
 
 def normalise(params: t.Mapping[str, t.Any], at: str) -> t.Dict[str, t.Any]:
@@ -86,12 +109,8 @@ def normalise(params: t.Mapping[str, t.Any], at: str) -> t.Dict[str, t.Any]:
         value = params.get(option.name)
         if value is None or value == []:
             chosen[option.name] = None
-        elif option.name == "ghost_limit":
-            chosen[option.name] = parse_size(value, option.name)
-        elif option.name == "cgroup_root":
-            chosen[option.name] = _check_list(option.name, value, _CGROUP_ROOT_RE, "/machine/job or cpu,cpuacct:/machine/job")
         else:
-            chosen[option.name] = value
+            chosen[option.name] = option.parse(value, option.name) if option.parse else value
     if chosen.get("tcp_established") and chosen.get("tcp_close"):
         raise CriuError("tcp_established and tcp_close contradict each other: the first keeps established TCP connections, "
                         "the second closes them. Set only one.")

@@ -20,6 +20,7 @@ import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
@@ -144,8 +145,7 @@ class Podman(t.NamedTuple):
         container would be stopped with nothing to restore it from."""
         argv = [self.path, "container", "checkpoint", "--export", "/proc/self/fd/%d" % export_fd,
                 "--compress", options["compress"], "--print-stats", "--keep"]
-        argv += [flag for name, flag in (("leave_running", "--leave-running"), ("tcp_established", "--tcp-established"),
-                                         ("file_locks", "--file-locks")) if options.get(name)]
+        argv += (["--leave-running"] if options.get("leave_running") else []) + criu_options.podman_flags(options)
         output, seconds = run(argv + ["--", container_id], timeout, pass_fds=[export_fd], on_spawn=on_spawn)
         return stats_of(output), seconds
 
@@ -158,9 +158,8 @@ class Podman(t.NamedTuple):
         """Create and restore a container from the export open as ``import_fd``, named ``name`` (None: as it was)."""
         argv = [self.path, "container", "restore", "--import", "/proc/self/fd/%d" % import_fd, "--print-stats"]
         argv += ["--name", name] if name else []
-        argv += [flag for name_, flag in (("tcp_established", "--tcp-established"), ("file_locks", "--file-locks"),
-                                          ("ignore_static_ip", "--ignore-static-ip"), ("ignore_static_mac", "--ignore-static-mac"))
-                 if options.get(name_)]
+        argv += criu_options.podman_flags(options) + [flag for name_, flag in (
+            ("ignore_static_ip", "--ignore-static-ip"), ("ignore_static_mac", "--ignore-static-mac")) if options.get(name_)]
         output, seconds = run(argv, timeout, pass_fds=[import_fd], on_spawn=on_spawn)
         return stats_of(output), seconds
 
