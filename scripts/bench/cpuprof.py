@@ -15,7 +15,7 @@ import os
 import threading
 import typing as t
 
-from bench.summary import cpu_category
+from bench.summary import cpu_category, machine_category
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 INTERVAL = 0.1
@@ -137,3 +137,62 @@ class Sampler:
     def masters_cpu_s(self) -> float:
         """CPU the ssh masters used during the run (those alive before it count from the run's start)."""
         return sum(max(0.0, last - first) for first, last in self.masters.values())
+
+
+class MachineSampler:
+    """Every process on the machine (but this one), sampled every INTERVAL until stop(): the CPU each used in between,
+    by machine_category. The test hosts and the controller share this machine, so this is what a migration costs on
+    both hosts and the controller together. Processes shorter than one interval are missed; the machine's busy time
+    (machine_busy_s) over the same window gives their share, and that of the kernel's interrupts."""
+
+    def __init__(self) -> None:
+        self.first: t.Dict[t.Tuple[int, int], float] = {}
+        self.last: t.Dict[t.Tuple[int, int], t.Tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="machine-cpu-sampler", daemon=True)
+        self._busy_before = 0.0
+        self.busy_s = 0.0
+
+    def start(self) -> MachineSampler:
+        self._scan(baseline=True)
+        self._busy_before = machine_busy_s()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._scan(baseline=False)
+        self.busy_s = machine_busy_s() - self._busy_before
+
+    def _loop(self) -> None:
+        while not self._stop.wait(INTERVAL):
+            self._scan(baseline=False)
+
+    def _scan(self, baseline: bool) -> None:
+        own = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == own:
+                continue
+            stat = read_stat(int(entry))
+            if stat is None:
+                continue
+            comm, cpu, start = stat
+            key = (int(entry), start)
+            if key not in self.first:
+                self.first[key] = cpu if baseline else 0.0
+                self.last[key] = (machine_category(comm, cmdline(int(entry))), cpu)
+            else:
+                self.last[key] = (self.last[key][0], cpu)
+
+    def by_category(self) -> t.Dict[str, float]:
+        """CPU seconds used in the window, by category; what sampling missed as "not sampled"."""
+        found: t.Dict[str, float] = {}
+        for key, (category, cpu) in self.last.items():
+            used = cpu - self.first[key]
+            if used > 0:
+                found[category] = found.get(category, 0.0) + used
+        missed = self.busy_s - sum(found.values())
+        if missed > 0:
+            found["not sampled (short-lived, interrupts, this sampler)"] = missed
+        return found

@@ -20,7 +20,7 @@ import typing as t
 
 from bench import cpuprof, env
 from bench.env import CRIU, BenchError, kill_and_wait
-from bench.summary import between, cpu_profile, phase_durations, rotate
+from bench.summary import between, cpu_profile, per_gib, phase_durations, rotate
 from conftest import alive, proc_state, processes_running
 from testhosts import ADDRESS, Hosts, RemoteOn
 from ansible_collections.nucleus.criu.plugins.module_utils._remote import CIPHER_PREFERENCE
@@ -139,15 +139,21 @@ def migrate(hosts: Hosts, bench: Bench, moves: t.Sequence[t.Tuple[RemoteOn, str,
 
 
 def role_row(hosts: Hosts, bench: Bench, workload: RemoteOn, mode: str) -> t.Dict[str, t.Any]:
-    """The migrate role, host-a -> host-b, one workload (list form): downtime and phases from the source's journal."""
-    wall, journals, _profile = migrate(hosts, bench, [(workload, "a", "b")], mode,
-                                       "ansible-playbook nucleus.criu.migrate (%s, %s)" % (mode, workload.name))
+    """The migrate role, host-a -> host-b, one workload (list form): downtime and phases from the source's journal;
+    the CPU the whole machine spent meanwhile (both hosts and the controller), by category."""
+    sampler = cpuprof.MachineSampler().start()
+    try:
+        wall, journals, _profile = migrate(hosts, bench, [(workload, "a", "b")], mode,
+                                           "ansible-playbook nucleus.criu.migrate (%s, %s)" % (mode, workload.name))
+    finally:
+        sampler.stop()
     journal = journals[0]
     history = journal.get("history") or []
     out = {"%s_downtime_s" % mode: float(journal["downtime_seconds"]), "%s_playbook_s" % mode: wall,
            "%s_dump_s" % mode: journal.get("dump_seconds"), "%s_transfer_s" % mode: journal.get("transfer_seconds"),
            "%s_image_bytes" % mode: journal.get("image_bytes"), "%s_phases" % mode: phase_durations(history),
            "%s_algorithm" % mode: journal.get("algorithm"),
+           "%s_cpu_s" % mode: sampler.busy_s, "%s_cpu_by" % mode: sampler.by_category(),
            "%s_frozen_to_restored_s" % mode: between(history, "frozen", "target_restored")}
     if mode == "postcopy":
         out["postcopy_pages_s"] = between(history, "target_restored", "pages_complete")
@@ -173,15 +179,20 @@ def run_bare(hosts: Hosts, spec: t.Mapping[str, t.Any]) -> t.Dict[str, float]:
     return json.loads(output.splitlines()[-1])
 
 
-def bare_row(hosts: Hosts, bench: Bench, workload: RemoteOn, tag: str) -> t.Dict[str, float]:
+def bare_row(hosts: Hosts, bench: Bench, workload: RemoteOn, tag: str) -> t.Dict[str, t.Any]:
     """bare.py on host-a: one ssh session host-a -> host-b opened before the clock; criu dump --leave-stopped, tar into
     that session, which unpacks and runs criu restore -d on host-b; timed on host-a from the dump's start to the
     session's return, as the role's driver times its downtime on the source."""
     q = shlex.quote
     directory = bare_dir(tag)
     hosts.run("a", "mkdir -p -m 0700 %s/images" % q(directory))
+    sampler = cpuprof.MachineSampler()
     try:
-        stamps = run_bare(hosts, {"criu": CRIU, "pid": workload.pid, "dir": directory})
+        sampler.start()
+        try:
+            stamps = run_bare(hosts, {"criu": CRIU, "pid": workload.pid, "dir": directory})
+        finally:
+            sampler.stop()
         with open(hosts.path("b", "%s/restored.pid" % directory), encoding="ascii") as handle:
             new_pid = int(handle.read().strip())
         if not alive(new_pid) or proc_state(workload.pid) != "T":
@@ -193,7 +204,8 @@ def bare_row(hosts: Hosts, bench: Bench, workload: RemoteOn, tag: str) -> t.Dict
         for host in ("a", "b"):
             hosts.run(host, "rm -rf %s" % q(directory), check=False)
     return {"bare_downtime_s": stamps["t3"] - stamps["t0"], "bare_dump_s": stamps["t1"] - stamps["t0"],
-            "bare_transfer_s": stamps["t2"] - stamps["t1"], "bare_restore_s": stamps["t3"] - stamps["t2"]}
+            "bare_transfer_s": stamps["t2"] - stamps["t1"], "bare_restore_s": stamps["t3"] - stamps["t2"],
+            "bare_cpu_s": sampler.busy_s, "bare_cpu_by": sampler.by_category()}
 
 
 MIGRATION_VARIANTS = ("bare", "copy", "postcopy")
@@ -216,6 +228,8 @@ def migration_run(hosts: Hosts, bench: Bench, mib: int, index: int) -> t.Dict[st
     finally:
         for workload in workloads.values():
             stop_workload(workload)
+    for variant in MIGRATION_VARIANTS:
+        out["%s_cpu_s_per_gib" % variant] = per_gib(out.get("%s_cpu_s" % variant), mib)
     return out
 
 

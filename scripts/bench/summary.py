@@ -44,6 +44,9 @@ RATIOS: t.Dict[str, t.Callable[[Run], float]] = {
         lambda r: (r["restore_module_s"] - r["restore_module_verify_s"] - RESTORE_OVERHEAD_S) / r["restore_raw_s"],
     "verify_vs_cores_sha256": lambda r: r["verify_module_mibps"] / (r["cores"] * r["sha256_1core_mibps"]),
     "downtime_copy_vs_bare": lambda r: r["copy_downtime_s"] / r["bare_downtime_s"],
+    # Issue 26: CPU of the whole machine (both hosts and the controller) while the migration ran, role against bare.
+    "cpu_copy_vs_bare": lambda r: r["copy_cpu_s"] / r["bare_cpu_s"],
+    "cpu_postcopy_vs_bare": lambda r: r["postcopy_cpu_s"] / r["bare_cpu_s"],
     "downtime_copy_minus_bare_s": lambda r: r["copy_downtime_s"] - r["bare_downtime_s"],
     "downtime_postcopy_vs_bare": lambda r: r["postcopy_downtime_s"] / r["bare_downtime_s"],
     "downtime_postcopy_minus_bare_s": lambda r: r["postcopy_downtime_s"] - r["bare_downtime_s"],
@@ -57,6 +60,7 @@ RATIOS: t.Dict[str, t.Callable[[Run], float]] = {
 }
 # Fields of a run that are {label: seconds}: their medians are taken label by label.
 PHASE_FIELDS = ("copy_phases", "postcopy_phases")
+CPU_FIELDS = ("bare_cpu_by", "copy_cpu_by", "postcopy_cpu_by")
 
 
 def ratio_or_none(ratio: t.Callable[[Run], float], run: Run) -> t.Optional[float]:
@@ -77,7 +81,7 @@ def summarise(runs: t.Sequence[Run]) -> t.Dict[str, t.Any]:
     summary: t.Dict[str, t.Any] = {"median": {k: median(r.get(k) for r in runs) for k in keys}, "ratios": {}}
     for name, ratio in RATIOS.items():
         summary["ratios"][name] = median(ratio_or_none(ratio, r) for r in runs)
-    for field in PHASE_FIELDS:
+    for field in PHASE_FIELDS + CPU_FIELDS:
         labels: t.List[str] = []
         for run in runs:
             labels += [label for label in run.get(field) or {} if label not in labels]
@@ -141,6 +145,32 @@ def cpu_category(pid: int, root: int, comm: str, cmdline: str) -> str:
     if "python" in comm or "python" in cmdline.split(" ", 1)[0]:
         return "python (local modules, interpreter probes)"
     return "other (%s)" % comm
+
+
+def machine_category(comm: str, cmdline: str) -> str:
+    """What a process anywhere on the machine is, for the CPU a migration costs on both hosts and the controller
+    (they share this machine): criu, the ssh cipher on either end, Ansible's controller, our own Python on the hosts
+    (the module, the driver and worker, the target's agent: hashing, framing, the journal), a container engine."""
+    if comm == "criu":
+        return "criu"
+    if comm in ("ssh", "sshd") or comm.startswith("sshd"):
+        return "ssh and sshd (cipher, both ends)"
+    if "ansible-playbook" in cmdline or comm.startswith("ansible-playboo"):
+        return "Ansible controller"
+    if comm in ("podman", "conmon", "runc", "crun"):
+        return "container engine"
+    if "python" in comm or "python" in cmdline.split(" ", 1)[0]:
+        return "python on the hosts (nucleus.criu, bare.py)"
+    if comm == "tar":
+        return "tar (bare pipeline)"
+    if comm.startswith(("kworker", "ksoftirqd", "kswapd", "rcu_", "migration/")):
+        return "kernel threads"
+    return "other"
+
+
+def per_gib(cpu_s: t.Optional[float], mib: int) -> t.Optional[float]:
+    """CPU seconds per GiB of workload memory migrated."""
+    return None if cpu_s is None or not mib else cpu_s / (mib / 1024.0)
 
 
 def cpu_profile(seen: t.Mapping[t.Any, t.Tuple[str, float]], total_cpu_s: float, wall_s: float,
@@ -307,6 +337,11 @@ def size_rows() -> t.List[t.Tuple[str, Cell]]:
         ("  ratio (freeze -> restored) / bare", ratio_cell("postcopy_freeze_to_restored_vs_bare")),
         ("  pages fetched after the restore (s)", median_cell("postcopy_pages_s")),
         ("  postcopy playbook wall time (s)", median_cell("postcopy_playbook_s", "%.1f")),
+        ("machine CPU per GiB, bare pipeline (CPU s)", median_cell("bare_cpu_s_per_gib", "%.2f")),
+        ("machine CPU per GiB, migrate role, copy (CPU s)", median_cell("copy_cpu_s_per_gib", "%.2f")),
+        ("  CPU ratio copy / bare (same run)", ratio_cell("cpu_copy_vs_bare")),
+        ("machine CPU per GiB, migrate role, postcopy (CPU s)", median_cell("postcopy_cpu_s_per_gib", "%.2f")),
+        ("  CPU ratio postcopy / bare (same run)", ratio_cell("cpu_postcopy_vs_bare")),
     ]
 
 
@@ -341,6 +376,26 @@ def phase_lines(results: t.Mapping[str, t.Any]) -> t.List[str]:
             note = notes.get(label)
             lines.append(_row(("%s: %s" % (label, note) if note else label)[:LABEL_WIDTH],
                               [fmt((sizes[c]["median"].get(field) or {}).get(label)) for c in cols]))
+    return lines
+
+
+def cpu_lines(results: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Median machine CPU seconds per migrated GiB by category, bare pipeline and role, one column per size."""
+    sizes = results["sizes"]
+    cols = size_order(sizes)
+    lines: t.List[str] = []
+    for variant in ("bare", "copy", "postcopy"):
+        field = "%s_cpu_by" % variant
+        labels: t.List[str] = []
+        for col in cols:
+            labels += [label for label in sizes[col]["median"].get(field) or {} if label not in labels]
+        if not labels:
+            continue
+        title = "bare pipeline" if variant == "bare" else "migrate role, %s" % variant
+        lines += ["", _row("%s: CPU s per GiB, by process" % title, ["%s MiB" % c for c in cols]), _rule(len(cols))]
+        for label in sorted(labels):
+            lines.append(_row(label[:LABEL_WIDTH], [fmt(per_gib((sizes[c]["median"].get(field) or {}).get(label), int(c)), "%.2f")
+                                                    for c in cols]))
     return lines
 
 
@@ -391,6 +446,7 @@ def table(results: t.Mapping[str, t.Any]) -> str:
             if any(c not in ("-", "-/-", "-/-/-") for c in cells):
                 lines.append(_row(label, cells))
     lines += phase_lines(results)
+    lines += cpu_lines(results)
     fanout = results.get("fanout") or {}
     titles = {"list": "list form, one pair (host-a -> host-b)", "pairs": "one workload per pair of hosts"}
     for kind in ("list", "pairs"):

@@ -302,3 +302,33 @@ def test_container_ratios_and_table():
     assert row.count("3.0") == 2
     assert "| criu_restore, module (s)" in text and "1.40x" in text
     assert summary.container_lines({"config": {"runs": 1}, "containers": {}}) == []
+
+
+@pytest.mark.parametrize("comm, cmdline, expected", [
+    ("criu", "/usr/local/sbin/criu dump -t 42", "criu"),
+    ("sshd", "sshd: root@notty", "ssh and sshd (cipher, both ends)"),
+    ("ssh", "ssh -p 2222 root@127.0.0.3 python3 -c x", "ssh and sshd (cipher, both ends)"),
+    ("ansible-playboo", "/venv/bin/python /venv/bin/ansible-playbook nucleus.criu.migrate", "Ansible controller"),
+    ("python3", "/usr/bin/python3 -c import zlib", "python on the hosts (nucleus.criu, bare.py)"),
+    ("conmon", "/usr/bin/conmon --api-version 1", "container engine"),
+    ("tar", "tar -C /x -xf -", "tar (bare pipeline)"),
+    ("kworker/u4:2", "", "kernel threads"),
+    ("sleep", "sleep 1", "other"),
+])
+def test_machine_category(comm, cmdline, expected):
+    assert summary.machine_category(comm, cmdline) == expected
+
+
+def test_cpu_per_gib_rows_and_the_same_run_ratio():
+    runs = [{"size_mib": 256, "run": 0, "bare_cpu_s": 2.0, "copy_cpu_s": 5.0, "bare_cpu_s_per_gib": 8.0, "copy_cpu_s_per_gib": 20.0,
+             "bare_cpu_by": {"criu": 1.0, "ssh and sshd (cipher, both ends)": 1.0}, "copy_cpu_by": {"criu": 1.0, "Ansible controller": 4.0}},
+            {"size_mib": 256, "run": 1, "bare_cpu_s": 2.0, "copy_cpu_s": 7.0, "bare_cpu_s_per_gib": 8.0, "copy_cpu_s_per_gib": 28.0,
+             "bare_cpu_by": {"criu": 1.0}, "copy_cpu_by": {"criu": 3.0, "Ansible controller": 4.0}}]
+    assert summary.per_gib(3.0, 256) == 12.0 and summary.per_gib(None, 256) is None
+    found = summary.summarise(runs)
+    assert found["ratios"]["cpu_copy_vs_bare"] == 3.0  # medians of 2.5x and 3.5x, each within its own run
+    assert found["median"]["copy_cpu_by"] == {"criu": 2.0, "Ansible controller": 4.0}
+    text = summary.table({"sizes": {"256": found}, "config": {"runs": 2, "fanout_mib": 16}, "fanout": {}})
+    assert any(line.startswith("|   CPU ratio copy / bare (same run)") and "3.00x" in line for line in text.splitlines())
+    block = text.splitlines()[text.splitlines().index(next(line for line in text.splitlines() if line.startswith("| migrate role, copy: CPU s per GiB"))):]
+    assert any(line.startswith("| Ansible controller") and "16.00" in line for line in block), block
