@@ -16,6 +16,7 @@ at exactly that step.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -168,3 +169,56 @@ def failpoint(name: str, phase: str) -> None:
             time.sleep(FAILPOINT_POLL)
     finally:
         os.close(dir_fd)
+
+
+# --- the driver lock: held by the driver for as long as it lives --------------------------------------
+
+class DriverLock:
+    """A flock on ``.NAME.driver.lock``. The module takes it, the driver it forks inherits it, and the kernel
+    releases it when the last of them dies: "is a driver alive?" is "is the lock held?"."""
+
+    def __init__(self, dir_fd: int, name: str, create: bool = True, file: t.Optional[str] = None) -> None:
+        self.dir_fd = dir_fd
+        self.file = file or ".%s.driver.lock" % name
+        self.create = create
+        self.fd = -1
+
+    @classmethod
+    def for_workload(cls, dir_fd: int, key: str) -> DriverLock:
+        """The workload's own claim: one migration of a process or container at a time on this host, whatever its name
+        (two controllers, two names: both preflights passed before either froze it, and both drivers moved it)."""
+        return cls(dir_fd, "", file=workload_claim(key))
+
+    def try_acquire(self) -> bool:
+        """Take the lock; without ``create`` (a look that writes nothing) a missing lock file is a free lock: every
+        driver creates it before it starts."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
+        try:
+            self.fd = os.open(self.file, flags, store.FILE_MODE, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return False
+        return True
+
+    def held_elsewhere(self) -> bool:
+        probe = DriverLock(self.dir_fd, "", create=False, file=self.file)
+        if probe.try_acquire():
+            probe.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def workload_claim(key: str) -> str:
+    return ".workload.%s.lock" % key

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
-import fcntl
 import os
 import shlex
 import signal
@@ -44,7 +42,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils import _target as tar
 from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, failpoint, read_progress, require_name
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import DriverLock, Journal, failpoint, read_progress, require_name, workload_claim
 from ansible_collections.nucleus.criu.plugins.module_utils._migration_status import report
 from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
 
@@ -103,55 +101,6 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
     return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
                     float(params["timeout"]), key, params["hash_algorithm"], criu,
                     params["target_pidfile"], params["cleanup"], params["transfer_image"])
-
-
-# --- the driver lock: held by the driver for as long as it lives --------------------------------------
-
-class DriverLock:
-    """A flock on ``.NAME.driver.lock``. The module takes it, the driver it forks inherits it, and the kernel
-    releases it when the last of them dies: "is a driver alive?" is "is the lock held?"."""
-
-    def __init__(self, dir_fd: int, name: str, create: bool = True, file: t.Optional[str] = None) -> None:
-        self.dir_fd = dir_fd
-        self.file = file or ".%s.driver.lock" % name
-        self.create = create
-        self.fd = -1
-
-    @classmethod
-    def for_workload(cls, dir_fd: int, key: str) -> DriverLock:
-        """The workload's own claim: one migration of a process or container at a time on this host, whatever its name
-        (two controllers, two names: both preflights passed before either froze it, and both drivers moved it)."""
-        return cls(dir_fd, "", file=workload_claim(key))
-
-    def try_acquire(self) -> bool:
-        """Take the lock; without ``create`` (a look that writes nothing) a missing lock file is a free lock: every
-        driver creates it before it starts."""
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if self.create else 0)
-        try:
-            self.fd = os.open(self.file, flags, store.FILE_MODE, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(self.fd)
-            self.fd = -1
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            return False
-        return True
-
-    def held_elsewhere(self) -> bool:
-        probe = DriverLock(self.dir_fd, "", create=False, file=self.file)
-        if probe.try_acquire():
-            probe.release()
-            return False
-        return True
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 # --- the source's own copy of the workload ---------------------------------------------------------------
@@ -329,10 +278,6 @@ def workload_key(process: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[str
     """What a workload is on this host, whatever a migration calls it: its container's id, or its root's pid and
     start time (a pid alone is reused)."""
     return "container-%s" % found["id"] if found else "pid-%s-%s" % (process.get("pid"), process.get("starttime"))
-
-
-def workload_claim(key: str) -> str:
-    return ".workload.%s.lock" % key
 
 
 def _cleanup_source(journal: Journal, settings_: Settings) -> None:
@@ -832,12 +777,6 @@ def _already_migrated(journal: Journal, workload: Workload) -> bool:
         return True
     st = procfs.read_stat(pid)
     return pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
-
-
-def migration_info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """The criu_migration_info module's work."""
-    return migration_status.read(os.path.normpath(params["migrate_dir"]), params["name"],
-                                 lambda dir_fd: DriverLock(dir_fd, params["name"], create=False).held_elsewhere())
 
 
 def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settings, code: bytes) -> Journal:

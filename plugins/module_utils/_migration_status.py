@@ -10,12 +10,13 @@ the migration directory: a host where no migration ran answers that none exists.
 from __future__ import annotations
 
 import datetime
+import os
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, read_progress, require_name
+from ansible_collections.nucleus.criu.plugins.module_utils._journal import DriverLock, Journal, read_progress, require_name
 
 MIB = 1048576.0
 
@@ -112,6 +113,12 @@ def summary(migration: t.Mapping[str, t.Any]) -> str:
     if migration.get("frozen_seconds") is not None:
         parts.append("frozen %.1f s" % migration["frozen_seconds"])
     return ", ".join(parts)
+
+
+def migration_info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The criu_migration_info module's work (it imports this module alone: a look every few seconds stays cheap)."""
+    return read(os.path.normpath(params["migrate_dir"]), params["name"],
+                lambda dir_fd: DriverLock(dir_fd, params["name"], create=False).held_elsewhere())
 
 
 def read(directory: str, name: str, driver_running: t.Callable[[int], bool]) -> t.Dict[str, t.Any]:

@@ -190,14 +190,14 @@ migration:
       sample: /var/lib/nucleus-criu/migrations/web.journal.json
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _migrate
+from ansible_collections.nucleus.criu.plugins.module_utils import _migration_status
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import MIGRATION_INFO
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 
 
 def main() -> None:
     module = create_module(MIGRATION_INFO)
-    run_module(module, lambda: _migrate.migration_info(module.params))
+    run_module(module, lambda: _migration_status.migration_info(module.params))
 
 
 if __name__ == "__main__":
