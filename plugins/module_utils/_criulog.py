@@ -39,6 +39,12 @@ _HINTS = (
      "Checkpoint the peer in the same tree, or close the connection first."),
     (re.compile(r"unix.*[Ee]xternal socket|ext-unix-sk"),
      "The process holds a unix socket connected outside the tree: set ext_unix_sk=true if the peer is a datagram socket."),
+    # criu's parasite mounts a proc of its own in the task's working directory under a fixed name (proc.crtools) when
+    # the task's /proc is not its PID namespace's: two dumps at once of tasks sharing a working directory collide.
+    (re.compile(r"[Cc]an't get /proc fd"),
+     "criu could not mount a /proc of the workload's PID namespace in its working directory: another dump of a "
+     "workload with the same working directory was doing the same at that moment (criu uses one fixed name there, "
+     "proc.crtools). Run it again, or give workloads checkpointed at the same time working directories of their own."),
     (re.compile(r"file locks are hold by dumping tasks|--file-locks"),
      "The process holds file locks (flock, POSIX or OFD locks, leases): set file_locks=true to checkpoint them; their "
      "files must be at the same paths when it is restored."),

@@ -185,9 +185,10 @@ class Remote:
     """A counter workload started on host-a over ssh, in its own PID (and optionally network) namespace."""
 
     def __init__(self, hosts: Hosts, name: str, tmp: str, args: str = "", netns: bool = False, program: str = COUNTER,
-                 own_session: bool = True) -> None:
+                 own_session: bool = True, cwd: t.Optional[str] = None) -> None:
         """``program`` STATE ARGS in its own PID namespace on host-a, in a session of its own unless ``own_session`` is
-        false (its session leader is then outside the tree: a dump needs shell_job)."""
+        false (its session leader is then outside the tree: a dump needs shell_job), in ``cwd`` (default: ssh's, the
+        home directory)."""
         self.hosts = hosts
         self.name = name
         self.state_file = os.path.join(tmp, name + ".state")
@@ -198,7 +199,8 @@ class Remote:
             namespaces = "--net --pid"
         else:
             inner, namespaces = ("setsid " if own_session else "") + command, "--pid"
-        hosts.run("a", "setsid unshare %s --fork %s </dev/null >/dev/null 2>&1 &" % (namespaces, inner))
+        hosts.run("a", "%ssetsid unshare %s --fork %s </dev/null >/dev/null 2>&1 &" % (
+            "cd %s; " % cwd if cwd else "", namespaces, inner))
         self.pid = wait_for(self._find, what="workload %s to start" % name)
         hosts.run("a", "echo %d > %s" % (self.pid, self.pidfile))
         # It writes its state only once its memory is filled: a second or more per GiB.

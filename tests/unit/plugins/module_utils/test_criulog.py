@@ -61,6 +61,7 @@ def test_error_lines_limit_zero_returns_nothing():
     ("Error (x): iptables-restore failed", "nftables"),
     ("Error (criu/file-lock.c:110): Some file locks are hold by dumping tasks! You can try --file-locks to dump them.",
      "file_locks=true"),
+    ("pie: 1: Error (criu/pie/parasite.c:828): can't get /proc fd", "working directories of their own"),
 ])
 def test_hints(line, needle):
     found = criulog.hints([line])
