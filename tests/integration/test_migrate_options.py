@@ -114,18 +114,10 @@ def in_flight_client():
         client.wait()
 
 
-def migrate_module(hosts: Hosts, workload: Remote, **options: t.Any) -> t.Dict[str, t.Any]:
-    """criu_migrate ad hoc on host-a (as an operator would try it first), with ``options``."""
-    return run_module("criu_migrate", dict(
-        name=workload.name, pidfile=workload.pidfile, target="127.0.0.3", ssh_port=hosts.port, ssh_key_file=hosts.key,
-        ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null", lease=LEASE, **options),
-        host="host-a", inventory=hosts.inventory)
-
-
 def refused_by_name(hosts: Hosts, workload: Remote, remedy: str, **options: t.Any) -> None:
     """Without its option: refused, the ``remedy`` named, and the workload runs on at the source, alone."""
     token, count = read_state(workload.state_file)
-    refused = migrate_module(hosts, workload, **options)
+    refused = hosts.migrate_module(workload, lease=LEASE, **options)
     assert refused["failed"] and remedy in refused["msg"], refused
     assert wait_for(lambda: workload.running_on("a") == [workload.pid], what="the source to run on")
     assert workload.copies() == [workload.pid], "no copy may exist elsewhere"
@@ -236,7 +228,7 @@ def test_manage_cgroups_and_cgroup_root_place_the_copy_on_the_target(hosts, opti
             with open(os.path.join(source, "cgroup.procs"), "w") as handle:
                 handle.write(str(workload.pid))
             token, count = read_state(workload.state_file)
-            migrated = migrate_module(hosts, workload, manage_cgroups="soft", **options)
+            migrated = hosts.migrate_module(workload, lease=LEASE, manage_cgroups="soft", **options)
             assert migrated["changed"] and not migrated.get("failed"), migrated
             pid = assert_migrated(workload, token, count)
             assert cpu_cgroup(pid) == "/" + os.path.basename(expected)

@@ -9,13 +9,8 @@ import time
 import typing as t
 
 from conftest import read_state, run_module
-from testhosts import MIGRATIONS, Hosts, Remote
+from testhosts import MIGRATIONS, Hosts
 from test_migration import LEASE, assert_migrated, remote  # noqa: F401  # pylint: disable=unused-import
-
-
-def migrate_args(hosts: Hosts, workload: Remote, **extra: t.Any) -> t.Dict[str, t.Any]:
-    return dict(name=workload.name, pidfile=workload.pidfile, target="127.0.0.3", ssh_port=hosts.port, ssh_key_file=hosts.key,
-                ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null", lease=LEASE, **extra)
 
 
 def info(hosts: Hosts, name: str, check: bool = False, migrate_dir: str = MIGRATIONS) -> t.Dict[str, t.Any]:
@@ -26,7 +21,7 @@ def info(hosts: Hosts, name: str, check: bool = False, migrate_dir: str = MIGRAT
 def test_wait_false_returns_while_it_runs_and_migration_info_follows_it_to_the_end(hosts, remote):  # noqa: F811
     workload = remote("followed", "--mem 384")
     token, count = read_state(workload.state_file)
-    started = run_module("criu_migrate", migrate_args(hosts, workload, wait=False), host="host-a", inventory=hosts.inventory)
+    started = hosts.migrate_module(workload, lease=LEASE, wait=False)
     assert started["changed"] and not started.get("failed"), started
     status = started["status"]
     assert status["driver_running"] and not status["done"] and status["outcome"] is None, status
@@ -51,14 +46,12 @@ def test_wait_false_returns_while_it_runs_and_migration_info_follows_it_to_the_e
     assert [entry["bytes_sent"] for entry in seen] == sorted(entry["bytes_sent"] for entry in seen), "bytes only grow"
     assert_migrated(workload, token, count)
 
-    again = run_module("criu_migrate", migrate_args(hosts, workload, wait=False), host="host-a", inventory=hosts.inventory)
+    again = hosts.migrate_module(workload, lease=LEASE, wait=False)
     assert not again["changed"] and again["migration"]["outcome"] == "completed", again
-    followed = run_module("criu_migrate", migrate_args(hosts, workload, migration_id=status["id"]), host="host-a",
-                          inventory=hosts.inventory)
+    followed = hosts.migrate_module(workload, lease=LEASE, migration_id=status["id"])
     assert followed["migration"]["outcome"] == "completed" and followed["migration"]["id"] == status["id"], followed
     assert not followed["changed"], "following changes nothing: the run that started it said so"
-    other = run_module("criu_migrate", migrate_args(hosts, workload, migration_id="not-" + status["id"]), host="host-a",
-                       inventory=hosts.inventory)
+    other = hosts.migrate_module(workload, lease=LEASE, migration_id="not-" + status["id"])
     assert other["failed"] and "nothing of it to follow" in other["msg"], other
 
 
@@ -69,7 +62,9 @@ def test_migration_info_of_nothing_creates_nothing(hosts):
         assert not none_here["changed"] and not none_here["exists"] and none_here["migration"] == {}, none_here
         assert "No migration ever ran" in none_here["msg"]
     assert not os.path.lexists(hosts.path("a", os.path.dirname(missing_dir)))
-    unknown = info(hosts, "never-migrated")
+    holding_others = "/run/nucleus-test-migrations"  # a migration directory with no journal of that name
+    hosts.run("a", "mkdir -p -m 0700 %s" % holding_others)
+    unknown = info(hosts, "never-migrated", migrate_dir=holding_others)
     assert not unknown["exists"] and "No migration named never-migrated" in unknown["msg"], unknown
     bad = info(hosts, "../etc")
     assert bad["failed"] and "must be 1-100 letters" in bad["msg"], bad

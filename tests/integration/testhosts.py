@@ -16,7 +16,7 @@ import subprocess
 import sys
 import typing as t
 
-from conftest import REPO, proc_state, processes_running, read_state, wait_for
+from conftest import REPO, proc_state, processes_running, read_state, run_module, wait_for
 
 TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
@@ -113,6 +113,13 @@ class Hosts:
 
     def migrate(self, **extra: t.Any) -> subprocess.CompletedProcess:
         return subprocess.run(self.playbook_argv(**extra), cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+
+    def migrate_module(self, workload: Remote, **args: t.Any) -> t.Dict[str, t.Any]:
+        """criu_migrate run ad hoc on host-a (as an operator tries it first), moving ``workload`` to host-b."""
+        return run_module("criu_migrate", dict(
+            name=workload.name, pidfile=workload.pidfile, target=ADDRESS["b"], ssh_port=self.port, ssh_key_file=self.key,
+            ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null", **args),
+            host="host-a", inventory=self.inventory)
 
     def start_migrate(self, log: str, **extra: t.Any) -> subprocess.Popen:
         """ansible-playbook in a session of its own (its workers share its process group), output to ``log``."""
