@@ -194,9 +194,15 @@ def test_a_podman_restore_that_hangs_after_starting_the_container_leaves_no_copy
     os.kill(podman_pid, signal.SIGSTOP)
     hosts.clear_failpoints("b")
 
+    def is_monitor_on_b(pid: int) -> bool:
+        try:  # a process Podman started a moment ago may have gone already
+            with open("/proc/%d/comm" % pid) as comm:
+                return comm.read().strip() == "conmon" and mount_ns(pid) == hosts.mount_ns("b")
+        except OSError:
+            return False
+
     def monitors() -> t.List[int]:
-        return [pid for pid in hosts.processes_running(container_id)
-                if open("/proc/%d/comm" % pid).read().strip() == "conmon" and mount_ns(pid) == hosts.mount_ns("b")]
+        return [pid for pid in hosts.processes_running(container_id) if is_monitor_on_b(pid)]
     # Podman runs in small steps until the container's monitor exists: then it hangs, the container started.
     deadline = time.monotonic() + 60
     while not monitors():
