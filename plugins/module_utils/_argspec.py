@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils._options import OPTIONS
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._options import OPTIONS
 
 DEFAULT_TIMEOUT = 120
 ENGINES = ["podman"]

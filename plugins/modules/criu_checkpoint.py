@@ -297,7 +297,7 @@ actions:
   elements: str
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 

@@ -221,7 +221,7 @@ checkpoints:
           type: str
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _lifecycle
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _lifecycle
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT_INFO
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 

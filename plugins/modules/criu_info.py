@@ -290,14 +290,14 @@ process:
       returned: when it exists
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _info as info_
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import INFO
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 
 
 def main() -> None:
     module = create_module(INFO)
-    run_module(module, lambda: host.info(module.params))
+    run_module(module, lambda: info_.info(module.params))
 
 
 if __name__ == "__main__":

@@ -389,7 +389,7 @@ actions:
   elements: str
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import MIGRATE
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 

@@ -190,7 +190,7 @@ migration:
       sample: /var/lib/nucleus-criu/migrations/web.journal.json
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _migration_status
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migration_status
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import MIGRATION_INFO
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 

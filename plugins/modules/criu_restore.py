@@ -330,7 +330,7 @@ actions:
   elements: str
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _restore
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _restore
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import RESTORE
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 

@@ -167,7 +167,7 @@ unexpected_entries:
   sample: ["notes.txt", "restore.log (not a regular file)"]
 """
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _verify
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _verify
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import VERIFY
 from ansible_collections.nucleus.criu.plugins.module_utils._module import create_module, run_module
 

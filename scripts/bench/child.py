@@ -19,7 +19,7 @@ import time
 def main() -> int:
     sys.path.insert(0, sys.argv[1])
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint, _restore, _verify
+    from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint, _restore, _verify
     from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
     kind, params = sys.argv[2], json.loads(sys.argv[3])
     entry = {"checkpoint": lambda: _checkpoint.checkpoint(params, False), "restore": lambda: _restore.restore(params, False),

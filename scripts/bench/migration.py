@@ -23,7 +23,7 @@ from bench.env import CRIU, BenchError, kill_and_wait
 from bench.summary import between, cpu_profile, per_gib, phase_durations, rotate
 from conftest import alive, proc_state, processes_running
 from testhosts import ADDRESS, Hosts, RemoteOn
-from ansible_collections.nucleus.criu.plugins.module_utils._remote import CIPHER_PREFERENCE
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._remote import CIPHER_PREFERENCE
 
 PLAYBOOK_TIMEOUT = 1800
 BARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare.py")

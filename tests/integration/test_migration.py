@@ -1,7 +1,7 @@
 """Fleet migration between two real ssh hosts: exactly once, whatever dies, whenever it dies.
 
 Every kill happens at exactly one step of the protocol: the host that reaches it stops at a failpoint
-(a root-only file in its migration directory, see plugins/module_utils/_journal.py) and says which process
+(a root-only file in its migration directory, see plugins/module_utils/migration/_journal.py) and says which process
 stopped there; the test kills that process, or the controller, or freezes the target's link, then lets the
 migration go on. After each: exactly one running copy of the workload with its memory intact, no frozen
 source past the lease, journals that say what happened, and a rerun of the same command that reports or

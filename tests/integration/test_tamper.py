@@ -212,7 +212,7 @@ def test_keep_counts_only_checkpoints_signed_with_the_key(workloads, ckpt_dir):
 
 REWRITE_MANIFEST = """
 import json, os, sys
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 dest = sys.argv[1]
 metadata = json.load(open(os.path.join(dest, "metadata.json")))
 images = os.open(os.path.join(dest, "images"), os.O_RDONLY | os.O_DIRECTORY)

@@ -6,8 +6,8 @@ import os
 
 import yaml
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
 
 ROLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "criu")
 

@@ -32,8 +32,8 @@ def spawn():
 def scripts_as_elf(monkeypatch):
     """Let validate_binary accept a fake criu *script*: a file starting with "#!" reads as an ELF that names
     no loader and no library directories; anything else is read for real (so real ELFs are still checked)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-    from ansible_collections.nucleus.criu.plugins.module_utils import _elf as elf
+    from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+    from ansible_collections.nucleus.criu.plugins.module_utils.criu import _elf as elf
 
     real = elf.read_elf
 
@@ -51,7 +51,7 @@ def small_chunks(monkeypatch):
     """Shrink _integrity's mapping window and manifest chunk to SMALL_WINDOW and SMALL_CHUNK (so a few hundred KiB
     span many chunks), for the manifests built, the metadata written by mu_helpers and every Digester made without an
     explicit chunk size (its default is bound when the class is defined, so the class is replaced by a subclass)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
     from .mu_helpers import SMALL_CHUNK, SMALL_WINDOW
 
     real = integrity.Digester

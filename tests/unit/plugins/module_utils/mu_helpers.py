@@ -77,7 +77,7 @@ def dir_fd(path):
 
 def manifest_of(images, algorithm="sha256", hashed=None):
     """build_manifest of the images directory at ``images`` (a path)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 
     with dir_fd(images) as fd:
         return integrity.build_manifest(fd, algorithm, hashed)
@@ -86,7 +86,7 @@ def manifest_of(images, algorithm="sha256", hashed=None):
 @contextlib.contextmanager
 def opened_checkpoint(path):
     """The checkpoint at ``path`` opened the way the modules open it (its chain checked, held by fd)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 
     with store.location(str(path)) as loc, store.open_checkpoint(loc) as checkpoint:
         yield checkpoint
@@ -94,7 +94,7 @@ def opened_checkpoint(path):
 
 def verify_at(path, *args, **kwargs):
     """_integrity.verify of the checkpoint at ``path``: a Verdict(metadata, problems, unexpected, seconds, bytes)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 
     with opened_checkpoint(path) as checkpoint:
         return integrity.verify(checkpoint, *args, **kwargs)
@@ -103,7 +103,7 @@ def verify_at(path, *args, **kwargs):
 def whole_file_manifest_of(images, algorithm="sha256"):
     """A schema 1 manifest of the images directory at ``images``: one whole-file digest per image, computed here
     (with hashlib or blake3 directly, not with the code under test)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 
     manifest = []
     for name in sorted(os.listdir(str(images))):
@@ -117,7 +117,7 @@ def whole_file_manifest_of(images, algorithm="sha256"):
 def chunk_digests(data, chunk_bytes, algorithm="sha256"):
     """The digest of every ``chunk_bytes`` slice of ``data`` (one, of the empty string, when it is empty), computed
     independently of the code under test."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 
     new = integrity._blake3.blake3 if algorithm == "blake3" else hashlib.sha256
     return [new(data[offset:offset + chunk_bytes]).hexdigest() for offset in range(0, max(len(data), 1), chunk_bytes)]
@@ -125,7 +125,7 @@ def chunk_digests(data, chunk_bytes, algorithm="sha256"):
 
 def metadata_for(manifest, **changes):
     """A metadata.json document with every required key, schema_version 2 (chunked manifest) unless changed."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 
     metadata = {
         "schema_version": 2, "id": "5b0c1f0e-3c51-4c1e-9d3c-3b1a0c5b6e11", "name": "job",
@@ -150,7 +150,7 @@ def v1_metadata_for(manifest, **changes):
 
 def write_metadata(dest, metadata, key=None):
     """Write metadata.json canonically, and checkpoint.hmac when ``key`` is given (else remove it)."""
-    from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+    from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 
     with open(os.path.join(str(dest), "metadata.json"), "wb") as handle:
         handle.write(integrity.canonical(metadata))

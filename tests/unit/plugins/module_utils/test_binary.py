@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils import _elf as elf
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _elf as elf
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import IS_ROOT, NONROOT_EUID, OTHER_UID, REAL_ELF, needs_root, write_elf, write_exe
 

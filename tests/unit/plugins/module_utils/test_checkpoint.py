@@ -10,14 +10,14 @@ import stat
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
-from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint
-from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint as checkpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import Run
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import Run
 from .mu_helpers import KEY, chunk_digests, make_checkpoint, verify_at, wait_for
 
 

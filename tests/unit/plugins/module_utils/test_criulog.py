@@ -5,7 +5,7 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criulog as criulog
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, MIGRATE
 
 RLIMIT = "(00.000431) Error (criu/rlimit.c:24): rlimit: Can't setup RLIMIT_NOFILE for self"

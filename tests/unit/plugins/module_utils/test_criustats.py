@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
 
 # pycriu.images.dump({"magic": "STATS", "entries": [{"dump": {...}}]}) with every dump counter set.
 STATS_DUMP = (b"@Y\x10U\x063\tW%\x00\x00\x00\n#\x08\x8d\x01\x10\xb4\xc6\x11\x18\xbf% \xa7\x19(\x97\x0e0\x008\xb6\r@"

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _elf as elf
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _elf as elf
 from .mu_helpers import REAL_ELF, write_elf, write_exe
 
 PATCHELF = shutil.which("patchelf")

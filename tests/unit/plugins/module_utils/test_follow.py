@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import SMALL_CHUNK, chunk_digests, dir_fd, manifest_of
 

@@ -5,8 +5,9 @@ import os
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
-from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _info as info_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import KEY, metadata_for, write_exe
 
@@ -98,7 +99,7 @@ def test_key_facts(tmp_path, hmac_key, file_data, expected):
         key_file = str(tmp_path / "key")
         (tmp_path / "key").write_bytes(file_data)
         os.chmod(key_file, 0o600)
-    assert host.key_facts(hmac_key, key_file) == expected
+    assert info_.key_facts(hmac_key, key_file) == expected
 
 
 @pytest.mark.parametrize("hmac_key, hmac_key_file, problem", [
@@ -107,7 +108,7 @@ def test_key_facts(tmp_path, hmac_key, file_data, expected):
     (None, "/nonexistent/key", "does not exist"),
 ])
 def test_key_facts_problems(hmac_key, hmac_key_file, problem):
-    facts = host.key_facts(hmac_key, hmac_key_file)
+    facts = info_.key_facts(hmac_key, hmac_key_file)
     assert facts == {"given": True, "usable": False, "problem": facts["problem"]} and problem in facts["problem"]
     assert "sekrit" not in repr(facts)  # never the key itself
 
@@ -115,7 +116,7 @@ def test_key_facts_problems(hmac_key, hmac_key_file, problem):
 def test_info(tmp_path, scripts_as_elf, spawn):
     good = write_exe(tmp_path / "good" / "criu", GOOD)
     child = spawn(["sleep", "60"])
-    result = host.info(argspec.INFO.defaults(criu_path=good, pid=child.pid, hmac_key=KEY.decode()))
+    result = info_.info(argspec.INFO.defaults(criu_path=good, pid=child.pid, hmac_key=KEY.decode()))
     assert result["changed"] is False and result["criu"]["usable"] is True and result["criu"]["path"] == good
     assert result["kernel"] == os.uname().release and result["arch"] == os.uname().machine
     assert result["can_checkpoint"] is host.can_checkpoint()[0] and result["privilege_problem"] == host.can_checkpoint()[1]
@@ -127,7 +128,7 @@ def test_info(tmp_path, scripts_as_elf, spawn):
 
 
 def test_info_without_process_nor_criu(tmp_path):
-    result = host.info(argspec.INFO.defaults(criu_path=str(tmp_path / "missing")))
+    result = info_.info(argspec.INFO.defaults(criu_path=str(tmp_path / "missing")))
     assert "process" not in result and result["criu"]["usable"] is False
     assert result["signing_key"] == {"given": False, "usable": False, "problem": ""}
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _inspect as inspect_
 from .mu_helpers import make_checkpoint, needs_root, OTHER_UID, opened_checkpoint
 
 REAL_CRIU = "/opt/criu-forky/usr/sbin/criu"

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import (KEY, OTHER_UID, SMALL_CHUNK, chunk_digests, dir_fd, manifest_of, metadata_for, needs_root,
                          opened_checkpoint, v1_metadata_for, verify_at, whole_file_manifest_of, write_metadata)
@@ -1070,7 +1070,7 @@ def test_parse_metadata_refuses_a_huge_size_without_listing_its_chunks():
     metadata = metadata_for([INVENTORY, {"path": "pages-1.img", "size": 2 ** 62, "chunks": ["0" * 64]}])
     code = ("import json, resource, sys\n"
             "resource.setrlimit(resource.RLIMIT_AS, (384 << 20, 384 << 20))\n"
-            "from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity\n"
+            "from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity\n"
             "print(json.dumps(integrity.parse_metadata(sys.stdin.buffer.read())[1]))\n")
     proc = subprocess.run([sys.executable, "-c", code], input=integrity.canonical(metadata), capture_output=True,
                           timeout=120, env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)), check=False)

@@ -7,7 +7,7 @@ import posixpath
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from .mu_helpers import chunk_digests, metadata_for, v1_metadata_for
 
 DIGEST = "0" * 64

@@ -6,12 +6,12 @@ import os
 import threading
 import time
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _journal as journal_module
-from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
-from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _journal as journal_module
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal
 from .mu_helpers import dir_fd
 
 

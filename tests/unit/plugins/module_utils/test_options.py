@@ -3,7 +3,7 @@
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as options
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as options
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 

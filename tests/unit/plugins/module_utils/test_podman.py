@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import metadata_for, write_exe

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import OTHER_UID, needs_root, wait_for
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _reopen as reopen
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import OTHER_UID, dir_fd, needs_root
 

@@ -14,10 +14,10 @@ import typing as t
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
-from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal
 from .mu_helpers import dir_fd
 
 # The source journals a migration can be left in: (phase, decision). A commit is written with its decision.

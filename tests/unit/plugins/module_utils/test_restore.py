@@ -10,12 +10,12 @@ import time
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _restore as restore
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _restore as restore
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir, Run
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir, Run
 from .mu_helpers import KEY, make_checkpoint, opened_checkpoint, wait_for, write_exe
 from .test_criustats import RESTORE_COUNTERS, STATS_RESTORE
 

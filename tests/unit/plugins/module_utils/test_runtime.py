@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _runtime as runtime
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _runtime as runtime
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir, State
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir, State
 from .mu_helpers import open_dir, wait_for, write_exe
 
 RLIMIT = "(00.000100) Error (criu/rlimit.c:24): rlimit: Can't setup RLIMIT_NOFILE for self"

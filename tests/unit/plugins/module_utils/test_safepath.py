@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import IS_ROOT, OTHER_UID, needs_root
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import IS_ROOT, OTHER_UID, dir_fd, make_checkpoint, needs_root
 

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _verify as verify
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _verify as verify
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from .mu_helpers import KEY, make_checkpoint, write_exe
 

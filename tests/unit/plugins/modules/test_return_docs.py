@@ -7,12 +7,12 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _migrate as migrate
-from ansible_collections.nucleus.criu.plugins.module_utils import _migration_status as migration_status
-from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migration_status as migration_status
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import Journal, read_progress
-from ansible_collections.nucleus.criu.plugins.module_utils._container import identity
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal, read_progress
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._container import identity
 from ..module_utils.mu_helpers import dir_fd
 from .return_docs import return_doc, undocumented
 
@@ -55,7 +55,7 @@ def test_what_the_comparison_finds():
 
 
 def test_every_module_has_a_return_doc_to_compare_with():
-    modules = sorted(name[:-3] for name in os.listdir(os.path.dirname(migrate.__file__).replace("module_utils", "modules"))
+    modules = sorted(name[:-3] for name in os.listdir(os.path.join(os.path.dirname(migrate.__file__), "..", "..", "modules"))
                      if name.endswith(".py") and not name.startswith("_"))
     assert modules == ["criu_checkpoint", "criu_checkpoint_info", "criu_info", "criu_migrate", "criu_migration_info",
                        "criu_restore", "criu_verify"]

@@ -18,8 +18,8 @@ import re
 import threading
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FOLLOWED = re.compile(r"pages-[0-9]+\.img\Z")

@@ -12,14 +12,14 @@ import datetime
 import os
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _inspect as inspect_
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _inspect as inspect_
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._procfs import TIME_FORMAT
+from ansible_collections.nucleus.criu.plugins.module_utils.system._procfs import TIME_FORMAT
 
 
 def delete(dest: str, timeout: float, check_mode: bool) -> t.Dict[str, t.Any]:

@@ -19,9 +19,9 @@ import subprocess
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 PODMAN_PATHS = ("/usr/bin/podman", "/usr/local/bin/podman")

@@ -13,10 +13,10 @@ import datetime
 import os
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import DriverLock, Journal, read_progress, require_name
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, read_progress, require_name
 
 MIB = 1048576.0
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
-from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
-from ansible_collections.nucleus.criu.plugins.module_utils._checkpoint import require_timeout
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.operations._checkpoint import require_timeout
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 

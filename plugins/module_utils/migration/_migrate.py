@@ -27,24 +27,24 @@ import traceback
 import typing as t
 import uuid
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _checkpoint as checkpoint_
-from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
-from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
-from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _migration_status as migration_status
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _remote as remote
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
-from ansible_collections.nucleus.criu.plugins.module_utils import _target as target_
-from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint as checkpoint_
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migration_status as migration_status
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _target as target_
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils._journal import DriverLock, Journal, failpoint, read_progress, require_name, workload_claim
-from ansible_collections.nucleus.criu.plugins.module_utils._migration_status import report
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Daemon, Dir
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, failpoint, read_progress, require_name, workload_claim
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._migration_status import report
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
 
 # Source phases before the decision; "committed" is the decision itself.
 PRE_COMMIT = ("prepared", "freezing", "frozen", "target_restored", "pages_complete", "aborting")

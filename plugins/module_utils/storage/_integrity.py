@@ -24,8 +24,8 @@ import time
 import types
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 _blake3: t.Optional[types.ModuleType]  # optional: hash_algorithm=blake3 needs it

@@ -16,7 +16,7 @@ import socket
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 PF_KTHREAD = 0x00200000

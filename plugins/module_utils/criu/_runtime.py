@@ -17,10 +17,10 @@ import subprocess
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils import _criulog as criulog
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criulog as criulog
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 # What becomes of the tree once dumped: dump-only flags (the criu options themselves are in _options).

@@ -12,20 +12,20 @@ import time
 import typing as t
 import uuid
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _container as container
-from ansible_collections.nucleus.criu.plugins.module_utils import _diff as diff_
-from ansible_collections.nucleus.criu.plugins.module_utils import _follow as follow
-from ansible_collections.nucleus.criu.plugins.module_utils import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils import _criustats as criustats
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _lifecycle as lifecycle
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.operations import _lifecycle as lifecycle
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils._runtime import CriuRuntime, Dir
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir
 
 
 def require_timeout(timeout: float) -> None:

@@ -18,8 +18,8 @@ import os
 import stat
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _protowire as protowire
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _protowire as protowire
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FILES_IMAGE = "files.img"

@@ -16,8 +16,8 @@ import stat
 import subprocess
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _elf as elf
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _elf as elf
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 TRUSTED_PATHS = ("/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/bin/criu")

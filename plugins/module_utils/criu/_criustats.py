@@ -11,7 +11,7 @@ import os
 import stat
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _protowire as protowire
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _protowire as protowire
 
 MAGIC_SERVICE = 1427134784  # IMG_SERVICE: the first magic of a service image (criu/include/magic.h)
 MAGIC_STATS = 1460220678

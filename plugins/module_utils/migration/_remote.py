@@ -19,7 +19,7 @@ import tempfile
 import typing as t
 import zlib
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _wire as wire
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 SSH = "/usr/bin/ssh"
@@ -53,7 +53,7 @@ class Payload(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         exec(compile(sources[module.__name__][1], "nucleus.criu:" + module.__name__, "exec"), module.__dict__)
 sys.meta_path.insert(0, Payload())
-from ansible_collections.nucleus.criu.plugins.module_utils import _target
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _target
 _target.main()
 """
 
@@ -101,11 +101,11 @@ def payload() -> bytes:
     for index in range(1, len(parts) + 1):
         sources[".".join(parts[:index])] = (True, "")
     for name, module in sorted(sys.modules.items()):
-        if name.startswith(PACKAGE + "._") and name != PACKAGE + "._module":
+        if name.startswith(PACKAGE + ".") and name != PACKAGE + "._module":
             source = module.__loader__.get_source(name)  # type: ignore[union-attr]
             if source is None:
                 raise CriuError("Cannot read the source of %s to run it on the target." % name)
-            sources[name] = (False, source)
+            sources[name] = (hasattr(module, "__path__"), source)
     return zlib.compress(json.dumps(sources).encode("utf-8"), 6)
 
 

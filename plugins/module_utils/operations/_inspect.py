@@ -16,8 +16,8 @@ import sys
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

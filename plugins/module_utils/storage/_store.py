@@ -22,7 +22,7 @@ import tempfile
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 DIR_MODE = safepath.DIR_MODE

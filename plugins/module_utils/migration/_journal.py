@@ -24,9 +24,9 @@ import re
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FORMAT = 1

@@ -14,12 +14,12 @@ import stat
 import time
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils import _podman as podman
-from ansible_collections.nucleus.criu.plugins.module_utils import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils import _safepath as safepath
-from ansible_collections.nucleus.criu.plugins.module_utils import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, MIGRATE, RESTORE
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
