@@ -20,7 +20,12 @@ from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman 
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
-from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, MIGRATE, RESTORE
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Metadata, Record, Workload
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 EXPORT = integrity.CONTAINER_EXPORT
@@ -34,9 +39,8 @@ RESTORE_OPTIONS = criu_options.PODMAN_PASSES + ("ignore_static_ip", "ignore_stat
 def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
     """A criu option Podman cannot pass for a container, set to anything but its default, is an error naming it,
     never ignored. ``at``: "dump", "restore" or "migrate"."""
-    spec = {"dump": CHECKPOINT, "restore": RESTORE, "migrate": MIGRATE}[at].argument_spec
-    given = [option.name for option in criu_options.OPTIONS if option.name in spec and not option.podman
-             and params.get(option.name) not in (None, spec[option.name].get("default"))]
+    given = [option.name for option in criu_options.OPTIONS if option.applies(at) and not option.podman
+             and params.get(option.name) not in (None, option.spec(at).get("default"))]
     if at == "dump" and params.get("leave_stopped"):
         given.append("leave_stopped")
     if given:
@@ -298,3 +302,213 @@ def host_problems(metadata: t.Mapping[str, t.Any], timeout: float, caps: int) ->
     """Why this host cannot restore the container checkpoint: Podman's readiness, and the image."""
     engine, problems = ready_engine(metadata["container"].get("engine", "podman"), timeout, caps)
     return problems + (restore_problems(engine, metadata, None, timeout) if engine is not None else [])
+
+
+class ContainerWorkload(Workload):
+    """The container named ``name``, as Podman inspected it (``found``: None when there is none)."""
+
+    def __init__(self, name: str, engine: podman.Podman, found: t.Optional[t.Dict[str, t.Any]]) -> None:
+        self.name = name
+        self.engine = engine
+        self.found = found
+
+    @property
+    def what(self) -> str:
+        return "container %s" % self.name
+
+    def result(self) -> t.Dict[str, t.Any]:
+        return {"container": self.name}
+
+    def is_in(self, metadata: Metadata) -> bool:
+        return same_container(metadata, self.found, self.name)
+
+    def require_checkpointable(self, criu_path: t.Optional[str]) -> None:
+        require_running(self.found, self.name)
+
+    def to_come(self, name: str) -> t.Dict[str, t.Any]:
+        found = self.found or {}
+        return diff_.new_checkpoint(name, found.get("pid"), container=found.get("name"))
+
+    def dump(self, loc: store.Location, params: t.Mapping[str, t.Any], key: t.Optional[bytes],
+             algorithm: str) -> t.Dict[str, t.Any]:
+        """Podman's export into a staging dir, hashed, described, signed and published as DEST in one rename. Whatever
+        fails once the checkpoint stopped the container, Podman's own copy of the checkpoint brings it back."""
+        engine, found = self.engine, t.cast(t.Dict[str, t.Any], self.found)
+        options = dump_options(params)
+        recorded, facts = describe(engine, found, params["timeout"])
+        staging: t.Optional[store.Staging] = None
+        try:
+            with seal_.staged(loc) as staging:
+                frozen_at = procfs.utc_now()
+                podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, params["timeout"])
+                flush_started = time.monotonic()
+                manifest = seal_.flushed_manifest(staging.images_fd, algorithm)
+                metadata = seal_.describe(recorded.pop("criu"), params["name"] or loc.name, facts, options, algorithm, manifest,
+                                          recorded)
+                seal_.seal(staging, metadata, key)
+                staging.publish()
+                fsync_seconds = time.monotonic() - flush_started
+        except BaseException as exc:
+            seal_.failed_dump_fate(exc, staging, loc, lambda: bring_back(engine, found, facts["starttime"], params["timeout"]))
+            raise
+        return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
+
+
+def _recorded(record: Record) -> t.Dict[str, t.Any]:
+    return t.cast(t.Dict[str, t.Any], record.get("container"))
+
+
+class Container(Kind):
+    """A Podman container: Podman checkpoints it (runc runs criu) into one export, and imports it again."""
+
+    name = "container"
+
+    def asked(self, params: t.Mapping[str, t.Any]) -> bool:
+        return bool(params.get("container"))
+
+    def holds(self, metadata: Metadata) -> bool:
+        return isinstance(metadata.get("container"), dict)
+
+    def subject(self, metadata: Metadata) -> str:
+        return "container (%s, %s)" % (metadata["container"].get("name"), str(metadata["container"].get("id"))[:12])
+
+    def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
+        refuse_unsupported(params, at)
+
+    def find(self, params: t.Mapping[str, t.Any]) -> Workload:
+        engine = podman.Podman.load(params["timeout"])
+        return ContainerWorkload(params["container"], engine, engine.inspect(params["container"], params["timeout"]))
+
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, params: t.Mapping[str, t.Any],
+                key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
+        """Podman imports and restores the verified export, under ``container_name``."""
+        metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
+        src, timeout = checkpoint.path, params["timeout"]
+        shown = integrity.public(metadata)
+        refuse_unsupported(params, "restore")
+        engine = podman.Podman.load(timeout)
+        previous = restored_.recorded_restore(checkpoint, metadata, key)
+        running = previous and engine.inspect(str(previous.get("container_id")), timeout)
+        live = previous if running and running["state"] == "running" else None  # the copy an earlier restore made, running
+        if running and live and not params["force"]:
+            return {"changed": False, "src": src, "pid": running["pid"], "container": running, "checkpoint": shown,
+                    "restored": previous, "actions": [], "diff": diff_.restore(src, live, diff_.restored(live))}
+        options = restore_options(metadata, params)
+        name = restore_name(metadata, params, options["tcp_established"])
+        problems = host.restore_problems(metadata) + restore_problems(engine, metadata, name, timeout)
+        if problems:
+            raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
+        host.require_privileges()
+        action = "restore %s (checkpoint of container %s) as container %s" % (src, metadata["container"]["name"], name)
+        if check_mode:
+            return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action],
+                    "diff": diff_.restore(src, live, diff_.new_restore(metadata["id"], name))}
+        restored, podman_stats, seconds = restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
+                                                         options, timeout)
+        record = restored_.restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
+                                          container_name=restored["name"])
+        restored_.save_record(checkpoint.fd, record, key)
+        restored_.record_pid(params["pidfile"], src, restored["pid"])
+        return {
+            "changed": True, "src": src, "pid": restored["pid"], "container": restored, "checkpoint": shown, "restored": record,
+            "stats": dict(verdict.stats(), restore_seconds=round(seconds, 3), podman=podman_stats), "actions": [action],
+            "diff": diff_.restore(src, live, diff_.restored(record)),
+        }
+
+    def host_problems(self, metadata: Metadata, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        return host_problems(metadata, timeout, caps)
+
+    # --- a migration, on its source ---------------------------------------------------------------------------
+    def refuse_migration(self, mode: str) -> None:
+        if mode != "copy":
+            raise CriuError("mode=%s cannot migrate a container: Podman restores a container whole, not lazily. Use mode=copy."
+                            % mode)
+
+    def look_up(self, params: t.Mapping[str, t.Any]) -> Found:
+        found = podman.Podman.load(params["timeout"]).inspect(params["container"], params["timeout"])
+        return Found(found["pid"] if found and found["state"] == "running" else None, found)
+
+    def require(self, params: t.Mapping[str, t.Any], found: Found) -> Found:
+        return Found(require_running(found.engine_view, params["container"])["pid"], found.engine_view)
+
+    def describe_found(self, found: Found) -> str:
+        return "container %s" % t.cast(t.Dict[str, t.Any], found.engine_view)["name"]
+
+    def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
+        return {"container": identity(t.cast(t.Dict[str, t.Any], found.engine_view))}
+
+    def already_migrated(self, record: Record, found: Found) -> bool:
+        """Gone (removed at the commit) or still it, stopped (its removal failed). The same container running here
+        again came back since: it migrates anew."""
+        view = found.engine_view
+        return view is None or (view["id"] == _recorded(record)["id"] and view["state"] != "running")
+
+    def reused_pid(self, record: Record, found: Found) -> bool:
+        return False
+
+    def claim_key(self, process: t.Mapping[str, t.Any], record: Record) -> str:
+        return "container-%s" % _recorded(record)["id"]
+
+    def source_problems(self, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        return list(podman.container_facts("podman", timeout, caps)["problems"])
+
+    def target_problems(self, facts: t.Mapping[str, t.Any]) -> t.List[str]:
+        return ["on the target: %s" % problem for problem in facts["container"]["problems"]]
+
+    def image_to_send(self, found: Found, target_facts: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+        if target_facts["container"]["image_present"]:
+            return None
+        view = t.cast(t.Dict[str, t.Any], found.engine_view)
+        return {"image_id": view["image_id"], "image_name": view["image_name"]}
+
+    def save_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
+        podman.Podman.load(timeout).save_image(image["image_id"], fd, timeout)
+
+    def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
+        """Podman checkpoints the container (it stops; Podman keeps a copy to restore it in place from) into the
+        export, which streams to the target while Podman writes it."""
+        engine = podman.Podman.load(freezer.timeout)
+        recorded = _recorded(freezer.journal_data())
+        found = engine.inspect(recorded["id"], freezer.timeout)
+        if found is None or found["pid"] != pid:
+            raise CriuError("Container %s was stopped, restarted or removed since the preflight; nothing was migrated."
+                            % recorded["name"])
+        described, facts = describe(engine, found, freezer.timeout)
+        options = dump_options(dict(freezer.criu, leave_running=False, compress="none"))
+
+        def checkpointing(podman_pid: int) -> None:
+            freezer.note(engine_process=procfs.tree_identity(podman_pid)[0])
+            freezer.reached("checkpointing")  # Podman has the container from here
+
+        freezer.start_freeze(pid)
+        images_path = os.path.join(staging.path, store.IMAGES)
+        with follow.ImageFollower(staging.images_fd, images_path, freezer.algorithm, on_chunk=freezer.send_chunk,
+                                  write_back=False, followed=follow.FOLLOWED_EXPORT) as follower:
+            podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, freezer.timeout, on_spawn=checkpointing)
+            hashed = follower.digests()
+        freezer.note(podman=podman_stats)
+        manifest = freezer.manifest(staging.images_fd, hashed)
+        criu = described.pop("criu")
+        return seal_.describe(criu, freezer.name, facts, options, freezer.algorithm, manifest, described), dump_seconds
+
+    def resume_source(self, record: Record, timeout: float) -> None:
+        """Restored in place from the checkpoint Podman keeps."""
+        resume(podman.Podman.load(timeout), _recorded(record), timeout)
+
+    def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
+        """Stopped by its checkpoint, it is removed with the copy Podman keeps, so that no restore can bring it back."""
+        try:
+            podman.Podman.load(timeout).remove(_recorded(record)["id"], timeout)
+        except CriuError as exc:
+            return exc.msg
+        return None
+
+    def copy_waits_for_commit(self, record: Record) -> bool:
+        # Podman cannot restore a container stopped: once the whole export was sent, the target's copy may run.
+        return not record.get("sealed_sent")
+
+    def runs_on_target_undecided(self, record: Record) -> bool:
+        """Restored and voted for, it runs there while the source's copy is stopped by its checkpoint; unless its lease
+        ran out, a recovery commits it."""
+        return (record.get("phase") == "target_restored" and record.get("decision") is None
+                and record.get("outcome") is None and not record.get("lease_expired"))

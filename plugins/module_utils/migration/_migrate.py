@@ -27,24 +27,22 @@ import traceback
 import typing as t
 import uuid
 
-from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint as checkpoint_
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
-from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migration_status as migration_status
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _target as target_
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
-from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, failpoint, read_progress, require_name, workload_claim
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._migration_status import report
-from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import Daemon
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Kind
 
 # Source phases before the decision; "committed" is the decision itself.
 PRE_COMMIT = ("prepared", "freezing", "frozen", "target_restored", "pages_complete", "aborting")
@@ -80,13 +78,11 @@ class Settings(t.NamedTuple):
 
 def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
     name = require_name(params["name"])
-    if params["container"] and params["mode"] != "copy":
-        raise CriuError("mode=%s cannot migrate a container: Podman restores a container whole, not lazily. Use mode=copy."
-                        % params["mode"])
+    kind = kinds.asked(params)
+    kind.refuse_migration(params["mode"])
     criu = {option.name: params[option.name] for option in criu_options.OPTIONS}
     criu_options.normalise(criu, "migrate")  # a bad value is refused before anything runs
-    if params["container"]:
-        container.refuse_unsupported(params, "migrate")
+    kind.refuse_unsupported(params, "migrate")
     for option in ("lease", "timeout"):
         if params[option] <= 0:
             raise CriuError("%s must be a positive number of seconds, got %s." % (option, params[option]))
@@ -105,33 +101,21 @@ def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
 
 # --- the source's own copy of the workload ---------------------------------------------------------------
 
-def _engine(journal: Journal) -> podman.Podman:
-    return podman.Podman.load(_timeout(journal))
-
-
 def _timeout(journal: Journal) -> float:
     return float((journal.get("settings") or {}).get("timeout") or 60.0)
 
 
 def resume_source(journal: Journal) -> None:
-    """Let the frozen source run on, with its memory intact: SIGCONT to exactly the processes that were frozen, or
-    the container restored in place from the checkpoint Podman keeps. Raises when that cannot be done."""
-    if journal.get("container"):
-        container.resume(_engine(journal), journal.get("container"), _timeout(journal))
-        return
-    procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGCONT)
+    """Let the frozen source run on, with its memory intact, as its kind does it. Raises when that cannot be done."""
+    kinds.of(journal.data).resume_source(journal.data, _timeout(journal))
 
 
 def end_source(journal: Journal) -> None:
-    """The target runs the workload: the frozen source must never run again (a container, stopped by its
-    checkpoint, is removed with the copy Podman keeps, so that no restore can bring it back here)."""
-    if journal.get("container"):
-        try:
-            _engine(journal).remove(journal.get("container")["id"], _timeout(journal))
-        except CriuError as exc:
-            journal.data["source_cleanup_error"] = exc.msg
-        return
-    procfs.wait_gone(procfs.signal_identified(journal.get("process", {}).get("tree") or [], signal.SIGKILL), timeout=10)
+    """The target runs the workload: the frozen source must never run again; what its kind could not clean up is
+    kept in the journal."""
+    problem = kinds.of(journal.data).end_source(journal.data, _timeout(journal))
+    if problem:
+        journal.data["source_cleanup_error"] = problem
 
 
 def stop_criu(journal: Journal) -> None:
@@ -194,9 +178,9 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         journal.record("rolled_back", outcome="rolled_back", decision="abort")
         return
     journal.record("aborting", decision="abort")
-    if journal.get("mode") == "copy" and not (journal.get("container") and journal.get("sealed_sent")):
-        # The target's copy is stopped and only a commit resumes it (a container's is not restored before the
-        # target has the whole export, which it never had): resuming the source first is safe.
+    if kinds.of(journal.data).copy_waits_for_commit(journal.data):
+        # The target's copy is stopped and only a commit resumes it (or is not restored yet): resuming the source
+        # first is safe.
         stop_criu(journal)
         unresumed = _resume_problem(journal)
         answer = _ask_target(settings_, code, journal, "abort")
@@ -219,10 +203,9 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
 
 
 def _runs_on_the_target(journal: Journal) -> bool:
-    """A container the target restored and voted for: it runs there (Podman cannot restore one stopped) while the
-    source's copy is stopped by its checkpoint. Unless its lease ran out, a recovery commits it."""
-    return (bool(journal.get("container")) and journal.phase == "target_restored" and journal.get("decision") is None
-            and journal.get("outcome") is None and not journal.get("lease_expired"))
+    """The target's copy runs there already, voted for, undecided (a container: Podman cannot restore one stopped):
+    unless its lease ran out, a recovery commits it."""
+    return kinds.of(journal.data).runs_on_target_undecided(journal.data)
 
 
 def never_ran(journal: Journal) -> None:
@@ -274,10 +257,11 @@ def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: 
             % where)
 
 
-def workload_key(process: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[str, t.Any]]) -> str:
-    """What a workload is on this host, whatever a migration calls it: its container's id, or its root's pid and
-    start time (a pid alone is reused)."""
-    return "container-%s" % found["id"] if found else "pid-%s-%s" % (process.get("pid"), process.get("starttime"))
+def workload_key(process: t.Mapping[str, t.Any], container: t.Optional[t.Mapping[str, t.Any]]) -> str:
+    """What a workload is on this host, whatever a migration calls it (its kind says: a container's id, a root's pid
+    and start time, since a pid alone is reused); ``container``: the journal's record of one, if any."""
+    record = {"container": container}
+    return kinds.of(record).claim_key(process, record)
 
 
 def _cleanup_source(journal: Journal, settings_: Settings) -> None:
@@ -378,16 +362,6 @@ class Worker:
         elapsed = max(now - self._started, 1e-6)
         self.journal.progress(step=step, bytes_sent=sent, rate_mib_s=round(sent / elapsed / 1048576, 1))
 
-    def _send_chunk(self, name: str, offset: int, data: memoryview) -> None:
-        agent = t.cast(remote.Agent, self.agent)
-        try:
-            agent.channel.send_chunk(name, offset, data)
-        except wire.LinkError as exc:
-            raise _why_the_send_broke(agent, exc) from exc
-        if not self._progress_at:
-            failpoint(self.journal.name, "transferring")  # the first bytes are on their way
-        self._progress("transfer")
-
     def _protocol(self) -> None:
         s, journal = self.settings, self.journal
         journal.record("prepared", driver=procfs.tree_identity(os.getpid())[0])
@@ -406,13 +380,42 @@ class Worker:
             raise CriuError("The workload (pid %d) exited before it could be frozen; nothing was migrated." % pid)
         with store.location(os.path.join(s.directory, s.name)) as loc, store.Lock(loc, s.timeout):
             store.remove_litter(loc)
-            with checkpoint_.staged(loc) as staging:
-                freeze = self._freeze_container if journal.get("container") else self._freeze_process
-                metadata, dump_seconds = freeze(staging, pid)
+            with seal_.staged(loc) as staging:
+                metadata, dump_seconds = kinds.of(journal.data).freeze(self, staging, pid)
                 self._vote(staging, metadata, dump_seconds)
         self._decide()
 
-    def _start_freeze(self, pid: int) -> None:
+    # --- what the workload's kind borrows to freeze it (kinds._kind.Freezer) --------------------------------
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
+
+    @property
+    def algorithm(self) -> str:
+        return self.settings.algorithm
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    @property
+    def criu(self) -> t.Mapping[str, t.Any]:
+        return self.settings.criu
+
+    def journal_data(self) -> t.Mapping[str, t.Any]:
+        return self.journal.data
+
+    def note(self, **fields: t.Any) -> None:
+        self.journal.record(self.journal.phase, **fields)
+
+    def reached(self, step: str) -> None:
+        failpoint(self.journal.name, step)
+
+    def start_freeze(self, pid: int) -> None:
         """The freeze window opens: no Ansible task boundary from here to the decision."""
         s, journal = self.settings, self.journal
         self._started = time.monotonic()
@@ -420,62 +423,23 @@ class Worker:
         journal.record("freezing", process=process, frozen_at=procfs.utc_now(), lease_deadline=self._started + s.lease,
                        boot_id=procfs.boot_id())
 
-    def _freeze_process(self, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
-        """criu dumps the tree (left stopped) while its images stream to the target."""
-        s, journal = self.settings, self.journal
-        runtime = CriuRuntime.load(journal.get("criu_path"))
-        runtime.on_spawn = lambda criu_pid: journal.record(journal.phase, criu=procfs.tree_identity(criu_pid)[0])
-        st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
-        options = checkpoint_.dump_options(
-            CHECKPOINT.defaults(leave_stopped=True, **s.criu), pid, st,
-            [member[0] for member in journal.get("process")["tree"]])
-        options["lazy_pages"] = s.mode == "postcopy"
-        images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
-        work = Dir(staging.fd, staging.path)
-        facts = procfs.process_facts(pid, st)
-        self._start_freeze(pid)
-        with follow.ImageFollower(images.fd, images.path, s.algorithm, on_chunk=self._send_chunk, write_back=False) as follower:
-            if s.mode == "postcopy":
-                self.daemon = runtime.start_lazy_dump(pid, images, work, options, self.relay.sock.fileno(), s.timeout)  # type: ignore[union-attr]
-                dump_seconds = self.daemon.startup
-            else:
-                dump_seconds = runtime.dump(pid, images, work, options, s.timeout).duration
-            hashed = follower.digests()
-        manifest = self._manifest(images.fd, hashed)
-        return checkpoint_.describe(runtime.identity(), s.name, facts, options, s.algorithm, manifest), dump_seconds
+    def lazy_dump(self, start: t.Callable[[int], Daemon]) -> float:
+        self.daemon = start(self.relay.sock.fileno())  # type: ignore[union-attr]
+        return self.daemon.startup
 
-    def _freeze_container(self, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
-        """Podman checkpoints the container (it stops; Podman keeps a copy to restore it in place from) into the
-        export, which streams to the target while Podman writes it."""
-        s, journal = self.settings, self.journal
-        engine = podman.Podman.load(s.timeout)
-        recorded = journal.get("container")
-        found = engine.inspect(recorded["id"], s.timeout)
-        if found is None or found["pid"] != pid:
-            raise CriuError("Container %s was stopped, restarted or removed since the preflight; nothing was migrated."
-                            % recorded["name"])
-        described, facts = container.describe(engine, found, s.timeout)
-        options = container.dump_options(dict(s.criu, leave_running=False, compress="none"))
+    def send_chunk(self, name: str, offset: int, data: memoryview) -> None:
+        agent = t.cast(remote.Agent, self.agent)
+        try:
+            agent.channel.send_chunk(name, offset, data)
+        except wire.LinkError as exc:
+            raise _why_the_send_broke(agent, exc) from exc
+        if not self._progress_at:
+            failpoint(self.journal.name, "transferring")  # the first bytes are on their way
+        self._progress("transfer")
 
-        def checkpointing(podman_pid: int) -> None:
-            journal.record(journal.phase, engine_process=procfs.tree_identity(podman_pid)[0])
-            failpoint(journal.name, "checkpointing")  # Podman has the container from here
-
-        self._start_freeze(pid)
-        images_path = os.path.join(staging.path, store.IMAGES)
-        with follow.ImageFollower(staging.images_fd, images_path, s.algorithm, on_chunk=self._send_chunk, write_back=False,
-                                  followed=follow.FOLLOWED_EXPORT) as follower:
-            podman_stats, dump_seconds = container.export(engine, found, staging.images_fd, options, s.timeout,
-                                                          on_spawn=checkpointing)
-            hashed = follower.digests()
-        journal.data["podman"] = podman_stats
-        manifest = self._manifest(staging.images_fd, hashed)
-        criu = described.pop("criu")
-        return checkpoint_.describe(criu, s.name, facts, options, s.algorithm, manifest, described), dump_seconds
-
-    def _manifest(self, images_fd: int, hashed: t.Dict[str, integrity.FileDigest]) -> t.List[t.Dict[str, t.Any]]:
+    def manifest(self, images_fd: int, hashed: t.Dict[str, integrity.FileDigest]) -> t.List[t.Dict[str, t.Any]]:
         """Send what was not followed while it was written; the manifest of everything sent."""
-        hashed = send_rest(images_fd, hashed, self.settings.algorithm, self._send_chunk)
+        hashed = send_rest(images_fd, hashed, self.settings.algorithm, self.send_chunk)
         return [integrity.manifest_entry(name, hashed[name]) for name in sorted(hashed)]
 
     def _vote(self, staging: store.Staging, metadata: t.Dict[str, t.Any], dump_seconds: float) -> None:
@@ -489,7 +453,7 @@ class Worker:
         journal.record("frozen", dump_seconds=round(dump_seconds, 3), checkpoint_id=metadata["id"],
                        image_bytes=sum(e["size"] for e in manifest), transfer_seconds=round(time.monotonic() - self._started, 3))
         self._progress("verify", force=True)
-        checkpoint_.seal(staging, metadata, s.key, durable=False)
+        seal_.seal(staging, metadata, s.key, durable=False)
         staging.publish(durable=False)
         self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]  # verified
         restored = self.agent.answer(s.link_timeout + s.timeout)  # type: ignore[union-attr]
@@ -606,14 +570,15 @@ def spawn(lock: DriverLock, journal: Journal, settings_: Settings, code: bytes) 
 PREFLIGHT_STOP = "Migration of %s stopped at preflight, before touching the workload: %s"
 
 
-def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str],
-               found: t.Optional[t.Mapping[str, t.Any]], check_mode: bool) -> t.Dict[str, t.Any]:
-    """Everything that can be known before the freeze, on both hosts; raises naming what would fail. A container's
-    image the target lacks is sent first when ``transfer_image`` asks for it (never in check mode)."""
+def _preflight(settings_: Settings, code: bytes, kind: Kind, found: Found, journal_id: str, criu_path: t.Optional[str],
+               check_mode: bool) -> t.Dict[str, t.Any]:
+    """Everything that can be known before the freeze, on both hosts; raises naming what would fail. An image the
+    target lacks (a container's) is sent first when ``transfer_image`` asks for it (never in check mode)."""
     try:
-        facts = _check_both_hosts(settings_, code, pid, journal_id, criu_path, found)
-        if found is not None and not facts["target"]["container"]["image_present"] and not check_mode:
-            facts["image_seconds"] = _send_image(settings_, code, journal_id, found)
+        facts = _check_both_hosts(settings_, code, kind, found, journal_id, criu_path)
+        image = kind.image_to_send(found, facts["target"])
+        if image is not None and not check_mode:
+            facts["image_seconds"] = _send_image(settings_, code, journal_id, kind, image)
         return facts
     except CriuError as exc:
         if not exc.msg.startswith(PREFLIGHT_STOP % (settings_.name, "")):
@@ -621,14 +586,11 @@ def _preflight(settings_: Settings, code: bytes, pid: int, journal_id: str, criu
         raise
 
 
-def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: str, criu_path: t.Optional[str],
-                      found: t.Optional[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
+def _check_both_hosts(settings_: Settings, code: bytes, kind: Kind, found: Found, journal_id: str,
+                      criu_path: t.Optional[str]) -> t.Dict[str, t.Any]:
     host.require_privileges()
-    problems = []
-    if found is None:
-        CriuRuntime.load(criu_path)
-    else:
-        problems += podman.container_facts("podman", settings_.timeout, host.effective_caps())["problems"]
+    problems = kind.source_problems(criu_path, settings_.timeout, host.effective_caps())
+    pid = t.cast(int, found.pid)
     st = procfs.require_checkpointable(pid)
     if st.state == "T":
         raise CriuError(_stopped_source(settings_, code, pid, journal_id), pid=pid)
@@ -639,13 +601,12 @@ def _check_both_hosts(settings_: Settings, code: bytes, pid: int, journal_id: st
     try:
         facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
                            migrate_dir=settings_.directory, timeout=settings_.timeout, transfer_image=settings_.transfer_image,
-                           container=None if found is None else container.identity(found))
+                           container=kind.journal_identity(found).get("container"))
     except CriuError as exc:
         raise CriuError("the source cannot run nucleus.criu on the target over ssh as the migration would (check ssh_user, "
                         "ssh_port, ssh_key_file, ssh_extra_args and target_python): %s" % exc.msg, target=settings_.target.label) from exc
     problems += list(facts["criu"]["problems"]) + ([facts["privilege_problem"]] if not facts["can_restore"] else [])
-    if found is not None:
-        problems += ["on the target: %s" % problem for problem in facts["container"]["problems"]]
+    problems += kind.target_problems(facts)
     if facts["arch"] != os.uname().machine:
         problems.append("the target is %s, the source %s: migrate only between hosts of one architecture" % (facts["arch"], os.uname().machine))
     if facts["free_bytes"] < expected:
@@ -697,11 +658,10 @@ def _stopped_source(settings_: Settings, code: bytes, pid: int, journal_id: str)
             % (pid, settings_.name, other.get("id"), other.get("phase"), other.get("outcome") or "none yet", pid, settings_.directory))
 
 
-def _send_image(settings_: Settings, code: bytes, journal_id: str, found: t.Mapping[str, t.Any]) -> float:
-    """The container's image to the target (podman save here, podman load there), before anything is frozen: a
-    checkpoint holds the container's changes, never its image. Its seconds."""
+def _send_image(settings_: Settings, code: bytes, journal_id: str, kind: Kind, image: t.Mapping[str, t.Any]) -> float:
+    """The workload's image to the target (a container's: podman save here, podman load there), before anything is
+    frozen: a checkpoint holds the container's changes, never its image. Its seconds."""
     started = time.monotonic()
-    engine = podman.Podman.load(settings_.timeout)
     dir_fd, _path = store.open_or_create_dir(settings_.directory, "Migration directory")
     name = target_.image_archive_name(settings_.name)
     try:
@@ -709,11 +669,11 @@ def _send_image(settings_: Settings, code: bytes, journal_id: str, found: t.Mapp
             os.unlink(name, dir_fd=dir_fd)
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE, dir_fd=dir_fd)
         try:
-            engine.save_image(found["image_id"], fd, settings_.timeout)
+            kind.save_image(image, fd, settings_.timeout)
             agent = remote.Agent(settings_.target, code, {"cmd": "load_image", "id": journal_id, "name": settings_.name,
                                                           "migrate_dir": settings_.directory, "timeout": settings_.timeout,
-                                                          "link_timeout": settings_.link_timeout, "image_id": found["image_id"],
-                                                          "image_name": found["image_name"]})
+                                                          "link_timeout": settings_.link_timeout, "image_id": image["image_id"],
+                                                          "image_name": image["image_name"]})
             try:
                 agent.answer(settings_.link_timeout)
                 offset = 0
@@ -732,51 +692,10 @@ def _send_image(settings_: Settings, code: bytes, journal_id: str, found: t.Mapp
             os.unlink(name, dir_fd=dir_fd)
     except (CriuError, wire.LinkError) as exc:
         raise CriuError("the container's image %s could not be sent to the target: %s"
-                        % (found["image_name"], getattr(exc, "msg", exc))) from exc
+                        % (image["image_name"], getattr(exc, "msg", exc))) from exc
     finally:
         os.close(dir_fd)
     return round(time.monotonic() - started, 3)
-
-
-class Workload(t.NamedTuple):
-    """What the module is asked to migrate, as it is now: the root pid (None when there is none running) and, for a
-    container, the container as Podman inspects it (None when there is none of that name)."""
-
-    pid: t.Optional[int]
-    found: t.Optional[t.Dict[str, t.Any]] = None
-
-    def require(self, params: t.Mapping[str, t.Any]) -> t.Tuple[int, t.Optional[t.Dict[str, t.Any]]]:
-        """This workload's root pid and container (None for a process), which must run; raises explaining the
-        pidfile, or what the container is."""
-        if params["container"]:
-            return container.require_running(self.found, params["container"])["pid"], self.found
-        # No pid when the workload was looked up: the pidfile is read again, and names no process (raises) or, if
-        # one started since, that one.
-        return (self.pid if self.pid is not None else procfs.resolve_pid(params["pid"], params["pidfile"])), self.found
-
-
-def _workload(params: t.Mapping[str, t.Any]) -> Workload:
-    if params["container"]:
-        found = podman.Podman.load(params["timeout"]).inspect(params["container"], params["timeout"])
-        return Workload(found["pid"] if found and found["state"] == "running" else None, found)
-    try:
-        return Workload(procfs.resolve_pid(params["pid"], params["pidfile"]))
-    except CriuError:
-        return Workload(None)
-
-
-def _already_migrated(journal: Journal, workload: Workload) -> bool:
-    """A completed migration of this very workload: the pid is gone (the source was ended) or is still it; the
-    container is gone (removed at the commit) or is still it, stopped (its removal failed). The same container
-    running here again came back since: it migrates anew."""
-    if journal.get("container"):
-        found = workload.found
-        return found is None or (found["id"] == journal.get("container")["id"] and found["state"] != "running")
-    process, pid = journal.get("process", {}), workload.pid
-    if pid is None or not procfs.is_alive(pid):
-        return True
-    st = procfs.read_stat(pid)
-    return pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
 
 
 def watch(journal: Journal, lock: DriverLock, deadline: float, settings_: Settings, code: bytes) -> Journal:
@@ -820,13 +739,14 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
     """The criu_migrate module's work: returns the module result."""
     key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
     s = settings(params, key)
+    kind = kinds.asked(params)
     if params["pid"] is not None and params["pid"] <= 1:
         procfs.require_checkpointable(params["pid"])  # bad input: refused before anything is written
     code = remote.payload()
     if check_mode:
         opened = store.open_existing_dir(s.directory, "Migration directory")
         if opened is None:  # no migration ever ran here: nothing to resolve, nothing to create
-            return _would_migrate(params, s, code, _workload(params))
+            return _would_migrate(params, s, code, kind, kind.look_up(params))
     else:
         opened = store.open_or_create_dir(s.directory, "Migration directory")
     dir_fd, directory = opened
@@ -850,7 +770,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                                 "Rerun the same command to wait for it again." % s.name)
             time.sleep(WATCH_POLL)
         journal = source_journal(dir_fd, directory, s.name)
-        workload = _workload(params)
+        found = kind.look_up(params)
         if journal is not None and journal.get("outcome") in (None, "in_doubt"):
             if check_mode:
                 return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
@@ -859,27 +779,30 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             resolve(journal, _as_recorded(s, journal), code)
             if journal.get("outcome") != "rolled_back":
                 return report(journal, True, read_progress(dir_fd, directory, s.name))
-            workload = _workload(params)
+            found = kind.look_up(params)
         elif journal is not None and journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending":
             if check_mode:
                 return {"changed": True, "actions": ["would remove the stopped copy that the rolled-back migration %s left on "
                                                      "the target, then migrate anew" % journal.get("id")]}
             finish_target_cleanup(journal, _as_recorded(s, journal), code)
         elif journal is not None and journal.get("outcome") == "completed":
-            if _already_migrated(journal, workload):
+            migrated = kinds.of(journal.data)
+            if migrated.already_migrated(journal.data, found):
                 return report(journal, False, read_progress(dir_fd, directory, s.name))
-            pid = workload.pid
-            if not journal.get("container") and pid is not None and pid == journal.get("process", {}).get("pid"):
+            if migrated.reused_pid(journal.data, found):
+                pid = t.cast(int, found.pid)
                 raise CriuError("pid %d was migrated to %s already (journal %s), and now belongs to another process (%s): the "
                                 "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
                                 "process." % (pid, journal.get("target", {}).get("label"), journal.path,
                                               procfs.process_state(pid).get("comm")), pid=pid)
         if check_mode:
-            return _would_migrate(params, s, code, workload)
-        pid, found = workload.require(params)
+            return _would_migrate(params, s, code, kind, found)
+        found = kind.require(params, found)
+        pid = t.cast(int, found.pid)
         st = procfs.read_stat(pid)
-        what = "pid %d" % pid if found is None else "container %s" % found["name"]
-        claim = DriverLock.for_workload(dir_fd, workload_key({"pid": pid, "starttime": st.starttime if st else None}, found))
+        what = kind.describe_found(found)
+        claim = DriverLock.for_workload(dir_fd, kind.claim_key({"pid": pid, "starttime": st.starttime if st else None},
+                                                               kind.journal_identity(found)))
         if not claim.try_acquire():
             raise CriuError("%s is being migrated right now by another migration from this host (another name, another "
                             "controller): only one may freeze it. Wait for it to end (its journal is in %s), then rerun "
@@ -887,7 +810,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
         failpoint(s.name, "preflight")  # (tests: the window in which the migration is locked and has no journal yet)
         journal_id = str(uuid.uuid4())
-        facts = _preflight(s, code, pid, journal_id, params["criu_path"], found, check_mode=False)
+        facts = _preflight(s, code, kind, found, journal_id, params["criu_path"], check_mode=False)
         s = s._replace(algorithm=facts["algorithm"])
         journal = Journal.create(
             dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
@@ -895,7 +818,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             criu_path=params["criu_path"], algorithm=s.algorithm,
             process={"pid": pid, "starttime": st.starttime if st else None, "comm": st.comm if st else None, "tree": facts["tree"]},
             expected_bytes=facts["expected_bytes"], settings=_recordable(s),
-            container=None if found is None else container.identity(found), image_seconds=facts.get("image_seconds"))
+            image_seconds=facts.get("image_seconds"), **kind.journal_identity(found))
         spawn(lock, journal, s, code)
         if not params["wait"]:
             return _running(journal, True)
@@ -906,12 +829,12 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         os.close(dir_fd)
 
 
-def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, workload: Workload) -> t.Dict[str, t.Any]:
+def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, kind: Kind, found: Found) -> t.Dict[str, t.Any]:
     """Check mode: every preflight check on both hosts, and what a real run would do; nothing is written anywhere."""
-    pid, found = workload.require(params)
-    facts = _preflight(s, code, pid, str(uuid.uuid4()), params["criu_path"], found, check_mode=True)
-    what = "pid %d" % pid if found is None else "container %s" % found["name"]
-    image = "" if found is None or facts["target"]["container"]["image_present"] else ", sending its image first"
+    found = kind.require(params, found)
+    facts = _preflight(s, code, kind, found, str(uuid.uuid4()), params["criu_path"], check_mode=True)
+    image = "" if kind.image_to_send(found, facts["target"]) is None else ", sending its image first"
+    what = kind.describe_found(found)
     return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}
 
 

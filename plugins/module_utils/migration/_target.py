@@ -23,7 +23,6 @@ import time
 import traceback
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint as checkpoint_
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criulog as criulog
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
@@ -32,13 +31,14 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options 
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
-from ansible_collections.nucleus.criu.plugins.module_utils.operations import _restore as restore_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal, failpoint
-from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import HEALTH_DELAY, CriuRuntime, Daemon, Dir
 
 # Target phases, in order. After "restored" the target has voted: only the source's decision ends it.
 VOTED = ("restored", "pages_complete", "committed", "aborting")
@@ -172,7 +172,7 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
     resumed = time.monotonic()
     running_at = procfs.utc_now()
     pid, starttime = tree[0]
-    time.sleep(restore_.HEALTH_DELAY)
+    time.sleep(HEALTH_DELAY)
     st = procfs.read_stat(pid)
     if st is None or st.exited or st.starttime != starttime:
         journal.record("committed", outcome="in_doubt", error="the restored copy (pid %d) died before it could run" % pid)
@@ -182,10 +182,10 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
         with store.location(ctx.checkpoint_path) as loc, store.open_checkpoint(loc) as opened:
             identity = {"container_id": journal.get("container_id"), "container_name": journal.get("container_name")} \
                 if journal.get("container_id") else {}
-            restore_.save_record(opened.fd, restore_.restore_record(journal.get("checkpoint_id"), pid, running_at, starttime=starttime,
-                                                                    **identity), ctx.key)
+            restored_.save_record(opened.fd, restored_.restore_record(journal.get("checkpoint_id"), pid, running_at,
+                                                                      starttime=starttime, **identity), ctx.key)
     if journal.get("pidfile"):
-        restore_.write_pidfile(journal.get("pidfile"), pid)
+        restored_.write_pidfile(journal.get("pidfile"), pid)
     if journal.get("cleanup"):
         _remove_checkpoint(ctx)
     journal.record("completed", outcome="completed", running_at=running_at)
@@ -249,14 +249,14 @@ def _receive_images(channel: wire.Channel, staging: store.Staging, request: t.Ma
     raw = body["metadata"].encode("utf-8")
     metadata, problems = integrity.parse_metadata(raw)
     if metadata is None:
-        raise restore_.refusal(staging.loc.path, problems)
+        raise restored_.refusal(staging.loc.path, problems)
     signature = body.get("signature")
     problems = integrity.signature_problems(None if signature is None else signature.encode("ascii"), metadata, key,
                                             bool(key), False)
     problems += integrity.received_problems(metadata, digests)
     if problems:
-        raise restore_.refusal(staging.loc.path, problems)
-    checkpoint_.seal(staging, metadata, key, durable=False)
+        raise restored_.refusal(staging.loc.path, problems)
+    seal_.seal(staging, metadata, key, durable=False)
     return metadata
 
 
@@ -292,9 +292,9 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     procfs.become_subreaper()
     if page_conn is None:
         runtime.on_spawn = restoring
-        pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, ctx.restore_options), ctx.timeout, leave_stopped=True,
-                                         pidfile=pidfile)
-        restore_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
+        options = criu_options.for_restore(metadata, ctx.restore_options)
+        pid, run = restored_.restore_tree(runtime, opened, options, ctx.timeout, leave_stopped=True, pidfile=pidfile)
+        restored_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
         return pid, None
     # lazy-pages and restore share a work directory: restore finds the fetcher through its socket there.
     work_path = stack.enter_context(store.private_dir("nucleus-criu-lazy-"))
@@ -306,10 +306,10 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     page_conn.close()
     journal.record("received", lazy_log=fetcher.log_path, lazy_pages_daemon=procfs.tree_identity(fetcher.proc.pid)[0])
     runtime.on_spawn = restoring
-    pid, run = restore_.restore_tree(runtime, opened, criu_options.for_restore(metadata, ctx.restore_options), ctx.timeout, lazy=True,
-                                     pidfile=pidfile, work=work)
+    options = criu_options.for_restore(metadata, ctx.restore_options)
+    pid, run = restored_.restore_tree(runtime, opened, options, ctx.timeout, lazy=True, pidfile=pidfile, work=work)
     journal.data["running_since"] = time.monotonic()
-    restore_.confirm_alive(pid, run.log_path, opened.path)
+    restored_.confirm_alive(pid, run.log_path, opened.path)
     return pid, fetcher
 
 
@@ -414,7 +414,7 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
                 tree = procfs.tree_identity(pid)
                 journal.record("restored", tree=tree, restored_at=procfs.utc_now())
                 if tree:  # also beside the checkpoint: an abort finds the copy by it should this journal be lost
-                    restore_.save_record(opened.fd, restore_.restore_record(
+                    restored_.save_record(opened.fd, restored_.restore_record(
                         metadata["id"], pid, journal.get("restored_at"), starttime=tree[0][1], tree=tree, migration_id=ctx.id), ctx.key)
                 since = journal.get("running_since")
                 channel.send(restored=True, pid=pid, running_for=None if since is None else time.monotonic() - since)
@@ -515,7 +515,7 @@ def _abort_unjournaled(ctx: Context, loc: store.Location) -> None:
     if opened is None:
         return
     try:
-        record = restore_.signed_record(opened.read(store.RESTORED), ctx.key)
+        record = restored_.signed_record(opened.read(store.RESTORED), ctx.key)
     finally:
         opened.close()
     if record is None or record.get("migration_id") != ctx.id or record.get("boot_id") != procfs.boot_id():

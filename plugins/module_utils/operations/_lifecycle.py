@@ -13,7 +13,7 @@ import os
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
-from ansible_collections.nucleus.criu.plugins.module_utils.operations import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.operations import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
@@ -30,10 +30,8 @@ def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         verdict = integrity.Verdict(None, [exc.msg], [])
     problems = list(verdict.problems)
     if verdict.metadata is not None and params["check_host"]:
-        if "container" in verdict.metadata:
-            problems += container.host_problems(verdict.metadata, params["timeout"], host.effective_caps())
-        else:
-            problems += host.criu_facts(params["criu_path"])["problems"]
+        kind = kinds.of(verdict.metadata)
+        problems += kind.host_problems(verdict.metadata, params["criu_path"], params["timeout"], host.effective_caps())
         problems += host.restore_problems(verdict.metadata)
     if problems or verdict.metadata is None:  # (a verdict without metadata has a problem saying why)
         raise CriuError("Checkpoint %s is not valid: %s." % (path, listed(problems)), path=path, problems=problems, valid=False,

@@ -10,14 +10,18 @@ import stat
 import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _process as process
 from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint as checkpoint
-from ansible_collections.nucleus.criu.plugins.module_utils.operations import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import Run
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Run
 from .mu_helpers import KEY, chunk_digests, make_checkpoint, verify_at, wait_for
 
 
@@ -76,8 +80,8 @@ class FakeRuntime:
 def fake_criu(monkeypatch):
     """CriuRuntime.load returns a FakeRuntime (set ``.fail`` to make its dump fail); privileges are not checked."""
     runtime = FakeRuntime()
-    monkeypatch.setattr(checkpoint.CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
-    monkeypatch.setattr(checkpoint.host, "require_privileges", lambda: None)
+    monkeypatch.setattr(CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
+    monkeypatch.setattr(host, "require_privileges", lambda: None)
     return runtime
 
 
@@ -90,10 +94,10 @@ def test_require_timeout(timeout):
 def test_same_process(workload):
     pid, st = workload
     metadata = {"process": {"pid": pid, "starttime": st.starttime}, "source": {"boot_id": procfs.boot_id()}}
-    assert checkpoint.same_process(metadata, pid)
-    assert not checkpoint.same_process(dict(metadata, process={"pid": pid, "starttime": st.starttime + 1}), pid)
-    assert not checkpoint.same_process(dict(metadata, source={"boot_id": "other-boot"}), pid)
-    assert not checkpoint.same_process(metadata, pid + 1)
+    assert process.same_process(metadata, pid)
+    assert not process.same_process(dict(metadata, process={"pid": pid, "starttime": st.starttime + 1}), pid)
+    assert not process.same_process(dict(metadata, source={"boot_id": "other-boot"}), pid)
+    assert not process.same_process(metadata, pid + 1)
 
 
 @pytest.mark.parametrize("shell_job, st, expected", [
@@ -103,7 +107,7 @@ def test_same_process(workload):
     (True, procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1), True),
 ])
 def test_dump_options_shell_job(shell_job, st, expected):
-    options = checkpoint.dump_options(params(shell_job=shell_job, tcp_established=True), 10, st, [10])
+    options = process.dump_options(params(shell_job=shell_job, tcp_established=True), 10, st, [10])
     assert options["shell_job"] is expected and options["tcp_established"] is True
     assert options["network_lock"] == "nftables"  # the spec's default
     # every dump option of the table, plus what becomes of the tree
@@ -114,12 +118,12 @@ def test_dump_options_shell_job(shell_job, st, expected):
 
 def test_dump_options_are_normalised():
     st = procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1)
-    assert checkpoint.dump_options(params(), 10, st, [10]) == {
+    assert process.dump_options(params(), 10, st, [10]) == {
         "tcp_established": False, "tcp_close": False, "skip_in_flight": False, "ext_unix_sk": False, "file_locks": False,
         "shell_job": False, "link_remap": False, "ghost_limit": None, "network_lock": "nftables", "manage_cgroups": None,
         "leave_running": False, "leave_stopped": False}
-    options = checkpoint.dump_options(params(tcp_close=True, skip_in_flight=True, link_remap=True, ghost_limit="8M",
-                                             network_lock="skip", manage_cgroups="soft", leave_stopped=True), 10, st, [10])
+    options = process.dump_options(params(tcp_close=True, skip_in_flight=True, link_remap=True, ghost_limit="8M",
+                                          network_lock="skip", manage_cgroups="soft", leave_stopped=True), 10, st, [10])
     assert options == {
         "tcp_established": False, "tcp_close": True, "skip_in_flight": True, "ext_unix_sk": False, "file_locks": False,
         "shell_job": False, "link_remap": True, "ghost_limit": 8 << 20, "network_lock": "skip", "manage_cgroups": "soft",
@@ -133,7 +137,7 @@ def test_dump_options_are_normalised():
 ])
 def test_dump_options_refuse_bad_values(given, message):
     with pytest.raises(CriuError, match=message):
-        checkpoint.dump_options(params(**given), 10, procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1), [10])
+        process.dump_options(params(**given), 10, procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1), [10])
 
 
 def test_leave_running_and_stopped_exclusive(tmp_path):
@@ -169,7 +173,7 @@ def test_existing_checkpoint_of_same_process_is_unchanged(tmp_path, workload, mo
     """A checkpoint of this very process is kept, including one made before chunked manifests (schema 1)."""
     pid, st = workload
     metadata = _ckpt_of(tmp_path / "ckpt", pid, st, schema=schema)
-    monkeypatch.setattr(checkpoint.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
+    monkeypatch.setattr(CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     result = checkpoint.checkpoint(params(pid=pid, dest=str(tmp_path / "ckpt")), False)
     assert result["changed"] is False and result["checkpoint"] == integrity.public(metadata) and result["actions"] == []
     assert "cmdline" not in result["checkpoint"]["process"]  # results never show the command's arguments
@@ -201,7 +205,7 @@ def test_signed_checkpoint_with_wrong_key_refused(tmp_path, workload):
 
 
 def test_refuses_own_process_before_running_criu(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
+    monkeypatch.setattr(CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     with pytest.raises(CriuError, match="this module or one of its ancestors"):
         checkpoint.checkpoint(params(pid=os.getpid(), dest=str(tmp_path / "new")), False)
     assert not os.path.lexists(tmp_path / "new")
@@ -330,12 +334,12 @@ def test_failed_dump_keeps_its_log_beside_dest_and_leaves_no_checkpoint(tmp_path
 
 def test_resume_if_we_stopped(workload):
     pid, st = workload
-    assert checkpoint.resume_if_we_stopped(pid, st) == "The process %d is still running, untouched." % pid
+    assert process.resume_if_we_stopped(pid, st) == "The process %d is still running, untouched." % pid
     os.kill(pid, signal.SIGSTOP)
     assert wait_for(lambda: procfs.read_stat(pid).state == "T")
-    assert "has been resumed (SIGCONT)" in checkpoint.resume_if_we_stopped(pid, st)
+    assert "has been resumed (SIGCONT)" in process.resume_if_we_stopped(pid, st)
     assert wait_for(lambda: procfs.read_stat(pid).state != "T")
-    assert "is gone" in checkpoint.resume_if_we_stopped(pid, st._replace(starttime=st.starttime + 1))
+    assert "is gone" in process.resume_if_we_stopped(pid, st._replace(starttime=st.starttime + 1))
 
 
 # --- what becomes of the workload ------------------------------------------------------------------
@@ -354,7 +358,7 @@ def kills(monkeypatch):
         return real(identity, sig)
 
     spy.dest = None
-    monkeypatch.setattr(checkpoint.procfs, "signal_identified", spy)
+    monkeypatch.setattr(procfs, "signal_identified", spy)
     return spy, sent
 
 
@@ -400,7 +404,7 @@ def test_a_failure_after_the_dump_resumes_the_workload_it_stopped(tmp_path, work
     dest = str(tmp_path / "ckpt")
     kills[0].dest = dest
     if where == "seal":
-        monkeypatch.setattr(checkpoint, "seal", failure)
+        monkeypatch.setattr(seal_, "seal", failure)
     else:
         monkeypatch.setattr(store.Staging, "publish", failure)
     with pytest.raises((CriuError, OSError)) as err:
@@ -436,7 +440,7 @@ def test_nothing_after_the_publish_resumes_the_workload(tmp_path, workload, fake
 
     def fails_after_publish(_loc):
         raise CriuError("Cleaning up failed.")
-    monkeypatch.setattr(checkpoint, "_forget_failed_log", fails_after_publish)
+    monkeypatch.setattr(seal_, "_forget_failed_log", fails_after_publish)
     with pytest.raises(CriuError) as err:
         checkpoint.checkpoint(params(pid=pid, dest=dest), False)
     assert err.value.msg == ("Cleaning up failed. The checkpoint was published at %s before this failure, so the workload was "
@@ -455,7 +459,7 @@ def test_dump_stats_read_criu_stats_from_the_staging_dir(tmp_path, workload, fak
         seen.append((where, name, sorted(os.listdir(where))))
         return {"frozen_time": 1234}
 
-    monkeypatch.setattr(checkpoint.criustats, "read", stats)
+    monkeypatch.setattr(criustats, "read", stats)
     result = checkpoint.checkpoint(params(pid=workload[0], dest=str(tmp_path / "ckpt"), leave_running=True), False)
     [(where, name, entries)] = seen
     assert name == "stats-dump"
@@ -473,7 +477,7 @@ def test_seal_writes_metadata_and_signature_and_flushes_only_when_durable(tmp_pa
     with store.location(str(tmp_path / "ckpt")) as loc:
         staging = store.Staging(loc)
         try:
-            checkpoint.seal(staging, metadata, KEY, durable=durable)
+            seal_.seal(staging, metadata, KEY, durable=durable)
             assert sorted(os.listdir(staging.path)) == ["checkpoint.hmac", "images", "metadata.json"]
             with open(os.path.join(staging.path, "metadata.json"), "rb") as handle:
                 assert handle.read() == integrity.canonical(metadata)
@@ -493,7 +497,7 @@ def test_seal_without_key_writes_no_signature(tmp_path):
     with store.location(str(tmp_path / "ckpt")) as loc:
         staging = store.Staging(loc)
         try:
-            checkpoint.seal(staging, metadata, None)
+            seal_.seal(staging, metadata, None)
             assert sorted(os.listdir(staging.path)) == ["images", "metadata.json"]
         finally:
             staging.remove()
@@ -507,7 +511,7 @@ def test_seal_without_key_writes_no_signature(tmp_path):
 ])
 def test_describe_records_what_the_images_need_at_restore(images, options, needs):
     manifest = [{"path": name, "size": 0, "chunks": [hashlib.sha256(b"").hexdigest()]} for name in images]
-    metadata = checkpoint.describe(FakeRuntime().identity(), "job", {"pid": 42}, options, "sha256", manifest)
+    metadata = seal_.describe(FakeRuntime().identity(), "job", {"pid": 42}, options, "sha256", manifest)
     assert metadata["restore_needs"] == needs
     assert metadata["options"] == options and metadata["manifest"] == manifest and metadata["name"] == "job"
     assert metadata["manifest_chunk_bytes"] == integrity.CHUNK_BYTES and metadata["schema_version"] == integrity.SCHEMA_VERSION
@@ -531,7 +535,7 @@ def test_published_metadata_holds_restore_needs(tmp_path, workload, fake_criu, m
 
 def test_state_absent_deletes_a_checkpoint_without_running_criu(tmp_path, monkeypatch):
     metadata = make_checkpoint(tmp_path / "ckpt")
-    monkeypatch.setattr(checkpoint.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
+    monkeypatch.setattr(CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     dest = str(tmp_path / "ckpt")
     going = {"before": {dest: diff_.checkpoint(metadata)}, "after": {}}
     assert checkpoint.checkpoint(params(dest=dest, state="absent"), True) == {

@@ -1,6 +1,6 @@
 """What --diff shows (_diff): small views of a checkpoint and of a restored copy, safe on metadata not yet verified."""
 
-from ansible_collections.nucleus.criu.plugins.module_utils.operations import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from .mu_helpers import metadata_for
 
 MANIFEST = [{"path": "core-42.img", "size": 100, "chunks": []}, {"path": "pages-1.img", "size": 4096, "chunks": []}]

@@ -12,7 +12,10 @@ import pytest
 from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils.operations import _restore as restore
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir, Run
@@ -74,9 +77,9 @@ class FakeRuntime:
 def fake_criu(spawn, monkeypatch, tmp_path_factory):
     prefix = tmp_path_factory.mktemp("criu")
     runtime = FakeRuntime(spawn, str(prefix / "sbin" / "criu"))
-    monkeypatch.setattr(restore.CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
-    monkeypatch.setattr(restore.host, "require_privileges", lambda: None)
-    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
+    monkeypatch.setattr(CriuRuntime, "load", classmethod(lambda cls, *a: runtime))
+    monkeypatch.setattr(host, "require_privileges", lambda: None)
+    monkeypatch.setattr(restored_, "HEALTH_DELAY", 0.01)
     return runtime
 
 
@@ -85,21 +88,21 @@ def test_live_restore(tmp_path, spawn):
     st = procfs.read_stat(child.pid)
     metadata = _free_ckpt(tmp_path / "c")
     with opened_checkpoint(tmp_path / "c") as checkpoint:
-        assert restore.live_restore(checkpoint, metadata, None) is None
+        assert restored_.live_restore(checkpoint, metadata, None) is None
         record = {"pid": child.pid, "starttime": st.starttime, "boot_id": procfs.boot_id(), "checkpoint_id": metadata["id"]}
         _restored(tmp_path / "c", **record)
-        assert restore.live_restore(checkpoint, metadata, None) == record
+        assert restored_.live_restore(checkpoint, metadata, None) == record
         for bad in ({"boot_id": "other"}, {"starttime": st.starttime + 1}, {"pid": "1"}, {"pid": PID_MAX + 1},
                     {"checkpoint_id": "another checkpoint"}):
             _restored(tmp_path / "c", **dict(record, **bad))
-            assert restore.live_restore(checkpoint, metadata, None) is None, bad
+            assert restored_.live_restore(checkpoint, metadata, None) is None, bad
         (tmp_path / "c" / "restored.json").write_text("not json")
-        assert restore.live_restore(checkpoint, metadata, None) is None
+        assert restored_.live_restore(checkpoint, metadata, None) is None
         os.unlink(tmp_path / "c" / "restored.json")
         (tmp_path / "c" / "restored.json").symlink_to(tmp_path / "elsewhere.json")
         _restored(tmp_path, **record)
         os.rename(tmp_path / "restored.json", tmp_path / "elsewhere.json")
-        assert restore.live_restore(checkpoint, metadata, None) is None  # never read through a symlink
+        assert restored_.live_restore(checkpoint, metadata, None) is None  # never read through a symlink
 
 
 def test_with_a_key_only_a_signed_restore_record_counts(tmp_path, spawn):
@@ -111,14 +114,14 @@ def test_with_a_key_only_a_signed_restore_record_counts(tmp_path, spawn):
               "checkpoint_id": metadata["id"]}
     with opened_checkpoint(tmp_path / "c") as checkpoint:
         _restored(tmp_path / "c", **record)
-        assert restore.live_restore(checkpoint, metadata, KEY) is None, "an unsigned record decides nothing"
+        assert restored_.live_restore(checkpoint, metadata, KEY) is None, "an unsigned record decides nothing"
         _restored(tmp_path / "c", **dict(record, hmac="0" * 64))
-        assert restore.live_restore(checkpoint, metadata, KEY) is None, "nor a forged signature"
-        restore.save_record(checkpoint.fd, record, KEY)
+        assert restored_.live_restore(checkpoint, metadata, KEY) is None, "nor a forged signature"
+        restored_.save_record(checkpoint.fd, record, KEY)
         assert json.loads((tmp_path / "c" / "restored.json").read_text())["hmac"] == integrity.sign(record, KEY)
-        assert restore.live_restore(checkpoint, metadata, KEY) == record
-        assert restore.live_restore(checkpoint, metadata, b"another key, 16 bytes or more") is None
-        assert restore.live_restore(checkpoint, metadata, None) == record, "without a key nothing is signed"
+        assert restored_.live_restore(checkpoint, metadata, KEY) == record
+        assert restored_.live_restore(checkpoint, metadata, b"another key, 16 bytes or more") is None
+        assert restored_.live_restore(checkpoint, metadata, None) == record, "without a key nothing is signed"
 
 
 @pytest.mark.parametrize("schema", [1, 2])
@@ -194,7 +197,7 @@ def test_opened_turns_every_problem_into_a_refusal(tmp_path):
 
 def test_restore_refuses_busy_pids(tmp_path, monkeypatch):
     make_checkpoint(tmp_path / "c", process={"pid": os.getpid(), "tree": [os.getpid()]})
-    monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
+    monkeypatch.setattr(CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     with pytest.raises(CriuError, match="Cannot restore .*PIDs %d" % os.getpid()):
         restore.restore(params(src=str(tmp_path / "c")), False)
     assert sorted(os.listdir(tmp_path)) == ["c"]  # the lock is gone
@@ -215,7 +218,7 @@ def test_restore_is_idempotent_when_restored_process_lives(tmp_path, spawn, monk
     record = {"pid": child.pid, "starttime": procfs.read_stat(child.pid).starttime, "boot_id": procfs.boot_id(),
               "checkpoint_id": metadata["id"]}
     _restored(tmp_path / "c", **record)
-    monkeypatch.setattr(restore.CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
+    monkeypatch.setattr(CriuRuntime, "load", lambda *a: pytest.fail("criu must not be run"))
     result = restore.restore(params(src=str(tmp_path / "c")), False)
     shown = {"pid": child.pid, "checkpoint_id": metadata["id"]}
     assert result == {"changed": False, "src": str(tmp_path / "c"), "pid": child.pid,
@@ -329,8 +332,8 @@ def test_restore_without_images_dir_is_refused_even_unverified(tmp_path, monkeyp
     _free_ckpt(tmp_path / "c")
     os.rename(tmp_path / "c" / "images", tmp_path / "images-elsewhere")
     script = write_exe(tmp_path / "bin" / "criu", "#!/bin/sh\nexit 0\n")
-    monkeypatch.setattr(restore.CriuRuntime, "load", classmethod(lambda cls, *a: CriuRuntime(script, (4, 2, 0))))
-    monkeypatch.setattr(restore.host, "require_privileges", lambda: None)
+    monkeypatch.setattr(CriuRuntime, "load", classmethod(lambda cls, *a: CriuRuntime(script, (4, 2, 0))))
+    monkeypatch.setattr(host, "require_privileges", lambda: None)
     with pytest.raises(CriuError, match="images"):
         restore.restore(params(src=str(tmp_path / "c"), verify=False), False)
 
@@ -339,7 +342,7 @@ def test_restore_tree_uses_a_private_work_dir_and_copies_logs(tmp_path, fake_cri
     _free_ckpt(tmp_path / "c")
     options = {"shell_job": True, "file_locks": False}
     with opened_checkpoint(tmp_path / "c") as checkpoint:
-        pid, run = restore.restore_tree(fake_criu, checkpoint, options, 12, leave_stopped=True)
+        pid, run = restored_.restore_tree(fake_criu, checkpoint, options, 12, leave_stopped=True)
     [call] = fake_criu.calls
     assert call["options"] == options  # passed to criu as given
     assert run.log_path == str(tmp_path / "c" / "restore.log") and run.duration == 0.5
@@ -359,9 +362,9 @@ def test_restore_tree_reads_criu_stats_from_the_work_dir(tmp_path, fake_criu, mo
         seen.append((os.readlink("/proc/self/fd/%d" % dir_fd), name, os.listdir("/proc/self/fd/%d" % dir_fd)))
         return {"restore_time": 1234}
 
-    monkeypatch.setattr(restore.criustats, "read", stats)
+    monkeypatch.setattr(criustats, "read", stats)
     with opened_checkpoint(tmp_path / "c") as checkpoint:
-        _pid, run = restore.restore_tree(fake_criu, checkpoint, {}, 12)
+        _pid, run = restored_.restore_tree(fake_criu, checkpoint, {}, 12)
     [call] = fake_criu.calls
     # read from criu's private work dir while it still exists (the file criu wrote there)
     [(where, name, entries)] = seen
@@ -371,7 +374,7 @@ def test_restore_tree_reads_criu_stats_from_the_work_dir(tmp_path, fake_criu, mo
 
 def test_restore_result_carries_criu_stats(tmp_path, fake_criu, monkeypatch):
     _free_ckpt(tmp_path / "c")
-    monkeypatch.setattr(restore.criustats, "read", lambda dir_fd, name: {"restore_time": 1234, "forking_time": 5})
+    monkeypatch.setattr(criustats, "read", lambda dir_fd, name: {"restore_time": 1234, "forking_time": 5})
     result = restore.restore(params(src=str(tmp_path / "c"), verify=False), False)
     assert result["stats"] == {"verify_seconds": 0.0, "verify_bytes": 0, "restore_seconds": 0.5,
                                "criu": {"restore_time": 1234, "forking_time": 5}}
@@ -384,54 +387,54 @@ def test_logs_kept_in_rewrites_the_log_path(tmp_path):
     work = Dir(-1, str(tmp_path / "work"))
     with opened_checkpoint(tmp_path / "c") as checkpoint:
         with pytest.raises(CriuError) as err:
-            with restore.logs_kept_in(checkpoint, work):
+            with restored_.logs_kept_in(checkpoint, work):
                 raise CriuError("failed, see %s" % work.file("restore.log"), log=work.file("restore.log"))
         assert err.value.msg == "failed, see %s" % (tmp_path / "c" / "restore.log")
         assert err.value.details["log"] == str(tmp_path / "c" / "restore.log")
         (tmp_path / "work" / "restore.log").write_text("second run")
-        with restore.logs_kept_in(checkpoint, work):
+        with restored_.logs_kept_in(checkpoint, work):
             pass
     assert (tmp_path / "c" / "restore.log").read_text() == "second run"
 
 
 def test_confirm_alive(spawn, monkeypatch):
-    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.01)
+    monkeypatch.setattr(restored_, "HEALTH_DELAY", 0.01)
     child = spawn(["sleep", "60"])
-    assert restore.confirm_alive(child.pid, "log", "src").pid == child.pid
+    assert restored_.confirm_alive(child.pid, "log", "src").pid == child.pid
     with pytest.raises(CriuError, match="reported success but the restored process %d exited" % (PID_MAX + 1)) as err:
-        restore.confirm_alive(PID_MAX + 1, "log", "src")
+        restored_.confirm_alive(PID_MAX + 1, "log", "src")
     assert err.value.details == {"path": "src", "log": "log", "pid": PID_MAX + 1}
 
 
 def test_confirm_alive_stopped(spawn, monkeypatch):
-    monkeypatch.setattr(restore, "HEALTH_DELAY", 60)  # a tree restored stopped is not first left to run for a while
-    monkeypatch.setattr(restore, "STOP_WAIT", 0.3)
+    monkeypatch.setattr(restored_, "HEALTH_DELAY", 60)  # a tree restored stopped is not first left to run for a while
+    monkeypatch.setattr(restored_, "STOP_WAIT", 0.3)
     stopped = spawn(["sleep", "60"])
     os.kill(stopped.pid, signal.SIGSTOP)
     assert wait_for(lambda: procfs.read_stat(stopped.pid).state == "T")
     started = time.monotonic()
-    assert restore.confirm_alive(stopped.pid, "log", "src", stopped=True).state == "T"
+    assert restored_.confirm_alive(stopped.pid, "log", "src", stopped=True).state == "T"
     assert time.monotonic() - started < 0.2
     running = spawn(["sleep", "60"])
     started = time.monotonic()
     with pytest.raises(CriuError, match="the restored process %d did not stop within 0.3s" % running.pid):
-        restore.confirm_alive(running.pid, "log", "src", stopped=True)
+        restored_.confirm_alive(running.pid, "log", "src", stopped=True)
     assert 0.3 <= time.monotonic() - started < 5, "it waited STOP_WAIT for the stop, not HEALTH_DELAY"
     assert wait_for(lambda: not procfs.is_alive(running.pid)), "a restore that went wrong is killed"
     with pytest.raises(CriuError, match="the restored process %d exited" % (PID_MAX + 1)):
-        restore.confirm_alive(PID_MAX + 1, "log", "src", stopped=True)
+        restored_.confirm_alive(PID_MAX + 1, "log", "src", stopped=True)
 
 
 def test_confirm_alive_stopped_waits_for_a_late_stop(spawn, monkeypatch):
     """criu may return a moment before its SIGSTOP lands: a tree that stops within STOP_WAIT is fine."""
-    monkeypatch.setattr(restore, "HEALTH_DELAY", 60)
-    monkeypatch.setattr(restore, "STOP_WAIT", 5.0)
+    monkeypatch.setattr(restored_, "HEALTH_DELAY", 60)
+    monkeypatch.setattr(restored_, "STOP_WAIT", 5.0)
     late = spawn(["sleep", "60"])
     timer = threading.Timer(0.2, os.kill, (late.pid, signal.SIGSTOP))
     timer.start()
     try:
         started = time.monotonic()
-        assert restore.confirm_alive(late.pid, "log", "src", stopped=True).state == "T"
+        assert restored_.confirm_alive(late.pid, "log", "src", stopped=True).state == "T"
         assert 0.15 <= time.monotonic() - started < 4
     finally:
         timer.cancel()
@@ -439,19 +442,19 @@ def test_confirm_alive_stopped_waits_for_a_late_stop(spawn, monkeypatch):
 
 
 def test_confirm_alive_running_waits_health_delay(spawn, monkeypatch):
-    monkeypatch.setattr(restore, "HEALTH_DELAY", 0.2)
+    monkeypatch.setattr(restored_, "HEALTH_DELAY", 0.2)
     child = spawn(["sleep", "60"])
     started = time.monotonic()
-    assert restore.confirm_alive(child.pid, "log", "src").pid == child.pid
+    assert restored_.confirm_alive(child.pid, "log", "src").pid == child.pid
     assert time.monotonic() - started >= 0.2
     with pytest.raises(CriuError, match="exited within 0.2s"):
-        restore.confirm_alive(PID_MAX + 1, "log", "src")
+        restored_.confirm_alive(PID_MAX + 1, "log", "src")
 
 
 def test_write_pidfile_replaces_symlink_not_target(tmp_path):
     (tmp_path / "victim").write_text("precious")
     (tmp_path / "app.pid").symlink_to(tmp_path / "victim")
-    restore.write_pidfile(str(tmp_path / "app.pid"), 4242)
+    restored_.write_pidfile(str(tmp_path / "app.pid"), 4242)
     assert (tmp_path / "victim").read_text() == "precious"
     assert (tmp_path / "app.pid").read_text() == "4242\n" and not (tmp_path / "app.pid").is_symlink()
 
@@ -459,7 +462,7 @@ def test_write_pidfile_replaces_symlink_not_target(tmp_path):
 def test_write_pidfile_through_a_trusted_directory_link(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "var-run").symlink_to(tmp_path / "run")
-    restore.write_pidfile(str(tmp_path / "var-run" / "app.pid"), 4242)
+    restored_.write_pidfile(str(tmp_path / "var-run" / "app.pid"), 4242)
     assert (tmp_path / "run" / "app.pid").read_text() == "4242\n"
 
 
@@ -467,5 +470,5 @@ def test_write_pidfile_refuses_an_untrusted_directory(tmp_path):
     (tmp_path / "run").mkdir()
     os.chmod(tmp_path / "run", 0o777)
     with pytest.raises(CriuError, match="Pidfile directory %s is writable by group/others" % (tmp_path / "run")):
-        restore.write_pidfile(str(tmp_path / "run" / "app.pid"), 4242)
+        restored_.write_pidfile(str(tmp_path / "run" / "app.pid"), 4242)
     assert os.listdir(tmp_path / "run") == []

@@ -1,0 +1,202 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A kind of workload (a process tree, a Podman container, ...): everything that differs between kinds, behind
+one interface, so that checkpoint, restore and the migration protocol never ask which kind they hold.
+
+A kind is one module in this folder with a subclass of ``Kind``, registered in ``_registry.KINDS``.
+"""
+
+from __future__ import annotations
+
+import abc
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._integrity import FileDigest
+
+Metadata = t.Mapping[str, t.Any]
+Record = t.Mapping[str, t.Any]  # a migration journal's data on its source
+
+
+class Freezer(t.Protocol):
+    """What a migration's worker lends a kind's freeze: its settings, its journal and its link to the target."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def criu(self) -> t.Mapping[str, t.Any]:
+        """The criu options, by module option name, as the migration was given them."""
+
+    def journal_data(self) -> Record: ...
+
+    def note(self, **fields: t.Any) -> None:
+        """Record ``fields`` in the journal, in the phase it is in."""
+
+    def start_freeze(self, pid: int) -> None:
+        """The freeze window opens (journaled, with the tree about to be frozen)."""
+
+    def send_chunk(self, name: str, offset: int, data: memoryview) -> None: ...
+
+    def manifest(self, images_fd: int, hashed: t.Dict[str, FileDigest]) -> t.List[t.Dict[str, t.Any]]:
+        """Send what was not streamed while written; the manifest of everything sent."""
+
+    def lazy_dump(self, start: t.Callable[[int], t.Any]) -> float:
+        """Post-copy: start criu's lazy dump on the page relay's socket (``start(fd)``); its startup seconds."""
+
+    def reached(self, step: str) -> None:
+        """A step tests may stop the migration at (a failpoint)."""
+
+
+class Found(t.NamedTuple):
+    """A migration's workload as looked up: its root pid (None when none runs) and, for kinds that have one, what
+    their engine says of it (a container as Podman inspects it)."""
+
+    pid: t.Optional[int]
+    engine_view: t.Optional[t.Dict[str, t.Any]] = None
+
+
+class Workload(abc.ABC):
+    """One workload of a kind, as found on this host when a module looked it up."""
+
+    @property
+    @abc.abstractmethod
+    def what(self) -> str:
+        """The workload in messages: "pid 42 (python3)", "container web"."""
+
+    @abc.abstractmethod
+    def result(self) -> t.Dict[str, t.Any]:
+        """What names it in a module's result ({"pid": 42}, {"container": "web"})."""
+
+    @abc.abstractmethod
+    def is_in(self, metadata: Metadata) -> bool:
+        """Is the checkpoint ``metadata`` describes of this very workload (after a dump that ended it, too)?"""
+
+    @abc.abstractmethod
+    def require_checkpointable(self, criu_path: t.Optional[str]) -> None:
+        """Raise naming what a dump of it lacks (it is gone, stopped, untrusted, no criu, ...)."""
+
+    @abc.abstractmethod
+    def to_come(self, name: str) -> t.Dict[str, t.Any]:
+        """The checkpoint a dump would make, as check mode's diff shows it."""
+
+    @abc.abstractmethod
+    def dump(self, loc: store.Location, params: t.Mapping[str, t.Any], key: t.Optional[bytes],
+             algorithm: str) -> t.Dict[str, t.Any]:
+        """Dump into a staging directory and publish it as ``loc``; the checkpoint and stats for the result."""
+
+
+class Kind(abc.ABC):
+    """The operations that differ by kind; one instance per kind, stateless."""
+
+    name: str
+
+    # --- which kind ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def asked(self, params: t.Mapping[str, t.Any]) -> bool:
+        """Do a module's params name a workload of this kind?"""
+
+    @abc.abstractmethod
+    def holds(self, metadata: Metadata) -> bool:
+        """Is ``metadata`` (a checkpoint's, or a migration journal's) of this kind?"""
+
+    @abc.abstractmethod
+    def subject(self, metadata: Metadata) -> str:
+        """What the checkpoint holds, as messages name it: "process (pid 42, python3)"."""
+
+    # --- checkpoint and restore ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
+        """Raise naming an option this kind cannot honour at ``at`` ("dump", "restore", "migrate")."""
+
+    @abc.abstractmethod
+    def find(self, params: t.Mapping[str, t.Any]) -> Workload:
+        """The workload the params name, as it is now (raises when it cannot even be looked up)."""
+
+    @abc.abstractmethod
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, params: t.Mapping[str, t.Any],
+                key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
+        """Restore the verified checkpoint (or say, in check mode, what would be); the module result."""
+
+    @abc.abstractmethod
+    def host_problems(self, metadata: Metadata, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        """Why this host cannot restore the checkpoint, beyond what every kind checks (arch, busy pids)."""
+
+    # --- a migration, on its source ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def refuse_migration(self, mode: str) -> None:
+        """Raise when this kind cannot migrate in ``mode``."""
+
+    @abc.abstractmethod
+    def look_up(self, params: t.Mapping[str, t.Any]) -> Found:
+        """The workload a migration is asked to move, as it is now: None parts where there is none running."""
+
+    @abc.abstractmethod
+    def require(self, params: t.Mapping[str, t.Any], found: Found) -> Found:
+        """``found``, which must run now; raises explaining what it is instead."""
+
+    @abc.abstractmethod
+    def describe_found(self, found: Found) -> str:
+        """The workload a migration moves, in messages: "pid 42", "container web"."""
+
+    @abc.abstractmethod
+    def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
+        """What the migration's journal records to find the workload again (beyond its process)."""
+
+    @abc.abstractmethod
+    def already_migrated(self, record: Record, found: Found) -> bool:
+        """Is ``found`` the very workload the completed migration ``record`` moved (so nothing is left to do)?"""
+
+    @abc.abstractmethod
+    def reused_pid(self, record: Record, found: Found) -> bool:
+        """Does ``found`` hold the pid the completed migration ``record`` moved, now another workload's?"""
+
+    @abc.abstractmethod
+    def claim_key(self, process: t.Mapping[str, t.Any], record: Record) -> str:
+        """What the workload is on this host, whatever a migration calls it (one migration may freeze it)."""
+
+    @abc.abstractmethod
+    def source_problems(self, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        """Why this host cannot freeze a workload of this kind (raises for a missing criu)."""
+
+    @abc.abstractmethod
+    def target_problems(self, facts: t.Mapping[str, t.Any]) -> t.List[str]:
+        """What the target's preflight found against this kind."""
+
+    def image_to_send(self, found: Found, target_facts: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
+        """The image (``image_id``, ``image_name``) the target lacks and the migration sends before the freeze; None
+        for a kind whose checkpoint holds everything (a process tree's files are the host's own)."""
+        return None
+
+    def save_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
+        """Write ``image`` (one image_to_send returned) into ``fd``, as the target's load_image reads it."""
+        raise NotImplementedError("a %s has no image to send" % self.name)
+
+    @abc.abstractmethod
+    def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
+        """Freeze and dump the workload while its images stream to the target; its metadata and dump seconds."""
+
+    @abc.abstractmethod
+    def resume_source(self, record: Record, timeout: float) -> None:
+        """Let the frozen source run on with its memory; raise when it cannot."""
+
+    @abc.abstractmethod
+    def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
+        """The target runs it now: the source must never run again. What could not be cleaned up, if anything."""
+
+    @abc.abstractmethod
+    def copy_waits_for_commit(self, record: Record) -> bool:
+        """Does the target's copy stay stopped until a commit (so the source may resume first on an abort)?"""
+
+    @abc.abstractmethod
+    def runs_on_target_undecided(self, record: Record) -> bool:
+        """Does the target's copy already run, voted for, with no decision yet (a recovery then commits)?"""

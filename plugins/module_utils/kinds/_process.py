@@ -1,0 +1,264 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The process tree: a root pid (or pidfile) and every descendant, dumped and restored by criu itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Metadata, Record, Workload
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir
+
+# Options of other kinds' restores, refused on a process's checkpoint rather than ignored.
+OTHER_KINDS_RESTORE_OPTIONS = ("container_name", "ignore_static_ip", "ignore_static_mac")
+
+
+def same_process(metadata: Metadata, pid: int) -> bool:
+    """Is the checkpoint at DEST of this very process (pid reuse and reboots ruled out)?"""
+    recorded = metadata["process"]
+    if recorded.get("pid") != pid or metadata["source"].get("boot_id") != procfs.boot_id():
+        return False
+    st = procfs.read_stat(pid)
+    # A dump without leave_running ends the process: its absence is what a finished checkpoint looks like.
+    return st is None or st.exited or st.starttime == recorded.get("starttime")
+
+
+def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, tree: t.Sequence[int]) -> t.Dict[str, t.Any]:
+    """The criu options recorded in metadata.json (a restore replays those criu needs again): the criu options in
+    ``params``, and what becomes of the tree after the dump (leave_running, leave_stopped)."""
+    options = criu_options.normalise(params, "dump")
+    if options["shell_job"] is None:
+        options["shell_job"] = procfs.needs_shell_job(pid, st, tree)
+    options.update(leave_running=params["leave_running"], leave_stopped=params["leave_stopped"])
+    return options
+
+
+def resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
+    """After a failed dump, make sure the workload runs as it did before; say what happened to it."""
+    now = procfs.read_stat(pid)
+    if now is None or now.starttime != st.starttime or now.exited:
+        return "The process %d is gone: CRIU killed it before failing; restart it from its own supervisor." % pid
+    if now.state == "T" and st.state != "T":
+        procfs.kill_tree(pid, signal.SIGCONT)
+        return "The process %d was left stopped by the failed dump and has been resumed (SIGCONT)." % pid
+    return "The process %d is still running, untouched." % pid
+
+
+class ProcessTree(Workload):
+    """The tree rooted at ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.st: t.Optional[procfs.ProcStat] = None
+        self.runtime: t.Optional[CriuRuntime] = None
+
+    @property
+    def what(self) -> str:
+        return "pid %d (%s)" % (self.pid, self.st.comm) if self.st else "pid %d" % self.pid
+
+    def result(self) -> t.Dict[str, t.Any]:
+        return {"pid": self.pid}
+
+    def is_in(self, metadata: Metadata) -> bool:
+        return same_process(metadata, self.pid)
+
+    def require_checkpointable(self, criu_path: t.Optional[str]) -> None:
+        self.st = procfs.require_checkpointable(self.pid)
+        self.runtime = CriuRuntime.load(criu_path)
+
+    def to_come(self, name: str) -> t.Dict[str, t.Any]:
+        return diff_.new_checkpoint(name, self.pid, self.st.comm if self.st is not None else None)
+
+    def dump(self, loc: store.Location, params: t.Mapping[str, t.Any], key: t.Optional[bytes],
+             algorithm: str) -> t.Dict[str, t.Any]:
+        """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename.
+
+        A dump that is to end the process leaves it stopped instead, and ends it only once the checkpoint is
+        published: whatever fails before (a full disk writing the metadata, a signature, a rename), the workload
+        runs on."""
+        pid, st, runtime = self.pid, t.cast(procfs.ProcStat, self.st), t.cast(CriuRuntime, self.runtime)
+        facts = procfs.process_facts(pid, st)
+        options = dump_options(params, pid, st, facts["tree"])
+        ending = not (options["leave_running"] or options["leave_stopped"])
+        identity: t.List[t.List[int]] = []
+        staging: t.Optional[store.Staging] = None
+        try:
+            with seal_.staged(loc) as staging:
+                images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+                with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
+                    frozen_at = procfs.utc_now()
+                    dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path),
+                                                dict(options, leave_stopped=True) if ending else options, params["timeout"]).duration
+                    hashed = follower.digests()
+                criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
+                identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
+                flush_started = time.monotonic()
+                manifest = seal_.flushed_manifest(images.fd, algorithm, hashed)
+                metadata = seal_.describe(runtime.identity(), params["name"] or loc.name, facts, options, algorithm, manifest)
+                seal_.seal(staging, metadata, key)
+                staging.publish()
+                fsync_seconds = time.monotonic() - flush_started
+        except BaseException as exc:
+            seal_.failed_dump_fate(exc, staging, loc, lambda: resume_if_we_stopped(pid, st))
+            raise
+        if ending:
+            procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
+        return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, criu=criu_stats)
+
+
+def _tree(record: Record) -> t.List[t.List[int]]:
+    return (record.get("process") or {}).get("tree") or []
+
+
+class Process(Kind):
+    """A process tree: what every checkpoint without another kind's record holds."""
+
+    name = "process"
+
+    def asked(self, params: t.Mapping[str, t.Any]) -> bool:
+        return params.get("pid") is not None or bool(params.get("pidfile"))
+
+    def holds(self, metadata: Metadata) -> bool:
+        return True  # the kind of last resort (see _registry)
+
+    def subject(self, metadata: Metadata) -> str:
+        return "process (pid %s, %s)" % (metadata["process"].get("pid"), metadata["process"].get("comm"))
+
+    def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
+        return None  # criu takes every option
+
+    def find(self, params: t.Mapping[str, t.Any]) -> Workload:
+        return ProcessTree(procfs.resolve_pid(params["pid"], params["pidfile"]))
+
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, params: t.Mapping[str, t.Any],
+                key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
+        """criu restores the tree, detached; the copy must be alive a moment later."""
+        metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
+        src = checkpoint.path
+        given = [name for name in OTHER_KINDS_RESTORE_OPTIONS if params.get(name)]
+        if given:
+            raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of a %s. Leave it out."
+                            % (", ".join(given), src, self.subject(metadata)), path=src)
+        shown = integrity.public(metadata)
+        previous = restored_.live_restore(checkpoint, metadata, key)
+        if previous and not params["force"]:
+            return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": [],
+                    "diff": diff_.restore(src, previous, diff_.restored(previous))}
+        problems = host.restore_problems(metadata) + reopen.problems(checkpoint.images_fd)
+        if problems:
+            raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
+        options = criu_options.for_restore(metadata, params)
+        host.require_privileges()
+        runtime = CriuRuntime.load(params["criu_path"])
+        action = "restore %s (checkpoint of pid %s)" % (src, metadata["process"].get("pid"))
+        if check_mode:
+            return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action],
+                    "diff": diff_.restore(src, previous, diff_.new_restore(metadata["id"]))}
+        pid, run = restored_.restore_tree(runtime, checkpoint, options, params["timeout"])
+        restored_at = procfs.utc_now()
+        record = restored_.restore_record(metadata["id"], pid, restored_at,
+                                          starttime=restored_.confirm_alive(pid, run.log_path, src).starttime)
+        restored_.save_record(checkpoint.fd, record, key)
+        restored_.record_pid(params["pidfile"], src, pid)
+        return {
+            "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,
+            "stats": dict(verdict.stats(), restore_seconds=round(run.duration, 3), criu=run.criu_stats), "actions": [action],
+            "diff": diff_.restore(src, previous, diff_.restored(record)),
+        }
+
+    def host_problems(self, metadata: Metadata, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        return list(host.criu_facts(criu_path)["problems"])
+
+    # --- a migration, on its source ---------------------------------------------------------------------------
+    def refuse_migration(self, mode: str) -> None:
+        return None  # copy and post-copy
+
+    def look_up(self, params: t.Mapping[str, t.Any]) -> Found:
+        try:
+            return Found(procfs.resolve_pid(params["pid"], params["pidfile"]))
+        except CriuError:
+            return Found(None)
+
+    def require(self, params: t.Mapping[str, t.Any], found: Found) -> Found:
+        # No pid when the workload was looked up: the pidfile is read again, and names no process (raises) or, if
+        # one started since, that one.
+        return found if found.pid is not None else Found(procfs.resolve_pid(params["pid"], params["pidfile"]))
+
+    def describe_found(self, found: Found) -> str:
+        return "pid %d" % t.cast(int, found.pid)
+
+    def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
+        return {}
+
+    def already_migrated(self, record: Record, found: Found) -> bool:
+        process, pid = record.get("process") or {}, found.pid
+        if pid is None or not procfs.is_alive(pid):
+            return True
+        st = procfs.read_stat(pid)
+        return pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
+
+    def reused_pid(self, record: Record, found: Found) -> bool:
+        return found.pid is not None and found.pid == (record.get("process") or {}).get("pid")
+
+    def claim_key(self, process: t.Mapping[str, t.Any], record: Record) -> str:
+        return "pid-%s-%s" % (process.get("pid"), process.get("starttime"))
+
+    def source_problems(self, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        CriuRuntime.load(criu_path)  # raises, naming why there is no criu to trust
+        return []
+
+    def target_problems(self, facts: t.Mapping[str, t.Any]) -> t.List[str]:
+        return []
+
+    def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
+        """criu dumps the tree (left stopped) while its images stream to the target."""
+        record = freezer.journal_data()
+        runtime = CriuRuntime.load(record.get("criu_path"))
+        runtime.on_spawn = lambda criu_pid: freezer.note(criu=procfs.tree_identity(criu_pid)[0])
+        st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
+        options = dump_options(dict(freezer.criu, leave_running=False, leave_stopped=True), pid, st,
+                               [member[0] for member in _tree(record)])
+        options["lazy_pages"] = freezer.mode == "postcopy"
+        images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+        work = Dir(staging.fd, staging.path)
+        facts = procfs.process_facts(pid, st)
+        freezer.start_freeze(pid)
+        with follow.ImageFollower(images.fd, images.path, freezer.algorithm, on_chunk=freezer.send_chunk,
+                                  write_back=False) as follower:
+            if freezer.mode == "postcopy":
+                dump_seconds = freezer.lazy_dump(
+                    lambda relay_fd: runtime.start_lazy_dump(pid, images, work, options, relay_fd, freezer.timeout))
+            else:
+                dump_seconds = runtime.dump(pid, images, work, options, freezer.timeout).duration
+            hashed = follower.digests()
+        manifest = freezer.manifest(images.fd, hashed)
+        return seal_.describe(runtime.identity(), freezer.name, facts, options, freezer.algorithm, manifest), dump_seconds
+
+    def resume_source(self, record: Record, timeout: float) -> None:
+        """SIGCONT to exactly the processes that were frozen."""
+        procfs.signal_identified(_tree(record), signal.SIGCONT)
+
+    def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
+        procfs.wait_gone(procfs.signal_identified(_tree(record), signal.SIGKILL), timeout=10)
+        return None
+
+    def copy_waits_for_commit(self, record: Record) -> bool:
+        return record.get("mode") == "copy"  # criu restores it stopped; post-copy's runs at once
+
+    def runs_on_target_undecided(self, record: Record) -> bool:
+        return False
