@@ -9,8 +9,13 @@ restore through an fd opened before verification: the export is never reached by
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
+import socket
 import stat
+import threading
 import time
 import typing as t
 
@@ -21,7 +26,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Metadata, Record, Workload
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
@@ -367,10 +373,22 @@ class Container(Kind):
         return bool(params.get("container"))
 
     def holds(self, metadata: Metadata) -> bool:
-        return isinstance(metadata.get("container"), dict)
+        """A checkpoint, a source journal or a request records the container; a target journal its copy's id."""
+        return isinstance(metadata.get("container"), dict) or bool(metadata.get("container_id"))
 
     def subject(self, metadata: Metadata) -> str:
         return "container (%s, %s)" % (metadata["container"].get("name"), str(metadata["container"].get("id"))[:12])
+
+    def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
+        """With ``engine`` (podman): whether it can checkpoint containers here (see _podman.container_facts)."""
+        return {"containers": podman.container_facts(engine, timeout, caps)} if engine else {}
+
+    def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
+        return {key: metadata["container"].get(key) for key in ("engine", "name", "id", "image_name")}
+
+    def inspect_unavailable(self) -> t.Optional[str]:
+        return ("a container's checkpoint: criu's images are inside Podman's export (images/export.tar), which is not "
+                "unpacked to be parsed")
 
     def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
         refuse_unsupported(params, at)
@@ -434,8 +452,17 @@ class Container(Kind):
     def describe_found(self, found: Found) -> str:
         return "container %s" % t.cast(t.Dict[str, t.Any], found.engine_view)["name"]
 
+    def describe_record(self, record: Record) -> str:
+        return "container %s" % _recorded(record)["name"]
+
+    def frozen_state(self, record: Record) -> str:
+        return "stopped by its checkpoint, which Podman keeps (never restored here while in doubt)"
+
     def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
         return {"container": identity(t.cast(t.Dict[str, t.Any], found.engine_view))}
+
+    def recorded_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        return {"container": _recorded(record)}
 
     def already_migrated(self, record: Record, found: Found) -> bool:
         """Gone (removed at the commit) or still it, stopped (its removal failed). The same container running here
@@ -463,6 +490,14 @@ class Container(Kind):
 
     def save_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
         podman.Podman.load(timeout).save_image(image["image_id"], fd, timeout)
+
+    def load_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
+        """A docker-archive, which keeps the image's id."""
+        engine = podman.Podman.load(timeout)
+        engine.load_image(fd, image["image_id"], image["image_name"], timeout)
+        if engine.image_id(image["image_name"] or image["image_id"], timeout) != image["image_id"]:
+            raise CriuError("podman load took the image the source sent, but %s is not image %s here afterwards."
+                            % (image["image_name"] or "its id", image["image_id"][:12]))
 
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Podman checkpoints the container (it stops; Podman keeps a copy to restore it in place from) into the
@@ -512,3 +547,89 @@ class Container(Kind):
         ran out, a recovery commits it."""
         return (record.get("phase") == "target_restored" and record.get("decision") is None
                 and record.get("outcome") is None and not record.get("lease_expired"))
+
+    # --- a migration, on its target ----------------------------------------------------------------------------
+    def target_preflight(self, request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
+        """Whether Podman here can restore it (runtime, criu, limits), its image, its name."""
+        recorded = request["container"]
+        timeout = float(request["timeout"])
+        engine, problems = ready_engine("podman", timeout, host.effective_caps())
+        if engine is None or not can_restore:
+            return {"problems": problems, "image_present": False}
+        landing, present = target_problems(engine, recorded, bool(request.get("transfer_image")), timeout)
+        return {"problems": problems + landing, "image_present": present}
+
+    def prepare_landing(self, request: t.Mapping[str, t.Any], timeout: float) -> podman.Podman:
+        """Podman, once it can take the container (its image here under its name, its name free): checked before the
+        source freezes anything, not in the downtime. Podman refuses a restore itself should that change meanwhile."""
+        recorded = request["container"]
+        engine = podman.Podman.load(timeout)
+        problems, _present = target_problems(engine, recorded, False, timeout)
+        if problems:
+            raise CriuError("Cannot restore container %s on this host: %s." % (recorded["name"], listed(problems)), problems=problems)
+        return engine
+
+    def land(self, landing: Landing, journal: TargetJournal, runtime: CriuRuntime, opened: store.Checkpoint,
+             metadata: Metadata, page_conn: t.Optional[socket.socket],
+             stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
+        """Podman imports and restores the verified export under the container's own name and id. Podman cannot leave
+        a restored container stopped: the copy runs from here, as a post-copy one does, and the source container stays
+        stopped until the decision; an abort removes this copy before the source runs again."""
+        recorded = metadata["container"]
+        announced = landing.request.get("container") or {}
+        if landing.prepared is None or recorded.get("id") != announced.get("id"):
+            raise CriuError("The checkpoint holds container %s, not the container this migration announced (%s)."
+                            % (recorded.get("name"), announced.get("name")))
+        engine = landing.prepared
+        journal.record("restoring", container_id=recorded["id"], container_name=recorded["name"], timeout=landing.timeout)
+        options = restore_options(metadata, {"ignore_static_ip": False, "ignore_static_mac": False})
+        restoring = threading.Event()
+
+        def importing(podman_pid: int) -> None:
+            journal.record("restoring", engine_process=procfs.tree_identity(podman_pid)[0])
+            if landing.source_fd is not None:
+                threading.Thread(target=_kill_when_the_source_leaves, daemon=True,
+                                 args=(landing.source_fd, journal.get("engine_process"), restoring)).start()
+            landing.reached("importing")  # Podman creates the container from here
+
+        try:
+            restored, podman_stats, seconds = restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
+                                                             options, landing.timeout, on_spawn=importing)
+        finally:
+            restoring.set()
+        journal.data["running_since"] = time.monotonic()
+        journal.record("restoring", restore_seconds=round(seconds, 3), podman=podman_stats)
+        return t.cast(int, restored["pid"]), None
+
+    def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
+        """Podman's restore keeps the container's id: whatever runs under it here is this migration's copy. A restore
+        still running (its agent died) would create it after a look: it is waited for first."""
+        procfs.wait_identified_gone(record.get("engine_process"), timeout=timeout)
+        victims: t.List[int] = []
+        try:
+            podman.Podman.load(timeout).remove(record["container_id"], timeout)
+        finally:
+            # A restore killed on its timeout may have started the container already, under a conmon Podman has no
+            # record of (podman rm finds nothing): the copy runs there until its monitor and everything under it go.
+            for monitor in procfs.processes_with_argument("conmon", record["container_id"]):
+                victims += procfs.kill_tree(monitor)
+        return victims
+
+    def copy_stopped_until_commit(self, record: Record) -> bool:
+        return False
+
+    def landed_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        return {"container_id": record.get("container_id"), "container_name": record.get("container_name")}
+
+
+def _kill_when_the_source_leaves(source_fd: int, engine_process: t.Sequence[int], restoring: threading.Event) -> None:
+    """While Podman restores (it may take minutes), nothing reads the source's session. A source that left (its lease
+    ran out, it decided to abort) waits for this host to confirm its copy is gone before its own container runs again,
+    and this host's decision lock is held until the restore ends: so its hang-up kills podman at once, the restore
+    fails, and the abort that follows removes whatever it started."""
+    poller = select.poll()
+    poller.register(source_fd, select.POLLRDHUP)  # a hang-up (POLLHUP, POLLERR) is always reported
+    while not restoring.is_set():
+        if poller.poll(100):
+            procfs.signal_identified([engine_process], signal.SIGKILL)
+            return

@@ -9,8 +9,11 @@ A kind is one module in this folder with a subclass of ``Kind``, registered in `
 from __future__ import annotations
 
 import abc
+import contextlib
+import socket
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.storage._integrity import FileDigest
 
@@ -65,6 +68,36 @@ class Found(t.NamedTuple):
     engine_view: t.Optional[t.Dict[str, t.Any]] = None
 
 
+class TargetJournal(t.Protocol):
+    """A migration's journal on its target, as a kind's landing writes to it."""
+
+    data: t.Dict[str, t.Any]
+
+    @property
+    def phase(self) -> str: ...
+
+    def get(self, key: str, default: t.Any = None) -> t.Any: ...
+
+    def record(self, phase: str, **fields: t.Any) -> None: ...
+
+
+class Landing(t.Protocol):
+    """What the target's agent lends a kind to restore a migration's copy."""
+
+    request: t.Mapping[str, t.Any]
+    timeout: float
+    restore_options: t.Mapping[str, t.Any]  # the migration's restore-time choices (manage_cgroups, cgroup_root)
+    prepared: t.Any  # what the kind's prepare_landing returned
+    source_fd: t.Optional[int]  # the source's session: its hang-up means the source left
+
+    @property
+    def restore_pidfile(self) -> str:
+        """Where criu writes the restored root's pid (an abort finds the copy by it)."""
+
+    def reached(self, step: str) -> None:
+        """A step tests may stop the migration at (a failpoint)."""
+
+
 class Workload(abc.ABC):
     """One workload of a kind, as found on this host when a module looked it up."""
 
@@ -113,6 +146,19 @@ class Kind(abc.ABC):
     def subject(self, metadata: Metadata) -> str:
         """What the checkpoint holds, as messages name it: "process (pid 42, python3)"."""
 
+    @abc.abstractmethod
+    def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
+        """What criu_info reports of this host for this kind, beyond criu itself (asked for ``engine``)."""
+
+    @abc.abstractmethod
+    def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
+        """What an engine recorded of the workload, as a listing shows it (a container's engine, name, id, image);
+        None for a kind that has no engine."""
+
+    @abc.abstractmethod
+    def inspect_unavailable(self) -> t.Optional[str]:
+        """Why criu's parser cannot read this kind's images in place; None when it can."""
+
     # --- checkpoint and restore ----------------------------------------------------------------------------
     @abc.abstractmethod
     def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
@@ -149,8 +195,20 @@ class Kind(abc.ABC):
         """The workload a migration moves, in messages: "pid 42", "container web"."""
 
     @abc.abstractmethod
+    def describe_record(self, record: Record) -> str:
+        """The workload a migration journal ``record`` moved, in messages: "pid 42", "container web"."""
+
+    @abc.abstractmethod
+    def frozen_state(self, record: Record) -> str:
+        """How the source's copy is left while its migration is in doubt."""
+
+    @abc.abstractmethod
     def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
         """What the migration's journal records to find the workload again (beyond its process)."""
+
+    @abc.abstractmethod
+    def recorded_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        """journal_identity, read back from the journal ``record`` (what the target's requests carry)."""
 
     @abc.abstractmethod
     def already_migrated(self, record: Record, found: Found) -> bool:
@@ -181,6 +239,11 @@ class Kind(abc.ABC):
         """Write ``image`` (one image_to_send returned) into ``fd``, as the target's load_image reads it."""
         raise NotImplementedError("a %s has no image to send" % self.name)
 
+    def load_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
+        """On the target: load ``image`` (``image_id``, ``image_name``) from ``fd``, as save_image wrote it; it must be
+        here under its id afterwards."""
+        raise NotImplementedError("a %s has no image to load" % self.name)
+
     @abc.abstractmethod
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Freeze and dump the workload while its images stream to the target; its metadata and dump seconds."""
@@ -200,3 +263,32 @@ class Kind(abc.ABC):
     @abc.abstractmethod
     def runs_on_target_undecided(self, record: Record) -> bool:
         """Does the target's copy already run, voted for, with no decision yet (a recovery then commits)?"""
+
+    # --- a migration, on its target ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def target_preflight(self, request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
+        """What the source's preflight must know of this host for this kind (None when nothing), its problems listed."""
+
+    @abc.abstractmethod
+    def prepare_landing(self, request: t.Mapping[str, t.Any], timeout: float) -> t.Any:
+        """Make sure, before the source freezes anything, that this host can take the workload; what land needs."""
+
+    @abc.abstractmethod
+    def land(self, landing: Landing, journal: TargetJournal, runtime: CriuRuntime, opened: store.Checkpoint,
+             metadata: Metadata, page_conn: t.Optional[socket.socket],
+             stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
+        """Restore the verified checkpoint as the migration's copy: stopped until the commit where the kind can (see
+        copy_stopped_until_commit); its root pid, and post-copy's page fetcher (which lives as long as ``stack``)."""
+
+    @abc.abstractmethod
+    def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
+        """Remove this kind's own trace of the copy (beyond its process tree, which the agent kills); the pids that
+        must go."""
+
+    @abc.abstractmethod
+    def copy_stopped_until_commit(self, record: Record) -> bool:
+        """Does the copy on the target wait, stopped, for the commit (so that one dead meanwhile never ran)?"""
+
+    @abc.abstractmethod
+    def landed_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        """What tells the copy apart from whatever reuses its pid later, for its restore record (beyond starttime)."""

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import time
 import typing as t
 
@@ -13,7 +15,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustat
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Metadata, Record, Workload
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
@@ -21,8 +23,9 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _resto
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
 
 # Options of other kinds' restores, refused on a process's checkpoint rather than ignored.
 OTHER_KINDS_RESTORE_OPTIONS = ("container_name", "ignore_static_ip", "ignore_static_mac")
@@ -139,6 +142,15 @@ class Process(Kind):
     def subject(self, metadata: Metadata) -> str:
         return "process (pid %s, %s)" % (metadata["process"].get("pid"), metadata["process"].get("comm"))
 
+    def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
+        return {}
+
+    def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
+        return None
+
+    def inspect_unavailable(self) -> t.Optional[str]:
+        return None
+
     def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
         return None  # criu takes every option
 
@@ -202,7 +214,16 @@ class Process(Kind):
     def describe_found(self, found: Found) -> str:
         return "pid %d" % t.cast(int, found.pid)
 
+    def describe_record(self, record: Record) -> str:
+        return "pid %s" % (record.get("process") or {}).get("pid")
+
+    def frozen_state(self, record: Record) -> str:
+        return "frozen" if procfs.alive_identified(_tree(record)) else "gone"
+
     def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
+        return {}
+
+    def recorded_identity(self, record: Record) -> t.Dict[str, t.Any]:
         return {}
 
     def already_migrated(self, record: Record, found: Found) -> bool:
@@ -262,3 +283,52 @@ class Process(Kind):
 
     def runs_on_target_undecided(self, record: Record) -> bool:
         return False
+
+    # --- a migration, on its target ----------------------------------------------------------------------------
+    def target_preflight(self, request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
+        return None
+
+    def prepare_landing(self, request: t.Mapping[str, t.Any], timeout: float) -> t.Any:
+        return None
+
+    def land(self, landing: Landing, journal: TargetJournal, runtime: CriuRuntime, opened: store.Checkpoint,
+             metadata: Metadata, page_conn: t.Optional[socket.socket],
+             stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
+        """criu restores the tree stopped (copy), or running with its memory still at the source (post-copy: the
+        lazy-pages fetcher and its work directory live as long as ``stack``)."""
+
+        def restoring(criu_pid: int) -> None:
+            journal.record("restoring", criu=procfs.tree_identity(criu_pid)[0])
+
+        procfs.become_subreaper()
+        options = criu_options.for_restore(metadata, landing.restore_options)
+        if page_conn is None:
+            runtime.on_spawn = restoring
+            pid, run = restored_.restore_tree(runtime, opened, options, landing.timeout, leave_stopped=True,
+                                              pidfile=landing.restore_pidfile)
+            restored_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
+            return pid, None
+        # lazy-pages and restore share a work directory: restore finds the fetcher through its socket there.
+        work_path = stack.enter_context(store.private_dir("nucleus-criu-lazy-"))
+        work = Dir(safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0], work_path)
+        stack.callback(os.close, work.fd)
+        fetcher = runtime.start_lazy_pages(Dir(opened.images_fd, os.path.join(opened.path, store.IMAGES)), work,
+                                           page_conn.fileno(), landing.timeout)
+        stack.callback(fetcher.stop)
+        page_conn.close()
+        journal.record("received", lazy_log=fetcher.log_path, lazy_pages_daemon=procfs.tree_identity(fetcher.proc.pid)[0])
+        runtime.on_spawn = restoring
+        pid, run = restored_.restore_tree(runtime, opened, options, landing.timeout, lazy=True, pidfile=landing.restore_pidfile,
+                                          work=work)
+        journal.data["running_since"] = time.monotonic()
+        restored_.confirm_alive(pid, run.log_path, opened.path)
+        return pid, fetcher
+
+    def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
+        return []
+
+    def copy_stopped_until_commit(self, record: Record) -> bool:
+        return record.get("mode") == "copy"
+
+    def landed_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        return {}

@@ -257,18 +257,12 @@ def _doubt(journal: Journal, answer: t.Optional[t.Dict[str, t.Any]], committed: 
             % where)
 
 
-def workload_key(process: t.Mapping[str, t.Any], container: t.Optional[t.Mapping[str, t.Any]]) -> str:
-    """What a workload is on this host, whatever a migration calls it (its kind says: a container's id, a root's pid
-    and start time, since a pid alone is reused); ``container``: the journal's record of one, if any."""
-    record = {"container": container}
-    return kinds.of(record).claim_key(process, record)
-
-
 def _cleanup_source(journal: Journal, settings_: Settings) -> None:
     """What the completed migration leaves on the source: its checkpoint (by ``cleanup``) and the claim on the
     workload, which is gone from here."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(workload_claim(workload_key(journal.get("process") or {}, journal.get("container"))), dir_fd=journal.dir_fd)
+        os.unlink(workload_claim(kinds.of(journal.data).claim_key(journal.get("process") or {}, journal.data)),
+                  dir_fd=journal.dir_fd)
     if settings_.cleanup in ("all", "source"):
         with store.location(os.path.join(settings_.directory, settings_.name)) as loc:
             if store.replace_problem(loc) is None:
@@ -350,7 +344,7 @@ class Worker:
         return {"cmd": "receive", "id": self.journal.get("id"), "name": s.name, "migrate_dir": s.directory, "mode": s.mode,
                 "algorithm": s.algorithm, "timeout": s.timeout, "link_timeout": s.link_timeout,
                 "decision_timeout": s.lease + s.link_timeout, "source": os.uname().nodename,
-                "key": s.key.hex() if s.key else None, "container": self.journal.get("container"),
+                "key": s.key.hex() if s.key else None, **kinds.of(self.journal.data).recorded_identity(self.journal.data),
                 "restore_options": {option.name: s.criu[option.name] for option in criu_options.OPTIONS if option.restore_choice}}
 
     def _progress(self, step: str, force: bool = False) -> None:
@@ -578,7 +572,7 @@ def _preflight(settings_: Settings, code: bytes, kind: Kind, found: Found, journ
         facts = _check_both_hosts(settings_, code, kind, found, journal_id, criu_path)
         image = kind.image_to_send(found, facts["target"])
         if image is not None and not check_mode:
-            facts["image_seconds"] = _send_image(settings_, code, journal_id, kind, image)
+            facts["image_seconds"] = _send_image(settings_, code, journal_id, kind, found, image)
         return facts
     except CriuError as exc:
         if not exc.msg.startswith(PREFLIGHT_STOP % (settings_.name, "")):
@@ -601,7 +595,7 @@ def _check_both_hosts(settings_: Settings, code: bytes, kind: Kind, found: Found
     try:
         facts = remote.ask(settings_.target, code, settings_.link_timeout, cmd="preflight", id=journal_id, name=settings_.name,
                            migrate_dir=settings_.directory, timeout=settings_.timeout, transfer_image=settings_.transfer_image,
-                           container=kind.journal_identity(found).get("container"))
+                           **kind.journal_identity(found))
     except CriuError as exc:
         raise CriuError("the source cannot run nucleus.criu on the target over ssh as the migration would (check ssh_user, "
                         "ssh_port, ssh_key_file, ssh_extra_args and target_python): %s" % exc.msg, target=settings_.target.label) from exc
@@ -658,7 +652,8 @@ def _stopped_source(settings_: Settings, code: bytes, pid: int, journal_id: str)
             % (pid, settings_.name, other.get("id"), other.get("phase"), other.get("outcome") or "none yet", pid, settings_.directory))
 
 
-def _send_image(settings_: Settings, code: bytes, journal_id: str, kind: Kind, image: t.Mapping[str, t.Any]) -> float:
+def _send_image(settings_: Settings, code: bytes, journal_id: str, kind: Kind, found: Found,
+                image: t.Mapping[str, t.Any]) -> float:
     """The workload's image to the target (a container's: podman save here, podman load there), before anything is
     frozen: a checkpoint holds the container's changes, never its image. Its seconds."""
     started = time.monotonic()
@@ -673,7 +668,7 @@ def _send_image(settings_: Settings, code: bytes, journal_id: str, kind: Kind, i
             agent = remote.Agent(settings_.target, code, {"cmd": "load_image", "id": journal_id, "name": settings_.name,
                                                           "migrate_dir": settings_.directory, "timeout": settings_.timeout,
                                                           "link_timeout": settings_.link_timeout, "image_id": image["image_id"],
-                                                          "image_name": image["image_name"]})
+                                                          "image_name": image["image_name"], **kind.journal_identity(found)})
             try:
                 agent.answer(settings_.link_timeout)
                 offset = 0

@@ -13,6 +13,7 @@ import datetime
 import os
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -73,8 +74,7 @@ def failure_message(journal: Journal) -> t.Optional[str]:
     outcome = data.get("outcome")
     if outcome in (None, "completed") or data.get("role") == "target":
         return None
-    where = data.get("process", {})
-    workload = "pid %s" % where.get("pid") if not data.get("container") else "container %s" % data["container"]["name"]
+    workload = kinds.of(data).describe_record(data)
     if outcome == "rolled_back":
         if data.get("target_cleanup") == "done":
             target_state = "; nothing of it remains on the target"
@@ -93,9 +93,7 @@ def failure_message(journal: Journal) -> t.Optional[str]:
 
 def _source_state(data: t.Mapping[str, t.Any]) -> str:
     """How the source's copy is left while a migration is in doubt."""
-    if data.get("container"):
-        return "stopped by its checkpoint, which Podman keeps (never restored here while in doubt)"
-    return "frozen" if procfs.alive_identified(data.get("process", {}).get("tree") or []) else "gone"
+    return kinds.of(data).frozen_state(data)
 
 
 def _failed_phase(data: t.Mapping[str, t.Any]) -> str:

@@ -18,27 +18,23 @@ import select
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 import typing as t
 
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _container as container
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criulog as criulog
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
-from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal, failpoint
-from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import HEALTH_DELAY, CriuRuntime, Daemon, Dir
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import HEALTH_DELAY, CriuRuntime, Daemon
 
 # Target phases, in order. After "restored" the target has voted: only the source's decision ends it.
 VOTED = ("restored", "pages_complete", "committed", "aborting")
@@ -71,15 +67,22 @@ class Context:
         # The restore choices the migration was given (manage_cgroups, cgroup_root); the rest replays the dump's.
         self.restore_options: t.Mapping[str, t.Any] = request.get("restore_options") or {}
         self.key = bytes.fromhex(request["key"]) if request.get("key") else None  # signs restored.json
-        self.engine: t.Optional[podman.Podman] = None
+        self.prepared: t.Any = None  # what the workload's kind made ready before the freeze (Podman, for a container)
         self.source_fd: t.Optional[int] = None  # the source's session (receive): its hang-up is watched while Podman restores
 
     @property
     def checkpoint_path(self) -> str:
         return os.path.join(self.directory, self.name)
 
+    @property
+    def restore_pidfile(self) -> str:
+        return os.path.join(self.directory, restore_pidfile_name(self.name))
+
     def journal(self) -> t.Optional[Journal]:
         return Journal.load(self.dir_fd, self.directory, self.name)
+
+    def reached(self, step: str) -> None:
+        failpoint(self.name, step)
 
 
 def failed_log_name(name: str) -> str:
@@ -116,18 +119,7 @@ def _kill_restored(journal: Journal) -> None:
         if daemon and procfs.is_alive(daemon[0], daemon[1]):
             victims += procfs.kill_tree(daemon[0])
     victims += procfs.signal_identified(journal.get("tree") or [], signal.SIGKILL)
-    if journal.get("container_id"):
-        # Podman's restore keeps the container's id: whatever runs under it here is this migration's copy. A restore
-        # still running (its agent died) would create it after a look: it is waited for first.
-        timeout = journal.get("timeout") or 60.0
-        procfs.wait_identified_gone(journal.get("engine_process"), timeout=timeout)
-        try:
-            podman.Podman.load(timeout).remove(journal.get("container_id"), timeout)
-        finally:
-            # A restore killed on its timeout may have started the container already, under a conmon Podman has no
-            # record of (podman rm finds nothing): the copy runs there until its monitor and everything under it go.
-            for monitor in procfs.processes_with_argument("conmon", journal.get("container_id")):
-                victims += procfs.kill_tree(monitor)
+    victims += kinds.of(journal.data).remove_landed(journal.data, journal.get("timeout") or 60.0)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
         pid = procfs.parse_pidfile(raw.decode("ascii", "replace")) if raw else None
@@ -160,7 +152,8 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
     if journal.phase != "committed":
         journal.record("committed", decision="commit", cleanup=bool(decision.get("cleanup")), pidfile=decision.get("pidfile"))
     tree = journal.get("tree") or []
-    if journal.get("mode") == "copy" and not journal.get("container_id") and tree and not procfs.is_alive(*tree[0]):
+    kind = kinds.of(journal.data)
+    if kind.copy_stopped_until_commit(journal.data) and tree and not procfs.is_alive(*tree[0]):
         if journal.get("outcome") is None:
             _kill_restored(journal)
             _remove_checkpoint(ctx, keep_log=True)
@@ -180,8 +173,7 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
                         "see %s and decide by hand." % (pid, journal.path))
     if os.path.isdir(ctx.checkpoint_path):
         with store.location(ctx.checkpoint_path) as loc, store.open_checkpoint(loc) as opened:
-            identity = {"container_id": journal.get("container_id"), "container_name": journal.get("container_name")} \
-                if journal.get("container_id") else {}
+            identity = kind.landed_identity(journal.data)
             restored_.save_record(opened.fd, restored_.restore_record(journal.get("checkpoint_id"), pid, running_at,
                                                                       starttime=starttime, **identity), ctx.key)
     if journal.get("pidfile"):
@@ -282,90 +274,7 @@ def _restore(ctx: Context, journal: Journal, runtime: CriuRuntime, opened: store
     problems = host.restore_problems(metadata) + reopen.problems(opened.images_fd)
     if problems:
         raise CriuError("Cannot restore %s on this host: %s." % (opened.path, listed(problems)), problems=problems)
-    if "container" in metadata:
-        return _restore_container(ctx, journal, opened, metadata), None
-
-    def restoring(criu_pid: int) -> None:
-        journal.record("restoring", criu=procfs.tree_identity(criu_pid)[0])
-
-    pidfile = os.path.join(ctx.directory, restore_pidfile_name(ctx.name))
-    procfs.become_subreaper()
-    if page_conn is None:
-        runtime.on_spawn = restoring
-        options = criu_options.for_restore(metadata, ctx.restore_options)
-        pid, run = restored_.restore_tree(runtime, opened, options, ctx.timeout, leave_stopped=True, pidfile=pidfile)
-        restored_.confirm_alive(pid, run.log_path, opened.path, stopped=True)
-        return pid, None
-    # lazy-pages and restore share a work directory: restore finds the fetcher through its socket there.
-    work_path = stack.enter_context(store.private_dir("nucleus-criu-lazy-"))
-    work = Dir(safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0], work_path)
-    stack.callback(os.close, work.fd)
-    fetcher = runtime.start_lazy_pages(Dir(opened.images_fd, os.path.join(opened.path, store.IMAGES)), work,
-                                       page_conn.fileno(), ctx.timeout)
-    stack.callback(fetcher.stop)
-    page_conn.close()
-    journal.record("received", lazy_log=fetcher.log_path, lazy_pages_daemon=procfs.tree_identity(fetcher.proc.pid)[0])
-    runtime.on_spawn = restoring
-    options = criu_options.for_restore(metadata, ctx.restore_options)
-    pid, run = restored_.restore_tree(runtime, opened, options, ctx.timeout, lazy=True, pidfile=pidfile, work=work)
-    journal.data["running_since"] = time.monotonic()
-    restored_.confirm_alive(pid, run.log_path, opened.path)
-    return pid, fetcher
-
-
-def _engine_for(ctx: Context, recorded: t.Mapping[str, t.Any]) -> podman.Podman:
-    """Podman, once it can take the container (its image here under its name, its name free): checked before the
-    source freezes anything, not in the downtime. Podman refuses a restore itself should that change meanwhile."""
-    engine = podman.Podman.load(ctx.timeout)
-    problems, _present = container.target_problems(engine, recorded, False, ctx.timeout)
-    if problems:
-        raise CriuError("Cannot restore container %s on this host: %s." % (recorded["name"], listed(problems)), problems=problems)
-    return engine
-
-
-def _restore_container(ctx: Context, journal: Journal, opened: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> int:
-    """Podman imports and restores the verified export under the container's own name and id. Podman cannot leave
-    a restored container stopped: the copy runs from here, as a post-copy one does, and the source container stays
-    stopped until the decision; an abort removes this copy before the source runs again."""
-    recorded = metadata["container"]
-    announced = ctx.request.get("container") or {}
-    if ctx.engine is None or recorded.get("id") != announced.get("id"):
-        raise CriuError("The checkpoint holds container %s, not the container this migration announced (%s)."
-                        % (recorded.get("name"), announced.get("name")))
-    engine = ctx.engine
-    journal.record("restoring", container_id=recorded["id"], container_name=recorded["name"], timeout=ctx.timeout)
-    options = container.restore_options(metadata, {"ignore_static_ip": False, "ignore_static_mac": False})
-
-    restoring = threading.Event()
-
-    def importing(podman_pid: int) -> None:
-        journal.record("restoring", engine_process=procfs.tree_identity(podman_pid)[0])
-        if ctx.source_fd is not None:
-            threading.Thread(target=_kill_when_the_source_leaves, daemon=True,
-                             args=(ctx.source_fd, journal.get("engine_process"), restoring)).start()
-        failpoint(journal.name, "importing")  # Podman creates the container from here
-
-    try:
-        restored, podman_stats, seconds = container.restore_export(engine, opened.images_fd, recorded["name"], recorded["name"],
-                                                                   options, ctx.timeout, on_spawn=importing)
-    finally:
-        restoring.set()
-    journal.data["running_since"] = time.monotonic()
-    journal.record("restoring", restore_seconds=round(seconds, 3), podman=podman_stats)
-    return t.cast(int, restored["pid"])
-
-
-def _kill_when_the_source_leaves(source_fd: int, engine_process: t.Sequence[int], restoring: threading.Event) -> None:
-    """While Podman restores (it may take minutes), nothing reads the source's session. A source that left (its lease
-    ran out, it decided to abort) waits for this host to confirm its copy is gone before its own container runs again,
-    and this host's decision lock is held until the restore ends: so its hang-up kills podman at once, the restore
-    fails, and the abort that follows removes whatever it started."""
-    poller = select.poll()
-    poller.register(source_fd, select.POLLRDHUP)  # a hang-up (POLLHUP, POLLERR) is always reported
-    while not restoring.is_set():
-        if poller.poll(100):
-            procfs.signal_identified([engine_process], signal.SIGKILL)
-            return
+    return kinds.of(metadata).land(ctx, journal, runtime, opened, metadata, page_conn, stack)
 
 
 def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
@@ -392,8 +301,7 @@ def receive(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
             # Everything that needs no images is done before the source freezes anything.
             host.require_privileges()
             runtime = CriuRuntime.load(None)
-            if request.get("container"):
-                ctx.engine = _engine_for(ctx, request["container"])
+            ctx.prepared = kinds.of(request).prepare_landing(request, ctx.timeout)
             channel.send(ready=True, pages_socket=os.path.join(ctx.directory, pages_socket_name(ctx.name)) if listener else None,
                          free_bytes=store.free_bytes(ctx.dir_fd))
             staging = store.Staging(loc)
@@ -555,28 +463,14 @@ def preflight(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
         criu=host.criu_facts(None, timeout), arch=os.uname().machine, can_restore=can, privilege_problem=why,
         free_bytes=free, hash_algorithms=integrity.available_algorithms(),
         journal=None if journal is None else {"id": journal.get("id"), "phase": journal.phase, "outcome": journal.get("outcome")},
-        python=sys.version.split()[0], container=_container_facts(request, can),
+        python=sys.version.split()[0], container=kinds.of(request).target_preflight(request, can),
     )
-
-
-def _container_facts(request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
-    """For a container's migration: whether Podman here can restore it (runtime, criu, limits), its image, its name."""
-    recorded = request.get("container")
-    if recorded is None:
-        return None
-    timeout = float(request["timeout"])
-    engine, problems = container.ready_engine("podman", timeout, host.effective_caps())
-    if engine is None or not can_restore:
-        return {"problems": problems, "image_present": False}
-    landing, present = container.target_problems(engine, recorded, bool(request.get("transfer_image")), timeout)
-    return {"problems": problems + landing, "image_present": present}
 
 
 def load_image(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
     """Take a container image the source saved (a docker-archive, which keeps the image's id) and load it; it must
     then be here under the id the source asked for."""
     ctx = Context(request)
-    engine = podman.Podman.load(ctx.timeout)
     name = image_archive_name(ctx.name)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=ctx.dir_fd)
@@ -593,13 +487,10 @@ def load_image(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
                 view, offset = view[written:], offset + written
         if not body.get("sealed"):
             raise CriuError("The source stopped sending the image: %s" % (body.get("reason") or "no reason given"))
-        engine.load_image(fd, request["image_id"], request["image_name"], ctx.timeout)
+        kinds.of(request).load_image(request, fd, ctx.timeout)
     finally:
         os.close(fd)
         os.unlink(name, dir_fd=ctx.dir_fd)
-    if engine.image_id(request["image_name"] or request["image_id"], ctx.timeout) != request["image_id"]:
-        raise CriuError("podman load took the image the source sent, but %s is not image %s here afterwards."
-                        % (request["image_name"] or "its id", request["image_id"][:12]))
     channel.send(loaded=True)
 
 

@@ -8,7 +8,7 @@ import os
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman as podman
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -38,6 +38,6 @@ def info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     }
     if params["pid"] is not None or params["pidfile"]:
         result["process"] = procfs.process_state(procfs.resolve_pid(params["pid"], params["pidfile"]))
-    if params["engine"]:
-        result["containers"] = podman.container_facts(params["engine"], params["timeout"], host.effective_caps())
+    for kind in kinds.KINDS:
+        result.update(kind.host_info(params["engine"], params["timeout"], host.effective_caps()))
     return result

@@ -13,6 +13,7 @@ import os
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.operations import _inspect as inspect_
@@ -90,8 +91,7 @@ def describe(opened: store.Checkpoint, metadata: t.Mapping[str, t.Any]) -> t.Dic
         "size_bytes": sum(entry.get("size", 0) for entry in metadata.get("manifest", []) if isinstance(entry, dict)),
         "signed": store.SIGNATURE in opened.entries(),
         "options": {key: value for key, value in metadata.get("options", {}).items() if value not in (None, False, [])},
-        "container": {key: metadata["container"].get(key) for key in ("engine", "name", "id", "image_name")}
-        if isinstance(metadata.get("container"), dict) else None,
+        "container": kinds.of(metadata).engine_record(metadata),
     }
 
 
@@ -137,9 +137,9 @@ def details(criu_path: str, opened: store.Checkpoint, entry: t.Mapping[str, t.An
     """What a checkpoint holds, read by criu's own parser from images that verified, within a budget (_inspect)."""
     if not entry["valid"]:
         return {"unavailable": "it does not verify, so its images are not parsed"}
-    if entry["container"]:
-        return {"unavailable": "a container's checkpoint: criu's images are inside Podman's export (images/export.tar), "
-                               "which is not unpacked to be parsed"}
+    unavailable = kinds.of(entry).inspect_unavailable()
+    if unavailable:
+        return {"unavailable": unavailable}
     return inspect_.inspect(criu_path, opened, timeout)
 
 

@@ -8,6 +8,7 @@ import time
 
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _journal as journal_module
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -212,15 +213,21 @@ def test_the_callers_ssh_args_cannot_turn_off_what_the_migration_rests_on():
     assert first("ConnectTimeout") == "3", "the caller still tunes the rest"
 
 
+def workload_key(process, container):
+    """A migration's claim on a workload, as its kind names it (the journal's record of a container, if any)."""
+    record = {"container": container}
+    return kinds.of(record).claim_key(process, record)
+
+
 def test_one_migration_claims_a_workload_whatever_its_name(tmp_path):
     """Two controllers, two names, one process: the claim is keyed by what the workload is, not by a name."""
     process = {"pid": 4242, "starttime": 777}
-    assert migrate.workload_key(process, None) == "pid-4242-777"
-    assert migrate.workload_key(process, {"id": "c" * 64}) == "container-" + "c" * 64
+    assert workload_key(process, None) == "pid-4242-777"
+    assert workload_key(process, {"id": "c" * 64}) == "container-" + "c" * 64
     with dir_fd(tmp_path) as fd:
-        first = migrate.DriverLock.for_workload(fd, migrate.workload_key(process, None))
-        second = migrate.DriverLock.for_workload(fd, migrate.workload_key(process, None))
-        other = migrate.DriverLock.for_workload(fd, migrate.workload_key(dict(process, starttime=778), None))
+        first = migrate.DriverLock.for_workload(fd, workload_key(process, None))
+        second = migrate.DriverLock.for_workload(fd, workload_key(process, None))
+        other = migrate.DriverLock.for_workload(fd, workload_key(dict(process, starttime=778), None))
         assert first.try_acquire() and not second.try_acquire() and other.try_acquire()
         assert sorted(os.listdir(tmp_path)) == [".workload.pid-4242-777.lock", ".workload.pid-4242-778.lock"]
         first.release()
