@@ -1,5 +1,5 @@
-"""The migration's sender (_migrate.send_rest): what reaches the target after the dump; the order in which a
-recovery lets a container run again (_migrate.resolve, the hosts stood in for); the driver lock and failpoints."""
+"""The migration's sender (_worker.send_rest): what reaches the target after the dump; the order in which a
+recovery lets a container run again (_recovery.resolve, the hosts stood in for); the driver lock and failpoints."""
 
 import json
 import os
@@ -9,7 +9,13 @@ import time
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _journal as journal_module
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _driver as driver
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _preflight as preflight
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _recovery as recovery
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _worker as worker
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._settings import Settings
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal
@@ -25,7 +31,7 @@ def test_every_image_reaches_the_target_even_an_empty_one(tmp_path):
     followed = {"pages-1.img": integrity.Digester("sha256").result()}
     sent = []
     with dir_fd(tmp_path) as fd:
-        hashed = migrate.send_rest(fd, dict(followed), "sha256", lambda name, offset, data: sent.append((name, offset, bytes(data))))
+        hashed = worker.send_rest(fd, dict(followed), "sha256", lambda name, offset, data: sent.append((name, offset, bytes(data))))
     assert sorted(sent) == [("core-1.img", 0, b"core"), ("iptables-10.img", 0, b""), ("pages-1.img", 0, b"")]
     assert set(hashed) == {"core-1.img", "iptables-10.img", "pages-1.img"}
     assert hashed["iptables-10.img"] == integrity.Digester("sha256").result()
@@ -49,17 +55,17 @@ class Recorder:
             if resume_error:
                 raise CriuError(resume_error)
 
-        monkeypatch.setattr(migrate, "_ask_target", ask)
-        monkeypatch.setattr(migrate, "resume_source", resume)
-        monkeypatch.setattr(migrate, "stop_criu", lambda _journal: self.calls.append("stop criu"))
+        monkeypatch.setattr(recovery, "_ask_target", ask)
+        monkeypatch.setattr(recovery, "resume_source", resume)
+        monkeypatch.setattr(recovery, "stop_criu", lambda _journal: self.calls.append("stop criu"))
 
 
 def container_journal(tmp_path, **fields):
     with dir_fd(tmp_path) as fd:
         journal = Journal.create(os.dup(fd), str(tmp_path), "web", "frozen", id="1", role="source", outcome=None,
                                  mode="copy", container={"id": "f" * 64, "name": "web"}, **fields)
-    settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", False,
-                                None, "all")
+    settings = Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", False,
+                        None, "all")
     return journal, settings
 
 
@@ -68,7 +74,7 @@ def test_before_the_export_is_sealed_the_source_container_resumes_first(tmp_path
     cannot be reached, and the target's leftovers wait for the next run."""
     hosts = Recorder(monkeypatch, answer=None)
     journal, settings = container_journal(tmp_path)
-    migrate.resolve(journal, settings, b"")
+    recovery.resolve(journal, settings, b"")
     assert hosts.calls == ["stop criu", "resume source", "target:abort"]
     assert journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending"
 
@@ -76,7 +82,7 @@ def test_before_the_export_is_sealed_the_source_container_resumes_first(tmp_path
 def test_once_sealed_the_targets_copy_goes_before_the_source_container_runs(tmp_path, monkeypatch):
     hosts = Recorder(monkeypatch, answer={"state": "aborted"})
     journal, settings = container_journal(tmp_path, sealed_sent=True)
-    migrate.resolve(journal, settings, b"")
+    recovery.resolve(journal, settings, b"")
     assert hosts.calls == ["target:abort", "stop criu", "resume source"]
     assert journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "done"
 
@@ -85,7 +91,7 @@ def test_once_sealed_an_unreachable_target_leaves_the_source_container_stopped(t
     """Podman restores a container running: the target's copy may run, so the source must not, yet."""
     hosts = Recorder(monkeypatch, answer=None)
     journal, settings = container_journal(tmp_path, sealed_sent=True)
-    migrate.resolve(journal, settings, b"")
+    recovery.resolve(journal, settings, b"")
     assert "resume source" not in hosts.calls
     assert journal.get("outcome") == "in_doubt" and "until the target confirms its copy is gone" in journal.get("error")
 
@@ -93,7 +99,7 @@ def test_once_sealed_an_unreachable_target_leaves_the_source_container_stopped(t
 def test_a_source_container_that_cannot_run_again_is_in_doubt_not_rolled_back(tmp_path, monkeypatch):
     Recorder(monkeypatch, answer={"state": "aborted"}, resume_error="The source container web is gone from this host.")
     journal, settings = container_journal(tmp_path, sealed_sent=True)
-    migrate.resolve(journal, settings, b"")
+    recovery.resolve(journal, settings, b"")
     assert journal.get("outcome") == "in_doubt" and "could not run again: The source container web is gone" in journal.get("error")
 
 
@@ -102,13 +108,13 @@ def test_a_source_container_that_cannot_run_again_is_in_doubt_not_rolled_back(tm
 def test_a_driver_lock_that_may_not_create_leaves_no_file(tmp_path):
     """Check mode takes the lock without creating its file: a missing lock file is a free lock."""
     with dir_fd(tmp_path) as fd:
-        look = migrate.DriverLock(fd, "web", create=False)
+        look = DriverLock(fd, "web", create=False)
         assert look.try_acquire() and not look.held_elsewhere()
         look.release()
         assert os.listdir(tmp_path) == []
-        driver = migrate.DriverLock(fd, "web")
+        driver = DriverLock(fd, "web")
         assert driver.try_acquire() and os.listdir(tmp_path) == [".web.driver.lock"]
-        other = migrate.DriverLock(fd, "web", create=False)
+        other = DriverLock(fd, "web", create=False)
         assert not other.try_acquire() and other.held_elsewhere(), "a held lock is seen without creating anything"
         driver.release()
         assert other.try_acquire()
@@ -180,7 +186,7 @@ def test_the_lease_keeper_never_undoes_a_commit_written_while_it_looked(tmp_path
     monkeypatch.setattr(Journal, "load", classmethod(look_then_commit))
     started = time.monotonic()
     worker = sleeping_worker(1.0)
-    migrate._keep_lease(worker, journal)
+    driver._keep_lease(worker, journal)
     assert time.monotonic() - started >= 0.9, "the worker must be left to finish, not killed"
     on_disk = real_load(Journal, journal.dir_fd, journal.directory, journal.name)
     assert on_disk.phase == "committed" and on_disk.get("decision") == "commit" and on_disk.get("error") is None
@@ -192,7 +198,7 @@ def test_the_lease_keeper_kills_a_worker_past_its_lease_and_keeps_what_it_wrote_
     stale = Journal.load(journal.dir_fd, journal.directory, journal.name)
     journal.record("target_restored", sealed_sent=True)  # the worker's last write, after the keeper's first look
     started = time.monotonic()
-    migrate._keep_lease(worker, stale)
+    driver._keep_lease(worker, stale)
     assert time.monotonic() - started < 5, "killed at once, not waited for"
     on_disk = Journal.load(journal.dir_fd, journal.directory, journal.name)
     assert on_disk.get("sealed_sent") is True, "the worker's last write must survive the keeper's"
@@ -225,9 +231,9 @@ def test_one_migration_claims_a_workload_whatever_its_name(tmp_path):
     assert workload_key(process, None) == "pid-4242-777"
     assert workload_key(process, {"id": "c" * 64}) == "container-" + "c" * 64
     with dir_fd(tmp_path) as fd:
-        first = migrate.DriverLock.for_workload(fd, workload_key(process, None))
-        second = migrate.DriverLock.for_workload(fd, workload_key(process, None))
-        other = migrate.DriverLock.for_workload(fd, workload_key(dict(process, starttime=778), None))
+        first = DriverLock.for_workload(fd, workload_key(process, None))
+        second = DriverLock.for_workload(fd, workload_key(process, None))
+        other = DriverLock.for_workload(fd, workload_key(dict(process, starttime=778), None))
         assert first.try_acquire() and not second.try_acquire() and other.try_acquire()
         assert sorted(os.listdir(tmp_path)) == [".workload.pid-4242-777.lock", ".workload.pid-4242-778.lock"]
         first.release()
@@ -237,16 +243,16 @@ def test_one_migration_claims_a_workload_whatever_its_name(tmp_path):
 
 
 def _stopped_source_advice(monkeypatch, answer):
-    """_migrate._stopped_source with the target's preflight answering ``answer`` (a CriuError: unreachable)."""
+    """_preflight._stopped_source with the target's preflight answering ``answer`` (a CriuError: unreachable)."""
     def ask(*_args, **_kwargs):
         if isinstance(answer, CriuError):
             raise answer
         return {"journal": answer}
     monkeypatch.setattr(remote, "ask", ask)
-    settings = migrate.Settings(name="web", directory="/var/lib/nucleus-criu/migrations", target=remote.SshTarget("b"),
-                                mode="copy", lease=60, timeout=60, key=None, algorithm="sha256", criu={},
-                                target_pidfile=None, cleanup="all")
-    return migrate._stopped_source(settings, b"", 4242, "id")  # pylint: disable=protected-access
+    settings = Settings(name="web", directory="/var/lib/nucleus-criu/migrations", target=remote.SshTarget("b"),
+                        mode="copy", lease=60, timeout=60, key=None, algorithm="sha256", criu={},
+                        target_pidfile=None, cleanup="all")
+    return preflight._stopped_source(settings, b"", 4242, "id")  # pylint: disable=protected-access
 
 
 def test_a_stopped_source_without_a_journal_is_resumed_only_when_the_target_knows_no_such_migration(monkeypatch):

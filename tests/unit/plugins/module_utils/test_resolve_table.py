@@ -1,4 +1,4 @@
-"""The migration's decisions as data: _migrate.resolve over every journal the kill matrix can leave on the source
+"""The migration's decisions as data: _recovery.resolve over every journal the kill matrix can leave on the source
 (phase, decision, mode, process or container, export sealed or not), every answer the target can give (or none),
 and a source that can or cannot run again. The hosts are stood in for; what is checked is what resolve decides and
 does: the outcome, and whether the source was resumed or ended and the target told. The end-to-end kill matrix keeps
@@ -14,7 +14,8 @@ import typing as t
 
 import pytest
 
-from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration import _recovery as recovery
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._settings import Settings
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal
@@ -46,11 +47,11 @@ class Hosts:
             if resume_fails:
                 raise CriuError("the source is gone")
 
-        monkeypatch.setattr(migrate, "_ask_target", ask)
-        monkeypatch.setattr(migrate, "resume_source", resume)
-        monkeypatch.setattr(migrate, "end_source", lambda _journal: self.calls.append("end"))
-        monkeypatch.setattr(migrate, "stop_criu", lambda _journal: self.calls.append("stop criu"))
-        monkeypatch.setattr(migrate, "_cleanup_source", lambda _journal, _settings: None)
+        monkeypatch.setattr(recovery, "_ask_target", ask)
+        monkeypatch.setattr(recovery, "resume_source", resume)
+        monkeypatch.setattr(recovery, "end_source", lambda _journal: self.calls.append("end"))
+        monkeypatch.setattr(recovery, "stop_criu", lambda _journal: self.calls.append("stop criu"))
+        monkeypatch.setattr(recovery, "cleanup_source", lambda _journal, _settings: None)
 
 
 def resolved(tmp_path, monkeypatch, case) -> t.Tuple[Journal, Hosts]:
@@ -61,8 +62,8 @@ def resolved(tmp_path, monkeypatch, case) -> t.Tuple[Journal, Hosts]:
         journal = Journal.create(os.dup(fd), str(tmp_path), "web", phase, id="1", role="source", outcome=None, mode=mode,
                                  decision=decision, container=container, sealed_sent=kind == "sealed container",
                                  process={"pid": 100, "tree": []})
-    settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256", {}, None, "all")
-    migrate.resolve(journal, settings, b"")
+    settings = Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256", {}, None, "all")
+    recovery.resolve(journal, settings, b"")
     return journal, hosts
 
 
@@ -107,8 +108,8 @@ def test_resolve(tmp_path, monkeypatch, case):
         assert calls[-1] == "end" and answer == "completed"
     if outcome in ("completed", "rolled_back"):
         again = Hosts(monkeypatch, answer, False)
-        migrate.resolve(journal, migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256",
-                                                  False, None, "all"), b"")
+        recovery.resolve(journal, Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256",
+                                           False, None, "all"), b"")
         assert again.calls == [], "a settled migration is decided once"
 
 
@@ -120,6 +121,6 @@ def test_a_container_whose_lease_ran_out_is_undone_even_once_the_target_runs_it(
         journal = Journal.create(os.dup(fd), str(tmp_path), "web", "target_restored", id="1", role="source", outcome=None,
                                  mode="copy", decision=None, container={"id": "f" * 64, "name": "web"}, sealed_sent=True,
                                  lease_expired=True, process={"pid": 100, "tree": []})
-    migrate.resolve(journal, migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256",
-                                              False, None, "all"), b"")
+    recovery.resolve(journal, Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256",
+                                       False, None, "all"), b"")
     assert hosts.calls[0] == "target:abort" and "target:commit" not in hosts.calls and journal.get("outcome") == "rolled_back"

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._settings import Settings
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._worker import Worker
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migration_status as migration_status
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -74,9 +76,9 @@ def test_every_key_of_a_migration_result_is_documented(tmp_path, outcome):
                                  mode="copy", source="a", process={"pid": 4242, "tree": [4242]}, container=container,
                                  target={"label": "root@b:22", "host": "b"}, image_seconds=1.5)
         journal.record("freezing", frozen_at="2026-11-30T10:00:00.000000Z")
-        settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", {},
-                                    None, "all")
-        migrate.Worker(journal, settings, b"")._progress("transfer", force=True)  # pylint: disable=protected-access
+        settings = Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", {},
+                            None, "all")
+        Worker(journal, settings, b"")._progress("transfer", force=True)  # pylint: disable=protected-access
         journal.record("completed" if outcome == "completed" else "rolled_back", outcome=outcome, decision="commit",
                        target_pid=4343, running_at="2026-11-30T10:00:01.000000Z", downtime_seconds=1.0, dump_seconds=0.2,
                        image_bytes=1 << 20, transfer_seconds=0.5, checkpoint_id="2", error=None, target_cleanup="done")
@@ -103,9 +105,9 @@ def test_a_migration_followed_as_it_goes_is_documented(tmp_path, outcome):
                                  mode="copy", source="a", process={"pid": 4242, "tree": [4242]}, container=None,
                                  target={"label": "root@b:22", "host": "b"}, expected_bytes=1 << 20)
         journal.record("freezing", frozen_at="2026-11-30T10:00:00.000000Z")
-        settings = migrate.Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", {},
-                                    None, "all")
-        migrate.Worker(journal, settings, b"")._progress("transfer", force=True)  # pylint: disable=protected-access
+        settings = Settings("web", str(tmp_path), remote.SshTarget("b"), "copy", 60.0, 60.0, None, "sha256", {},
+                            None, "all")
+        Worker(journal, settings, b"")._progress("transfer", force=True)  # pylint: disable=protected-access
         if outcome is not None:
             journal.record(outcome, outcome=outcome, decision="commit" if outcome == "completed" else "abort", target_pid=4343,
                            running_at="2026-11-30T10:00:01.000000Z", downtime_seconds=1.0, image_bytes=1 << 20,
