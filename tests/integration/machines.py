@@ -740,7 +740,8 @@ def main(argv: t.Sequence[str]) -> int:
         # up() holds the slot's lock for as long as this process lives: leave it without cleaning up.
         os._exit(0)
     if command == "down":
-        machines.cleanup()
+        with flock(machines.work + ".lock", blocking=False):  # never the machines of a run still going
+            machines.cleanup()
         return 0
     if command == "shell":
         name = "machine-%s" % argv[1] if len(argv) > 1 else "machine-a"
