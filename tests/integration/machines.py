@@ -207,63 +207,56 @@ def base_tar(suite: str) -> str:
             log("making a minimal %s root (mmdebstrap)" % suite)
             begin = time.monotonic()
             part = tar + ".part"
-            sh("mmdebstrap", "--quiet", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite, part, timeout=900)
+            sh("mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "--include=" + ",".join(PACKAGES), suite, part, timeout=900)
             os.rename(part, tar)
             log("%s made in %.0f s" % (os.path.basename(tar), time.monotonic() - begin))
     return tar
 
 
-def criu_tar(suite: str) -> str:
-    """The base root after this collection's criu role installed CRIU into it over ssh, made once per role version."""
+def criu_tar(suite: str, net: Network, disks: str) -> str:
+    """The base root after this collection's criu role installed CRIU into it over ssh, made once per role version
+    (by a machine on ``net``, which is up, with its disk under ``disks``)."""
     tar = os.path.join(CACHE, "%s-criu-%s.tar" % (suite, digest(suite, *PACKAGES, *MASKED, "roles/criu", "playbooks/criu.yml")))
     with flock(os.path.join(CACHE, "%s-criu.lock" % suite)):
         if not os.path.exists(tar):
-            build_criu_tar(suite, base_tar(suite), tar)
+            build_criu_tar(suite, base_tar(suite), tar, net, disks)
     return tar
 
 
-def build_criu_tar(suite: str, base: str, tar: str) -> None:
+def build_criu_tar(suite: str, base: str, tar: str, net: Network, disks: str) -> None:
     """Boot a machine from ``base``, run playbooks/criu.yml against it over ssh (apt reaching Debian through a proxy
     on the bridge), stop it cleanly and keep its disk as ``tar``."""
     begin = time.monotonic()
     log("installing CRIU into a %s machine with the nucleus.criu.criu role (once: cached in %s)" % (suite, tar))
-    net = Network(249, prefix="ncmbuild")
-    with flock(os.path.join(WORK, "build.lock")):
-        net.cleanup()
-        disks = os.path.join(WORK, "build")
-        unmount_disks(disks)
-        machine = Machine("machine-build", net, 2, suite=suite, work=os.path.join(disks, "machine-build"), tar=base)
-        proxy = AptProxy(net.gateway)
-        try:
-            mount_disks(disks)
-            net.up()
-            machine.create()
-            conf = os.path.join(machine.root, "etc/apt/apt.conf.d/99nucleus-machines-proxy")
-            with open(conf, "w") as handle:
-                handle.write('Acquire::http::Proxy "http://%s:%d";\n' % (net.gateway, proxy.port))
-            proxy.allow(machine.apt_hosts())
-            proxy.start()
-            machine.boot()
-            inventory = machine.write_inventory(os.path.join(machine.work, "inventory.ini"))
-            out = os.path.join(CACHE, "%s-criu-role.log" % suite)
-            with open(out, "w") as handle:
-                proc = subprocess.run([PLAYBOOK, "-i", inventory, "playbooks/criu.yml"], cwd=REPO, stdout=handle,
-                                      stderr=subprocess.STDOUT, timeout=900, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
-            if proc.returncode != 0:
-                with open(out) as handle:
-                    raise RuntimeError("the criu role failed on the build machine (log %s):\n%s" % (out, handle.read()[-6000:]))
-            machine.stop()
-            os.unlink(conf)
-            # What is this build machine's own and no machine made from the image should share.
-            shutil.rmtree(os.path.join(machine.root, "var/log/journal"), ignore_errors=True)
-            part = tar + ".part"
-            sh("tar", "-C", machine.root, "--numeric-owner", "-cf", part, ".", timeout=600)
-            os.rename(part, tar)
-        finally:
-            proxy.stop()
-            machine.crash()
-            net.cleanup()
-            unmount_disks(disks)
+    machine = Machine("machine-build", net, 9, suite=suite, work=os.path.join(disks, "machine-build"), tar=base)
+    proxy = AptProxy(net.gateway)
+    try:
+        machine.create()
+        conf = os.path.join(machine.root, "etc/apt/apt.conf.d/99nucleus-machines-proxy")
+        with open(conf, "w") as handle:
+            handle.write('Acquire::http::Proxy "http://%s:%d";\n' % (net.gateway, proxy.port))
+        proxy.allow(machine.apt_hosts())
+        proxy.start()
+        machine.boot()
+        inventory = machine.write_inventory(os.path.join(machine.work, "inventory.ini"))
+        out = os.path.join(CACHE, "%s-criu-role.log" % suite)
+        with open(out, "w") as handle:
+            proc = subprocess.run([PLAYBOOK, "-i", inventory, "playbooks/criu.yml"], cwd=REPO, stdout=handle,
+                                  stderr=subprocess.STDOUT, timeout=900, check=False, env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
+        if proc.returncode != 0:
+            with open(out) as handle:
+                raise RuntimeError("the criu role failed on the build machine (log %s):\n%s" % (out, handle.read()[-6000:]))
+        machine.stop()
+        os.unlink(conf)
+        # What is this build machine's own and no machine made from the image should share.
+        shutil.rmtree(os.path.join(machine.root, "var/log/journal"), ignore_errors=True)
+        part = tar + ".part"
+        sh("tar", "-C", machine.root, "--numeric-owner", "-cf", part, ".", timeout=600)
+        os.rename(part, tar)
+    finally:
+        proxy.stop()
+        machine.crash()
+        shutil.rmtree(machine.work, ignore_errors=True)
     log("%s made in %.0f s" % (os.path.basename(tar), time.monotonic() - begin))
 
 
@@ -381,7 +374,7 @@ class Machine:
     # --- the disk -----------------------------------------------------------------------------------------------
     def create(self) -> None:
         """The machine's disk from the cached image (CRIU installed by the role), with its own identity."""
-        tar = self.tar or criu_tar(self.suite)
+        tar = self.tar or criu_tar(self.suite, self.net, os.path.dirname(self.work))
         if os.path.exists(self.work):
             shutil.rmtree(self.work)
         os.makedirs(self.root)
@@ -595,9 +588,9 @@ class Machines:
         self._lock.enter_context(flock(self.work + ".lock", blocking=False))
         try:
             self.cleanup()
-            criu_tar(self.machines[0].suite)  # built once, before the machines need it
-            self.net.up()
             mount_disks(self.work)
+            self.net.up()
+            criu_tar(self.machines[0].suite, self.net, self.work)  # built once, before the machines need it
             with open(self.inventory, "w") as handle:
                 handle.write("[machines]\n%s\n" % "\n".join(m.inventory_line() for m in self.machines))
             threads = [threading.Thread(target=self._boot, args=(m,)) for m in self.machines]
