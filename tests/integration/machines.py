@@ -338,8 +338,12 @@ class Network:
         veth = "%s-%d" % (self.prefix, host)
         if os.path.exists("/sys/class/net/%s" % veth):
             sh("ip", "link", "del", veth)
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", str(pid))
+        # A MAC address of its own that a reboot keeps, as a real NIC's: with a new one each boot, this machine's
+        # neighbour entry for the address would point to the old one for up to a minute after a crash.
+        mac = "02:6e:63:%02x:00:%02x" % (self.number, host)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", str(pid))
         sh("ip", "link", "set", veth, "master", self.bridge, "up")
+        sh("ip", "neigh", "flush", "dev", self.bridge, "to", self.address(host), check=False)
         inside = ["nsenter", "-t", str(pid), "-n", "ip"]
         sh(*inside, "link", "set", "lo", "up")
         sh(*inside, "addr", "add", self.address(host) + "/24", "dev", "eth0")
@@ -575,6 +579,8 @@ class Machines:
         self.work = os.path.join(WORK, "s%d" % self.number)
         self.machines = [Machine(name, self.net, 2 + i, work=os.path.join(self.work, name)) for i, name in enumerate(names)]
         self._lock: t.Optional[contextlib.ExitStack] = None
+        # This machine's kernel settings before any of these machines booted (test_machines.py compares).
+        self.sysctls_at_start: t.Dict[str, str] = {}
 
     def __getitem__(self, index: int) -> Machine:
         return self.machines[index]
@@ -588,6 +594,7 @@ class Machines:
         self._lock.enter_context(flock(self.work + ".lock", blocking=False))
         try:
             self.cleanup()
+            self.sysctls_at_start = global_sysctls()
             mount_disks(self.work)
             self.net.up()
             criu_tar(self.machines[0].suite, self.net, self.work)  # built once, before the machines need it
@@ -663,6 +670,29 @@ def unmount_disks(path: str) -> None:
             sh("umount", "--lazy", path)
     if os.path.isdir(path):
         shutil.rmtree(path)
+
+
+# /proc/sys entries that change on their own (counters, the last pid, random values) or that tests set on purpose
+# (post-copy's fs.pipe-max-size); per network namespace ones (net.*) are each machine's own.
+VOLATILE_SYSCTLS = ("/proc/sys/net/", "/proc/sys/kernel/random/", "/proc/sys/kernel/ns_last_pid", "/proc/sys/fs/dentry-state",
+                    "/proc/sys/fs/file-nr", "/proc/sys/fs/inode-nr", "/proc/sys/fs/inode-state", "/proc/sys/fs/pipe-max-size",
+                    "/proc/sys/kernel/tainted", "/proc/sys/fs/quota/", "/proc/sys/vm/stat_refresh")
+
+
+def global_sysctls() -> t.Dict[str, str]:
+    """Every readable setting of this machine's kernel that the machines share with it."""
+    found = {}
+    for current, _dirs, files in os.walk("/proc/sys"):
+        for name in files:
+            path = os.path.join(current, name)
+            if path.startswith(VOLATILE_SYSCTLS):
+                continue
+            try:
+                with open(path) as handle:
+                    found[path] = handle.read()
+            except OSError:
+                pass
+    return found
 
 
 def cgroup_processes(dirs: t.Iterable[str]) -> t.List[int]:
