@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine (Debian 12 or 13, as root) for the nucleus.criu test suite:
-#   1. Debian packages the tests need (ssh, rsync, shellcheck, unshare, busybox-static for a container image, ...);
+#   1. Debian packages the tests need (ssh, rsync, shellcheck, unshare, busybox-static for a container image,
+#      mmdebstrap for the test machines' roots, ...);
 #   2. the Python toolchain in $REPO/.venv (requirements/test.txt);
 #   3. build/collections/: nucleus.criu (symlink to this repo) and ansible.posix
 #      (taken from the `ansible` wheel on PyPI: Galaxy is unreachable here);
@@ -16,7 +17,7 @@ readonly CACHE="$REPO/.cache/setup"
 readonly COLLECTIONS="$REPO/build/collections"
 readonly APT_PACKAGES=(
     python3-venv python3-pip rsync openssh-server openssh-client shellcheck
-    iproute2 procps git util-linux busybox-static
+    iproute2 procps git util-linux busybox-static mmdebstrap
 )
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 

@@ -53,6 +53,12 @@ stop_test_hosts() {
     for port in 2233 2277 $(seq 2222 100 $((2222 + 100 * (WORKERS - 1)))); do
         NUCLEUS_TESTHOSTS_PORT=$port bash scripts/testhosts.sh down || true
     done
+    # The test machines (tests/integration/machines.py) of each worker's slot, should a worker have died before its
+    # fixture's teardown: worker N's slot is N (test-host port 2222 + 100 N).
+    local slot
+    for slot in $(seq 0 $((WORKERS - 1))); do
+        NUCLEUS_MACHINES_SLOT=$slot python tests/integration/machines.py down || true
+    done
 }
 trap stop_test_hosts EXIT
 

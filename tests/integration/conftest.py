@@ -38,8 +38,9 @@ SERIAL_MODULES = ("test_criu_role.py",)
 
 def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
     """Mark every test under this directory (a ``pytestmark`` in a conftest marks nothing): ``integration``; ``hosts``
-    when it needs the ssh test-host pair; ``containers`` and ``role`` when it needs Podman prepared by the criu role;
-    ``serial`` for whole modules that change the machine. All skip when not root."""
+    when it needs the ssh test-host pair; ``machines`` when it needs the pair of systemd machines (machines.py);
+    ``containers`` and ``role`` when it needs Podman prepared by the criu role; ``serial`` for whole modules that
+    change the machine. All skip when not root."""
     skip = pytest.mark.skip(reason="integration tests checkpoint real processes and need root")
     for item in items:
         if not str(item.path).startswith(HERE + os.sep):
@@ -48,6 +49,8 @@ def pytest_collection_modifyitems(items: t.List[pytest.Item]) -> None:
         fixtures = getattr(item, "fixturenames", ())
         if "hosts" in fixtures:
             item.add_marker(pytest.mark.hosts)
+        if "machine_pair" in fixtures:
+            item.add_marker(pytest.mark.machines)
         if "container_host" in fixtures:
             item.add_marker(pytest.mark.containers)
             item.add_marker(pytest.mark.role)
@@ -83,6 +86,8 @@ def session_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> t.Itera
 # Tests that share something system-wide run on one xdist worker, one at a time (the groups, by node id prefix):
 # the tests that set fs.pipe-max-size (post-copy needs it at 4 MiB, one test lowers it).
 XDIST_GROUPS = {
+    # One pair of machines (machines.py) for all of them, not one per worker.
+    "machines": ("tests/integration/test_machines.py",),
     "pipe-max-size": ("tests/integration/test_migration.py::test_postcopy", "tests/integration/test_migration.py::test_kill_matrix_postcopy"),
 }
 
@@ -128,6 +133,35 @@ def hosts():
     pair.up()
     yield pair
     pair.down()
+
+
+@pytest.fixture(scope="session")
+def machine_pair():
+    """This worker's two machines (machines.Machines: systemd as PID 1, a network of their own, CRIU installed by the
+    criu role over ssh), booted once for the session and torn down (processes, cgroups, links, disks) at its end."""
+    from machines import Machines  # pylint: disable=import-outside-toplevel
+    pair = Machines()
+    pair.up()
+    try:
+        yield pair
+    finally:
+        pair.down()
+
+
+@pytest.fixture
+def machine_a(machine_pair):
+    """machine-a, booted (again, if a test before left it down)."""
+    if not machine_pair[0].running():
+        machine_pair[0].boot()
+    return machine_pair[0]
+
+
+@pytest.fixture
+def machine_b(machine_pair):
+    """machine-b, booted (again, if a test before left it down)."""
+    if not machine_pair[1].running():
+        machine_pair[1].boot()
+    return machine_pair[1]
 
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,
