@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _requests as requests
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._options import OPTIONS
 
 DEFAULT_TIMEOUT = 120
@@ -38,12 +39,25 @@ def _criu_options(at: str) -> t.Dict[str, t.Dict[str, t.Any]]:
 
 
 class Spec(t.NamedTuple):
-    """What AnsibleModule takes besides supports_check_mode."""
+    """What AnsibleModule takes besides supports_check_mode, and the typed request (_requests) its params make."""
 
     argument_spec: t.Dict[str, t.Dict[str, t.Any]]
     mutually_exclusive: t.List[t.Tuple[str, ...]]
     required_one_of: t.List[t.Tuple[str, ...]]
-    required_if: t.List[t.Tuple[t.Any, ...]] = []
+    required_if: t.List[t.Tuple[t.Any, ...]]
+    request_type: t.Any
+
+    def request(self, params: t.Mapping[str, t.Any]) -> t.Any:
+        """The module's params as its typed request: the one place they are read by name."""
+        values: t.Dict[str, t.Any] = {}
+        for field in self.request_type._fields:
+            if field == "criu":
+                values[field] = {option.name: params[option.name] for option in OPTIONS if option.name in self.argument_spec}
+            elif field == "workload":
+                values[field] = requests.WorkloadRef(*(params.get(name) for name in requests.WorkloadRef._fields))
+            else:
+                values[field] = params[field]
+        return self.request_type(**values)
 
     def defaults(self, **given: t.Any) -> t.Dict[str, t.Any]:
         """Module params as AnsibleModule would build them from ``given``: every option, defaults filled in."""
@@ -52,12 +66,12 @@ class Spec(t.NamedTuple):
         return params
 
 
-def _spec(options: t.Mapping[str, t.Dict[str, t.Any]], exclusive: t.Sequence[t.Tuple[str, ...]] = (),
+def _spec(request_type: t.Any, options: t.Mapping[str, t.Dict[str, t.Any]], exclusive: t.Sequence[t.Tuple[str, ...]] = (),
           one_of: t.Sequence[t.Tuple[str, ...]] = (), required_if: t.Sequence[t.Tuple[t.Any, ...]] = ()) -> Spec:
-    return Spec(dict(options, **COMMON), list(exclusive) + COMMON_EXCLUSIVE, list(one_of), list(required_if))
+    return Spec(dict(options, **COMMON), list(exclusive) + COMMON_EXCLUSIVE, list(one_of), list(required_if), request_type)
 
 
-CHECKPOINT = _spec(dict({
+CHECKPOINT = _spec(requests.CheckpointRequest, dict({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
     "container": {"type": "str"},
@@ -74,14 +88,14 @@ CHECKPOINT = _spec(dict({
 }, **_criu_options("dump")), exclusive=[("pid", "pidfile", "container"), ("leave_running", "leave_stopped")],
     required_if=[("state", "present", ("pid", "pidfile", "container"), True)])
 
-CHECKPOINT_INFO = _spec({
+CHECKPOINT_INFO = _spec(requests.CheckpointInfoRequest, {
     "path": {"type": "path", "required": True},
     "name": {"type": "str"},
     "verify": {"type": "bool", "default": False},
     "details": {"type": "bool", "default": False},
 })
 
-RESTORE = _spec(dict({
+RESTORE = _spec(requests.RestoreRequest, dict({
     "src": {"type": "path", "required": True},
     "verify": {"type": "bool", "default": True},
     "pidfile": {"type": "path"},
@@ -91,17 +105,17 @@ RESTORE = _spec(dict({
     "force": {"type": "bool", "default": False},
 }, **_SIGNATURE, **_criu_options("restore")))
 
-VERIFY = _spec(dict({
+VERIFY = _spec(requests.VerifyRequest, dict({
     "path": {"type": "path", "required": True, "aliases": ["src"]},
     "check_host": {"type": "bool", "default": False},
 }, **_SIGNATURE))
 
-MIGRATION_INFO = _spec({
+MIGRATION_INFO = _spec(requests.MigrationInfoRequest, {
     "name": {"type": "str", "required": True},
     "migrate_dir": {"type": "path", "default": "/var/lib/nucleus-criu/migrations"},
 })
 
-INFO = _spec({
+INFO = _spec(requests.InfoRequest, {
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
     "engine": {"type": "str", "choices": ENGINES},
@@ -109,7 +123,7 @@ INFO = _spec({
 
 MIGRATE_MODES = ["copy", "postcopy"]
 MIGRATE_CLEANUP = ["all", "source", "target", "none"]
-MIGRATE = _spec(dict({
+MIGRATE = _spec(requests.MigrateRequest, dict({
     "name": {"type": "str", "required": True},
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},

@@ -304,7 +304,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(CHECKPOINT)
-    run_module(module, lambda: _checkpoint.checkpoint(module.params, module.check_mode))
+    run_module(module, lambda: _checkpoint.checkpoint(CHECKPOINT.request(module.params), module.check_mode))
 
 
 if __name__ == "__main__":

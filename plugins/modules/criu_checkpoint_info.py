@@ -228,7 +228,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(CHECKPOINT_INFO)
-    run_module(module, lambda: _lifecycle.listing(module.params))
+    run_module(module, lambda: _lifecycle.listing(CHECKPOINT_INFO.request(module.params)))
 
 
 if __name__ == "__main__":

@@ -297,7 +297,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(INFO)
-    run_module(module, lambda: info_.info(module.params))
+    run_module(module, lambda: info_.info(INFO.request(module.params)))
 
 
 if __name__ == "__main__":

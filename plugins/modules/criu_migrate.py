@@ -396,7 +396,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(MIGRATE)
-    run_module(module, lambda: _migrate.migrate(module.params, module.check_mode))
+    run_module(module, lambda: _migrate.migrate(MIGRATE.request(module.params), module.check_mode))
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(MIGRATION_INFO)
-    run_module(module, lambda: _migration_status.migration_info(module.params))
+    run_module(module, lambda: _migration_status.migration_info(MIGRATION_INFO.request(module.params)))
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(RESTORE)
-    run_module(module, lambda: _restore.restore(module.params, module.check_mode))
+    run_module(module, lambda: _restore.restore(RESTORE.request(module.params), module.check_mode))
 
 
 if __name__ == "__main__":

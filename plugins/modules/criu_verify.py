@@ -174,7 +174,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._module import create
 
 def main() -> None:
     module = create_module(VERIFY)
-    run_module(module, lambda: _verify.verify(module.params))
+    run_module(module, lambda: _verify.verify(VERIFY.request(module.params)))
 
 
 if __name__ == "__main__":

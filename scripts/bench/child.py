@@ -20,10 +20,12 @@ def main() -> int:
     sys.path.insert(0, sys.argv[1])
     # pylint: disable=import-outside-toplevel
     from ansible_collections.nucleus.criu.plugins.module_utils.operations import _checkpoint, _restore, _verify
+    from ansible_collections.nucleus.criu.plugins.module_utils._argspec import CHECKPOINT, RESTORE, VERIFY
     from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
     kind, params = sys.argv[2], json.loads(sys.argv[3])
-    entry = {"checkpoint": lambda: _checkpoint.checkpoint(params, False), "restore": lambda: _restore.restore(params, False),
-             "verify": lambda: _verify.verify(params)}[kind]
+    entry = {"checkpoint": lambda: _checkpoint.checkpoint(CHECKPOINT.request(params), False),
+             "restore": lambda: _restore.restore(RESTORE.request(params), False),
+             "verify": lambda: _verify.verify(VERIFY.request(params))}[kind]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.monotonic()
     try:

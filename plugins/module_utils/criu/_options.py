@@ -100,13 +100,14 @@ def podman_flags(options: t.Mapping[str, t.Any]) -> t.List[str]:
     return [option.flag for option in OPTIONS if option.podman and options.get(option.name)]
 
 
-def normalise(params: t.Mapping[str, t.Any], at: str) -> t.Dict[str, t.Any]:
-    """The options ``params`` give for ``at`` ("dump" or "restore"), validated and typed; None for those not given."""
+def normalise(given: t.Mapping[str, t.Any], at: str) -> t.Dict[str, t.Any]:
+    """The options ``given`` (by name) for ``at`` ("dump", "restore", "migrate"), validated and typed; None for those
+    not given."""
     chosen: t.Dict[str, t.Any] = {}
     for option in OPTIONS:
         if not option.applies(at):
             continue
-        value = params.get(option.name)
+        value = given.get(option.name)
         if value is None or value == []:
             chosen[option.name] = None
         else:
@@ -136,13 +137,13 @@ def argv(options: t.Mapping[str, t.Any], at: str) -> t.List[str]:
     return flags
 
 
-def for_restore(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+def for_restore(metadata: t.Mapping[str, t.Any], given: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """The options a restore of this checkpoint runs with: what the dump used and criu needs again, what the dump's
-    own check found the images need, then what the caller chose at restore. A choice criu would refuse is refused
+    own check found the images need, then what the caller chose at restore (``given``, by name). A choice criu would refuse is refused
     here, naming it."""
     recorded = metadata["options"]
     required = metadata.get("restore_needs") or {}
-    chosen = normalise(params, "restore")
+    chosen = normalise(given, "restore")
     effective: t.Dict[str, t.Any] = {}
     for option in OPTIONS:
         if option.replay:

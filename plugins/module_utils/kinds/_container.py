@@ -33,6 +33,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follo
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import CheckpointRequest, CriuChoices, RestoreRequest, WorkloadRef
 
 EXPORT = integrity.CONTAINER_EXPORT
 RUNC_CONFIG_REMEDY = ("runc has criu read it as root for every container that names no configuration of its own: keep it "
@@ -42,12 +43,12 @@ PLUGIN_REMEDY = "criu loads every .so there into itself as root when runc runs i
 RESTORE_OPTIONS = criu_options.PODMAN_PASSES + ("ignore_static_ip", "ignore_static_mac")
 
 
-def refuse_unsupported(params: t.Mapping[str, t.Any], at: str) -> None:
+def refuse_unsupported(criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
     """A criu option Podman cannot pass for a container, set to anything but its default, is an error naming it,
     never ignored. ``at``: "dump", "restore" or "migrate"."""
     given = [option.name for option in criu_options.OPTIONS if option.applies(at) and not option.podman
-             and params.get(option.name) not in (None, option.spec(at).get("default"))]
-    if at == "dump" and params.get("leave_stopped"):
+             and criu.get(option.name) not in (None, option.spec(at).get("default"))]
+    if at == "dump" and leave_stopped:
         given.append("leave_stopped")
     if given:
         them = "it" if len(given) == 1 else "them"
@@ -139,9 +140,10 @@ def same_container(metadata: t.Mapping[str, t.Any], found: t.Optional[t.Mapping[
     return recorded.get("id") == found["id"]
 
 
-def dump_options(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    options = {name: bool(params.get(name)) for name in criu_options.PODMAN_PASSES}
-    options.update(leave_running=params["leave_running"], leave_stopped=False, compress=params["compress"])
+def dump_options(criu: CriuChoices, leave_running: bool, compress: str) -> t.Dict[str, t.Any]:
+    """What the checkpoint records it was made with: the criu options Podman passes, and Podman's own."""
+    options: t.Dict[str, t.Any] = {name: bool(criu.get(name)) for name in criu_options.PODMAN_PASSES}
+    options.update(leave_running=leave_running, leave_stopped=False, compress=compress)
     return options
 
 
@@ -220,19 +222,20 @@ def describe(engine: podman.Podman, found: t.Mapping[str, t.Any], timeout: float
     return dict(container, criu={"path": criu["path"], "version": criu["version"]}), procfs.process_facts(pid, st)
 
 
-def restore_options(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any]) -> t.Dict[str, bool]:
+def restore_options(metadata: t.Mapping[str, t.Any], tcp_established: bool = False, ignore_static_ip: bool = False,
+                    ignore_static_mac: bool = False) -> t.Dict[str, bool]:
     """What Podman's restore is told: the criu options the dump recorded (tcp_established also when asked now), and
     the caller's choice of a new address for a copy beside the original."""
     recorded = metadata["options"]
-    return {"tcp_established": bool(recorded.get("tcp_established") or params.get("tcp_established")),
+    return {"tcp_established": bool(recorded.get("tcp_established") or tcp_established),
             "file_locks": bool(recorded.get("file_locks")),
-            "ignore_static_ip": params["ignore_static_ip"], "ignore_static_mac": params["ignore_static_mac"]}
+            "ignore_static_ip": ignore_static_ip, "ignore_static_mac": ignore_static_mac}
 
 
-def restore_name(metadata: t.Mapping[str, t.Any], params: t.Mapping[str, t.Any], tcp_established: bool) -> str:
+def restore_name(metadata: t.Mapping[str, t.Any], container_name: t.Optional[str], tcp_established: bool) -> str:
     """The restored container's name: ``container_name``, else the checkpointed one's. Podman keeps established TCP
     connections only under the container's own name (it refuses --tcp-established with --name)."""
-    name = params.get("container_name") or metadata["container"]["name"]
+    name = container_name or metadata["container"]["name"]
     if tcp_established and name != metadata["container"]["name"]:
         raise CriuError("Container %s holds established TCP connections, which Podman restores only under the container's own "
                         "name: leave container_name out, and remove the stopped original first (podman rm %s) or restore on "
@@ -335,27 +338,27 @@ class ContainerWorkload(Workload):
         found = self.found or {}
         return diff_.new_checkpoint(name, found.get("pid"), container=found.get("name"))
 
-    def dump(self, loc: store.Location, params: t.Mapping[str, t.Any], key: t.Optional[bytes],
+    def dump(self, loc: store.Location, request: CheckpointRequest, key: t.Optional[bytes],
              algorithm: str) -> t.Dict[str, t.Any]:
         """Podman's export into a staging dir, hashed, described, signed and published as DEST in one rename. Whatever
         fails once the checkpoint stopped the container, Podman's own copy of the checkpoint brings it back."""
         engine, found = self.engine, t.cast(t.Dict[str, t.Any], self.found)
-        options = dump_options(params)
-        recorded, facts = describe(engine, found, params["timeout"])
+        options = dump_options(request.criu, request.leave_running, request.compress)
+        recorded, facts = describe(engine, found, request.timeout)
         staging: t.Optional[store.Staging] = None
         try:
             with seal_.staged(loc) as staging:
                 frozen_at = procfs.utc_now()
-                podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, params["timeout"])
+                podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, request.timeout)
                 flush_started = time.monotonic()
                 manifest = seal_.flushed_manifest(staging.images_fd, algorithm)
-                metadata = seal_.describe(recorded.pop("criu"), params["name"] or loc.name, facts, options, algorithm, manifest,
+                metadata = seal_.describe(recorded.pop("criu"), request.name or loc.name, facts, options, algorithm, manifest,
                                           recorded)
                 seal_.seal(staging, metadata, key)
                 staging.publish()
                 fsync_seconds = time.monotonic() - flush_started
         except BaseException as exc:
-            seal_.failed_dump_fate(exc, staging, loc, lambda: bring_back(engine, found, facts["starttime"], params["timeout"]))
+            seal_.failed_dump_fate(exc, staging, loc, lambda: bring_back(engine, found, facts["starttime"], request.timeout))
             raise
         return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
 
@@ -369,8 +372,8 @@ class Container(Kind):
 
     name = "container"
 
-    def asked(self, params: t.Mapping[str, t.Any]) -> bool:
-        return bool(params.get("container"))
+    def asked(self, ref: WorkloadRef) -> bool:
+        return bool(ref.container)
 
     def holds(self, metadata: Metadata) -> bool:
         """A checkpoint, a source journal or a request records the container; a target journal its copy's id."""
@@ -390,29 +393,31 @@ class Container(Kind):
         return ("a container's checkpoint: criu's images are inside Podman's export (images/export.tar), which is not "
                 "unpacked to be parsed")
 
-    def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
-        refuse_unsupported(params, at)
+    def refuse_unsupported(self, criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
+        refuse_unsupported(criu, at, leave_stopped)
 
-    def find(self, params: t.Mapping[str, t.Any]) -> Workload:
-        engine = podman.Podman.load(params["timeout"])
-        return ContainerWorkload(params["container"], engine, engine.inspect(params["container"], params["timeout"]))
+    def find(self, ref: WorkloadRef, timeout: float) -> Workload:
+        engine = podman.Podman.load(timeout)
+        name = t.cast(str, ref.container)
+        return ContainerWorkload(name, engine, engine.inspect(name, timeout))
 
-    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, params: t.Mapping[str, t.Any],
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, request: RestoreRequest,
                 key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
         """Podman imports and restores the verified export, under ``container_name``."""
         metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
-        src, timeout = checkpoint.path, params["timeout"]
+        src, timeout = checkpoint.path, request.timeout
         shown = integrity.public(metadata)
-        refuse_unsupported(params, "restore")
+        refuse_unsupported(request.criu, "restore")
         engine = podman.Podman.load(timeout)
         previous = restored_.recorded_restore(checkpoint, metadata, key)
         running = previous and engine.inspect(str(previous.get("container_id")), timeout)
         live = previous if running and running["state"] == "running" else None  # the copy an earlier restore made, running
-        if running and live and not params["force"]:
+        if running and live and not request.force:
             return {"changed": False, "src": src, "pid": running["pid"], "container": running, "checkpoint": shown,
                     "restored": previous, "actions": [], "diff": diff_.restore(src, live, diff_.restored(live))}
-        options = restore_options(metadata, params)
-        name = restore_name(metadata, params, options["tcp_established"])
+        options = restore_options(metadata, bool(request.criu.get("tcp_established")), request.ignore_static_ip,
+                                  request.ignore_static_mac)
+        name = restore_name(metadata, request.container_name, options["tcp_established"])
         problems = host.restore_problems(metadata) + restore_problems(engine, metadata, name, timeout)
         if problems:
             raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
@@ -426,7 +431,7 @@ class Container(Kind):
         record = restored_.restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
                                           container_name=restored["name"])
         restored_.save_record(checkpoint.fd, record, key)
-        restored_.record_pid(params["pidfile"], src, restored["pid"])
+        restored_.record_pid(request.pidfile, src, restored["pid"])
         return {
             "changed": True, "src": src, "pid": restored["pid"], "container": restored, "checkpoint": shown, "restored": record,
             "stats": dict(verdict.stats(), restore_seconds=round(seconds, 3), podman=podman_stats), "actions": [action],
@@ -442,12 +447,12 @@ class Container(Kind):
             raise CriuError("mode=%s cannot migrate a container: Podman restores a container whole, not lazily. Use mode=copy."
                             % mode)
 
-    def look_up(self, params: t.Mapping[str, t.Any]) -> Found:
-        found = podman.Podman.load(params["timeout"]).inspect(params["container"], params["timeout"])
+    def look_up(self, ref: WorkloadRef, timeout: float) -> Found:
+        found = podman.Podman.load(timeout).inspect(t.cast(str, ref.container), timeout)
         return Found(found["pid"] if found and found["state"] == "running" else None, found)
 
-    def require(self, params: t.Mapping[str, t.Any], found: Found) -> Found:
-        return Found(require_running(found.engine_view, params["container"])["pid"], found.engine_view)
+    def require(self, ref: WorkloadRef, found: Found) -> Found:
+        return Found(require_running(found.engine_view, t.cast(str, ref.container))["pid"], found.engine_view)
 
     def describe_found(self, found: Found) -> str:
         return "container %s" % t.cast(t.Dict[str, t.Any], found.engine_view)["name"]
@@ -509,7 +514,7 @@ class Container(Kind):
             raise CriuError("Container %s was stopped, restarted or removed since the preflight; nothing was migrated."
                             % recorded["name"])
         described, facts = describe(engine, found, freezer.timeout)
-        options = dump_options(dict(freezer.criu, leave_running=False, compress="none"))
+        options = dump_options(freezer.criu, False, "none")
 
         def checkpointing(podman_pid: int) -> None:
             freezer.note(engine_process=procfs.tree_identity(podman_pid)[0])
@@ -582,7 +587,7 @@ class Container(Kind):
                             % (recorded.get("name"), announced.get("name")))
         engine = landing.prepared
         journal.record("restoring", container_id=recorded["id"], container_name=recorded["name"], timeout=landing.timeout)
-        options = restore_options(metadata, {"ignore_static_ip": False, "ignore_static_mac": False})
+        options = restore_options(metadata)
         restoring = threading.Event()
 
         def importing(podman_pid: int) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import typing as t
 
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import CheckpointRequest, CriuChoices, RestoreRequest, WorkloadRef
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.storage._integrity import FileDigest
@@ -123,7 +124,7 @@ class Workload(abc.ABC):
         """The checkpoint a dump would make, as check mode's diff shows it."""
 
     @abc.abstractmethod
-    def dump(self, loc: store.Location, params: t.Mapping[str, t.Any], key: t.Optional[bytes],
+    def dump(self, loc: store.Location, request: CheckpointRequest, key: t.Optional[bytes],
              algorithm: str) -> t.Dict[str, t.Any]:
         """Dump into a staging directory and publish it as ``loc``; the checkpoint and stats for the result."""
 
@@ -135,8 +136,8 @@ class Kind(abc.ABC):
 
     # --- which kind ---------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def asked(self, params: t.Mapping[str, t.Any]) -> bool:
-        """Do a module's params name a workload of this kind?"""
+    def asked(self, ref: WorkloadRef) -> bool:
+        """Does a module's request name a workload of this kind?"""
 
     @abc.abstractmethod
     def holds(self, metadata: Metadata) -> bool:
@@ -161,15 +162,15 @@ class Kind(abc.ABC):
 
     # --- checkpoint and restore ----------------------------------------------------------------------------
     @abc.abstractmethod
-    def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
+    def refuse_unsupported(self, criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
         """Raise naming an option this kind cannot honour at ``at`` ("dump", "restore", "migrate")."""
 
     @abc.abstractmethod
-    def find(self, params: t.Mapping[str, t.Any]) -> Workload:
-        """The workload the params name, as it is now (raises when it cannot even be looked up)."""
+    def find(self, ref: WorkloadRef, timeout: float) -> Workload:
+        """The workload ``ref`` names, as it is now (raises when it cannot even be looked up)."""
 
     @abc.abstractmethod
-    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, params: t.Mapping[str, t.Any],
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, request: RestoreRequest,
                 key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
         """Restore the verified checkpoint (or say, in check mode, what would be); the module result."""
 
@@ -183,11 +184,11 @@ class Kind(abc.ABC):
         """Raise when this kind cannot migrate in ``mode``."""
 
     @abc.abstractmethod
-    def look_up(self, params: t.Mapping[str, t.Any]) -> Found:
+    def look_up(self, ref: WorkloadRef, timeout: float) -> Found:
         """The workload a migration is asked to move, as it is now: None parts where there is none running."""
 
     @abc.abstractmethod
-    def require(self, params: t.Mapping[str, t.Any], found: Found) -> Found:
+    def require(self, ref: WorkloadRef, found: Found) -> Found:
         """``found``, which must run now; raises explaining what it is instead."""
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import CheckpointRequest, CriuChoices, RestoreRequest, WorkloadRef
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
 
 # Options of other kinds' restores, refused on a process's checkpoint rather than ignored.
@@ -41,13 +42,14 @@ def same_process(metadata: Metadata, pid: int) -> bool:
     return st is None or st.exited or st.starttime == recorded.get("starttime")
 
 
-def dump_options(params: t.Mapping[str, t.Any], pid: int, st: procfs.ProcStat, tree: t.Sequence[int]) -> t.Dict[str, t.Any]:
-    """The criu options recorded in metadata.json (a restore replays those criu needs again): the criu options in
-    ``params``, and what becomes of the tree after the dump (leave_running, leave_stopped)."""
-    options = criu_options.normalise(params, "dump")
+def dump_options(criu: CriuChoices, leave_running: bool, leave_stopped: bool, pid: int, st: procfs.ProcStat,
+                 tree: t.Sequence[int]) -> t.Dict[str, t.Any]:
+    """The criu options recorded in metadata.json (a restore replays those criu needs again): the caller's ``criu``
+    choices, and what becomes of the tree after the dump (``leave_running``, ``leave_stopped``)."""
+    options = criu_options.normalise(criu, "dump")
     if options["shell_job"] is None:
         options["shell_job"] = procfs.needs_shell_job(pid, st, tree)
-    options.update(leave_running=params["leave_running"], leave_stopped=params["leave_stopped"])
+    options.update(leave_running=leave_running, leave_stopped=leave_stopped)
     return options
 
 
@@ -87,7 +89,7 @@ class ProcessTree(Workload):
     def to_come(self, name: str) -> t.Dict[str, t.Any]:
         return diff_.new_checkpoint(name, self.pid, self.st.comm if self.st is not None else None)
 
-    def dump(self, loc: store.Location, params: t.Mapping[str, t.Any], key: t.Optional[bytes],
+    def dump(self, loc: store.Location, request: CheckpointRequest, key: t.Optional[bytes],
              algorithm: str) -> t.Dict[str, t.Any]:
         """Dump into a staging dir, describe and sign it, then publish it as DEST in one rename.
 
@@ -96,7 +98,7 @@ class ProcessTree(Workload):
         runs on."""
         pid, st, runtime = self.pid, t.cast(procfs.ProcStat, self.st), t.cast(CriuRuntime, self.runtime)
         facts = procfs.process_facts(pid, st)
-        options = dump_options(params, pid, st, facts["tree"])
+        options = dump_options(request.criu, request.leave_running, request.leave_stopped, pid, st, facts["tree"])
         ending = not (options["leave_running"] or options["leave_stopped"])
         identity: t.List[t.List[int]] = []
         staging: t.Optional[store.Staging] = None
@@ -106,13 +108,13 @@ class ProcessTree(Workload):
                 with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
                     frozen_at = procfs.utc_now()
                     dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path),
-                                                dict(options, leave_stopped=True) if ending else options, params["timeout"]).duration
+                                                dict(options, leave_stopped=True) if ending else options, request.timeout).duration
                     hashed = follower.digests()
                 criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
                 identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
                 flush_started = time.monotonic()
                 manifest = seal_.flushed_manifest(images.fd, algorithm, hashed)
-                metadata = seal_.describe(runtime.identity(), params["name"] or loc.name, facts, options, algorithm, manifest)
+                metadata = seal_.describe(runtime.identity(), request.name or loc.name, facts, options, algorithm, manifest)
                 seal_.seal(staging, metadata, key)
                 staging.publish()
                 fsync_seconds = time.monotonic() - flush_started
@@ -133,8 +135,8 @@ class Process(Kind):
 
     name = "process"
 
-    def asked(self, params: t.Mapping[str, t.Any]) -> bool:
-        return params.get("pid") is not None or bool(params.get("pidfile"))
+    def asked(self, ref: WorkloadRef) -> bool:
+        return ref.pid is not None or bool(ref.pidfile)
 
     def holds(self, metadata: Metadata) -> bool:
         return True  # the kind of last resort (see _registry)
@@ -151,42 +153,42 @@ class Process(Kind):
     def inspect_unavailable(self) -> t.Optional[str]:
         return None
 
-    def refuse_unsupported(self, params: t.Mapping[str, t.Any], at: str) -> None:
+    def refuse_unsupported(self, criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
         return None  # criu takes every option
 
-    def find(self, params: t.Mapping[str, t.Any]) -> Workload:
-        return ProcessTree(procfs.resolve_pid(params["pid"], params["pidfile"]))
+    def find(self, ref: WorkloadRef, timeout: float) -> Workload:
+        return ProcessTree(procfs.resolve_pid(ref.pid, ref.pidfile))
 
-    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, params: t.Mapping[str, t.Any],
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, request: RestoreRequest,
                 key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
         """criu restores the tree, detached; the copy must be alive a moment later."""
         metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
         src = checkpoint.path
-        given = [name for name in OTHER_KINDS_RESTORE_OPTIONS if params.get(name)]
+        given = [name for name in OTHER_KINDS_RESTORE_OPTIONS if getattr(request, name)]
         if given:
             raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of a %s. Leave it out."
                             % (", ".join(given), src, self.subject(metadata)), path=src)
         shown = integrity.public(metadata)
         previous = restored_.live_restore(checkpoint, metadata, key)
-        if previous and not params["force"]:
+        if previous and not request.force:
             return {"changed": False, "src": src, "pid": previous["pid"], "checkpoint": shown, "restored": previous, "actions": [],
                     "diff": diff_.restore(src, previous, diff_.restored(previous))}
         problems = host.restore_problems(metadata) + reopen.problems(checkpoint.images_fd)
         if problems:
             raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
-        options = criu_options.for_restore(metadata, params)
+        options = criu_options.for_restore(metadata, request.criu)
         host.require_privileges()
-        runtime = CriuRuntime.load(params["criu_path"])
+        runtime = CriuRuntime.load(request.criu_path)
         action = "restore %s (checkpoint of pid %s)" % (src, metadata["process"].get("pid"))
         if check_mode:
             return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action],
                     "diff": diff_.restore(src, previous, diff_.new_restore(metadata["id"]))}
-        pid, run = restored_.restore_tree(runtime, checkpoint, options, params["timeout"])
+        pid, run = restored_.restore_tree(runtime, checkpoint, options, request.timeout)
         restored_at = procfs.utc_now()
         record = restored_.restore_record(metadata["id"], pid, restored_at,
                                           starttime=restored_.confirm_alive(pid, run.log_path, src).starttime)
         restored_.save_record(checkpoint.fd, record, key)
-        restored_.record_pid(params["pidfile"], src, pid)
+        restored_.record_pid(request.pidfile, src, pid)
         return {
             "changed": True, "src": src, "pid": pid, "checkpoint": shown, "restored": record,
             "stats": dict(verdict.stats(), restore_seconds=round(run.duration, 3), criu=run.criu_stats), "actions": [action],
@@ -200,16 +202,16 @@ class Process(Kind):
     def refuse_migration(self, mode: str) -> None:
         return None  # copy and post-copy
 
-    def look_up(self, params: t.Mapping[str, t.Any]) -> Found:
+    def look_up(self, ref: WorkloadRef, timeout: float) -> Found:
         try:
-            return Found(procfs.resolve_pid(params["pid"], params["pidfile"]))
+            return Found(procfs.resolve_pid(ref.pid, ref.pidfile))
         except CriuError:
             return Found(None)
 
-    def require(self, params: t.Mapping[str, t.Any], found: Found) -> Found:
+    def require(self, ref: WorkloadRef, found: Found) -> Found:
         # No pid when the workload was looked up: the pidfile is read again, and names no process (raises) or, if
         # one started since, that one.
-        return found if found.pid is not None else Found(procfs.resolve_pid(params["pid"], params["pidfile"]))
+        return found if found.pid is not None else Found(procfs.resolve_pid(ref.pid, ref.pidfile))
 
     def describe_found(self, found: Found) -> str:
         return "pid %d" % t.cast(int, found.pid)
@@ -252,8 +254,7 @@ class Process(Kind):
         runtime = CriuRuntime.load(record.get("criu_path"))
         runtime.on_spawn = lambda criu_pid: freezer.note(criu=procfs.tree_identity(criu_pid)[0])
         st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
-        options = dump_options(dict(freezer.criu, leave_running=False, leave_stopped=True), pid, st,
-                               [member[0] for member in _tree(record)])
+        options = dump_options(freezer.criu, False, True, pid, st, [member[0] for member in _tree(record)])
         options["lazy_pages"] = freezer.mode == "postcopy"
         images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
         work = Dir(staging.fd, staging.path)

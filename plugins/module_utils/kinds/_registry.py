@@ -9,14 +9,15 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._container import Container
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Kind, Metadata
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import Process
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import WorkloadRef
 
 # Asked in order; a process tree, the last, is what a checkpoint or journal of no other kind holds.
 KINDS: t.Tuple[Kind, ...] = (Container(), Process())
 
 
-def asked(params: t.Mapping[str, t.Any]) -> Kind:
-    """The kind of workload a module's params name (pid and pidfile: a process tree)."""
-    return next((kind for kind in KINDS if kind.asked(params)), KINDS[-1])
+def asked(ref: WorkloadRef) -> Kind:
+    """The kind of workload a module's request names (pid and pidfile: a process tree)."""
+    return next((kind for kind in KINDS if kind.asked(ref)), KINDS[-1])
 
 
 def of(metadata: Metadata) -> Kind:

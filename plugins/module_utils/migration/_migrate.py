@@ -23,6 +23,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.migration import _mig
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import MigrateRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, failpoint, read_progress
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._migration_status import report
@@ -50,33 +51,33 @@ def source_journal(dir_fd: int, directory: str, name: str) -> t.Optional[Journal
                     path=journal.path)
 
 
-def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+def migrate(request: MigrateRequest, check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_migrate module's work: returns the module result."""
-    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
-    s = settings(params, key)
-    kind = kinds.asked(params)
-    if params["pid"] is not None and params["pid"] <= 1:
-        procfs.require_checkpointable(params["pid"])  # bad input: refused before anything is written
+    key = integrity.load_key(request.hmac_key, request.hmac_key_file)
+    s = settings(request, key)
+    kind = kinds.asked(request.workload)
+    if request.workload.pid is not None and request.workload.pid <= 1:
+        procfs.require_checkpointable(request.workload.pid)  # bad input: refused before anything is written
     code = remote.payload()
     if check_mode:
         opened = store.open_existing_dir(s.directory, "Migration directory")
         if opened is None:  # no migration ever ran here: nothing to resolve, nothing to create
-            return _would_migrate(params, s, code, kind, kind.look_up(params))
+            return _would_migrate(request, s, code, kind, kind.look_up(request.workload, request.timeout))
     else:
         opened = store.open_or_create_dir(s.directory, "Migration directory")
     dir_fd, directory = opened
     s = s._replace(directory=directory)
     lock = DriverLock(dir_fd, s.name, create=not check_mode)
-    deadline = time.monotonic() + params["wait_timeout"]
-    if params["migration_id"]:
-        return _follow(params["migration_id"], s, code, dir_fd, directory, lock, deadline)
+    deadline = time.monotonic() + request.wait_timeout
+    if request.migration_id:
+        return _follow(request.migration_id, s, code, dir_fd, directory, lock, deadline)
     stack = contextlib.ExitStack()
     try:
         while not lock.try_acquire():
             # The same migration, run again while it runs (a second controller): wait for it and report it, as a
             # rerun does. Before its journal exists it is in its preflight: that ends soon, one way or the other.
             journal = source_journal(dir_fd, directory, s.name)
-            if journal is not None and not params["wait"]:
+            if journal is not None and not request.wait:
                 return _running(journal, False)
             if journal is not None:
                 return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, directory, s.name))
@@ -85,7 +86,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                                 "Rerun the same command to wait for it again." % s.name)
             time.sleep(WATCH_POLL)
         journal = source_journal(dir_fd, directory, s.name)
-        found = kind.look_up(params)
+        found = kind.look_up(request.workload, request.timeout)
         if journal is not None and journal.get("outcome") in (None, "in_doubt"):
             if check_mode:
                 return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
@@ -94,7 +95,7 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
             resolve(journal, as_recorded(s, journal), code)
             if journal.get("outcome") != "rolled_back":
                 return report(journal, True, read_progress(dir_fd, directory, s.name))
-            found = kind.look_up(params)
+            found = kind.look_up(request.workload, request.timeout)
         elif journal is not None and journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending":
             if check_mode:
                 return {"changed": True, "actions": ["would remove the stopped copy that the rolled-back migration %s left on "
@@ -111,8 +112,8 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
                                 "process." % (pid, journal.get("target", {}).get("label"), journal.path,
                                               procfs.process_state(pid).get("comm")), pid=pid)
         if check_mode:
-            return _would_migrate(params, s, code, kind, found)
-        found = kind.require(params, found)
+            return _would_migrate(request, s, code, kind, found)
+        found = kind.require(request.workload, found)
         pid = t.cast(int, found.pid)
         st = procfs.read_stat(pid)
         what = kind.describe_found(found)
@@ -125,17 +126,17 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
         failpoint(s.name, "preflight")  # (tests: the window in which the migration is locked and has no journal yet)
         journal_id = str(uuid.uuid4())
-        facts = preflight(s, code, kind, found, journal_id, params["criu_path"], check_mode=False)
+        facts = preflight(s, code, kind, found, journal_id, request.criu_path, check_mode=False)
         s = s._replace(algorithm=facts["algorithm"])
         journal = Journal.create(
             dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
             source=os.uname().nodename, target={"label": s.target.label, "host": s.target.host}, lease_seconds=s.lease,
-            criu_path=params["criu_path"], algorithm=s.algorithm,
+            criu_path=request.criu_path, algorithm=s.algorithm,
             process={"pid": pid, "starttime": st.starttime if st else None, "comm": st.comm if st else None, "tree": facts["tree"]},
             expected_bytes=facts["expected_bytes"], settings=recordable(s),
             image_seconds=facts.get("image_seconds"), **kind.journal_identity(found))
         spawn(lock, journal, s, code)
-        if not params["wait"]:
+        if not request.wait:
             return _running(journal, True)
         return report(watch(journal, lock, deadline, s, code), True, read_progress(dir_fd, directory, s.name))
     finally:
@@ -144,10 +145,10 @@ def migrate(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.An
         os.close(dir_fd)
 
 
-def _would_migrate(params: t.Mapping[str, t.Any], s: Settings, code: bytes, kind: Kind, found: Found) -> t.Dict[str, t.Any]:
+def _would_migrate(request: MigrateRequest, s: Settings, code: bytes, kind: Kind, found: Found) -> t.Dict[str, t.Any]:
     """Check mode: every preflight check on both hosts, and what a real run would do; nothing is written anywhere."""
-    found = kind.require(params, found)
-    facts = preflight(s, code, kind, found, str(uuid.uuid4()), params["criu_path"], check_mode=True)
+    found = kind.require(request.workload, found)
+    facts = preflight(s, code, kind, found, str(uuid.uuid4()), request.criu_path, check_mode=True)
     image = "" if kind.image_to_send(found, facts["target"]) is None else ", sending its image first"
     what = kind.describe_found(found)
     return {"changed": True, "actions": ["would migrate %s to %s (%s mode%s)" % (what, s.target.label, s.mode, image)]}

@@ -16,6 +16,7 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import MigrationInfoRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, read_progress, require_name
 
@@ -113,10 +114,10 @@ def summary(migration: t.Mapping[str, t.Any]) -> str:
     return ", ".join(parts)
 
 
-def migration_info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+def migration_info(request: MigrationInfoRequest) -> t.Dict[str, t.Any]:
     """The criu_migration_info module's work (it imports this module alone: a look every few seconds stays cheap)."""
-    return read(os.path.normpath(params["migrate_dir"]), params["name"],
-                lambda dir_fd: DriverLock(dir_fd, params["name"], create=False).held_elsewhere())
+    return read(os.path.normpath(request.migrate_dir), request.name,
+                lambda dir_fd: DriverLock(dir_fd, request.name, create=False).held_elsewhere())
 
 
 def read(directory: str, name: str, driver_running: t.Callable[[int], bool]) -> t.Dict[str, t.Any]:

@@ -1,6 +1,6 @@
 # Copyright (c) nucleus.criu contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What a migration is asked to do, fixed when it starts: the module's params checked and typed once, and what of
+"""What a migration is asked to do, fixed when it starts: the module's request checked once, and what of
 them the journal keeps for a recovery."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _remote as remote
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import MigrateRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal, require_name
 
@@ -38,27 +39,27 @@ class Settings(t.NamedTuple):
         return max(self.timeout, 30.0)
 
 
-def settings(params: t.Mapping[str, t.Any], key: t.Optional[bytes]) -> Settings:
-    name = require_name(params["name"])
-    kind = kinds.asked(params)
-    kind.refuse_migration(params["mode"])
-    criu = {option.name: params[option.name] for option in criu_options.OPTIONS}
+def settings(request: MigrateRequest, key: t.Optional[bytes]) -> Settings:
+    name = require_name(request.name)
+    kind = kinds.asked(request.workload)
+    kind.refuse_migration(request.mode)
+    criu = dict(request.criu)
     criu_options.normalise(criu, "migrate")  # a bad value is refused before anything runs
-    kind.refuse_unsupported(params, "migrate")
-    for option in ("lease", "timeout"):
-        if params[option] <= 0:
-            raise CriuError("%s must be a positive number of seconds, got %s." % (option, params[option]))
+    kind.refuse_unsupported(criu, "migrate")
+    for option, seconds in (("lease", request.lease), ("timeout", request.timeout)):
+        if seconds <= 0:
+            raise CriuError("%s must be a positive number of seconds, got %s." % (option, seconds))
     try:
-        extra_args = tuple(shlex.split(params["ssh_extra_args"] or ""))
+        extra_args = tuple(shlex.split(request.ssh_extra_args or ""))
     except ValueError as exc:
-        raise CriuError("ssh_extra_args %r cannot be split like a shell would: %s. Fix its quoting." % (params["ssh_extra_args"], exc)) from exc
-    target = remote.SshTarget(host=params["target"], port=params["ssh_port"], user=params["ssh_user"],
-                              key_file=params["ssh_key_file"], extra_args=extra_args,
-                              python=params["target_python"], connect_timeout=params["ssh_connect_timeout"],
-                              compress=params["compress"])
-    return Settings(name, os.path.normpath(params["migrate_dir"]), target, params["mode"], float(params["lease"]),
-                    float(params["timeout"]), key, params["hash_algorithm"], criu,
-                    params["target_pidfile"], params["cleanup"], params["transfer_image"])
+        raise CriuError("ssh_extra_args %r cannot be split like a shell would: %s. Fix its quoting." % (request.ssh_extra_args, exc)) from exc
+    target = remote.SshTarget(host=request.target, port=request.ssh_port, user=request.ssh_user,
+                              key_file=request.ssh_key_file, extra_args=extra_args,
+                              python=request.target_python, connect_timeout=request.ssh_connect_timeout,
+                              compress=request.compress)
+    return Settings(name, os.path.normpath(request.migrate_dir), target, request.mode, float(request.lease),
+                    float(request.timeout), key, request.hash_algorithm, criu,
+                    request.target_pidfile, request.cleanup, request.transfer_image)
 
 
 def recordable(s: Settings) -> t.Dict[str, t.Any]:

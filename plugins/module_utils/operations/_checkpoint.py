@@ -18,6 +18,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integ
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import CheckpointRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 
@@ -61,9 +62,9 @@ def _unchanged(result: t.Dict[str, t.Any], path: str, existing: t.Mapping[str, t
     return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[], diff=diff_.diff(shown, shown))
 
 
-def _pruning(paths: t.Iterable[str], keep: int, name: str, verb: str) -> t.List[str]:
+def _pruning(paths: t.Iterable[str], keep: t.Optional[int], name: str, verb: str) -> t.List[str]:
     """The actions of ``keep``: one line per older checkpoint deleted (or, in check mode, to be deleted)."""
-    return ["%s the older checkpoint %s (keep %d of %s)" % (verb, path, keep, name) for path in paths]
+    return ["%s the older checkpoint %s (keep %s of %s)" % (verb, path, keep, name) for path in paths]
 
 
 def _checkpointable(workload: Workload, criu_path: t.Optional[str]) -> str:
@@ -73,37 +74,37 @@ def _checkpointable(workload: Workload, criu_path: t.Optional[str]) -> str:
     return workload.what
 
 
-def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_checkpoint module's work: returns the module result."""
-    require_timeout(params["timeout"])
-    if params["keep"] is not None and params["keep"] < 1:
-        raise CriuError("keep must be 1 or more (the checkpoint just made is always kept), got %d." % params["keep"])
-    if params["state"] == "absent":
-        return lifecycle.delete(os.path.normpath(params["dest"]), params["timeout"], check_mode)
-    if params["leave_running"] and params["leave_stopped"]:
+    require_timeout(request.timeout)
+    if request.keep is not None and request.keep < 1:
+        raise CriuError("keep must be 1 or more (the checkpoint just made is always kept), got %d." % request.keep)
+    if request.state == "absent":
+        return lifecycle.delete(os.path.normpath(request.dest), request.timeout, check_mode)
+    if request.leave_running and request.leave_stopped:
         raise CriuError("leave_running and leave_stopped are mutually exclusive: after the dump the process either runs or stays stopped.")
-    criu_options.normalise(params, "dump")  # refuses bad values and contradictions before anything is touched
-    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
-    algorithm = integrity.choose_algorithm(params["hash_algorithm"])
-    kind = kinds.asked(params)
-    kind.refuse_unsupported(params, "dump")
-    workload = kind.find(params)
+    criu_options.normalise(request.criu, "dump")  # refuses bad values and contradictions before anything is touched
+    key = integrity.load_key(request.hmac_key, request.hmac_key_file)
+    algorithm = integrity.choose_algorithm(request.hash_algorithm)
+    kind = kinds.asked(request.workload)
+    kind.refuse_unsupported(request.criu, "dump", request.leave_stopped)
+    workload = kind.find(request.workload, request.timeout)
     result = workload.result()
-    dest = os.path.normpath(params["dest"])
+    dest = os.path.normpath(request.dest)
     enclosing = store.enclosing_checkpoint(dest)
     if enclosing:
         raise CriuError("dest %s lies inside the checkpoint %s; writing there would corrupt it. Choose a path outside it." % (dest, enclosing), path=dest)
-    name = params["name"] or os.path.basename(dest)
+    name = request.name or os.path.basename(dest)
     with contextlib.ExitStack() as stack:
         try:
             loc = stack.enter_context(store.location(dest, make_parents=not check_mode))
         except safepath.MissingDirectory as missing:  # check mode only: a real run makes it
-            what = _checkpointable(workload, params["criu_path"])
+            what = _checkpointable(workload, request.criu_path)
             return dict(result, dest=dest, changed=True, actions=["would make %s and dump %s to %s" % (missing.path, what, dest)],
                         diff=diff_.diff({}, {dest: workload.to_come(name)}))
         result["dest"] = loc.path
-        if not params["force"]:
-            existing = existing_checkpoint(loc, workload.is_in, key, params["timeout"])
+        if not request.force:
+            existing = existing_checkpoint(loc, workload.is_in, key, request.timeout)
             if existing is not None:
                 return _unchanged(result, loc.path, existing)
         else:
@@ -111,26 +112,26 @@ def checkpoint(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t
             if problem:
                 raise CriuError("Refusing force=true on %s: %s" % (loc.path, problem), path=loc.path)
         exists = os.path.lexists(loc.path)
-        what = _checkpointable(workload, params["criu_path"])
+        what = _checkpointable(workload, request.criu_path)
         action = "%s %s to %s" % ("replace the checkpoint with a dump of" if exists else "dump", what, loc.path)
         if check_mode:
-            gone = lifecycle.surplus(loc, name, params["keep"], params["timeout"], key, procfs.utc_now()) if params["keep"] else {}
+            gone = lifecycle.surplus(loc, name, request.keep, request.timeout, key, procfs.utc_now()) if request.keep else {}
             before = dict(gone, **{loc.path: lifecycle.metadata_at(loc)})
-            return dict(result, changed=True, actions=["would " + action] + _pruning(gone, params["keep"], name, "would delete"),
+            return dict(result, changed=True, actions=["would " + action] + _pruning(gone, request.keep, name, "would delete"),
                         diff=diff_.diff(diff_.checkpoints(before), {loc.path: workload.to_come(name)}))
-        with store.Lock(loc, params["timeout"]):
+        with store.Lock(loc, request.timeout):
             store.remove_litter(loc)
-            if not params["force"]:
-                existing = existing_checkpoint(loc, workload.is_in, key, params["timeout"])
+            if not request.force:
+                existing = existing_checkpoint(loc, workload.is_in, key, request.timeout)
                 if existing is not None:
                     return _unchanged(result, loc.path, existing)
             before = {loc.path: lifecycle.metadata_at(loc)}
-            result.update(workload.dump(loc, params, key, algorithm))
+            result.update(workload.dump(loc, request, key, algorithm))
         actions = [action[0].upper() + action[1:]]
-        if params["keep"]:
-            removed = lifecycle.prune(loc, name, params["keep"], params["timeout"], key)
+        if request.keep:
+            removed = lifecycle.prune(loc, name, request.keep, request.timeout, key)
             result["removed"] = list(removed)
             before.update(removed)
-            actions += _pruning(removed, params["keep"], name, "Delete")
+            actions += _pruning(removed, request.keep, name, "Delete")
     return dict(result, changed=True, actions=actions,
                 diff=diff_.diff(diff_.checkpoints(before), diff_.checkpoints({loc.path: result["checkpoint"]})))

@@ -11,6 +11,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as 
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import InfoRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 
@@ -25,19 +26,19 @@ def key_facts(hmac_key: t.Optional[str], hmac_key_file: t.Optional[str]) -> t.Di
     return {"given": True, "usable": True, "bytes": len(key), "problem": ""}
 
 
-def info(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+def info(request: InfoRequest) -> t.Dict[str, t.Any]:
     """The criu_info module's work: never changes anything."""
     can, why = host.can_checkpoint()
     result = {
-        "changed": False, "criu": host.criu_facts(params["criu_path"], params["timeout"]),
+        "changed": False, "criu": host.criu_facts(request.criu_path, request.timeout),
         "kernel": os.uname().release, "arch": os.uname().machine,
         "can_checkpoint": can, "privilege_problem": why,
         "page_server_problem": host.page_server_problem(),
         "hash_algorithms": integrity.available_algorithms(),
-        "signing_key": key_facts(params["hmac_key"], params["hmac_key_file"]),
+        "signing_key": key_facts(request.hmac_key, request.hmac_key_file),
     }
-    if params["pid"] is not None or params["pidfile"]:
-        result["process"] = procfs.process_state(procfs.resolve_pid(params["pid"], params["pidfile"]))
+    if request.workload.pid is not None or request.workload.pidfile:
+        result["process"] = procfs.process_state(procfs.resolve_pid(request.workload.pid, request.workload.pidfile))
     for kind in kinds.KINDS:
-        result.update(kind.host_info(params["engine"], params["timeout"], host.effective_caps()))
+        result.update(kind.host_info(request.engine, request.timeout, host.effective_caps()))
     return result

@@ -19,6 +19,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integ
 from ansible_collections.nucleus.criu.plugins.module_utils.operations import _inspect as inspect_
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import CheckpointInfoRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.system._procfs import TIME_FORMAT
 
@@ -143,13 +144,13 @@ def details(criu_path: str, opened: store.Checkpoint, entry: t.Mapping[str, t.An
     return inspect_.inspect(criu_path, opened, timeout)
 
 
-def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+def listing(request: CheckpointInfoRequest) -> t.Dict[str, t.Any]:
     """The criu_checkpoint_info module's work: every checkpoint under ``path``, newest first. Details are read from
     the images only of a checkpoint that verifies (a parser fed forged images runs as root)."""
-    verify = params["verify"] or params["details"]
-    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"]) if verify else None
-    criu_path = binary.discover(params["criu_path"]) if params["details"] else ""
-    path = os.path.normpath(params["path"])
+    verify = request.verify or request.details
+    key = integrity.load_key(request.hmac_key, request.hmac_key_file) if verify else None
+    criu_path = binary.discover(request.criu_path) if request.details else ""
+    path = os.path.normpath(request.path)
     found: t.List[t.Dict[str, t.Any]] = []
     try:
         targets = _targets(path)
@@ -157,14 +158,14 @@ def listing(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
         return {"changed": False, "path": path, "exists": False, "checkpoints": found}
     for _loc, opened in _candidates(targets):
         metadata = _metadata(opened)
-        if metadata is None or (params["name"] and metadata.get("name") != params["name"]):
+        if metadata is None or (request.name and metadata.get("name") != request.name):
             continue
         entry = describe(opened, metadata)
         if verify:
-            verdict = integrity.verify(opened, key, skip_signature_check=key is None, timeout=params["timeout"])
+            verdict = integrity.verify(opened, key, skip_signature_check=key is None, timeout=request.timeout)
             entry.update(valid=not verdict.problems, problems=verdict.problems)
-        if params["details"]:
-            entry["details"] = details(criu_path, opened, entry, params["timeout"])
+        if request.details:
+            entry["details"] = details(criu_path, opened, entry, request.timeout)
         found.append(entry)
     found.sort(key=lambda item: item["created_at"] or "", reverse=True)
     return {"changed": False, "path": path, "exists": True, "checkpoints": found}

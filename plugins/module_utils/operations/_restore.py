@@ -17,16 +17,17 @@ from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registr
 from ansible_collections.nucleus.criu.plugins.module_utils.operations._checkpoint import require_timeout
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import RestoreRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.storage._restored import refusal
 
 
-def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], params: t.Mapping[str, t.Any]) -> integrity.Verdict:
+def load_verified(checkpoint: store.Checkpoint, key: t.Optional[bytes], request: RestoreRequest) -> integrity.Verdict:
     """The verdict on a checkpoint that passed verification, or a refusal listing every problem. Even unverified, a
     configured key is always enforced and the metadata must parse."""
-    verdict = integrity.verify(checkpoint, key, params["require_signature"], params["skip_signature_check"],
-                               timeout=params["timeout"], hashed=params["verify"])
-    problems = verdict.problems + ([] if checkpoint.images_fd >= 0 or params["verify"] else ["images/ is missing"])
+    verdict = integrity.verify(checkpoint, key, request.require_signature, request.skip_signature_check,
+                               timeout=request.timeout, hashed=request.verify)
+    problems = verdict.problems + ([] if checkpoint.images_fd >= 0 or request.verify else ["images/ is missing"])
     if verdict.metadata is None or problems:
         raise refusal(checkpoint.path, problems)
     if verdict.metadata["options"].get("lazy_pages"):
@@ -49,11 +50,11 @@ def opened(src: str, timeout: float, lock: bool) -> t.Iterator[store.Checkpoint]
         yield checkpoint
 
 
-def restore(params: t.Mapping[str, t.Any], check_mode: bool) -> t.Dict[str, t.Any]:
+def restore(request: RestoreRequest, check_mode: bool) -> t.Dict[str, t.Any]:
     """The criu_restore module's work: returns the module result."""
-    require_timeout(params["timeout"])
-    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
-    src = os.path.normpath(params["src"])
-    with opened(src, params["timeout"], lock=not check_mode) as checkpoint:
-        verdict = load_verified(checkpoint, key, params)
-        return kinds.of(t.cast(t.Dict[str, t.Any], verdict.metadata)).restore(checkpoint, verdict, params, key, check_mode)
+    require_timeout(request.timeout)
+    key = integrity.load_key(request.hmac_key, request.hmac_key_file)
+    src = os.path.normpath(request.src)
+    with opened(src, request.timeout, lock=not check_mode) as checkpoint:
+        verdict = load_verified(checkpoint, key, request)
+        return kinds.of(t.cast(t.Dict[str, t.Any], verdict.metadata)).restore(checkpoint, verdict, request, key, check_mode)

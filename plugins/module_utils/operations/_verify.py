@@ -12,26 +12,27 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as 
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.operations._checkpoint import require_timeout
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import VerifyRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
 
 
-def verify(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+def verify(request: VerifyRequest) -> t.Dict[str, t.Any]:
     """The criu_verify module's work: returns the module result, or raises with every problem found."""
-    require_timeout(params["timeout"])
-    key = integrity.load_key(params["hmac_key"], params["hmac_key_file"])
-    path = os.path.normpath(params["path"])
+    require_timeout(request.timeout)
+    key = integrity.load_key(request.hmac_key, request.hmac_key_file)
+    path = os.path.normpath(request.path)
     signed = False
     try:
         with store.location(path) as loc, store.open_checkpoint(loc) as checkpoint:
-            verdict = integrity.verify(checkpoint, key, params["require_signature"], params["skip_signature_check"],
-                                       timeout=params["timeout"])
+            verdict = integrity.verify(checkpoint, key, request.require_signature, request.skip_signature_check,
+                                       timeout=request.timeout)
             signed = store.SIGNATURE in checkpoint.entries()
     except CriuError as exc:
         verdict = integrity.Verdict(None, [exc.msg], [])
     problems = list(verdict.problems)
-    if verdict.metadata is not None and params["check_host"]:
+    if verdict.metadata is not None and request.check_host:
         kind = kinds.of(verdict.metadata)
-        problems += kind.host_problems(verdict.metadata, params["criu_path"], params["timeout"], host.effective_caps())
+        problems += kind.host_problems(verdict.metadata, request.criu_path, request.timeout, host.effective_caps())
         problems += host.restore_problems(verdict.metadata)
     if problems or verdict.metadata is None:  # (a verdict without metadata has a problem saying why)
         raise CriuError("Checkpoint %s is not valid: %s." % (path, listed(problems)), path=path, problems=problems, valid=False,

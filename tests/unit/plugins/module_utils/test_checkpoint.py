@@ -26,7 +26,12 @@ from .mu_helpers import KEY, chunk_digests, make_checkpoint, verify_at, wait_for
 
 
 def params(**given):
-    return argspec.CHECKPOINT.defaults(**dict({"timeout": 30}, **given))
+    return argspec.CHECKPOINT.request(argspec.CHECKPOINT.defaults(**dict({"timeout": 30}, **given)))
+
+
+def dump_options(request, *args):
+    """_process.dump_options with what a checkpoint ``request`` gives it."""
+    return process.dump_options(request.criu, request.leave_running, request.leave_stopped, *args)
 
 
 @pytest.fixture
@@ -107,7 +112,7 @@ def test_same_process(workload):
     (True, procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1), True),
 ])
 def test_dump_options_shell_job(shell_job, st, expected):
-    options = process.dump_options(params(shell_job=shell_job, tcp_established=True), 10, st, [10])
+    options = dump_options(params(shell_job=shell_job, tcp_established=True), 10, st, [10])
     assert options["shell_job"] is expected and options["tcp_established"] is True
     assert options["network_lock"] == "nftables"  # the spec's default
     # every dump option of the table, plus what becomes of the tree
@@ -118,12 +123,12 @@ def test_dump_options_shell_job(shell_job, st, expected):
 
 def test_dump_options_are_normalised():
     st = procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1)
-    assert process.dump_options(params(), 10, st, [10]) == {
+    assert dump_options(params(), 10, st, [10]) == {
         "tcp_established": False, "tcp_close": False, "skip_in_flight": False, "ext_unix_sk": False, "file_locks": False,
         "shell_job": False, "link_remap": False, "ghost_limit": None, "network_lock": "nftables", "manage_cgroups": None,
         "leave_running": False, "leave_stopped": False}
-    options = process.dump_options(params(tcp_close=True, skip_in_flight=True, link_remap=True, ghost_limit="8M",
-                                          network_lock="skip", manage_cgroups="soft", leave_stopped=True), 10, st, [10])
+    options = dump_options(params(tcp_close=True, skip_in_flight=True, link_remap=True, ghost_limit="8M",
+                                  network_lock="skip", manage_cgroups="soft", leave_stopped=True), 10, st, [10])
     assert options == {
         "tcp_established": False, "tcp_close": True, "skip_in_flight": True, "ext_unix_sk": False, "file_locks": False,
         "shell_job": False, "link_remap": True, "ghost_limit": 8 << 20, "network_lock": "skip", "manage_cgroups": "soft",
@@ -137,7 +142,7 @@ def test_dump_options_are_normalised():
 ])
 def test_dump_options_refuse_bad_values(given, message):
     with pytest.raises(CriuError, match=message):
-        process.dump_options(params(**given), 10, procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1), [10])
+        dump_options(params(**given), 10, procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1), [10])
 
 
 def test_leave_running_and_stopped_exclusive(tmp_path):

@@ -116,7 +116,7 @@ def test_key_facts_problems(hmac_key, hmac_key_file, problem):
 def test_info(tmp_path, scripts_as_elf, spawn):
     good = write_exe(tmp_path / "good" / "criu", GOOD)
     child = spawn(["sleep", "60"])
-    result = info_.info(argspec.INFO.defaults(criu_path=good, pid=child.pid, hmac_key=KEY.decode()))
+    result = info_.info(argspec.INFO.request(argspec.INFO.defaults(criu_path=good, pid=child.pid, hmac_key=KEY.decode())))
     assert result["changed"] is False and result["criu"]["usable"] is True and result["criu"]["path"] == good
     assert result["kernel"] == os.uname().release and result["arch"] == os.uname().machine
     assert result["can_checkpoint"] is host.can_checkpoint()[0] and result["privilege_problem"] == host.can_checkpoint()[1]
@@ -128,7 +128,7 @@ def test_info(tmp_path, scripts_as_elf, spawn):
 
 
 def test_info_without_process_nor_criu(tmp_path):
-    result = info_.info(argspec.INFO.defaults(criu_path=str(tmp_path / "missing")))
+    result = info_.info(argspec.INFO.request(argspec.INFO.defaults(criu_path=str(tmp_path / "missing"))))
     assert "process" not in result and result["criu"]["usable"] is False
     assert result["signing_key"] == {"given": False, "usable": False, "problem": ""}
 

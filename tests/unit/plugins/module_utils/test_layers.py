@@ -6,12 +6,14 @@ import re
 
 import pytest
 
+from ansible_collections.nucleus.criu.plugins.module_utils import _argspec as argspec
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import WorkloadRef
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Kind
 
 ROOT = os.path.dirname(os.path.dirname(kinds.__file__))
-# Bottom to top; _errors is everyone's vocabulary, _argspec and _module are the module layer.
-LAYERS = ["_errors", "system", "criu", "storage", "kinds", "operations", "migration", "_argspec", "_module"]
+# Bottom to top; _errors and _requests are everyone's vocabulary, _argspec and _module are the module layer.
+LAYERS = ["_errors", "_requests", "system", "criu", "storage", "kinds", "operations", "migration", "_argspec", "_module"]
 IMPORT = re.compile(r"plugins\.module_utils(?:\.(\w+))?(?: import (\w+)|\.(\w+) import)")
 
 
@@ -48,10 +50,10 @@ def test_operations_and_the_protocol_reach_kinds_through_the_registry(relative, 
     assert not re.search(r"kinds(?: import |\.)_(?!registry|kind)\w+", text), relative
 
 
-def test_each_params_names_its_kind():
-    assert kinds.asked({"container": "web", "pid": None, "pidfile": None}).name == "container"
-    assert kinds.asked({"container": None, "pid": 42, "pidfile": None}).name == "process"
-    assert kinds.asked({"container": None, "pid": None, "pidfile": "/run/x.pid"}).name == "process"
+def test_each_request_names_its_kind():
+    assert kinds.asked(WorkloadRef(container="web")).name == "container"
+    assert kinds.asked(WorkloadRef(pid=42)).name == "process"
+    assert kinds.asked(WorkloadRef(pidfile="/run/x.pid")).name == "process"
 
 
 def test_a_checkpoint_or_journal_names_its_kind():
@@ -65,3 +67,21 @@ def test_every_kind_implements_the_whole_interface():
     assert [kind.name for kind in kinds.KINDS] == ["container", "process"]
     for kind in kinds.KINDS:
         assert isinstance(kind, Kind) and not type(kind).__abstractmethods__
+
+
+@pytest.mark.parametrize("relative,text", [(relative, text) for relative, text in sorted(sources())
+                                           if layer(relative) not in ("_argspec", "_module")],
+                         ids=lambda value: value if value.endswith(".py") else "")
+def test_below_the_module_layer_nothing_reads_params_or_the_argument_spec(relative, text):
+    """Each module turns its params into a typed request once (_argspec.Spec.request); below, only the request."""
+    assert not re.search(r"\bparams\[|\bparams\.get\(|\.argument_spec\b|_argspec import|import _argspec\b", text), relative
+
+
+@pytest.mark.parametrize("name", ["CHECKPOINT", "CHECKPOINT_INFO", "RESTORE", "VERIFY", "INFO", "MIGRATE", "MIGRATION_INFO"])
+def test_every_option_of_a_module_reaches_its_request(name):
+    spec = getattr(argspec, name)
+    request = spec.request(spec.defaults())
+    fields = set(request._fields) - {"criu", "workload"}
+    named = set(WorkloadRef._fields) & set(spec.argument_spec) if "workload" in request._fields else set()
+    carried = fields | set(getattr(request, "criu", {})) | named
+    assert carried == set(spec.argument_spec), "options the request drops or invents: %s" % (carried ^ set(spec.argument_spec))

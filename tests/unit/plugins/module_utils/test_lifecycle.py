@@ -24,7 +24,7 @@ def _ckpt(path, name="job", day=1, **kw):
 
 
 def _info(path, **given):
-    return argspec.CHECKPOINT_INFO.defaults(**dict({"path": str(path), "timeout": 30}, **given))
+    return argspec.CHECKPOINT_INFO.request(argspec.CHECKPOINT_INFO.defaults(**dict({"path": str(path), "timeout": 30}, **given)))
 
 
 def _paths(found):

@@ -135,19 +135,24 @@ def test_podman_errors_carry_the_remedy(recording_podman):
     assert engine.image_id("beef", 10) is None
 
 
+def refuse_unsupported(spec, at, **given):
+    """_container.refuse_unsupported with what a module's request of ``spec`` and ``given`` hands it."""
+    request = spec.request(spec.defaults(**given))
+    container.refuse_unsupported(request.criu, at, getattr(request, "leave_stopped", False))
+
+
 @pytest.mark.parametrize("given", [{"link_remap": True}, {"ghost_limit": "8M"}, {"network_lock": "iptables"},
                                    {"leave_stopped": True}, {"ext_unix_sk": True}])
 def test_options_podman_cannot_pass_are_refused(given):
-    params = CHECKPOINT.defaults(container="web", dest="/x", **given)
     with pytest.raises(CriuError, match="cannot be used with a container"):
-        container.refuse_unsupported(params, "dump")
+        refuse_unsupported(CHECKPOINT, "dump", container="web", dest="/x", **given)
 
 
 def test_options_podman_passes_are_taken():
-    container.refuse_unsupported(CHECKPOINT.defaults(container="web", dest="/x", tcp_established=True, file_locks=True), "dump")
-    container.refuse_unsupported(RESTORE.defaults(src="/x", tcp_established=True, ignore_static_ip=True), "restore")
+    refuse_unsupported(CHECKPOINT, "dump", container="web", dest="/x", tcp_established=True, file_locks=True)
+    refuse_unsupported(RESTORE, "restore", src="/x", tcp_established=True, ignore_static_ip=True)
     with pytest.raises(CriuError, match="manage_cgroups"):
-        container.refuse_unsupported(RESTORE.defaults(src="/x", manage_cgroups="full"), "restore")
+        refuse_unsupported(RESTORE, "restore", src="/x", manage_cgroups="full")
 
 
 def test_same_container_by_id_or_by_name_once_gone():
@@ -160,10 +165,10 @@ def test_same_container_by_id_or_by_name_once_gone():
 
 def test_established_tcp_restores_under_its_own_name_only():
     metadata = {"container": CONTAINER}
-    assert container.restore_name(metadata, {"container_name": None}, True) == "web"
-    assert container.restore_name(metadata, {"container_name": "copy"}, False) == "copy"
+    assert container.restore_name(metadata, None, True) == "web"
+    assert container.restore_name(metadata, "copy", False) == "copy"
     with pytest.raises(CriuError, match="only under the container's own name"):
-        container.restore_name(metadata, {"container_name": "copy"}, True)
+        container.restore_name(metadata, "copy", True)
 
 
 def _container_metadata(paths):

@@ -26,7 +26,7 @@ PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 
 
 def params(**given):
-    return argspec.RESTORE.defaults(**dict({"timeout": 30}, **given))
+    return argspec.RESTORE.request(argspec.RESTORE.defaults(**dict({"timeout": 30}, **given)))
 
 
 def _free_ckpt(dest, **kw):

@@ -14,7 +14,7 @@ PID_MAX = int(open("/proc/sys/kernel/pid_max").read())
 
 
 def params(**given):
-    return argspec.VERIFY.defaults(**given)
+    return argspec.VERIFY.request(argspec.VERIFY.defaults(**given))
 
 
 def _ckpt(path, **kw):
