@@ -43,6 +43,12 @@ PLUGIN_REMEDY = "criu loads every .so there into itself as root when runc runs i
 RESTORE_OPTIONS = criu_options.PODMAN_PASSES + ("ignore_static_ip", "ignore_static_mac")
 
 
+def podman_engine(timeout: float) -> podman.Podman:
+    """Podman, found as criu_info finds it (a trusted binary, its version checked): the one place a container's
+    engine is made (the ``engine`` option names no other yet)."""
+    return podman.Podman.load(timeout)
+
+
 def refuse_unsupported(criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
     """A criu option Podman cannot pass for a container, set to anything but its default, is an error naming it,
     never ignored. ``at``: "dump", "restore" or "migrate"."""
@@ -397,7 +403,7 @@ class Container(Kind):
         refuse_unsupported(criu, at, leave_stopped)
 
     def find(self, ref: WorkloadRef, timeout: float) -> Workload:
-        engine = podman.Podman.load(timeout)
+        engine = podman_engine(timeout)
         name = t.cast(str, ref.container)
         return ContainerWorkload(name, engine, engine.inspect(name, timeout))
 
@@ -408,7 +414,7 @@ class Container(Kind):
         src, timeout = checkpoint.path, request.timeout
         shown = integrity.public(metadata)
         refuse_unsupported(request.criu, "restore")
-        engine = podman.Podman.load(timeout)
+        engine = podman_engine(timeout)
         previous = restored_.recorded_restore(checkpoint, metadata, key)
         running = previous and engine.inspect(str(previous.get("container_id")), timeout)
         live = previous if running and running["state"] == "running" else None  # the copy an earlier restore made, running
@@ -448,7 +454,7 @@ class Container(Kind):
                             % mode)
 
     def look_up(self, ref: WorkloadRef, timeout: float) -> Found:
-        found = podman.Podman.load(timeout).inspect(t.cast(str, ref.container), timeout)
+        found = podman_engine(timeout).inspect(t.cast(str, ref.container), timeout)
         return Found(found["pid"] if found and found["state"] == "running" else None, found)
 
     def require(self, ref: WorkloadRef, found: Found) -> Found:
@@ -494,11 +500,11 @@ class Container(Kind):
         return {"image_id": view["image_id"], "image_name": view["image_name"]}
 
     def save_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
-        podman.Podman.load(timeout).save_image(image["image_id"], fd, timeout)
+        podman_engine(timeout).save_image(image["image_id"], fd, timeout)
 
     def load_image(self, image: t.Mapping[str, t.Any], fd: int, timeout: float) -> None:
         """A docker-archive, which keeps the image's id."""
-        engine = podman.Podman.load(timeout)
+        engine = podman_engine(timeout)
         engine.load_image(fd, image["image_id"], image["image_name"], timeout)
         if engine.image_id(image["image_name"] or image["image_id"], timeout) != image["image_id"]:
             raise CriuError("podman load took the image the source sent, but %s is not image %s here afterwards."
@@ -507,7 +513,7 @@ class Container(Kind):
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Podman checkpoints the container (it stops; Podman keeps a copy to restore it in place from) into the
         export, which streams to the target while Podman writes it."""
-        engine = podman.Podman.load(freezer.timeout)
+        engine = podman_engine(freezer.timeout)
         recorded = _recorded(freezer.journal_data())
         found = engine.inspect(recorded["id"], freezer.timeout)
         if found is None or found["pid"] != pid:
@@ -533,12 +539,12 @@ class Container(Kind):
 
     def resume_source(self, record: Record, timeout: float) -> None:
         """Restored in place from the checkpoint Podman keeps."""
-        resume(podman.Podman.load(timeout), _recorded(record), timeout)
+        resume(podman_engine(timeout), _recorded(record), timeout)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """Stopped by its checkpoint, it is removed with the copy Podman keeps, so that no restore can bring it back."""
         try:
-            podman.Podman.load(timeout).remove(_recorded(record)["id"], timeout)
+            podman_engine(timeout).remove(_recorded(record)["id"], timeout)
         except CriuError as exc:
             return exc.msg
         return None
@@ -568,7 +574,7 @@ class Container(Kind):
         """Podman, once it can take the container (its image here under its name, its name free): checked before the
         source freezes anything, not in the downtime. Podman refuses a restore itself should that change meanwhile."""
         recorded = request["container"]
-        engine = podman.Podman.load(timeout)
+        engine = podman_engine(timeout)
         problems, _present = target_problems(engine, recorded, False, timeout)
         if problems:
             raise CriuError("Cannot restore container %s on this host: %s." % (recorded["name"], listed(problems)), problems=problems)
@@ -612,7 +618,7 @@ class Container(Kind):
         procfs.wait_identified_gone(record.get("engine_process"), timeout=timeout)
         victims: t.List[int] = []
         try:
-            podman.Podman.load(timeout).remove(record["container_id"], timeout)
+            podman_engine(timeout).remove(record["container_id"], timeout)
         finally:
             # A restore killed on its timeout may have started the container already, under a conmon Podman has no
             # record of (podman rm finds nothing): the copy runs there until its monitor and everything under it go.
