@@ -73,68 +73,16 @@ def migrate(request: MigrateRequest, check_mode: bool) -> t.Dict[str, t.Any]:
         return _follow(request.migration_id, s, code, dir_fd, directory, lock, deadline)
     stack = contextlib.ExitStack()
     try:
-        while not lock.try_acquire():
-            # The same migration, run again while it runs (a second controller): wait for it and report it, as a
-            # rerun does. Before its journal exists it is in its preflight: that ends soon, one way or the other.
-            journal = source_journal(dir_fd, directory, s.name)
-            if journal is not None and not request.wait:
-                return _running(journal, False)
-            if journal is not None:
-                return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, directory, s.name))
-            if time.monotonic() > deadline:
-                raise CriuError("Another run of migration %s has held its lock for wait_timeout without writing a journal. "
-                                "Rerun the same command to wait for it again." % s.name)
-            time.sleep(WATCH_POLL)
-        journal = source_journal(dir_fd, directory, s.name)
+        running = _another_run(request, s, code, dir_fd, lock, deadline)
+        if running is not None:
+            return running
         found = kind.look_up(request.workload, request.timeout)
-        if journal is not None and journal.get("outcome") in (None, "in_doubt"):
-            if check_mode:
-                return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)" % (journal.get("id"), journal.phase)]}
-            # Rerun = recovery: finish or undo it from both journals. Undone, the workload runs on the source again,
-            # and this run migrates it as asked.
-            resolve(journal, as_recorded(s, journal), code)
-            if journal.get("outcome") != "rolled_back":
-                return report(journal, True, read_progress(dir_fd, directory, s.name))
-            found = kind.look_up(request.workload, request.timeout)
-        elif journal is not None and journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending":
-            if check_mode:
-                return {"changed": True, "actions": ["would remove the stopped copy that the rolled-back migration %s left on "
-                                                     "the target, then migrate anew" % journal.get("id")]}
-            finish_target_cleanup(journal, as_recorded(s, journal), code)
-        elif journal is not None and journal.get("outcome") == "completed":
-            migrated = kinds.of(journal.data)
-            if migrated.already_migrated(journal.data, found):
-                return report(journal, False, read_progress(dir_fd, directory, s.name))
-            if migrated.reused_pid(journal.data, found):
-                pid = t.cast(int, found.pid)
-                raise CriuError("pid %d was migrated to %s already (journal %s), and now belongs to another process (%s): the "
-                                "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
-                                "process." % (pid, journal.get("target", {}).get("label"), journal.path,
-                                              procfs.process_state(pid).get("comm")), pid=pid)
+        settled, found = _settle_previous(request, s, code, kind, found, dir_fd, check_mode)
+        if settled is not None:
+            return settled
         if check_mode:
             return _would_migrate(request, s, code, kind, found)
-        found = kind.require(request.workload, found)
-        pid = t.cast(int, found.pid)
-        st = procfs.read_stat(pid)
-        what = kind.describe_found(found)
-        claim = DriverLock.for_workload(dir_fd, kind.claim_key({"pid": pid, "starttime": st.starttime if st else None},
-                                                               kind.journal_identity(found)))
-        if not claim.try_acquire():
-            raise CriuError("%s is being migrated right now by another migration from this host (another name, another "
-                            "controller): only one may freeze it. Wait for it to end (its journal is in %s), then rerun "
-                            "this one if the workload is still here." % (what, directory), pid=pid)
-        stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
-        failpoint(s.name, "preflight")  # (tests: the window in which the migration is locked and has no journal yet)
-        journal_id = str(uuid.uuid4())
-        facts = preflight(s, code, kind, found, journal_id, request.criu_path, check_mode=False)
-        s = s._replace(algorithm=facts["algorithm"])
-        journal = Journal.create(
-            dir_fd, directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
-            source=os.uname().nodename, target={"label": s.target.label, "host": s.target.host}, lease_seconds=s.lease,
-            criu_path=request.criu_path, algorithm=s.algorithm,
-            process={"pid": pid, "starttime": st.starttime if st else None, "comm": st.comm if st else None, "tree": facts["tree"]},
-            expected_bytes=facts["expected_bytes"], settings=recordable(s),
-            image_seconds=facts.get("image_seconds"), **kind.journal_identity(found))
+        journal, s = _start(request, s, code, kind, found, dir_fd, stack)
         spawn(lock, journal, s, code)
         if not request.wait:
             return _running(journal, True)
@@ -143,6 +91,88 @@ def migrate(request: MigrateRequest, check_mode: bool) -> t.Dict[str, t.Any]:
         stack.close()
         lock.release()
         os.close(dir_fd)
+
+
+def _another_run(request: MigrateRequest, s: Settings, code: bytes, dir_fd: int, lock: DriverLock,
+                 deadline: float) -> t.Optional[t.Dict[str, t.Any]]:
+    """Take the migration's lock; None once held. Held elsewhere, it is the same migration run again while it runs (a
+    second controller): it is waited for and reported, as a rerun does. Before its journal exists it is in its
+    preflight: that ends soon, one way or the other."""
+    while not lock.try_acquire():
+        journal = source_journal(dir_fd, s.directory, s.name)
+        if journal is not None and not request.wait:
+            return _running(journal, False)
+        if journal is not None:
+            return report(watch(journal, lock, deadline, s, code), False, read_progress(dir_fd, s.directory, s.name))
+        if time.monotonic() > deadline:
+            raise CriuError("Another run of migration %s has held its lock for wait_timeout without writing a journal. "
+                            "Rerun the same command to wait for it again." % s.name)
+        time.sleep(WATCH_POLL)
+    return None
+
+
+def _settle_previous(request: MigrateRequest, s: Settings, code: bytes, kind: Kind, found: Found, dir_fd: int,
+                     check_mode: bool) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], Found]:
+    """What an earlier migration of this name left (under its lock): rerun = recovery of an unfinished one, the clean-up
+    a rolled-back one owes the target, or the report of a completed one of this very workload. The result when that
+    is all this run does (else None), and the workload as it is afterwards."""
+    journal = source_journal(dir_fd, s.directory, s.name)
+    if journal is None:
+        return None, found
+    if journal.get("outcome") in (None, "in_doubt"):
+        if check_mode:
+            return {"changed": True, "actions": ["would resolve the unfinished migration %s (phase %s)"
+                                                 % (journal.get("id"), journal.phase)]}, found
+        # Finish or undo it from both journals. Undone, the workload runs on the source again, and this run migrates
+        # it as asked.
+        resolve(journal, as_recorded(s, journal), code)
+        if journal.get("outcome") != "rolled_back":
+            return report(journal, True, read_progress(dir_fd, s.directory, s.name)), found
+        return None, kind.look_up(request.workload, request.timeout)
+    if journal.get("outcome") == "rolled_back" and journal.get("target_cleanup") == "pending":
+        if check_mode:
+            return {"changed": True, "actions": ["would remove the stopped copy that the rolled-back migration %s left on "
+                                                 "the target, then migrate anew" % journal.get("id")]}, found
+        finish_target_cleanup(journal, as_recorded(s, journal), code)
+    elif journal.get("outcome") == "completed":
+        migrated = kinds.of(journal.data)
+        if migrated.already_migrated(journal.data, found):
+            return report(journal, False, read_progress(dir_fd, s.directory, s.name)), found
+        if migrated.reused_pid(journal.data, found):
+            pid = t.cast(int, found.pid)
+            raise CriuError("pid %d was migrated to %s already (journal %s), and now belongs to another process (%s): the "
+                            "pidfile still names the old pid. Refresh the pidfile, or remove the journal to migrate this "
+                            "process." % (pid, journal.get("target", {}).get("label"), journal.path,
+                                          procfs.process_state(pid).get("comm")), pid=pid)
+    return None, found
+
+
+def _start(request: MigrateRequest, s: Settings, code: bytes, kind: Kind, found: Found, dir_fd: int,
+           stack: contextlib.ExitStack) -> t.Tuple[Journal, Settings]:
+    """Claim the workload (one migration may freeze it), check both hosts, and write the "prepared" journal; the
+    settings as the preflight fixed them (the hash algorithm both hosts have)."""
+    found = kind.require(request.workload, found)
+    pid = t.cast(int, found.pid)
+    st = procfs.read_stat(pid)
+    claim = DriverLock.for_workload(dir_fd, kind.claim_key({"pid": pid, "starttime": st.starttime if st else None},
+                                                           kind.journal_identity(found)))
+    if not claim.try_acquire():
+        raise CriuError("%s is being migrated right now by another migration from this host (another name, another "
+                        "controller): only one may freeze it. Wait for it to end (its journal is in %s), then rerun "
+                        "this one if the workload is still here." % (kind.describe_found(found), s.directory), pid=pid)
+    stack.callback(claim.release)  # the driver keeps its own copy of the claim for as long as it lives
+    failpoint(s.name, "preflight")  # (tests: the window in which the migration is locked and has no journal yet)
+    journal_id = str(uuid.uuid4())
+    facts = preflight(s, code, kind, found, journal_id, request.criu_path, check_mode=False)
+    s = s._replace(algorithm=facts["algorithm"])
+    journal = Journal.create(
+        dir_fd, s.directory, s.name, "prepared", id=journal_id, role="source", outcome=None, decision=None, mode=s.mode,
+        source=os.uname().nodename, target={"label": s.target.label, "host": s.target.host}, lease_seconds=s.lease,
+        criu_path=request.criu_path, algorithm=s.algorithm,
+        process={"pid": pid, "starttime": st.starttime if st else None, "comm": st.comm if st else None, "tree": facts["tree"]},
+        expected_bytes=facts["expected_bytes"], settings=recordable(s),
+        image_seconds=facts.get("image_seconds"), **kind.journal_identity(found))
+    return journal, s
 
 
 def _would_migrate(request: MigrateRequest, s: Settings, code: bytes, kind: Kind, found: Found) -> t.Dict[str, t.Any]:
