@@ -8,6 +8,7 @@ and log to the unit's journal again; and a unit whose cgroup holds more than its
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 import typing as t
@@ -35,6 +36,15 @@ while True:
 """
 
 
+def ssh(machine: Machine, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``command`` over ssh with stdin from /dev/null: an ssh that shares our stdin makes it non-blocking while it runs,
+    and an ansible started meanwhile (run_module, while Watch samples) refuses to run."""
+    proc = subprocess.run(machine.ssh_args + [command], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0 or not check, proc
+    return proc
+
+
 def unit_file(exec_start: str) -> str:
     return "\n".join(["[Unit]", "Description=nucleus.criu test counter", "[Service]", "ExecStart=%s" % exec_start,
                       "Restart=always", "RestartSec=200ms", "StandardOutput=journal", "StandardError=journal", ""])
@@ -45,26 +55,26 @@ def install(machine: Machine, exec_start: str) -> None:
         handle.write(COUNTER)
     with open(machine.path("/etc/systemd/system/%s" % UNIT), "w") as handle:
         handle.write(unit_file(exec_start))
-    machine.ssh("rm -f %s; systemctl daemon-reload && systemctl start %s" % (STATE, UNIT))
+    ssh(machine, "rm -f %s; systemctl daemon-reload && systemctl start %s" % (STATE, UNIT))
 
 
 def remove(machine: Machine) -> None:
-    machine.ssh("systemctl stop %s; rm -rf /etc/systemd/system/%s /run/systemd/system/%s.d /var/lib/ckpt-unit; "
-                "systemctl daemon-reload; systemctl reset-failed %s" % (UNIT, UNIT, UNIT, UNIT), check=False)
+    ssh(machine, "systemctl stop %s; rm -rf /etc/systemd/system/%s /run/systemd/system/%s.d /var/lib/ckpt-unit; "
+        "systemctl daemon-reload; systemctl reset-failed %s" % (UNIT, UNIT, UNIT, UNIT), check=False)
 
 
 def show(machine: Machine, prop: str) -> str:
-    return machine.ssh("systemctl show -P %s %s" % (prop, UNIT)).stdout.strip()
+    return ssh(machine, "systemctl show -P %s %s" % (prop, UNIT)).stdout.strip()
 
 
 def state(machine: Machine) -> t.Tuple[str, int, int]:
-    token, count, pid = machine.ssh("cat %s" % STATE).stdout.split()
+    token, count, pid = ssh(machine, "cat %s" % STATE).stdout.split()
     return token, int(count), int(pid)
 
 
 def counters(machine: Machine) -> t.List[int]:
     """Every counter process on the machine, whoever started it."""
-    out = machine.ssh("pgrep -f '^/usr/bin/python3 %s$' || true" % SCRIPT).stdout
+    out = ssh(machine, "pgrep -f '^/usr/bin/python3 %s$' || true" % SCRIPT).stdout
     return [int(pid) for pid in out.split()]
 
 
@@ -96,7 +106,7 @@ class Watch:
 @pytest.fixture
 def counter_unit(machine_a):
     install(machine_a, "/usr/bin/python3 %s" % SCRIPT)
-    machine_a.ssh("mkdir -p -m 0700 /var/lib/ckpt-unit")
+    ssh(machine_a, "mkdir -p -m 0700 /var/lib/ckpt-unit")
     try:
         wait_for(lambda: state(machine_a)[1] >= 3, timeout=15, what="the counter unit to count")
         yield machine_a
@@ -120,7 +130,9 @@ def test_unit_checkpointed_then_restored_as_the_unit(machine_pair, counter_unit)
         assert counters(machine) == []
         assert state(machine) == frozen
         assert (show(machine, "ActiveState"), show(machine, "NRestarts")) == ("inactive", "0")
-        assert machine.ssh("ls /run/systemd/system/%s.d 2>/dev/null || true" % UNIT).stdout.strip() == "", "a drop-in was left"
+        assert ssh(machine, "ls /run/systemd/system/%s.d 2>/dev/null || true" % UNIT).stdout.strip() == "", "a drop-in was left"
+        again = run_module("criu_checkpoint", dict(unit=UNIT, dest=dest), host="machine-a", inventory=inventory)
+        assert not again["changed"] and not again["failed"], again
 
         restored = run_module("criu_restore", dict(src=dest), host="machine-a", inventory=inventory)
         assert restored["changed"] and not restored["failed"], restored
@@ -129,7 +141,7 @@ def test_unit_checkpointed_then_restored_as_the_unit(machine_pair, counter_unit)
         # systemd manages it: active, the restored process as MainPID, in the unit's cgroup.
         assert show(machine, "ActiveState") == "active"
         assert int(show(machine, "MainPID")) == new_pid
-        cgroups = machine.ssh("cat /proc/%d/cgroup" % new_pid).stdout
+        cgroups = ssh(machine, "cat /proc/%d/cgroup" % new_pid).stdout
         assert cgroups.strip() and all(line.endswith("/system.slice/%s" % UNIT) for line in cgroups.splitlines()
                                        if line.split(":")[1] in ("", "name=systemd")), cgroups
         # Its memory carried on: same token, counting on from where the checkpoint froze it.
@@ -138,39 +150,45 @@ def test_unit_checkpointed_then_restored_as_the_unit(machine_pair, counter_unit)
         assert carried[0] == token and carried[2] == new_pid, (carried, token)
         # Its lines go to the unit's journal again, from the restored process.
         later = "count %d token %s" % (frozen[1] + 2, token)
-        wait_for(lambda: later in machine.ssh("journalctl -u %s -o cat --no-pager" % UNIT).stdout, timeout=15,
+        wait_for(lambda: later in ssh(machine, "journalctl -u %s -o cat --no-pager" % UNIT).stdout, timeout=15,
                  what="the restored process's lines in journalctl -u %s" % UNIT)
-        assert machine.ssh("ls /run/systemd/system/%s.d 2>/dev/null || true" % UNIT).stdout.strip() == "", "a drop-in was left"
+        assert ssh(machine, "ls /run/systemd/system/%s.d 2>/dev/null || true" % UNIT).stdout.strip() == "", "a drop-in was left"
         assert show(machine, "Restart") == "always" and show(machine, "Type") == "simple"
+        twice = run_module("criu_restore", dict(src=dest), host="machine-a", inventory=inventory)
+        assert not twice["changed"] and not twice["failed"] and twice["pid"] == new_pid, twice
         time.sleep(1)
     assert watch.samples > 10 and watch.most == 1, "counter processes at once: %d" % watch.most
 
     # systemctl stop stops it (and Restart= does not bring it back); a start is a fresh one, as the unit file says.
-    machine.ssh("systemctl stop %s" % UNIT)
+    ssh(machine, "systemctl stop %s" % UNIT)
     time.sleep(1)
     assert counters(machine) == [] and show(machine, "ActiveState") == "inactive"
-    machine.ssh("systemctl start %s" % UNIT)
+    ssh(machine, "systemctl start %s" % UNIT)
     fresh = wait_for(lambda: state(machine)[0] != token and state(machine), timeout=15, what="a fresh counter")
     assert fresh[2] == int(show(machine, "MainPID")) and counters(machine) == [fresh[2]]
-    machine.ssh("systemctl restart %s" % UNIT)
+    ssh(machine, "systemctl restart %s" % UNIT)
     again = wait_for(lambda: state(machine)[0] not in (token, fresh[0]) and state(machine), timeout=15, what="a restarted counter")
     assert again[2] == int(show(machine, "MainPID")) and counters(machine) == [again[2]]
+    # A restore while the unit runs is refused, and touches nothing.
+    refused = run_module("criu_restore", dict(src=dest, force=True), host="machine-a", inventory=inventory)
+    assert refused["failed"] and "stop it first" in refused["msg"], refused
+    assert int(show(machine, "MainPID")) == again[2] and counters(machine) == [again[2]]
 
 
 def test_unit_with_processes_beside_its_main_tree_is_refused(machine_pair, machine_a):
     """A process the service left in its cgroup outside the main process's tree (a double fork) is named, and nothing
     is dumped: the unit runs on untouched."""
     install(machine_a, "/bin/sh -c '(setsid sleep 1000 &); exec /usr/bin/python3 %s'" % SCRIPT)
-    machine_a.ssh("mkdir -p -m 0700 /var/lib/ckpt-unit")
+    ssh(machine_a, "mkdir -p -m 0700 /var/lib/ckpt-unit")
     try:
         wait_for(lambda: state(machine_a)[1] >= 3, timeout=15, what="the counter unit to count")
         main = int(show(machine_a, "MainPID"))
-        extra = int(machine_a.ssh("pgrep -x sleep -P 1 | head -1").stdout.split()[0])
+        extra = int(ssh(machine_a, "pgrep -x sleep -P 1 | head -1").stdout.split()[0])
         dest = "/var/lib/ckpt-unit/refused"
         result = run_module("criu_checkpoint", dict(unit=UNIT, dest=dest), host="machine-a", inventory=machine_pair.inventory)
         assert result["failed"], result
         assert "pid %d (sleep)" % extra in result["msg"] and UNIT in result["msg"], result["msg"]
-        assert machine_a.ssh("test -e %s" % dest, check=False).returncode == 1
+        assert ssh(machine_a, "test -e %s" % dest, check=False).returncode == 1
         assert int(show(machine_a, "MainPID")) == main and show(machine_a, "ActiveState") == "active"
         before = state(machine_a)[1]
         wait_for(lambda: state(machine_a)[1] > before, timeout=15, what="the unit to count on")

@@ -57,6 +57,9 @@ PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlG
 # criu options that would take the restored tree out of the cgroup systemd gave the unit.
 CGROUP_OPTIONS = ("manage_cgroups", "cgroup_root")
 STDIO = (1, 2)
+# What the unit's Environment= could hand criu's ExecStart that changes the code it runs as root: removed.
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_BIND_NOW", "LD_DEBUG", "LD_PROFILE", "GCONV_PATH",
+                    "MALLOC_CONF", "GLIBC_TUNABLES")
 NOT_YET = ("migrating a systemd unit is not supported yet (criu_checkpoint and criu_restore take unit on one host). "
            "Migrate its process tree with pid, or wait for the unit migration.")
 
@@ -403,7 +406,8 @@ class Unit(Kind):
             argv = runtime.restore_command(images, work, options, pidfile, inherit_map(stdio))
             write_drop_in(name, RESTORE_DROP_IN, [
                 "Type=forking", "PIDFile=%s" % pidfile, "GuessMainPID=no", "Restart=no", "RemainAfterExit=no",
-                "TimeoutStartSec=%d" % max(1, int(timeout)), "UMask=0077", "ExecStart=", "ExecStart=+" + quote_exec(argv)])
+                "TimeoutStartSec=%d" % max(1, int(timeout)), "UMask=0077", "UnsetEnvironment=%s" % " ".join(LOADER_VARIABLES),
+                "ExecStart=", "ExecStart=+" + quote_exec(argv)])
             started = time.monotonic()
             try:
                 with restored_.logs_kept_in(checkpoint, work):
