@@ -227,8 +227,10 @@ def end_unit(name: str, identity: t.Sequence[t.Sequence[int]], timeout: float) -
         systemctl("daemon-reload", timeout=timeout)
         systemctl("stop", "--", name, timeout=timeout)
     finally:
+        # Should systemd have failed to stop it, it is killed here while Restart=no still holds, and only then does
+        # the unit get its own settings back.
+        procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
         remove_drop_in(name, END_DROP_IN, timeout)
-    procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
 
 
 class ServiceTree(Workload):
