@@ -120,6 +120,13 @@ def test_unit_checkpointed_then_restored_as_the_unit(machine_pair, counter_unit)
     token, _count, pid = state(machine)
     assert int(show(machine, "MainPID")) == pid
     dest = "/var/lib/ckpt-unit/counter"
+    # What a module killed midway would leave: a restore drop-in naming fds of a process long gone. It must go.
+    ssh(machine, "mkdir -p /run/systemd/system/%s.d && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\n' "
+        "> /run/systemd/system/%s.d/50-nucleus-criu-restore.conf && systemctl daemon-reload" % (UNIT, UNIT))
+    predicted = run_module("criu_checkpoint", dict(unit=UNIT, dest=dest), check=True, host="machine-a", inventory=inventory)
+    assert predicted["changed"] and not predicted["failed"], predicted
+    assert int(show(machine, "MainPID")) == pid and show(machine, "ActiveState") == "active"
+    assert ssh(machine, "ls /run/systemd/system/%s.d" % UNIT).stdout.split() == ["50-nucleus-criu-restore.conf"], "check mode changed it"
     with Watch(machine) as watch:
         made = run_module("criu_checkpoint", dict(unit=UNIT, dest=dest), host="machine-a", inventory=inventory)
         assert made["changed"] and not made["failed"], made

@@ -217,6 +217,20 @@ def remove_drop_in(name: str, file_name: str, timeout: float) -> None:
     systemctl("daemon-reload", timeout=timeout)
 
 
+def clear_stale(name: str, timeout: float) -> None:
+    """Remove this collection's drop-ins a module killed midway left behind: an end drop-in would keep Restart= off,
+    and a restore drop-in names fds of a process that is gone (its pid, reused, could hold other directories)."""
+    stale = [file_name for file_name in (RESTORE_DROP_IN, END_DROP_IN)
+             if os.path.lexists(os.path.join(_drop_in_dir(name), file_name))]
+    for file_name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_drop_in_dir(name), file_name))
+    if stale:
+        with contextlib.suppress(OSError):
+            os.rmdir(_drop_in_dir(name))
+        systemctl("daemon-reload", timeout=timeout)
+
+
 def end_unit(name: str, identity: t.Sequence[t.Sequence[int]], timeout: float) -> None:
     """Stop the unit whose frozen tree was just checkpointed, so that nothing of it runs again and Restart= does not
     start it: SIGKILL straight away (the tree never runs another instruction, no ExecStop talks to it), counted as a
@@ -277,6 +291,7 @@ class ServiceTree(Workload):
         """As a process tree's dump (left stopped until the checkpoint is published), with the journald streams
         external; a dump that ends it then stops the unit (end_unit)."""
         pid, st, runtime = self.pid, t.cast(procfs.ProcStat, self.st), t.cast(CriuRuntime, self.runtime)
+        clear_stale(self.name, request.timeout)
         facts = procfs.process_facts(pid, st)
         refuse_extras(self.name, self.props.get("ControlGroup") or "", facts["tree"])
         options = dump_options(request.criu, request.leave_running, request.leave_stopped, pid, st, facts["tree"])
@@ -364,6 +379,8 @@ class Unit(Kind):
             raise CriuError("%s is the checkpoint of unit %s, not %s: a unit is restored as itself. Leave unit out, or give %s."
                             % (src, recorded.get("name"), name, recorded.get("name")), path=src)
         shown = integrity.public(metadata)
+        if not check_mode:
+            clear_stale(name, timeout)
         props = show(name, timeout)
         previous = restored_.live_restore(checkpoint, metadata, key)
         if previous and previous.get("pid") == main_pid(props) and not request.force:
