@@ -75,6 +75,7 @@ CHECKPOINT = _spec(requests.CheckpointRequest, dict({
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
     "container": {"type": "str"},
+    "unit": {"type": "str"},
     "engine": {"type": "str", "default": "podman", "choices": ENGINES},
     "compress": {"type": "str", "default": "none", "choices": COMPRESS_CHOICES},
     "dest": {"type": "path", "required": True},
@@ -85,8 +86,8 @@ CHECKPOINT = _spec(requests.CheckpointRequest, dict({
     "force": {"type": "bool", "default": False},
     "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
     "keep": {"type": "int"},
-}, **_criu_options("dump")), exclusive=[("pid", "pidfile", "container"), ("leave_running", "leave_stopped")],
-    required_if=[("state", "present", ("pid", "pidfile", "container"), True)])
+}, **_criu_options("dump")), exclusive=[("pid", "pidfile", "container", "unit"), ("leave_running", "leave_stopped")],
+    required_if=[("state", "present", ("pid", "pidfile", "container", "unit"), True)])
 
 CHECKPOINT_INFO = _spec(requests.CheckpointInfoRequest, {
     "path": {"type": "path", "required": True},
@@ -99,6 +100,7 @@ RESTORE = _spec(requests.RestoreRequest, dict({
     "src": {"type": "path", "required": True},
     "verify": {"type": "bool", "default": True},
     "pidfile": {"type": "path"},
+    "unit": {"type": "str"},
     "container_name": {"type": "str"},
     "ignore_static_ip": {"type": "bool", "default": False},
     "ignore_static_mac": {"type": "bool", "default": False},

@@ -3,7 +3,7 @@
 """What each module is asked, typed: built once from its params at the door (_argspec.Spec.request), so that
 nothing below the module layer indexes params by string or asks the argument spec for a default.
 
-A request's fields are the module's options by name, but for two: ``workload`` (pid, pidfile, container: which
+A request's fields are the module's options by name, but for two: ``workload`` (pid, pidfile, container, unit: which
 workload, whatever its kind) and ``criu`` (every criu option of _options.OPTIONS the module takes, by name, as given).
 """
 
@@ -20,6 +20,7 @@ class WorkloadRef(t.NamedTuple):
     pid: t.Optional[int] = None
     pidfile: t.Optional[str] = None
     container: t.Optional[str] = None
+    unit: t.Optional[str] = None
 
 
 class CheckpointRequest(t.NamedTuple):
@@ -45,6 +46,7 @@ class RestoreRequest(t.NamedTuple):
     src: str
     verify: bool
     pidfile: t.Optional[str]
+    unit: t.Optional[str]
     container_name: t.Optional[str]
     ignore_static_ip: bool
     ignore_static_mac: bool

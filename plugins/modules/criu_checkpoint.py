@@ -65,7 +65,7 @@ options:
     description:
       - Pid of the root of the process tree to checkpoint.
       - For a workload in its own PID namespace, the pid (as seen from this host) of the namespace's init.
-      - With O(state=present), exactly one of O(pid), O(pidfile) and O(container) is required.
+      - With O(state=present), exactly one of O(pid), O(pidfile), O(container) and O(unit) is required.
     type: int
   pidfile:
     description:
@@ -83,6 +83,18 @@ options:
       - The host must be able to checkpoint containers, see M(nucleus.criu.criu_info)'s O(nucleus.criu.criu_info#module:engine)
         (the C(nucleus.criu.criu) role's C(criu_containers) prepares it).
     type: str
+  unit:
+    description:
+      - A systemd service (V(web) or V(web.service)) to checkpoint instead of a process tree, that is its main process and
+        that process's children, which must be everything its cgroup holds (other processes there are refused, named).
+      - Its stdout and stderr, streams to journald, are recorded as external sockets;
+        M(nucleus.criu.criu_restore) restores the checkpoint as the unit, connected to a fresh journald stream.
+      - Without O(leave_running) or O(leave_stopped) the unit is stopped through systemd once the checkpoint is
+        published (the frozen tree is killed at once, and C(Restart=) does not start it again); it is left
+        C(inactive), still enabled if it was.
+      - O(manage_cgroups) is refused, since the unit's processes live in its own cgroup.
+    type: str
+    version_added: 0.2.0
   engine:
     description:
       - The container engine of O(container).

@@ -60,6 +60,16 @@ options:
       - Write the pid of the restored process to this file (its directory may be reached through root-owned symlinks,
         such as C(/var/run)). If it cannot be written, the task fails saying that the workload runs, and as which pid.
     type: path
+  unit:
+    description:
+      - The unit a checkpoint of a systemd service (made with O(nucleus.criu.criu_checkpoint#module:unit)) is restored
+        as; it defaults to the unit the checkpoint recorded, and no other is accepted. Only that kind of checkpoint takes it.
+      - The unit must be loaded and not running. A runtime drop-in makes it C(Type=forking) with an C(ExecStart) that
+        runs criu restore; the restored process becomes the unit's C(MainPID), in its cgroup, writing to a fresh
+        journald stream of the unit (C(journalctl -u)). The drop-in is removed afterwards, so C(systemctl restart)
+        starts the service as its unit file says.
+    type: str
+    version_added: 0.2.0
   force:
     description:
       - Restore again even if a previous restore from O(src) is still running.

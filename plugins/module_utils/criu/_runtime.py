@@ -62,6 +62,14 @@ def option_argv(options: t.Mapping[str, t.Any], flags: t.Mapping[str, str]) -> t
     return [flag for name, flag in flags.items() if options.get(name)]
 
 
+def external_unix_argv(inodes: t.Sequence[int]) -> t.List[str]:
+    """criu flags marking unix sockets (by inode) as external to the dumped tree."""
+    argv: t.List[str] = []
+    for inode in inodes:
+        argv += ["--external", "unix[%d]" % int(inode)]
+    return argv
+
+
 class Dir(t.NamedTuple):
     """A directory criu works in: the fd it is handed (checked by the caller) and its path, for messages and logs."""
     fd: int
@@ -213,9 +221,9 @@ class CriuRuntime:
             time.sleep(DAEMON_POLL)
         return Daemon(proc, time.monotonic() - started, log_path)
 
-    def _dump_argv(self, pid: int, images: Dir, options: t.Mapping[str, t.Any]) -> t.List[str]:
+    def _dump_argv(self, pid: int, images: Dir, options: t.Mapping[str, t.Any], external_unix: t.Sequence[int] = ()) -> t.List[str]:
         return ["--tree", str(pid), "--images-dir", images.for_criu] + option_argv(options, DUMP_ONLY_FLAGS) + \
-            criu_options.argv(options, "dump")
+            criu_options.argv(options, "dump") + external_unix_argv(external_unix)
 
     @staticmethod
     def _require_inventory(images: Dir, log_path: str) -> None:
@@ -235,10 +243,13 @@ class CriuRuntime:
             raise
         self._transition(State.DUMPED)
 
-    def dump(self, pid: int, images: Dir, work: Dir, options: t.Mapping[str, t.Any], timeout: float) -> Run:
-        """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said."""
+    def dump(self, pid: int, images: Dir, work: Dir, options: t.Mapping[str, t.Any], timeout: float,
+             external_unix: t.Sequence[int] = ()) -> Run:
+        """Dump the tree rooted at ``pid``; a dump without inventory.img is a failure whatever criu said.
+        ``external_unix``: inodes of unix sockets the tree holds whose peers are outside it (a service's stream to
+        journald), dumped as external: a restore must hand criu a socket for each (inherit_sockets)."""
         with self._dumping():
-            run = self._run("dump", self._dump_argv(pid, images, options), work, (images.fd,), timeout)
+            run = self._run("dump", self._dump_argv(pid, images, options, external_unix), work, (images.fd,), timeout)
             self._require_inventory(images, run.log_path)
         return run
 
@@ -280,6 +291,30 @@ class CriuRuntime:
             raise CriuError("criu restore wrote no pidfile (%s). Log: %s" % (exc, work.file("restore.log"))) from exc
         self._transition(State.RESTORED)
         return pid, run
+
+    def restore_command(self, images: Dir, work: Dir, options: t.Mapping[str, t.Any], pidfile: str,
+                        inherit_sockets: t.Mapping[int, int]) -> t.List[str]:
+        """criu restore's argv for another process to run while this one holds ``images`` and ``work`` open (a
+        service manager's ExecStart: the restored tree is then its child, in its cgroup). The directories are this
+        process's fds, reached through /proc/PID/fd; ``inherit_sockets`` maps a socket inode recorded at the dump
+        (external_unix) to the fd of that process which replaces it. The caller confirms the result with
+        restore_finished."""
+        self._transition(State.RESTORING)
+        own = "/proc/%d/fd/%%d" % os.getpid()
+        argv = [self.path, "restore", binary.NO_DEFAULT_CONFIG, "--work-dir", own % work.fd, "--libdir", own % work.fd,
+                "--log-file", "restore.log", "-v4", "--images-dir", own % images.fd, "--restore-detached", "--pidfile", pidfile]
+        for inode, fd in sorted(inherit_sockets.items()):
+            argv += ["--inherit-fd", "fd[%d]:socket:[%d]" % (int(fd), int(inode))]
+        return argv + criu_options.argv(options, "restore")
+
+    def restore_finished(self, work: Dir, returncode: int) -> Run:
+        """The end of a restore another process ran (restore_command): raise with criu's log unless it succeeded."""
+        log_path = work.file("restore.log")
+        if returncode == 0 and criulog.succeeded(criulog.read_tail(log_path), "restore"):
+            self._transition(State.RESTORED)
+            return Run(0.0, log_path)
+        self._transition(State.NONE)
+        raise self._failure("restore", returncode, log_path)
 
     @staticmethod
     def finish_lazy_pages(daemon: Daemon, timeout: float) -> int:

@@ -413,6 +413,9 @@ class Container(Kind):
         metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
         src, timeout = checkpoint.path, request.timeout
         shown = integrity.public(metadata)
+        if request.unit:
+            raise CriuError("unit applies to a unit's checkpoint only, and %s is the checkpoint of container %s. Leave it out."
+                            % (src, metadata["container"].get("name")), path=src)
         refuse_unsupported(request.criu, "restore")
         engine = podman_engine(timeout)
         previous = restored_.recorded_restore(checkpoint, metadata, key)

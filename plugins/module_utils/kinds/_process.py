@@ -29,7 +29,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._requests import Chec
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
 
 # Options of other kinds' restores, refused on a process's checkpoint rather than ignored.
-OTHER_KINDS_RESTORE_OPTIONS = ("container_name", "ignore_static_ip", "ignore_static_mac")
+OTHER_KINDS_RESTORE_OPTIONS = ("container_name", "ignore_static_ip", "ignore_static_mac", "unit")
 
 
 def same_process(metadata: Metadata, pid: int) -> bool:
@@ -166,7 +166,7 @@ class Process(Kind):
         src = checkpoint.path
         given = [name for name in OTHER_KINDS_RESTORE_OPTIONS if getattr(request, name)]
         if given:
-            raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of a %s. Leave it out."
+            raise CriuError("%s applies to a container's or a unit's checkpoint only, and %s is the checkpoint of a %s. Leave it out."
                             % (", ".join(given), src, self.subject(metadata)), path=src)
         shown = integrity.public(metadata)
         previous = restored_.live_restore(checkpoint, metadata, key)

@@ -9,10 +9,11 @@ import typing as t
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._container import Container
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Kind, Metadata
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import Process
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._unit import Unit
 from ansible_collections.nucleus.criu.plugins.module_utils._requests import WorkloadRef
 
 # Asked in order; a process tree, the last, is what a checkpoint or journal of no other kind holds.
-KINDS: t.Tuple[Kind, ...] = (Container(), Process())
+KINDS: t.Tuple[Kind, ...] = (Container(), Unit(), Process())
 
 
 def asked(ref: WorkloadRef) -> Kind:

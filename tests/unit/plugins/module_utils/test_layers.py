@@ -64,7 +64,7 @@ def test_a_checkpoint_or_journal_names_its_kind():
 
 
 def test_every_kind_implements_the_whole_interface():
-    assert [kind.name for kind in kinds.KINDS] == ["container", "process"]
+    assert [kind.name for kind in kinds.KINDS] == ["container", "unit", "process"]
     for kind in kinds.KINDS:
         assert isinstance(kind, Kind) and not type(kind).__abstractmethods__
 

@@ -210,7 +210,7 @@ def test_checkpoint_spec_refuses(given, message):
 
 
 def test_checkpoint_spec_state_absent_needs_no_pid():
-    assert argspec.CHECKPOINT.required_if == [("state", "present", ("pid", "pidfile", "container"), True)]
+    assert argspec.CHECKPOINT.required_if == [("state", "present", ("pid", "pidfile", "container", "unit"), True)]
     returncode, params = _checkpoint_module({"dest": "/var/lib/criu/x", "state": "absent", "keep": 3})
     assert returncode == 0 and params == argspec.CHECKPOINT.defaults(dest="/var/lib/criu/x", state="absent", keep=3)
 

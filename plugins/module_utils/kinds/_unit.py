@@ -1,0 +1,538 @@
+# Copyright (c) nucleus.criu contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A systemd service: its main process and that process's children, checkpointed and restored as the unit.
+
+What makes it a unit rather than a bare process tree (measured on systemd 252 with criu 4.2.1):
+
+- its stdout and stderr are stream sockets to journald, whose other end no dump can hold: the dump marks them
+  external (``--external unix[INODE]``) and records their inodes;
+- it is restored by the unit itself: a runtime drop-in makes the unit ``Type=forking`` with ``PIDFile=`` and an
+  ``ExecStart=+`` that runs criu restore (``--restore-detached``), which hands the restored tree the journald stream
+  systemd gave that ExecStart (``--inherit-fd fd[1]:socket:[INODE]``) and leaves it in the unit's cgroup
+  (``--manage-cgroups ignore``: criu's own, which is the unit's). systemd makes the restored root its MainPID; the
+  drop-in is removed afterwards, so ``systemctl restart`` starts the service as its unit file says;
+- a dump that ends it ends it through systemd, so ``Restart=`` never brings it back: a runtime drop-in
+  (``KillSignal=SIGKILL``, ``SuccessExitStatus=SIGKILL``, ``Restart=no``, ``ExecStop=`` cleared) and ``systemctl
+  stop``, which kills the frozen tree without letting it run a single instruction; the unit ends ``inactive``;
+- its cgroup must hold the main process tree and nothing else (a daemon's double-forked helper, a leftover of
+  ExecStartPre): anything more is refused, named.
+
+A migration of a unit is not built yet: every migration method refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import typing as t
+
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir, Run
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import dump_options, resume_if_we_stopped
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import CheckpointRequest, CriuChoices, RestoreRequest, WorkloadRef
+
+SYSTEMCTL_PATHS = ("/usr/bin/systemctl", "/bin/systemctl")
+SYSTEMCTL_REMEDY = "systemctl runs as root to manage the unit: keep it and its directories root's."
+RUNTIME_UNITS = "/run/systemd/system"
+RESTORE_DROP_IN = "50-nucleus-criu-restore.conf"
+END_DROP_IN = "50-nucleus-criu-end.conf"
+PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlGroup")
+# criu options that would take the restored tree out of the cgroup systemd gave the unit.
+CGROUP_OPTIONS = ("manage_cgroups", "cgroup_root")
+STDIO = (1, 2)
+# What the unit's Environment= could hand criu's ExecStart that changes the code it runs as root: removed.
+LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_BIND_NOW", "LD_DEBUG", "LD_PROFILE", "GCONV_PATH",
+                    "MALLOC_CONF", "GLIBC_TUNABLES")
+NOT_YET = ("migrating a systemd unit is not supported yet (criu_checkpoint and criu_restore take unit on one host). "
+           "Migrate its process tree with pid, or wait for the unit migration.")
+
+
+def systemctl_path() -> str:
+    """systemctl, which must be root's: it is run as root."""
+    for path in SYSTEMCTL_PATHS:
+        try:
+            fd, real = safepath.open_file(path, "systemctl", SYSTEMCTL_REMEDY)
+        except FileNotFoundError:
+            continue
+        except safepath.MissingDirectory:
+            continue
+        try:
+            safepath.require_trusted(os.fstat(fd), real, "systemctl", SYSTEMCTL_REMEDY)
+        finally:
+            os.close(fd)
+        return real
+    raise CriuError("No systemctl on this host (looked at %s): a unit needs systemd. Checkpoint its process with pid instead."
+                    % ", ".join(SYSTEMCTL_PATHS))
+
+
+def systemctl(*argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run([systemctl_path()] + list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"})
+    except subprocess.TimeoutExpired:
+        raise CriuError("systemctl %s did not finish within %ss." % (" ".join(argv), timeout)) from None
+    if check and proc.returncode != 0:
+        output = (proc.stderr or proc.stdout).strip()[-500:]
+        raise CriuError("systemctl %s failed (exit code %d): %s" % (" ".join(argv), proc.returncode, output))
+    return proc
+
+
+def require_unit_name(name: str) -> str:
+    """A service's full name: "web" is "web.service"; only services have a main process."""
+    if "/" in name or name.startswith(".") or not name or any(ch.isspace() or ch in "\\%$\"'" for ch in name):
+        raise CriuError("unit %r is not a unit name: give a service, e.g. web.service." % name)
+    if "." not in name:
+        name += ".service"
+    if not name.endswith(".service"):
+        raise CriuError("unit %s is not a service: only a service has a main process to checkpoint. Give NAME.service." % name)
+    return name
+
+
+def show(name: str, timeout: float) -> t.Dict[str, str]:
+    """The unit's properties systemd reports (PROPERTIES)."""
+    out = systemctl("show", "--no-pager", "-p", ",".join(PROPERTIES), "--", name, timeout=timeout).stdout
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    if props.get("LoadState") in ("not-found", "bad-setting", "error", "masked"):
+        raise CriuError("Unit %s is %s on this host (systemctl status %s says why)." % (name, props.get("LoadState"), name))
+    return props
+
+
+def main_pid(props: t.Mapping[str, str]) -> int:
+    try:
+        return int(props.get("MainPID") or 0)
+    except ValueError:
+        return 0
+
+
+def _cgroup_path(pid: int) -> t.Optional[str]:
+    """A process's cgroup as systemd names it: the name=systemd hierarchy (hybrid, legacy), else the unified one."""
+    try:
+        with open("/proc/%d/cgroup" % pid) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    paths = dict((line.split(":", 2)[1], line.split(":", 2)[2]) for line in lines if line.count(":") >= 2)
+    return paths.get("name=systemd", paths.get(""))
+
+
+def cgroup_members(control_group: str) -> t.List[int]:
+    """Every process in ``control_group`` or below it."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            path = _cgroup_path(int(entry))
+            if path is not None and (path == control_group or path.startswith(control_group.rstrip("/") + "/")):
+                members.append(int(entry))
+    return sorted(members)
+
+
+def refuse_extras(name: str, control_group: str, tree: t.Sequence[int]) -> None:
+    """The unit's cgroup must hold the main process tree alone: a process outside it would run on untouched (or be
+    killed with the unit) and never be restored."""
+    extras = [pid for pid in cgroup_members(control_group) if pid not in set(tree)]
+    if extras:
+        named = ["pid %d (%s)" % (pid, st.comm if st else "?") for pid, st in ((pid, procfs.read_stat(pid)) for pid in extras)]
+        raise CriuError("Unit %s holds processes outside its main process tree (%s): %s. A checkpoint would leave them behind. "
+                        "Make the service keep every process under its main process, or stop them first."
+                        % (name, ", ".join(str(pid) for pid in tree), listed(named)), unit=name, extra_pids=extras)
+
+
+def stdio_sockets(pid: int) -> t.Dict[str, int]:
+    """The socket inodes the main process's stdout and stderr are (journald's streams), by fd."""
+    found: t.Dict[str, int] = {}
+    for fd in STDIO:
+        try:
+            target = os.readlink("/proc/%d/fd/%d" % (pid, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target.endswith("]"):
+            found[str(fd)] = int(target[len("socket:["):-1])
+    return found
+
+
+def inherit_map(stdio: t.Mapping[str, int]) -> t.Dict[int, int]:
+    """Which fd of criu's ExecStart (the unit's fresh stdout and stderr) replaces each recorded stream."""
+    mapping: t.Dict[int, int] = {}
+    for fd in STDIO:
+        inode = stdio.get(str(fd))
+        if inode is not None and inode not in mapping:
+            mapping[int(inode)] = fd
+    return mapping
+
+
+def quote_exec(argv: t.Sequence[str]) -> str:
+    """A command line as a unit file's Exec*= reads it."""
+    quoted = []
+    for arg in argv:
+        if any(ch in arg for ch in "\n\r"):
+            raise CriuError("Internal error: a newline in a unit's command line.")
+        arg = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+        quoted.append('"%s"' % arg)
+    return " ".join(quoted)
+
+
+def _drop_in_dir(name: str) -> str:
+    return os.path.join(RUNTIME_UNITS, name + ".d")
+
+
+def write_drop_in(name: str, file_name: str, lines: t.Sequence[str]) -> str:
+    """A runtime drop-in (gone at the next boot, and removed by the caller once it served)."""
+    directory = _drop_in_dir(name)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, real = safepath.open_dir(directory, "Runtime drop-in directory", SYSTEMCTL_REMEDY)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(file_name, dir_fd=fd)
+        out = os.open(file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+        with os.fdopen(out, "w") as handle:
+            handle.write("# Written by nucleus.criu for one operation; removed when it ends.\n[Service]\n" + "\n".join(lines) + "\n")
+    finally:
+        os.close(fd)
+    return os.path.join(real, file_name)
+
+
+def remove_drop_in(name: str, file_name: str, timeout: float) -> None:
+    path = os.path.join(_drop_in_dir(name), file_name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(_drop_in_dir(name))  # only when empty: other drop-ins stay
+    systemctl("daemon-reload", timeout=timeout)
+
+
+def clear_stale(name: str, timeout: float) -> None:
+    """Remove this collection's drop-ins a module killed midway left behind: an end drop-in would keep Restart= off,
+    and a restore drop-in names fds of a process that is gone (its pid, reused, could hold other directories)."""
+    stale = [file_name for file_name in (RESTORE_DROP_IN, END_DROP_IN)
+             if os.path.lexists(os.path.join(_drop_in_dir(name), file_name))]
+    for file_name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_drop_in_dir(name), file_name))
+    if stale:
+        with contextlib.suppress(OSError):
+            os.rmdir(_drop_in_dir(name))
+        systemctl("daemon-reload", timeout=timeout)
+
+
+def end_unit(name: str, identity: t.Sequence[t.Sequence[int]], timeout: float) -> None:
+    """Stop the unit whose frozen tree was just checkpointed, so that nothing of it runs again and Restart= does not
+    start it: SIGKILL straight away (the tree never runs another instruction, no ExecStop talks to it), counted as a
+    clean exit, no restart. The unit is left inactive; the drop-in goes."""
+    write_drop_in(name, END_DROP_IN, ["KillMode=control-group", "KillSignal=SIGKILL", "SendSIGHUP=no", "SuccessExitStatus=SIGKILL",
+                                      "Restart=no", "ExecStop=", "ExecReload="])
+    try:
+        systemctl("daemon-reload", timeout=timeout)
+        systemctl("stop", "--", name, timeout=timeout)
+    finally:
+        # Should systemd have failed to stop it, it is killed here while Restart=no still holds, and only then does
+        # the unit get its own settings back.
+        procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
+        remove_drop_in(name, END_DROP_IN, timeout)
+
+
+class ServiceTree(Workload):
+    """The main process tree of a running service."""
+
+    def __init__(self, name: str, props: t.Mapping[str, str]) -> None:
+        self.name = name
+        self.props = dict(props)
+        self.pid = main_pid(props)
+        self.st: t.Optional[procfs.ProcStat] = None
+        self.runtime: t.Optional[CriuRuntime] = None
+
+    @property
+    def what(self) -> str:
+        return "unit %s (pid %d%s)" % (self.name, self.pid, ", %s" % self.st.comm if self.st else "")
+
+    def result(self) -> t.Dict[str, t.Any]:
+        return {"unit": self.name, "pid": self.pid or None}
+
+    def is_in(self, metadata: Metadata) -> bool:
+        """Of this unit, and of the instance running now; with none running, of the one a dump on this boot ended."""
+        unit, process = metadata.get("unit") or {}, metadata.get("process") or {}
+        if unit.get("name") != self.name or metadata["source"].get("boot_id") != procfs.boot_id():
+            return False
+        if self.pid:
+            st = procfs.read_stat(self.pid)
+            return self.pid == process.get("pid") and st is not None and st.starttime == process.get("starttime")
+        return not procfs.is_alive(int(process.get("pid") or 0), process.get("starttime"))
+
+    def require_checkpointable(self, criu_path: t.Optional[str]) -> None:
+        if self.props.get("ActiveState") != "active" or not self.pid:
+            raise CriuError("Unit %s is %s (%s), with no main process: only a running service can be checkpointed. Start it "
+                            "(systemctl start %s), or restore it from its checkpoint."
+                            % (self.name, self.props.get("ActiveState"), self.props.get("SubState"), self.name), unit=self.name)
+        self.st = procfs.require_checkpointable(self.pid)
+        refuse_extras(self.name, self.props.get("ControlGroup") or "", [self.pid] + procfs.descendants(self.pid))
+        self.runtime = CriuRuntime.load(criu_path)
+
+    def to_come(self, name: str) -> t.Dict[str, t.Any]:
+        return dict(diff_.new_checkpoint(name, self.pid, self.st.comm if self.st is not None else None), unit=self.name)
+
+    def dump(self, loc: store.Location, request: CheckpointRequest, key: t.Optional[bytes],
+             algorithm: str) -> t.Dict[str, t.Any]:
+        """As a process tree's dump (left stopped until the checkpoint is published), with the journald streams
+        external; a dump that ends it then stops the unit (end_unit)."""
+        pid, st, runtime = self.pid, t.cast(procfs.ProcStat, self.st), t.cast(CriuRuntime, self.runtime)
+        clear_stale(self.name, request.timeout)
+        facts = procfs.process_facts(pid, st)
+        refuse_extras(self.name, self.props.get("ControlGroup") or "", facts["tree"])
+        options = dump_options(request.criu, request.leave_running, request.leave_stopped, pid, st, facts["tree"])
+        ending = not (options["leave_running"] or options["leave_stopped"])
+        stdio = stdio_sockets(pid)
+        identity: t.List[t.List[int]] = []
+        staging: t.Optional[store.Staging] = None
+        try:
+            with seal_.staged(loc) as staging:
+                images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+                with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
+                    frozen_at = procfs.utc_now()
+                    dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path),
+                                                dict(options, leave_stopped=True) if ending else options, request.timeout,
+                                                external_unix=sorted(set(stdio.values()))).duration
+                    hashed = follower.digests()
+                criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
+                identity = procfs.tree_identity(pid)
+                flush_started = time.monotonic()
+                manifest = seal_.flushed_manifest(images.fd, algorithm, hashed)
+                metadata = seal_.describe(runtime.identity(), request.name or loc.name, facts, options, algorithm, manifest)
+                metadata["unit"] = {"name": self.name, "control_group": self.props.get("ControlGroup"), "stdio": stdio}
+                seal_.seal(staging, metadata, key)
+                staging.publish()
+                fsync_seconds = time.monotonic() - flush_started
+        except BaseException as exc:
+            seal_.failed_dump_fate(exc, staging, loc, lambda: resume_if_we_stopped(pid, st))
+            raise
+        if ending:
+            end_unit(self.name, identity, request.timeout)
+        return dict(seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, criu=criu_stats), unit=self.name)
+
+
+def _recorded(metadata: Metadata) -> t.Mapping[str, t.Any]:
+    return metadata.get("unit") or {}
+
+
+class Unit(Kind):
+    """A systemd service's main process tree, checkpointed and restored as the unit."""
+
+    name = "unit"
+
+    def asked(self, ref: WorkloadRef) -> bool:
+        return bool(ref.unit)
+
+    def holds(self, metadata: Metadata) -> bool:
+        return isinstance(metadata.get("unit"), dict)
+
+    def subject(self, metadata: Metadata) -> str:
+        return "unit %s (pid %s, %s)" % (_recorded(metadata).get("name"), metadata["process"].get("pid"),
+                                         metadata["process"].get("comm"))
+
+    def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
+        return {}
+
+    def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
+        return None
+
+    def inspect_unavailable(self) -> t.Optional[str]:
+        return None
+
+    def refuse_unsupported(self, criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
+        given = [name for name in CGROUP_OPTIONS if criu.get(name) not in (None, [], "")]
+        if given:
+            raise CriuError("%s cannot be used with a unit: its processes live in the cgroup systemd gives the unit. Leave %s out."
+                            % (", ".join(given), "it" if len(given) == 1 else "them"))
+
+    def find(self, ref: WorkloadRef, timeout: float) -> Workload:
+        name = require_unit_name(t.cast(str, ref.unit))
+        return ServiceTree(name, show(name, timeout))
+
+    def restore(self, checkpoint: store.Checkpoint, verdict: t.Any, request: RestoreRequest,
+                key: t.Optional[bytes], check_mode: bool) -> t.Dict[str, t.Any]:
+        """The unit restores it: criu runs as its ExecStart (a runtime drop-in, removed afterwards)."""
+        metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
+        src, timeout = checkpoint.path, request.timeout
+        recorded = _recorded(metadata)
+        given = [name for name in ("container_name", "ignore_static_ip", "ignore_static_mac") if getattr(request, name)]
+        if given:
+            raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of %s. Leave it out."
+                            % (", ".join(given), src, self.subject(metadata)), path=src)
+        self.refuse_unsupported(request.criu, "restore")
+        name = require_unit_name(request.unit or recorded.get("name") or "")
+        if name != recorded.get("name"):
+            raise CriuError("%s is the checkpoint of unit %s, not %s: a unit is restored as itself. Leave unit out, or give %s."
+                            % (src, recorded.get("name"), name, recorded.get("name")), path=src)
+        shown = integrity.public(metadata)
+        if not check_mode:
+            clear_stale(name, timeout)
+        props = show(name, timeout)
+        previous = restored_.live_restore(checkpoint, metadata, key)
+        if previous and previous.get("pid") == main_pid(props) and not request.force:
+            return {"changed": False, "src": src, "pid": previous["pid"], "unit": name, "checkpoint": shown, "restored": previous,
+                    "actions": [], "diff": diff_.restore(src, previous, diff_.restored(previous))}
+        problems = host.restore_problems(metadata) + reopen.problems(checkpoint.images_fd)
+        if props.get("ActiveState") in ("active", "activating", "reloading", "deactivating"):
+            problems.append("unit %s is %s (MainPID %s): stop it first (systemctl stop %s), or leave the running one be"
+                            % (name, props.get("ActiveState"), props.get("MainPID"), name))
+        if problems:
+            raise CriuError("Cannot restore %s on this host: %s." % (src, listed(problems)), path=src, problems=problems)
+        options = dict(criu_options.for_restore(metadata, request.criu), manage_cgroups="ignore", cgroup_root=None)
+        host.require_privileges()
+        runtime = CriuRuntime.load(request.criu_path)
+        action = "restore %s (checkpoint of unit %s, pid %s) as unit %s" % (src, name, metadata["process"].get("pid"), name)
+        if check_mode:
+            return {"changed": True, "src": src, "pid": None, "unit": name, "checkpoint": shown, "actions": ["would " + action],
+                    "diff": diff_.restore(src, previous, diff_.new_restore(metadata["id"]))}
+        pid, run = self._start_restored(runtime, checkpoint, options, recorded.get("stdio") or {}, name, timeout)
+        record = restored_.restore_record(metadata["id"], pid, procfs.utc_now(), unit=name,
+                                          starttime=restored_.confirm_alive(pid, run.log_path, src).starttime)
+        restored_.save_record(checkpoint.fd, record, key)
+        restored_.record_pid(request.pidfile, src, pid)
+        return {
+            "changed": True, "src": src, "pid": pid, "unit": name, "checkpoint": shown, "restored": record,
+            "stats": dict(verdict.stats(), restore_seconds=round(run.duration, 3), criu=run.criu_stats), "actions": [action],
+            "diff": diff_.restore(src, previous, diff_.restored(record)),
+        }
+
+    @staticmethod
+    def _start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.Mapping[str, t.Any],
+                        stdio: t.Mapping[str, int], name: str, timeout: float) -> t.Tuple[int, Run]:
+        """systemctl start with the restore drop-in: criu (its ExecStart) restores the tree with the journald streams
+        systemd just opened for the unit; the unit's MainPID must be the tree criu restored."""
+        with contextlib.ExitStack() as stack:
+            work_path = stack.enter_context(store.private_dir("nucleus-criu-restore-"))
+            work_fd = safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0]
+            stack.callback(os.close, work_fd)
+            work = Dir(work_fd, work_path)
+            pidfile = work.file("unit.pid")
+            images = Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES))
+            argv = runtime.restore_command(images, work, options, pidfile, inherit_map(stdio))
+            write_drop_in(name, RESTORE_DROP_IN, [
+                "Type=forking", "PIDFile=%s" % pidfile, "GuessMainPID=no", "Restart=no", "RemainAfterExit=no",
+                "TimeoutStartSec=%d" % max(1, int(timeout)), "UMask=0077", "UnsetEnvironment=%s" % " ".join(LOADER_VARIABLES),
+                "ExecStart=", "ExecStart=+" + quote_exec(argv)])
+            started = time.monotonic()
+            try:
+                with restored_.logs_kept_in(checkpoint, work):
+                    try:
+                        systemctl("daemon-reload", timeout=timeout)
+                        returncode = systemctl("start", "--", name, timeout=timeout + 10, check=False).returncode
+                    finally:
+                        remove_drop_in(name, RESTORE_DROP_IN, timeout)
+                    runtime.restore_finished(work, returncode)
+                duration = time.monotonic() - started
+                with open(pidfile) as handle:
+                    pid = procfs.parse_pidfile(handle.read())
+            except BaseException:
+                with contextlib.suppress(CriuError):
+                    systemctl("stop", "--", name, timeout=timeout)
+                raise
+            props = show(name, timeout)
+            if pid is None or main_pid(props) != pid:
+                systemctl("stop", "--", name, timeout=timeout, check=False)
+                raise CriuError("criu restored %s as unit %s, but systemd's MainPID is %s (criu's pidfile says %s); the unit "
+                                "was stopped again." % (checkpoint.path, name, props.get("MainPID"), pid), path=checkpoint.path)
+            criu_stats = criustats.read(work.fd, store.RESTORE_STATS)
+        return pid, Run(duration, os.path.join(checkpoint.path, store.RESTORE_LOG), criu_stats)
+
+    def host_problems(self, metadata: Metadata, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        problems = list(host.criu_facts(criu_path)["problems"])
+        try:
+            systemctl_path()
+        except CriuError as exc:
+            problems.append(exc.msg)
+        return problems
+
+    # --- a migration: not yet ---------------------------------------------------------------------------------
+    def refuse_migration(self, mode: str) -> None:
+        raise CriuError("Cannot migrate: " + NOT_YET)
+
+    def _not_yet(self) -> t.NoReturn:
+        raise CriuError("Internal error: " + NOT_YET)
+
+    def look_up(self, ref: WorkloadRef, timeout: float) -> Found:
+        self._not_yet()
+
+    def require(self, ref: WorkloadRef, found: Found) -> Found:
+        self._not_yet()
+
+    def describe_found(self, found: Found) -> str:
+        self._not_yet()
+
+    def describe_record(self, record: Record) -> str:
+        return "unit %s" % _recorded(record).get("name")
+
+    def frozen_state(self, record: Record) -> str:
+        self._not_yet()
+
+    def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
+        self._not_yet()
+
+    def recorded_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        self._not_yet()
+
+    def already_migrated(self, record: Record, found: Found) -> bool:
+        self._not_yet()
+
+    def reused_pid(self, record: Record, found: Found) -> bool:
+        self._not_yet()
+
+    def claim_key(self, process: t.Mapping[str, t.Any], record: Record) -> str:
+        self._not_yet()
+
+    def source_problems(self, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
+        self._not_yet()
+
+    def target_problems(self, facts: t.Mapping[str, t.Any]) -> t.List[str]:
+        self._not_yet()
+
+    def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
+        self._not_yet()
+
+    def resume_source(self, record: Record, timeout: float) -> None:
+        self._not_yet()
+
+    def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
+        self._not_yet()
+
+    def copy_waits_for_commit(self, record: Record) -> bool:
+        self._not_yet()
+
+    def runs_on_target_undecided(self, record: Record) -> bool:
+        self._not_yet()
+
+    def target_preflight(self, request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
+        self._not_yet()
+
+    def prepare_landing(self, request: t.Mapping[str, t.Any], timeout: float) -> t.Any:
+        self._not_yet()
+
+    def land(self, landing: Landing, journal: TargetJournal, runtime: CriuRuntime, opened: store.Checkpoint,
+             metadata: Metadata, page_conn: t.Optional[socket.socket],
+             stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
+        self._not_yet()
+
+    def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
+        self._not_yet()
+
+    def copy_stopped_until_commit(self, record: Record) -> bool:
+        self._not_yet()
+
+    def landed_identity(self, record: Record) -> t.Dict[str, t.Any]:
+        self._not_yet()

@@ -1,0 +1,112 @@
+"""The systemd unit kind's pure parts (kinds/_unit.py) and the criu argv it relies on (_runtime); no systemd, no criu.
+What systemd and criu do with them is tested on the systemd test machines (tests/integration/test_units.py)."""
+
+import os
+import socket
+
+import pytest
+
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _runtime as runtime
+from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir, State
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as registry
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _unit as unit
+from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils._requests import WorkloadRef
+
+
+@pytest.mark.parametrize("given, expected", [("web", "web.service"), ("web.service", "web.service"),
+                                             ("getty@tty1.service", "getty@tty1.service")])
+def test_unit_names_are_services(given, expected):
+    assert unit.require_unit_name(given) == expected
+
+
+@pytest.mark.parametrize("given", ["web.socket", "../x.service", "a/b.service", "", "we b.service", "x$y.service", ".hidden"])
+def test_other_names_are_refused(given):
+    with pytest.raises(CriuError):
+        unit.require_unit_name(given)
+
+
+def test_a_request_naming_a_unit_is_of_the_unit_kind_and_a_checkpoint_recording_one_too():
+    assert registry.asked(WorkloadRef(unit="web.service")).name == "unit"
+    assert registry.asked(WorkloadRef(pid=42)).name == "process"
+    assert registry.of({"unit": {"name": "web.service"}, "process": {}}).name == "unit"
+    assert registry.of({"process": {}}).name == "process"
+
+
+def test_stdout_and_stderr_share_one_inherited_stream_or_take_one_each():
+    assert unit.inherit_map({"1": 77, "2": 77}) == {77: 1}
+    assert unit.inherit_map({"1": 77, "2": 78}) == {77: 1, 78: 2}
+    assert unit.inherit_map({"2": 78}) == {78: 2}
+    assert unit.inherit_map({}) == {}
+
+
+def test_stdio_sockets_of_this_process():
+    left, right = socket.socketpair()
+    inode = os.fstat(left.fileno()).st_ino
+    saved = os.dup(2)
+    try:
+        os.dup2(left.fileno(), 2)
+        found = unit.stdio_sockets(os.getpid())
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        left.close()
+        right.close()
+    assert found.get("2") == inode
+
+
+def test_exec_lines_are_quoted_as_systemd_reads_them():
+    assert unit.quote_exec(["/usr/sbin/criu", "fd[1]:socket:[5]", "a b", "100%", "$HOME", 'q"\\']) == \
+        '"/usr/sbin/criu" "fd[1]:socket:[5]" "a b" "100%%" "$$HOME" "q\\"\\\\"'
+    with pytest.raises(CriuError):
+        unit.quote_exec(["a\nExecStartPost=/bin/evil"])
+
+
+def test_cgroup_options_are_refused_for_a_unit():
+    kind = unit.Unit()
+    kind.refuse_unsupported({"manage_cgroups": None, "tcp_established": True}, "dump")
+    with pytest.raises(CriuError, match="manage_cgroups"):
+        kind.refuse_unsupported({"manage_cgroups": "soft"}, "dump")
+    with pytest.raises(CriuError, match="cgroup_root"):
+        kind.refuse_unsupported({"cgroup_root": ["/:/x"]}, "restore")
+
+
+def test_migration_says_not_yet():
+    with pytest.raises(CriuError, match="not supported yet"):
+        unit.Unit().refuse_migration("copy")
+
+
+def test_external_sockets_are_marked_at_dump():
+    assert runtime.external_unix_argv([5, 9]) == ["--external", "unix[5]", "--external", "unix[9]"]
+    criu = CriuRuntime("/usr/sbin/criu", (4, 2, 1))
+    argv = criu._dump_argv(42, Dir(7, "/x/images"), {"leave_stopped": True}, external_unix=[5])
+    assert argv[-2:] == ["--external", "unix[5]"] and "--leave-stopped" in argv
+
+
+def test_restore_command_reaches_our_fds_from_another_process():
+    criu = CriuRuntime("/usr/sbin/criu", (4, 2, 1))
+    argv = criu.restore_command(Dir(7, "/x/images"), Dir(8, "/tmp/work"), {"manage_cgroups": "ignore"}, "/tmp/work/unit.pid",
+                                {10327975: 1})
+    own = "/proc/%d/fd/" % os.getpid()
+    assert argv[:2] == ["/usr/sbin/criu", "restore"]
+    assert argv[argv.index("--images-dir") + 1] == own + "7" and argv[argv.index("--work-dir") + 1] == own + "8"
+    assert argv[argv.index("--inherit-fd") + 1] == "fd[1]:socket:[10327975]"
+    assert "--restore-detached" in argv and argv[argv.index("--pidfile") + 1] == "/tmp/work/unit.pid"
+    assert "--manage-cgroups=ignore" in argv
+    assert criu.state == State.RESTORING
+
+
+def test_restore_finished_reads_criu_log(tmp_path):
+    work = Dir(os.open(str(tmp_path), os.O_RDONLY), str(tmp_path))
+    try:
+        criu = CriuRuntime("/usr/sbin/criu", (4, 2, 1))
+        criu.restore_command(Dir(7, "/x"), work, {}, "/tmp/p", {})
+        (tmp_path / "restore.log").write_text("(00.1) Error (criu/files.c:1221): Unable to open fd=1 id=0xa\n")
+        with pytest.raises(CriuError, match="Unable to open fd=1"):
+            criu.restore_finished(work, 1)
+        criu.restore_command(Dir(7, "/x"), work, {}, "/tmp/p", {})
+        (tmp_path / "restore.log").write_text("(00.5) Restore finished successfully\n")
+        assert criu.restore_finished(work, 0).log_path == str(tmp_path / "restore.log")
+        assert criu.state == State.RESTORED
+    finally:
+        os.close(work.fd)
