@@ -87,7 +87,7 @@ def session_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> t.Itera
 # the tests that set fs.pipe-max-size (post-copy needs it at 4 MiB, one test lowers it).
 XDIST_GROUPS = {
     # One pair of machines (machines.py) for all of them, not one per worker.
-    "machines": ("tests/integration/test_machines.py",),
+    "machines": ("tests/integration/test_machines.py", "tests/integration/test_units.py"),
     "pipe-max-size": ("tests/integration/test_migration.py::test_postcopy", "tests/integration/test_migration.py::test_kill_matrix_postcopy"),
 }
 

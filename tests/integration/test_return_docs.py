@@ -58,7 +58,7 @@ class Results:
     def run(self, label: str, module: str, args: t.Mapping[str, t.Any], check: bool = False,
             fails: bool = False) -> t.Dict[str, t.Any]:
         result = run_module(module, args, check=check)
-        assert result["failed"] == fails, (label, result)
+        assert result["failed"] == fails, (label, result.get("msg"), result.get("exception"), result)
         self.seen.append((label, module, result))
         return result
 
