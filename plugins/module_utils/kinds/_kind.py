@@ -147,18 +147,18 @@ class Kind(abc.ABC):
     def subject(self, metadata: Metadata) -> str:
         """What the checkpoint holds, as messages name it: "process (pid 42, python3)"."""
 
-    @abc.abstractmethod
     def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
         """What criu_info reports of this host for this kind, beyond criu itself (asked for ``engine``)."""
+        return {}
 
-    @abc.abstractmethod
     def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
         """What an engine recorded of the workload, as a listing shows it (a container's engine, name, id, image);
         None for a kind that has no engine."""
+        return None
 
-    @abc.abstractmethod
     def inspect_unavailable(self) -> t.Optional[str]:
         """Why criu's parser cannot read this kind's images in place; None when it can."""
+        return None
 
     # --- checkpoint and restore ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -29,7 +29,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils._requests import Chec
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir
 
 # Options of other kinds' restores, refused on a process's checkpoint rather than ignored.
-OTHER_KINDS_RESTORE_OPTIONS = ("container_name", "ignore_static_ip", "ignore_static_mac", "unit")
+CONTAINER_RESTORE_OPTIONS = ("container_name", "ignore_static_ip", "ignore_static_mac")
+OTHER_KINDS_RESTORE_OPTIONS = CONTAINER_RESTORE_OPTIONS + ("unit",)
 
 
 def same_process(metadata: Metadata, pid: int) -> bool:
@@ -108,13 +109,15 @@ class ProcessTree(Workload):
                 with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
                     frozen_at = procfs.utc_now()
                     dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path),
-                                                dict(options, leave_stopped=True) if ending else options, request.timeout).duration
+                                                dict(options, leave_stopped=True) if ending else options, request.timeout,
+                                                external_unix=self.external_unix()).duration
                     hashed = follower.digests()
                 criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
                 identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
                 flush_started = time.monotonic()
                 manifest = seal_.flushed_manifest(images.fd, algorithm, hashed)
                 metadata = seal_.describe(runtime.identity(), request.name or loc.name, facts, options, algorithm, manifest)
+                metadata.update(self.recorded())
                 seal_.seal(staging, metadata, key)
                 staging.publish()
                 fsync_seconds = time.monotonic() - flush_started
@@ -122,8 +125,20 @@ class ProcessTree(Workload):
             seal_.failed_dump_fate(exc, staging, loc, lambda: resume_if_we_stopped(pid, st))
             raise
         if ending:
-            procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
+            self.end(identity, request.timeout)
         return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, criu=criu_stats)
+
+    def external_unix(self) -> t.Sequence[int]:
+        """Inodes of unix sockets the tree holds whose peers are outside it, dumped as external (see CriuRuntime.dump)."""
+        return ()
+
+    def recorded(self) -> t.Dict[str, t.Any]:
+        """What metadata.json records of the workload beyond its process tree."""
+        return {}
+
+    def end(self, identity: t.Sequence[t.Sequence[int]], timeout: float) -> None:
+        """End the tree a published checkpoint holds (``identity``: every process dumped, still stopped)."""
+        procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
 
 
 def _tree(record: Record) -> t.List[t.List[int]]:
@@ -143,15 +158,6 @@ class Process(Kind):
 
     def subject(self, metadata: Metadata) -> str:
         return "process (pid %s, %s)" % (metadata["process"].get("pid"), metadata["process"].get("comm"))
-
-    def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
-        return {}
-
-    def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
-        return None
-
-    def inspect_unavailable(self) -> t.Optional[str]:
-        return None
 
     def refuse_unsupported(self, criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
         return None  # criu takes every option

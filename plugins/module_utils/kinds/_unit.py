@@ -36,12 +36,10 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir, Run
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import dump_options, resume_if_we_stopped
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import CONTAINER_RESTORE_OPTIONS, ProcessTree
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
-from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
-from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
@@ -247,15 +245,15 @@ def end_unit(name: str, identity: t.Sequence[t.Sequence[int]], timeout: float) -
         remove_drop_in(name, END_DROP_IN, timeout)
 
 
-class ServiceTree(Workload):
-    """The main process tree of a running service."""
+class ServiceTree(ProcessTree):
+    """The main process tree of a running service: dumped as a process tree is, with its journald streams external,
+    and ended through systemd."""
 
     def __init__(self, name: str, props: t.Mapping[str, str]) -> None:
+        super().__init__(main_pid(props))
         self.name = name
         self.props = dict(props)
-        self.pid = main_pid(props)
-        self.st: t.Optional[procfs.ProcStat] = None
-        self.runtime: t.Optional[CriuRuntime] = None
+        self.stdio: t.Dict[str, int] = {}
 
     @property
     def what(self) -> str:
@@ -280,7 +278,7 @@ class ServiceTree(Workload):
                             "(systemctl start %s), or restore it from its checkpoint."
                             % (self.name, self.props.get("ActiveState"), self.props.get("SubState"), self.name), unit=self.name)
         self.st = procfs.require_checkpointable(self.pid)
-        refuse_extras(self.name, self.props.get("ControlGroup") or "", [self.pid] + procfs.descendants(self.pid))
+        self._refuse_extras()
         self.runtime = CriuRuntime.load(criu_path)
 
     def to_come(self, name: str) -> t.Dict[str, t.Any]:
@@ -290,39 +288,22 @@ class ServiceTree(Workload):
              algorithm: str) -> t.Dict[str, t.Any]:
         """As a process tree's dump (left stopped until the checkpoint is published), with the journald streams
         external; a dump that ends it then stops the unit (end_unit)."""
-        pid, st, runtime = self.pid, t.cast(procfs.ProcStat, self.st), t.cast(CriuRuntime, self.runtime)
         clear_stale(self.name, request.timeout)
-        facts = procfs.process_facts(pid, st)
-        refuse_extras(self.name, self.props.get("ControlGroup") or "", facts["tree"])
-        options = dump_options(request.criu, request.leave_running, request.leave_stopped, pid, st, facts["tree"])
-        ending = not (options["leave_running"] or options["leave_stopped"])
-        stdio = stdio_sockets(pid)
-        identity: t.List[t.List[int]] = []
-        staging: t.Optional[store.Staging] = None
-        try:
-            with seal_.staged(loc) as staging:
-                images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
-                with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
-                    frozen_at = procfs.utc_now()
-                    dump_seconds = runtime.dump(pid, images, Dir(staging.fd, staging.path),
-                                                dict(options, leave_stopped=True) if ending else options, request.timeout,
-                                                external_unix=sorted(set(stdio.values()))).duration
-                    hashed = follower.digests()
-                criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
-                identity = procfs.tree_identity(pid)
-                flush_started = time.monotonic()
-                manifest = seal_.flushed_manifest(images.fd, algorithm, hashed)
-                metadata = seal_.describe(runtime.identity(), request.name or loc.name, facts, options, algorithm, manifest)
-                metadata["unit"] = {"name": self.name, "control_group": self.props.get("ControlGroup"), "stdio": stdio}
-                seal_.seal(staging, metadata, key)
-                staging.publish()
-                fsync_seconds = time.monotonic() - flush_started
-        except BaseException as exc:
-            seal_.failed_dump_fate(exc, staging, loc, lambda: resume_if_we_stopped(pid, st))
-            raise
-        if ending:
-            end_unit(self.name, identity, request.timeout)
-        return dict(seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, criu=criu_stats), unit=self.name)
+        self._refuse_extras()  # again, under DEST's lock: a process may have joined the unit since
+        self.stdio = stdio_sockets(self.pid)
+        return dict(super().dump(loc, request, key, algorithm), unit=self.name)
+
+    def _refuse_extras(self) -> None:
+        refuse_extras(self.name, self.props.get("ControlGroup") or "", [self.pid] + procfs.descendants(self.pid))
+
+    def external_unix(self) -> t.Sequence[int]:
+        return sorted(set(self.stdio.values()))
+
+    def recorded(self) -> t.Dict[str, t.Any]:
+        return {"unit": {"name": self.name, "control_group": self.props.get("ControlGroup"), "stdio": self.stdio}}
+
+    def end(self, identity: t.Sequence[t.Sequence[int]], timeout: float) -> None:
+        end_unit(self.name, identity, timeout)
 
 
 def _recorded(metadata: Metadata) -> t.Mapping[str, t.Any]:
@@ -344,15 +325,6 @@ class Unit(Kind):
         return "unit %s (pid %s, %s)" % (_recorded(metadata).get("name"), metadata["process"].get("pid"),
                                          metadata["process"].get("comm"))
 
-    def host_info(self, engine: t.Optional[str], timeout: float, caps: int) -> t.Dict[str, t.Any]:
-        return {}
-
-    def engine_record(self, metadata: Metadata) -> t.Optional[t.Dict[str, t.Any]]:
-        return None
-
-    def inspect_unavailable(self) -> t.Optional[str]:
-        return None
-
     def refuse_unsupported(self, criu: CriuChoices, at: str, leave_stopped: bool = False) -> None:
         given = [name for name in CGROUP_OPTIONS if criu.get(name) not in (None, [], "")]
         if given:
@@ -369,7 +341,7 @@ class Unit(Kind):
         metadata = t.cast(t.Dict[str, t.Any], verdict.metadata)
         src, timeout = checkpoint.path, request.timeout
         recorded = _recorded(metadata)
-        given = [name for name in ("container_name", "ignore_static_ip", "ignore_static_mac") if getattr(request, name)]
+        given = [name for name in CONTAINER_RESTORE_OPTIONS if getattr(request, name)]
         if given:
             raise CriuError("%s applies to a container's checkpoint only, and %s is the checkpoint of %s. Leave it out."
                             % (", ".join(given), src, self.subject(metadata)), path=src)

@@ -67,7 +67,7 @@ class FakeRuntime:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
 
-    def dump(self, pid, images, work, options, timeout):
+    def dump(self, pid, images, work, options, timeout, external_unix=()):
         self.dumps.append({"pid": pid, "images": images.path, "work": work.path, "options": dict(options), "timeout": timeout})
         self._write(work.fd, "dump.log", b"(00.1) Dumping finished successfully\n")
         self._write(images.fd, "inventory.img", b"inventory")
@@ -273,7 +273,7 @@ def test_checkpoint_of_large_page_images_has_chunked_manifest(tmp_path, workload
     core = os.urandom(2 * small_chunks)
     real = fake_criu.dump
 
-    def dump(pid, images, work, options, timeout):
+    def dump(pid, images, work, options, timeout, external_unix=()):
         FakeRuntime._write(images.fd, "pages-2.img", pages)
         FakeRuntime._write(images.fd, "core-1.img", core)
         return real(pid, images, work, options, timeout)
@@ -526,7 +526,7 @@ def test_describe_records_what_the_images_need_at_restore(images, options, needs
 def test_published_metadata_holds_restore_needs(tmp_path, workload, fake_criu, monkeypatch):
     real = fake_criu.dump
 
-    def dump(pid, images, work, options, timeout):
+    def dump(pid, images, work, options, timeout, external_unix=()):
         FakeRuntime._write(images.fd, "tcp-stream-1.img", b"socket")
         return real(pid, images, work, options, timeout)
 
