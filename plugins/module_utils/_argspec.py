@@ -125,11 +125,15 @@ INFO = _spec(requests.InfoRequest, {
 
 MIGRATE_MODES = ["copy", "postcopy"]
 MIGRATE_CLEANUP = ["all", "source", "target", "none"]
+# What becomes of a migrated unit's start at boot (see kinds/_unit.py).
+UNIT_BOOT = ["move", "disable", "keep"]
 MIGRATE = _spec(requests.MigrateRequest, dict({
     "name": {"type": "str", "required": True},
     "pid": {"type": "int"},
     "pidfile": {"type": "path"},
     "container": {"type": "str"},
+    "unit": {"type": "str"},
+    "unit_boot": {"type": "str", "default": "move", "choices": UNIT_BOOT},
     "engine": {"type": "str", "default": "podman", "choices": ENGINES},
     "transfer_image": {"type": "bool", "default": False},
     "target": {"type": "str", "required": True},
@@ -149,5 +153,5 @@ MIGRATE = _spec(requests.MigrateRequest, dict({
     "hash_algorithm": {"type": "str", "default": "sha256", "choices": HASH_ALGORITHM_CHOICES},
     "cleanup": {"type": "str", "default": "all", "choices": MIGRATE_CLEANUP},
     "compress": {"type": "bool", "default": False},
-}, **_criu_options("migrate")), exclusive=[("pid", "pidfile", "container")],
-    one_of=[("pid", "pidfile", "container")])
+}, **_criu_options("migrate")), exclusive=[("pid", "pidfile", "container", "unit")],
+    one_of=[("pid", "pidfile", "container", "unit")])

@@ -103,6 +103,7 @@ class MigrationInfoRequest(t.NamedTuple):
 class MigrateRequest(t.NamedTuple):
     name: str
     workload: WorkloadRef
+    unit_boot: str
     engine: str
     transfer_image: bool
     target: str

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: criu_migrate
-short_description: Migrate a live process tree or Podman container to another host, exactly once, driven by this (the source) host
+short_description: Migrate a live process tree, Podman container or systemd service to another host, exactly once, driven by the source host
 version_added: 0.1.0
 description:
   - Runs on the B(source) host; the P(nucleus.criu.migrate#role) role runs it for many workloads at once.
@@ -54,7 +54,8 @@ options:
     required: true
   pid:
     description:
-      - Pid of the root of the process tree to migrate. Exactly one of O(pid) and O(pidfile) is required.
+      - Pid of the root of the process tree to migrate. Exactly one of O(pid), O(pidfile), O(container) and O(unit) is
+        required.
     type: int
   pidfile:
     description:
@@ -62,8 +63,7 @@ options:
     type: path
   container:
     description:
-      - Name or id of a running container to migrate instead of a process (O(engine=podman)). Exactly one of O(pid),
-        O(pidfile) and O(container) is required.
+      - Name or id of a running container to migrate instead of a process (O(engine=podman)).
       - Podman checkpoints it (the container stops; Podman keeps a copy of the checkpoint to restore it in place from),
         the export streams to the target, which verifies it and restores it under the same name and id. Podman cannot
         restore a container stopped, so the target's copy runs from its restore while the source container stays
@@ -72,6 +72,34 @@ options:
       - Only O(mode=copy). O(tcp_established) and O(file_locks) are passed on to Podman; the other criu options are
         refused for a container, by name.
     type: str
+  unit:
+    description:
+      - A running systemd service (V(NAME.service), or V(NAME)) to migrate as the unit. The unit must be installed on
+        the target too (the same unit file and program) and not running there.
+      - Its main process and that process's children move; a unit whose cgroup holds any other process is refused,
+        naming it. Its stdout and stderr (journald streams) are handed fresh streams of the target's journald, so it
+        logs on under the same unit.
+      - From the freeze to the decision both hosts hold it with a runtime C(Restart=no), so that a copy that dies
+        meanwhile is not started anew. The target's systemd starts it (a runtime drop-in whose ExecStart restores, removed
+        afterwards), so after the commit it is the unit's MainPID there, C(systemctl stop) stops it and C(restart)
+        starts a fresh one; the source's unit is stopped through systemd (SIGKILL, no restart) and left inactive.
+      - Copy and post-copy. O(manage_cgroups) and O(cgroup_root) are refused (its processes live in the unit's cgroup).
+    type: str
+    version_added: 0.2.0
+  unit_boot:
+    description:
+      - What becomes of an enabled unit's start at boot (O(unit)). The source's is disabled before the freeze in every
+        case but V(keep) (journaled first; an abort enables it again), so that the source's next boot - even a crash
+        mid-migration - never starts a second copy.
+      - V(move) enables it on the target at the commit (when it was enabled on the source), so the service lives on the
+        target, as it did on the source.
+      - V(disable) leaves it disabled on both hosts.
+      - V(keep) changes nothing at boot; an enabled unit then B(starts again on the source at its next boot), a second
+        copy. Only for hosts whose boot is managed otherwise.
+    type: str
+    choices: [move, disable, keep]
+    default: move
+    version_added: 0.2.0
   engine:
     description:
       - Container engine of O(container).
@@ -228,6 +256,14 @@ EXAMPLES = r"""
 - name: Show the downtime
   ansible.builtin.debug:
     msg: "{{ moved.migration.target_pid }} after {{ moved.migration.downtime_seconds }} s"
+
+- name: Move a service, as the unit, from this host to worker2 (it runs there under systemd, and starts there at boot)
+  become: true
+  nucleus.criu.criu_migrate:
+    name: web
+    unit: web.service
+    target: worker2.example.com
+    ssh_key_file: /root/.ssh/migrate_ed25519
 """
 
 RETURN = r"""
@@ -261,6 +297,22 @@ migration:
     source_pid:
       description: Pid of the workload on the source.
       type: int
+    unit:
+      description: The migrated systemd unit; null for a process or a container.
+      type: dict
+      version_added: 0.2.0
+      contains:
+        name:
+          description: The unit's name, the same on both hosts.
+          type: str
+          sample: web.service
+        enabled:
+          description: What C(systemctl is-enabled) said of it on the source when the migration started.
+          type: str
+          sample: enabled
+        boot_disabled:
+          description: Whether the migration disabled its start at boot on the source (see O(unit_boot)).
+          type: bool
     container:
       description: The migrated container; null for a process.
       type: dict

@@ -90,7 +90,10 @@ class Watch:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.most = max(self.most, len(counters(self.machine)))
+            try:
+                self.most = max(self.most, len(counters(self.machine)))
+            except AssertionError:  # the machine is down (crashed, booting): no sample
+                continue
             self.samples += 1
             time.sleep(0.1)
 

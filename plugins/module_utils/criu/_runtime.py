@@ -254,11 +254,11 @@ class CriuRuntime:
         return run
 
     def start_lazy_dump(self, pid: int, images: Dir, work: Dir, options: t.Mapping[str, t.Any],
-                        page_socket: int, timeout: float) -> Daemon:
+                        page_socket: int, timeout: float, external_unix: t.Sequence[int] = ()) -> Daemon:
         """Post-copy dump: write every image but the lazy pages, then serve those over ``page_socket``, a connected
         socket whose other end only the target's criu lazy-pages reaches. Returns once the page server runs;
         criu keeps the tree frozen and serving until the pages are fetched or it is stopped."""
-        argv = self._dump_argv(pid, images, options) + ["--lazy-pages", "--ps-socket", str(page_socket)]
+        argv = self._dump_argv(pid, images, options, external_unix) + ["--lazy-pages", "--ps-socket", str(page_socket)]
         with self._dumping():
             daemon = self._start_daemon("dump", argv, work, (images.fd, page_socket), PAGE_SERVER_READY, timeout)
             self._require_inventory(images, daemon.log_path)
@@ -293,7 +293,7 @@ class CriuRuntime:
         return pid, run
 
     def restore_command(self, images: Dir, work: Dir, options: t.Mapping[str, t.Any], pidfile: str,
-                        inherit_sockets: t.Mapping[int, int]) -> t.List[str]:
+                        inherit_sockets: t.Mapping[int, int], leave_stopped: bool = False, lazy: bool = False) -> t.List[str]:
         """criu restore's argv for another process to run while this one holds ``images`` and ``work`` open (a
         service manager's ExecStart: the restored tree is then its child, in its cgroup). The directories are this
         process's fds, reached through /proc/PID/fd; ``inherit_sockets`` maps a socket inode recorded at the dump
@@ -305,7 +305,7 @@ class CriuRuntime:
                 "--log-file", "restore.log", "-v4", "--images-dir", own % images.fd, "--restore-detached", "--pidfile", pidfile]
         for inode, fd in sorted(inherit_sockets.items()):
             argv += ["--inherit-fd", "fd[%d]:socket:[%d]" % (int(fd), int(inode))]
-        return argv + criu_options.argv(options, "restore")
+        return argv + criu_options.argv(options, "restore") + (["--lazy-pages"] if lazy else []) + (["--leave-stopped"] if leave_stopped else [])
 
     def restore_finished(self, work: Dir, returncode: int) -> Run:
         """The end of a restore another process ran (restore_command): raise with criu's log unless it succeeded."""

@@ -494,10 +494,10 @@ class Container(Kind):
         return list(podman.container_facts("podman", timeout, caps)["problems"])
 
     def target_problems(self, facts: t.Mapping[str, t.Any]) -> t.List[str]:
-        return ["on the target: %s" % problem for problem in facts["container"]["problems"]]
+        return ["on the target: %s" % problem for problem in facts["workload"]["problems"]]
 
     def image_to_send(self, found: Found, target_facts: t.Mapping[str, t.Any]) -> t.Optional[t.Dict[str, t.Any]]:
-        if target_facts["container"]["image_present"]:
+        if target_facts["workload"]["image_present"]:
             return None
         view = t.cast(t.Dict[str, t.Any], found.engine_view)
         return {"image_id": view["image_id"], "image_name": view["image_name"]}

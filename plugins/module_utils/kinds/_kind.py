@@ -257,6 +257,11 @@ class Kind(abc.ABC):
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """The target runs it now: the source must never run again. What could not be cleaned up, if anything."""
 
+    def source_lost(self, record: Record) -> bool:
+        """Can the source's frozen copy never run again (its host rebooted, its frozen tree was killed)? A recovery
+        then commits a whole copy on the target instead of undoing the migration."""
+        return False
+
     @abc.abstractmethod
     def copy_waits_for_commit(self, record: Record) -> bool:
         """Does the target's copy stay stopped until a commit (so the source may resume first on an abort)?"""
@@ -280,6 +285,10 @@ class Kind(abc.ABC):
              stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
         """Restore the verified checkpoint as the migration's copy: stopped until the commit where the kind can (see
         copy_stopped_until_commit); its root pid, and post-copy's page fetcher (which lives as long as ``stack``)."""
+
+    def committed(self, record: Record, timeout: float) -> None:
+        """The copy runs here for good (the commit resumed it): what the kind does beyond letting it run."""
+        return None
 
     @abc.abstractmethod
     def remove_landed(self, record: Record, timeout: float) -> t.List[int]:

@@ -141,6 +141,36 @@ class ProcessTree(Workload):
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
 
 
+def freeze_tree(freezer: Freezer, staging: store.Staging, pid: int, before_dump: t.Callable[[], None] = lambda: None,
+                external_unix: t.Sequence[int] = (), recorded: t.Optional[t.Mapping[str, t.Any]] = None
+                ) -> t.Tuple[t.Dict[str, t.Any], float]:
+    """criu dumps the tree (left stopped) while its images stream to the target; its metadata (with ``recorded``, a
+    kind's own record) and dump seconds. ``before_dump`` runs once the freeze window is journaled open."""
+    record = freezer.journal_data()
+    runtime = CriuRuntime.load(record.get("criu_path"))
+    runtime.on_spawn = lambda criu_pid: freezer.note(criu=procfs.tree_identity(criu_pid)[0])
+    st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
+    options = dump_options(freezer.criu, False, True, pid, st, [member[0] for member in _tree(record)])
+    options["lazy_pages"] = freezer.mode == "postcopy"
+    images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
+    work = Dir(staging.fd, staging.path)
+    facts = procfs.process_facts(pid, st)
+    freezer.start_freeze(pid)
+    before_dump()
+    with follow.ImageFollower(images.fd, images.path, freezer.algorithm, on_chunk=freezer.send_chunk,
+                              write_back=False) as follower:
+        if freezer.mode == "postcopy":
+            dump_seconds = freezer.lazy_dump(
+                lambda relay_fd: runtime.start_lazy_dump(pid, images, work, options, relay_fd, freezer.timeout, external_unix))
+        else:
+            dump_seconds = runtime.dump(pid, images, work, options, freezer.timeout, external_unix=external_unix).duration
+        hashed = follower.digests()
+    manifest = freezer.manifest(images.fd, hashed)
+    metadata = seal_.describe(runtime.identity(), freezer.name, facts, options, freezer.algorithm, manifest)
+    metadata.update(recorded or {})
+    return metadata, dump_seconds
+
+
 def _tree(record: Record) -> t.List[t.List[int]]:
     return (record.get("process") or {}).get("tree") or []
 
@@ -255,27 +285,7 @@ class Process(Kind):
         return []
 
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
-        """criu dumps the tree (left stopped) while its images stream to the target."""
-        record = freezer.journal_data()
-        runtime = CriuRuntime.load(record.get("criu_path"))
-        runtime.on_spawn = lambda criu_pid: freezer.note(criu=procfs.tree_identity(criu_pid)[0])
-        st = t.cast(procfs.ProcStat, procfs.read_stat(pid))
-        options = dump_options(freezer.criu, False, True, pid, st, [member[0] for member in _tree(record)])
-        options["lazy_pages"] = freezer.mode == "postcopy"
-        images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
-        work = Dir(staging.fd, staging.path)
-        facts = procfs.process_facts(pid, st)
-        freezer.start_freeze(pid)
-        with follow.ImageFollower(images.fd, images.path, freezer.algorithm, on_chunk=freezer.send_chunk,
-                                  write_back=False) as follower:
-            if freezer.mode == "postcopy":
-                dump_seconds = freezer.lazy_dump(
-                    lambda relay_fd: runtime.start_lazy_dump(pid, images, work, options, relay_fd, freezer.timeout))
-            else:
-                dump_seconds = runtime.dump(pid, images, work, options, freezer.timeout).duration
-            hashed = follower.digests()
-        manifest = freezer.manifest(images.fd, hashed)
-        return seal_.describe(runtime.identity(), freezer.name, facts, options, freezer.algorithm, manifest), dump_seconds
+        return freeze_tree(freezer, staging, pid)
 
     def resume_source(self, record: Record, timeout: float) -> None:
         """SIGCONT to exactly the processes that were frozen."""
@@ -284,6 +294,11 @@ class Process(Kind):
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         procfs.wait_gone(procfs.signal_identified(_tree(record), signal.SIGKILL), timeout=10)
         return None
+
+    def source_lost(self, record: Record) -> bool:
+        """Every process frozen is gone: killed, or this host rebooted (criu's frozen tree dies with it)."""
+        tree = _tree(record)
+        return bool(tree) and not procfs.alive_identified(tree)
 
     def copy_waits_for_commit(self, record: Record) -> bool:
         return record.get("mode") == "copy"  # criu restores it stopped; post-copy's runs at once

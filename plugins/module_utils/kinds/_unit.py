@@ -17,7 +17,11 @@ What makes it a unit rather than a bare process tree (measured on systemd 252 wi
 - its cgroup must hold the main process tree and nothing else (a daemon's double-forked helper, a leftover of
   ExecStartPre): anything more is refused, named.
 
-A migration of a unit is not built yet: every migration method refuses.
+A migration moves it as the unit: both hosts hold it (a runtime ``Restart=no`` drop-in) from the freeze to the
+decision, so that neither systemd starts a fresh copy should one die meanwhile; the source's start at boot is disabled
+before the dump (journaled first; an abort enables it again) and, with ``unit_boot: move`` (the default), enabled on
+the target at the commit; the target restores it as criu_restore does, stopped until the commit (copy) or running
+with its memory following (post-copy), and an abort stops it there through systemd before the source runs again.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Daemon, Dir, Run
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
-from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import CONTAINER_RESTORE_OPTIONS, ProcessTree
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Landing, Metadata, Record, TargetJournal, Workload
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds._process import CONTAINER_RESTORE_OPTIONS, Process, ProcessTree, freeze_tree
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
@@ -51,6 +55,9 @@ SYSTEMCTL_REMEDY = "systemctl runs as root to manage the unit: keep it and its d
 RUNTIME_UNITS = "/run/systemd/system"
 RESTORE_DROP_IN = "50-nucleus-criu-restore.conf"
 END_DROP_IN = "50-nucleus-criu-end.conf"
+HOLD_DROP_IN = "50-nucleus-criu-hold.conf"
+# While a migration is undecided, neither host's systemd may start the service anew should its copy die.
+HOLD = ["Restart=no"]
 PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlGroup")
 # criu options that would take the restored tree out of the cgroup systemd gave the unit.
 CGROUP_OPTIONS = ("manage_cgroups", "cgroup_root")
@@ -58,8 +65,6 @@ STDIO = (1, 2)
 # What the unit's Environment= could hand criu's ExecStart that changes the code it runs as root: removed.
 LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_BIND_NOW", "LD_DEBUG", "LD_PROFILE", "GCONV_PATH",
                     "MALLOC_CONF", "GLIBC_TUNABLES")
-NOT_YET = ("migrating a systemd unit is not supported yet (criu_checkpoint and criu_restore take unit on one host). "
-           "Migrate its process tree with pid, or wait for the unit migration.")
 
 
 def systemctl_path() -> str:
@@ -206,10 +211,10 @@ def write_drop_in(name: str, file_name: str, lines: t.Sequence[str]) -> str:
     return os.path.join(real, file_name)
 
 
-def remove_drop_in(name: str, file_name: str, timeout: float) -> None:
-    path = os.path.join(_drop_in_dir(name), file_name)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+def remove_drop_in(name: str, file_names: t.Union[str, t.Sequence[str]], timeout: float) -> None:
+    for file_name in [file_names] if isinstance(file_names, str) else file_names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_drop_in_dir(name), file_name))
     with contextlib.suppress(OSError):
         os.rmdir(_drop_in_dir(name))  # only when empty: other drop-ins stay
     systemctl("daemon-reload", timeout=timeout)
@@ -218,7 +223,7 @@ def remove_drop_in(name: str, file_name: str, timeout: float) -> None:
 def clear_stale(name: str, timeout: float) -> None:
     """Remove this collection's drop-ins a module killed midway left behind: an end drop-in would keep Restart= off,
     and a restore drop-in names fds of a process that is gone (its pid, reused, could hold other directories)."""
-    stale = [file_name for file_name in (RESTORE_DROP_IN, END_DROP_IN)
+    stale = [file_name for file_name in (RESTORE_DROP_IN, END_DROP_IN, HOLD_DROP_IN)
              if os.path.lexists(os.path.join(_drop_in_dir(name), file_name))]
     for file_name in stale:
         with contextlib.suppress(FileNotFoundError):
@@ -242,7 +247,67 @@ def end_unit(name: str, identity: t.Sequence[t.Sequence[int]], timeout: float) -
         # Should systemd have failed to stop it, it is killed here while Restart=no still holds, and only then does
         # the unit get its own settings back.
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
-        remove_drop_in(name, END_DROP_IN, timeout)
+        remove_drop_in(name, (END_DROP_IN, HOLD_DROP_IN), timeout)
+
+
+def start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.Mapping[str, t.Any], stdio: t.Mapping[str, int],
+                   name: str, timeout: float, work: Dir, pidfile: str, leave_stopped: bool = False, lazy: bool = False,
+                   hold: bool = False) -> t.Tuple[int, Run]:
+    """systemctl start with the restore drop-in: criu (its ExecStart) restores the tree with the journald streams
+    systemd just opened for the unit; the unit's MainPID must be the tree criu restored. A migration's copy (``hold``)
+    keeps Restart=no until its commit (hold_drop_in): a copy that dies meanwhile must not come back as a fresh start."""
+    argv = runtime.restore_command(Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES)), work, options, pidfile,
+                                   inherit_map(stdio), leave_stopped=leave_stopped, lazy=lazy)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pidfile)
+    write_drop_in(name, RESTORE_DROP_IN, [
+        "Type=forking", "PIDFile=%s" % pidfile, "GuessMainPID=no", "Restart=no", "RemainAfterExit=no",
+        "TimeoutStartSec=%d" % max(1, int(timeout)), "UMask=0077", "UnsetEnvironment=%s" % " ".join(LOADER_VARIABLES),
+        "ExecStart=", "ExecStart=+" + quote_exec(argv)])
+    started = time.monotonic()
+    try:
+        with restored_.logs_kept_in(checkpoint, work):
+            try:
+                systemctl("daemon-reload", timeout=timeout)
+                returncode = systemctl("start", "--", name, timeout=timeout + 10, check=False).returncode
+            finally:
+                if hold:
+                    write_drop_in(name, HOLD_DROP_IN, HOLD)
+                remove_drop_in(name, RESTORE_DROP_IN, timeout)
+            runtime.restore_finished(work, returncode)
+        duration = time.monotonic() - started
+        with open(pidfile) as handle:
+            pid = procfs.parse_pidfile(handle.read())
+    except BaseException:
+        with contextlib.suppress(CriuError):
+            end_unit(name, [], timeout)
+        raise
+    props = show(name, timeout)
+    if pid is None or main_pid(props) != pid:
+        with contextlib.suppress(CriuError):
+            end_unit(name, [], timeout)
+        raise CriuError("criu restored %s as unit %s, but systemd's MainPID is %s (criu's pidfile says %s); the unit "
+                        "was stopped again." % (checkpoint.path, name, props.get("MainPID"), pid), path=checkpoint.path)
+    criu_stats = criustats.read(work.fd, store.RESTORE_STATS)
+    return pid, Run(duration, os.path.join(checkpoint.path, store.RESTORE_LOG), criu_stats)
+
+
+def release_hold(name: str, timeout: float) -> None:
+    """The unit's own Restart= again (hold_drop_in gone)."""
+    if os.path.lexists(os.path.join(_drop_in_dir(name), HOLD_DROP_IN)):
+        remove_drop_in(name, HOLD_DROP_IN, timeout)
+
+
+def enablement(name: str, timeout: float) -> str:
+    """What systemctl is-enabled says: only "enabled" starts the unit at boot through its [Install] section."""
+    return systemctl("is-enabled", "--", name, timeout=timeout, check=False).stdout.strip() or "unknown"
+
+
+def set_boot_start(name: str, enable: bool, timeout: float) -> None:
+    """Enable or disable the unit's start at boot, and make it durable now: a host that crashes a moment later must
+    boot with it (the symlinks in /etc)."""
+    systemctl("enable" if enable else "disable", "--no-reload", "--", name, timeout=timeout)
+    os.sync()
 
 
 class ServiceTree(ProcessTree):
@@ -306,11 +371,7 @@ class ServiceTree(ProcessTree):
         end_unit(self.name, identity, timeout)
 
 
-def _recorded(metadata: Metadata) -> t.Mapping[str, t.Any]:
-    return metadata.get("unit") or {}
-
-
-class Unit(Kind):
+class Unit(Process):
     """A systemd service's main process tree, checkpointed and restored as the unit."""
 
     name = "unit"
@@ -385,43 +446,12 @@ class Unit(Kind):
     @staticmethod
     def _start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.Mapping[str, t.Any],
                         stdio: t.Mapping[str, int], name: str, timeout: float) -> t.Tuple[int, Run]:
-        """systemctl start with the restore drop-in: criu (its ExecStart) restores the tree with the journald streams
-        systemd just opened for the unit; the unit's MainPID must be the tree criu restored."""
         with contextlib.ExitStack() as stack:
             work_path = stack.enter_context(store.private_dir("nucleus-criu-restore-"))
             work_fd = safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0]
             stack.callback(os.close, work_fd)
             work = Dir(work_fd, work_path)
-            pidfile = work.file("unit.pid")
-            images = Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES))
-            argv = runtime.restore_command(images, work, options, pidfile, inherit_map(stdio))
-            write_drop_in(name, RESTORE_DROP_IN, [
-                "Type=forking", "PIDFile=%s" % pidfile, "GuessMainPID=no", "Restart=no", "RemainAfterExit=no",
-                "TimeoutStartSec=%d" % max(1, int(timeout)), "UMask=0077", "UnsetEnvironment=%s" % " ".join(LOADER_VARIABLES),
-                "ExecStart=", "ExecStart=+" + quote_exec(argv)])
-            started = time.monotonic()
-            try:
-                with restored_.logs_kept_in(checkpoint, work):
-                    try:
-                        systemctl("daemon-reload", timeout=timeout)
-                        returncode = systemctl("start", "--", name, timeout=timeout + 10, check=False).returncode
-                    finally:
-                        remove_drop_in(name, RESTORE_DROP_IN, timeout)
-                    runtime.restore_finished(work, returncode)
-                duration = time.monotonic() - started
-                with open(pidfile) as handle:
-                    pid = procfs.parse_pidfile(handle.read())
-            except BaseException:
-                with contextlib.suppress(CriuError):
-                    systemctl("stop", "--", name, timeout=timeout)
-                raise
-            props = show(name, timeout)
-            if pid is None or main_pid(props) != pid:
-                systemctl("stop", "--", name, timeout=timeout, check=False)
-                raise CriuError("criu restored %s as unit %s, but systemd's MainPID is %s (criu's pidfile says %s); the unit "
-                                "was stopped again." % (checkpoint.path, name, props.get("MainPID"), pid), path=checkpoint.path)
-            criu_stats = criustats.read(work.fd, store.RESTORE_STATS)
-        return pid, Run(duration, os.path.join(checkpoint.path, store.RESTORE_LOG), criu_stats)
+            return start_restored(runtime, checkpoint, options, stdio, name, timeout, work, work.file("unit.pid"))
 
     def host_problems(self, metadata: Metadata, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
         problems = list(host.criu_facts(criu_path)["problems"])
@@ -431,80 +461,169 @@ class Unit(Kind):
             problems.append(exc.msg)
         return problems
 
-    # --- a migration: not yet ---------------------------------------------------------------------------------
+    # --- a migration, on its source ---------------------------------------------------------------------------
+    # A process tree's migration (Process), as the unit: found by name, dumped with its journald streams external,
+    # held (Restart=no) on both hosts until the decision, ended through systemd, and its start at boot moved.
     def refuse_migration(self, mode: str) -> None:
-        raise CriuError("Cannot migrate: " + NOT_YET)
-
-    def _not_yet(self) -> t.NoReturn:
-        raise CriuError("Internal error: " + NOT_YET)
+        return None  # copy and post-copy
 
     def look_up(self, ref: WorkloadRef, timeout: float) -> Found:
-        self._not_yet()
+        name = require_unit_name(t.cast(str, ref.unit))
+        props = dict(show(name, timeout), Id=name)
+        pid = main_pid(props) if props.get("ActiveState") == "active" else 0
+        return Found(pid or None, props)
 
     def require(self, ref: WorkloadRef, found: Found) -> Found:
-        self._not_yet()
+        props = t.cast(t.Dict[str, str], found.engine_view)
+        if found.pid is None:
+            raise CriuError("Unit %s is %s (%s), with no main process: only a running service can be migrated. Start it "
+                            "(systemctl start %s) first." % (props["Id"], props.get("ActiveState"), props.get("SubState"), props["Id"]),
+                            unit=props["Id"])
+        refuse_extras(props["Id"], props.get("ControlGroup") or "", [found.pid] + procfs.descendants(found.pid))
+        return found
 
     def describe_found(self, found: Found) -> str:
-        self._not_yet()
-
-    def describe_record(self, record: Record) -> str:
-        return "unit %s" % _recorded(record).get("name")
-
-    def frozen_state(self, record: Record) -> str:
-        self._not_yet()
+        return "unit %s (pid %d)" % (t.cast(t.Dict[str, str], found.engine_view)["Id"], t.cast(int, found.pid))
 
     def journal_identity(self, found: Found) -> t.Dict[str, t.Any]:
-        self._not_yet()
+        props = t.cast(t.Dict[str, str], found.engine_view)
+        return {"unit": {"name": props["Id"], "control_group": props.get("ControlGroup"),
+                         "enabled": enablement(props["Id"], 60)}}
 
     def recorded_identity(self, record: Record) -> t.Dict[str, t.Any]:
-        self._not_yet()
-
-    def already_migrated(self, record: Record, found: Found) -> bool:
-        self._not_yet()
+        unit = _recorded(record)
+        return {"unit": {"name": unit.get("name"), "enabled": unit.get("enabled"), "boot": _boot(record)}}
 
     def reused_pid(self, record: Record, found: Found) -> bool:
-        self._not_yet()
+        return False  # a unit is found by its name, never by a pid
 
     def claim_key(self, process: t.Mapping[str, t.Any], record: Record) -> str:
-        self._not_yet()
+        return "unit-%s" % _recorded(record).get("name")
 
     def source_problems(self, criu_path: t.Optional[str], timeout: float, caps: int) -> t.List[str]:
-        self._not_yet()
+        CriuRuntime.load(criu_path)
+        systemctl_path()  # raises, naming the problem
+        return []
 
     def target_problems(self, facts: t.Mapping[str, t.Any]) -> t.List[str]:
-        self._not_yet()
+        return ["on the target: %s" % problem for problem in facts["workload"]["problems"]]
 
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
-        self._not_yet()
+        """Held first (Restart=no: a source copy that died now must not start again while the target restores it),
+        and its boot start disabled (journaled first: an abort enables it again)."""
+        record = freezer.journal_data()
+        unit = _recorded(record)
+        name, timeout = unit["name"], freezer.timeout
+        stdio = stdio_sockets(pid)
+
+        def hold() -> None:
+            disable = _boot(record) in ("move", "disable") and unit.get("enabled") == "enabled"
+            freezer.note(unit=dict(unit, boot_disabled=disable, held=True))
+            write_drop_in(name, HOLD_DROP_IN, HOLD)
+            systemctl("daemon-reload", timeout=timeout)
+            if disable:
+                set_boot_start(name, False, timeout)
+
+        return freeze_tree(freezer, staging, pid, before_dump=hold, external_unix=sorted(set(stdio.values())),
+                           recorded={"unit": {"name": name, "control_group": unit.get("control_group"), "stdio": stdio}})
 
     def resume_source(self, record: Record, timeout: float) -> None:
-        self._not_yet()
+        """The frozen tree runs on as the unit's MainPID; the unit's Restart= and boot start are its own again."""
+        unit = _recorded(record)
+        super().resume_source(record, timeout)
+        if unit.get("held"):
+            release_hold(unit["name"], timeout)
+        if unit.get("boot_disabled"):
+            set_boot_start(unit["name"], True, timeout)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
-        self._not_yet()
+        """The unit stops here (SIGKILL, no restart) and stays stopped: its boot start went at the freeze."""
+        try:
+            end_unit(_recorded(record)["name"], (record.get("process") or {}).get("tree") or [], timeout)
+        except CriuError as exc:
+            return exc.msg
+        return None
 
-    def copy_waits_for_commit(self, record: Record) -> bool:
-        self._not_yet()
-
-    def runs_on_target_undecided(self, record: Record) -> bool:
-        self._not_yet()
-
+    # --- a migration, on its target ----------------------------------------------------------------------------
     def target_preflight(self, request: t.Mapping[str, t.Any], can_restore: bool) -> t.Optional[t.Dict[str, t.Any]]:
-        self._not_yet()
+        """The unit must be installed here, as on the source, and not running."""
+        return {"problems": _landing_problems(request["unit"]["name"], float(request["timeout"]))}
 
     def prepare_landing(self, request: t.Mapping[str, t.Any], timeout: float) -> t.Any:
-        self._not_yet()
+        problems = _landing_problems(request["unit"]["name"], timeout)
+        if problems:
+            raise CriuError("Cannot take unit %s here: %s." % (request["unit"]["name"], listed(problems)))
+        return None
 
     def land(self, landing: Landing, journal: TargetJournal, runtime: CriuRuntime, opened: store.Checkpoint,
              metadata: Metadata, page_conn: t.Optional[socket.socket],
              stack: contextlib.ExitStack) -> t.Tuple[int, t.Optional[Daemon]]:
-        self._not_yet()
+        """The unit restores it (its ExecStart runs criu): stopped until the commit (copy), or running with its memory
+        still at the source (post-copy); held (Restart=no) until the decision."""
+        recorded = _recorded(metadata)
+        name = require_unit_name(recorded.get("name") or "")
+        options = dict(criu_options.for_restore(metadata, landing.restore_options), manage_cgroups="ignore", cgroup_root=None)
+        work_path = stack.enter_context(store.private_dir("nucleus-criu-unit-"))
+        work = Dir(safepath.open_dir(work_path, "Private work directory", store.CHAIN_REMEDY)[0], work_path)
+        stack.callback(os.close, work.fd)
+        fetcher = None
+        if page_conn is not None:
+            # lazy-pages and restore share a work directory: restore finds the fetcher through its socket there.
+            fetcher = runtime.start_lazy_pages(Dir(opened.images_fd, os.path.join(opened.path, store.IMAGES)), work,
+                                               page_conn.fileno(), landing.timeout)
+            stack.callback(fetcher.stop)
+            page_conn.close()
+            journal.record("received", lazy_log=fetcher.log_path, lazy_pages_daemon=procfs.tree_identity(fetcher.proc.pid)[0])
+        journal.record("restoring", unit=dict(landing.request["unit"]))  # from here an abort stops the unit
+        pid, run = start_restored(runtime, opened, options, recorded.get("stdio") or {}, name, landing.timeout, work,
+                                  landing.restore_pidfile, leave_stopped=fetcher is None, lazy=fetcher is not None, hold=True)
+        if fetcher is not None:
+            journal.data["running_since"] = time.monotonic()
+        restored_.confirm_alive(pid, run.log_path, opened.path, stopped=fetcher is None)
+        return pid, fetcher
 
-    def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
-        self._not_yet()
-
-    def copy_stopped_until_commit(self, record: Record) -> bool:
-        self._not_yet()
+    def committed(self, record: Record, timeout: float) -> None:
+        """The copy runs as the unit with the unit's own Restart= again; its boot start moved here (``boot: move``)."""
+        unit = _recorded(record)
+        release_hold(unit["name"], timeout)
+        if unit.get("boot") == "move" and unit.get("enabled") == "enabled" and enablement(unit["name"], timeout) != "enabled":
+            set_boot_start(unit["name"], True, timeout)
 
     def landed_identity(self, record: Record) -> t.Dict[str, t.Any]:
-        self._not_yet()
+        return {"unit": _recorded(record).get("name")}
+
+    def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
+        """The unit stops here (SIGKILL, no restart) when it runs this migration's copy, or is still starting it (the
+        agent died mid-restore); a unit this migration did not start is left alone."""
+        name = _recorded(record).get("name")
+        if not name:
+            return []
+        props = show(name, timeout)
+        tree = record.get("tree") or []
+        ours = props.get("ActiveState") in ("activating", "deactivating") or (tree and main_pid(props) == tree[0][0])
+        if ours:
+            end_unit(name, tree, timeout)
+        else:
+            remove_drop_in(name, (RESTORE_DROP_IN, HOLD_DROP_IN), timeout)
+        return []
+
+
+def _recorded(metadata: Metadata) -> t.Mapping[str, t.Any]:
+    return metadata.get("unit") or {}
+
+
+def _boot(record: Record) -> str:
+    return (record.get("settings") or {}).get("unit_boot") or "move"
+
+
+def _landing_problems(name: str, timeout: float) -> t.List[str]:
+    """Why unit ``name`` cannot be restored here: no systemd, not installed, or running already (a second copy)."""
+    try:
+        systemctl_path()
+        props = show(name, timeout)
+    except CriuError as exc:
+        return [exc.msg.rstrip(".")]
+    if props.get("ActiveState") in ("active", "activating", "reloading", "deactivating"):
+        return ["unit %s is %s here (MainPID %s): a migration would run it twice. Stop it (systemctl stop %s) or migrate "
+                "to another host" % (name, props.get("ActiveState"), props.get("MainPID"), name)]
+    return []

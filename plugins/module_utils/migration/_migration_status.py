@@ -59,7 +59,7 @@ def report(journal: Journal, changed: bool, progress: t.Mapping[str, t.Any]) -> 
     migration = {key: data.get(key) for key in (
         "id", "name", "mode", "phase", "outcome", "decision", "frozen_at", "running_at", "downtime_seconds", "dump_seconds",
         "image_bytes", "transfer_seconds", "target_pid", "lazy_pages", "checkpoint_id", "target_cleanup", "error", "container",
-        "image_seconds", "source_cleanup_error")}
+        "unit", "image_seconds", "source_cleanup_error")}
     migration.update(source=data.get("source"), target=data.get("target"), source_pid=data.get("process", {}).get("pid"),
                      journal=journal.path, history=data.get("history"), progress=dict(progress))
     failure = failure_message(journal)

@@ -24,6 +24,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.migration._settings i
 
 # Source phases before the decision; "committed" is the decision itself.
 PRE_COMMIT = ("prepared", "freezing", "frozen", "target_restored", "pages_complete", "aborting")
+# Undecided phases in which the source's copy was frozen.
+FROZEN = ("freezing", "frozen", "target_restored", "pages_complete")
 
 
 def _timeout(journal: Journal) -> float:
@@ -83,6 +85,8 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
         journal.data = journal.reload().data
         if journal.get("outcome") in ("completed", "rolled_back"):
             return
+    if journal.get("decision") is None and journal.phase in FROZEN and kinds.of(journal.data).source_lost(journal.data):
+        _commit_if_the_copy_is_whole(journal, settings_, code)
     if journal.phase in ("committed", "completed") or journal.get("decision") == "commit":
         answer = _ask_target(settings_, code, journal, "commit")
         if answer is not None and answer.get("state") == target_.NEVER_RAN:
@@ -123,6 +127,20 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
                        error="the migration was undone, but the source could not run again: %s" % unresumed)
         return
     journal.record("rolled_back", outcome="rolled_back", target_cleanup=cleanup)
+
+
+def _commit_if_the_copy_is_whole(journal: Journal, settings_: Settings, code: bytes) -> None:
+    """The source's frozen copy is lost (its host crashed, or it was killed): the target's copy, when whole and voted
+    for, is all that is left of the workload's memory, and a recovery commits it rather than undo the migration for
+    a source that can never run again."""
+    answer = _ask_target(settings_, code, journal, "query")
+    state = (answer or {}).get("state")
+    if state == "pages_complete" or (state == "restored" and journal.get("mode") == "copy"):
+        with journal.exclusive():
+            current = journal.reload()
+            if current.get("decision") is None:
+                current.record("committed", decision="commit", source_lost=True)
+        journal.data = journal.reload().data
 
 
 def _runs_on_the_target(journal: Journal) -> bool:

@@ -32,6 +32,7 @@ class Settings(t.NamedTuple):
     target_pidfile: t.Optional[str]
     cleanup: str
     transfer_image: bool = False
+    unit_boot: str = "move"  # what becomes of a unit's start at boot on both hosts (kinds/_unit.py)
 
     @property
     def link_timeout(self) -> float:
@@ -59,15 +60,17 @@ def settings(request: MigrateRequest, key: t.Optional[bytes]) -> Settings:
                               compress=request.compress)
     return Settings(name, os.path.normpath(request.migrate_dir), target, request.mode, float(request.lease),
                     float(request.timeout), key, request.hash_algorithm, criu,
-                    request.target_pidfile, request.cleanup, request.transfer_image)
+                    request.target_pidfile, request.cleanup, request.transfer_image, request.unit_boot)
 
 
 def recordable(s: Settings) -> t.Dict[str, t.Any]:
     """The settings a recovery needs, as the journal keeps them (never the key: a recovery needs none)."""
-    return {"mode": s.mode, "lease": s.lease, "timeout": s.timeout, "cleanup": s.cleanup, "target_pidfile": s.target_pidfile}
+    return {"mode": s.mode, "lease": s.lease, "timeout": s.timeout, "cleanup": s.cleanup, "target_pidfile": s.target_pidfile,
+            "unit_boot": s.unit_boot}
 
 
 def as_recorded(s: Settings, journal: Journal) -> Settings:
     """``s`` with what the migration in ``journal`` was started with (a recovery finishes it as it was asked)."""
     recorded = journal.get("settings") or {}
-    return s._replace(**{key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile") if key in recorded})
+    return s._replace(**{key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile", "unit_boot")
+                         if key in recorded})

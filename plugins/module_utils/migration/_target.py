@@ -114,12 +114,12 @@ def _remove_checkpoint(ctx: Context, keep_log: bool = False) -> None:
 def _kill_restored(journal: Journal) -> None:
     """Kill whatever this migration restored here: the tree it recorded, a criu restore still running (and the tree
     it was building), and a tree whose pid criu wrote after the agent that started it died."""
-    victims = []
+    # The kind first: a unit's copy is stopped through systemd, before a killed tree or fetcher could make it restart.
+    victims = kinds.of(journal.data).remove_landed(journal.data, journal.get("timeout") or 60.0)
     for daemon in (journal.get("criu"), journal.get("lazy_pages_daemon")):
         if daemon and procfs.is_alive(daemon[0], daemon[1]):
             victims += procfs.kill_tree(daemon[0])
     victims += procfs.signal_identified(journal.get("tree") or [], signal.SIGKILL)
-    victims += kinds.of(journal.data).remove_landed(journal.data, journal.get("timeout") or 60.0)
     try:
         raw = store.read_small_file(journal.dir_fd, restore_pidfile_name(journal.name), "")
         pid = procfs.parse_pidfile(raw.decode("ascii", "replace")) if raw else None
@@ -178,6 +178,7 @@ def commit(ctx: Context, journal: Journal, decision: t.Mapping[str, t.Any]) -> t
                                                                       starttime=starttime, **identity), ctx.key)
     if journal.get("pidfile"):
         restored_.write_pidfile(journal.get("pidfile"), pid)
+    kind.committed(journal.data, ctx.timeout)
     if journal.get("cleanup"):
         _remove_checkpoint(ctx)
     journal.record("completed", outcome="completed", running_at=running_at)
@@ -463,7 +464,7 @@ def preflight(channel: wire.Channel, request: t.Mapping[str, t.Any]) -> None:
         criu=host.criu_facts(None, timeout), arch=os.uname().machine, can_restore=can, privilege_problem=why,
         free_bytes=free, hash_algorithms=integrity.available_algorithms(),
         journal=None if journal is None else {"id": journal.get("id"), "phase": journal.phase, "outcome": journal.get("outcome")},
-        python=sys.version.split()[0], container=kinds.of(request).target_preflight(request, can),
+        python=sys.version.split()[0], workload=kinds.of(request).target_preflight(request, can),
     )
 
 

@@ -1,5 +1,5 @@
 """The migration's decisions as data: _recovery.resolve over every journal the kill matrix can leave on the source
-(phase, decision, mode, process or container, export sealed or not), every answer the target can give (or none),
+(phase, decision, mode, process or container, export sealed or not, a source whose frozen tree is lost), every answer the target can give (or none),
 and a source that can or cannot run again. The hosts are stood in for; what is checked is what resolve decides and
 does: the outcome, and whether the source was resumed or ended and the target told. The end-to-end kill matrix keeps
 one case per actor and phase class; these cover every combination.
@@ -24,9 +24,12 @@ from .mu_helpers import dir_fd
 # The source journals a migration can be left in: (phase, decision). A commit is written with its decision.
 JOURNALS = [("prepared", None), ("freezing", None), ("frozen", None), ("target_restored", None), ("pages_complete", None),
             ("aborting", "abort"), ("target_restored", "commit"), ("committed", "commit"), ("completed", "commit")]
-KINDS = [("process", "copy"), ("process", "postcopy"), ("container", "copy"), ("sealed container", "copy")]
+# "lost process": its frozen tree died (the source host crashed and rebooted, or it was killed).
+KINDS = [("process", "copy"), ("process", "postcopy"), ("container", "copy"), ("sealed container", "copy"),
+         ("lost process", "copy"), ("lost process", "postcopy")]
 # What the target answers to any decision: unreachable, or where its side stands.
-ANSWERS = [None, "aborted", "absent", "completed", "never_ran", "restored", "restored_incomplete", "receiving"]
+ANSWERS = [None, "aborted", "absent", "completed", "never_ran", "restored", "restored_incomplete", "pages_complete", "receiving"]
+LOST_TREE = [[os.getpid(), 1]]  # a pid that runs, but with another start time: not the process frozen
 CASES = list(itertools.product(JOURNALS, KINDS, ANSWERS, [False, True]))
 IDS = ["%s/%s-%s-%s-%s%s" % (phase, decision, kind.replace(" ", "_"), mode, answer, "-resume_fails" if fails else "")
        for (phase, decision), (kind, mode), answer, fails in CASES]
@@ -57,11 +60,11 @@ class Hosts:
 def resolved(tmp_path, monkeypatch, case) -> t.Tuple[Journal, Hosts]:
     (phase, decision), (kind, mode), answer, resume_fails = case
     hosts = Hosts(monkeypatch, answer, resume_fails)
-    container = None if kind == "process" else {"id": "f" * 64, "name": "web"}
+    container = {"id": "f" * 64, "name": "web"} if kind.endswith("container") else None
     with dir_fd(tmp_path) as fd:
         journal = Journal.create(os.dup(fd), str(tmp_path), "web", phase, id="1", role="source", outcome=None, mode=mode,
                                  decision=decision, container=container, sealed_sent=kind == "sealed container",
-                                 process={"pid": 100, "tree": []})
+                                 process={"pid": 100, "tree": LOST_TREE if kind == "lost process" else []})
     settings = Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256", {}, None, "all")
     recovery.resolve(journal, settings, b"")
     return journal, hosts
@@ -70,7 +73,10 @@ def resolved(tmp_path, monkeypatch, case) -> t.Tuple[Journal, Hosts]:
 def expected(case) -> t.Tuple[str, bool]:
     """The outcome the protocol's rules give, and whether the source runs again (resume attempted)."""
     (phase, decision), (kind, mode), answer, resume_fails = case
-    if decision == "commit" or (phase == "target_restored" and kind != "process"):
+    if kind == "lost process" and decision is None and phase in recovery.FROZEN and (
+            answer == "pages_complete" or (answer == "restored" and mode == "copy")):
+        decision = "commit"  # the source can never run again: the target's whole copy is all that is left
+    if decision == "commit" or (phase == "target_restored" and kind.endswith("container")):
         # A container the target restored runs there: a recovery commits it rather than discard its work.
         if answer == "completed":
             return "completed", False
@@ -106,6 +112,9 @@ def test_resolve(tmp_path, monkeypatch, case):
             assert answer == "never_ran", "after a commit the source runs only when the target's copy never ran"
     if outcome == "completed":
         assert calls[-1] == "end" and answer == "completed"
+    if kind == "lost process" and _decision is None and "target:commit" in calls:
+        # A recovery commits for a lost source only a copy the target said was whole, asked before anything else.
+        assert calls[0] == "target:query" and (answer == "pages_complete" or (answer == "restored" and mode == "copy")), calls
     if outcome in ("completed", "rolled_back"):
         again = Hosts(monkeypatch, answer, False)
         recovery.resolve(journal, Settings("web", str(tmp_path), remote.SshTarget("b"), mode, 60.0, 60.0, None, "sha256",

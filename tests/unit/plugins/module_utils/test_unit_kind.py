@@ -10,6 +10,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _runtime 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir, State
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as registry
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _unit as unit
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._requests import WorkloadRef
 
@@ -71,9 +72,33 @@ def test_cgroup_options_are_refused_for_a_unit():
         kind.refuse_unsupported({"cgroup_root": ["/:/x"]}, "restore")
 
 
-def test_migration_says_not_yet():
-    with pytest.raises(CriuError, match="not supported yet"):
-        unit.Unit().refuse_migration("copy")
+def test_a_unit_migrates_in_both_modes_and_tells_the_target_its_boot_choice():
+    kind = unit.Unit()
+    kind.refuse_migration("copy")
+    kind.refuse_migration("postcopy")
+    record = {"unit": {"name": "web.service", "enabled": "enabled", "control_group": "/system.slice/web.service"},
+              "settings": {"unit_boot": "disable"}}
+    assert kind.recorded_identity(record) == {"unit": {"name": "web.service", "enabled": "enabled", "boot": "disable"}}
+    assert registry.of(kind.recorded_identity(record)).name == "unit", "the target's request picks the unit kind"
+    assert kind.claim_key({"pid": 42, "starttime": 7}, record) == "unit-web.service", "one migration per unit, not per pid"
+
+
+def test_a_lost_source_is_one_whose_every_frozen_process_is_gone():
+    kind = unit.Unit()
+    assert not kind.source_lost({"process": {"tree": [list(member) for member in procfs.tree_identity(os.getpid())]}})
+    assert kind.source_lost({"process": {"tree": [[os.getpid(), 1]]}}), "the pid runs, but another process: lost"
+    assert not kind.source_lost({"process": {"tree": []}}), "nothing frozen yet: nothing lost"
+    assert not registry.of({"container": {"id": "f" * 64}}).source_lost({"process": {"tree": [[os.getpid(), 1]]}}), \
+        "a container's checkpoint, kept by Podman, outlives its processes"
+
+
+def test_a_migration_restore_leaves_the_copy_stopped_or_lazy():
+    criu = CriuRuntime("/usr/sbin/criu", (4, 2, 1))
+    stopped = criu.restore_command(Dir(7, "/x/images"), Dir(8, "/tmp/work"), {}, "/run/p.pid", {}, leave_stopped=True)
+    assert "--leave-stopped" in stopped and "--lazy-pages" not in stopped
+    criu = CriuRuntime("/usr/sbin/criu", (4, 2, 1))
+    lazy = criu.restore_command(Dir(7, "/x/images"), Dir(8, "/tmp/work"), {}, "/run/p.pid", {}, lazy=True)
+    assert "--lazy-pages" in lazy and "--leave-stopped" not in lazy
 
 
 def test_external_sockets_are_marked_at_dump():
