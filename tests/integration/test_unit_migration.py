@@ -88,6 +88,21 @@ class Pair:
         if self.machine(name).running():
             self.machine(name).run("rm -rf %s" % FAILPOINTS)
 
+    def silence_link(self, name: str) -> t.List[int]:
+        """SIGSTOP every sshd of machine ``name`` (host pids): its link goes silent, packets accepted, nothing answers."""
+        machine = self.machine(name)
+        sshds = []
+        for pid in machine.processes():
+            try:
+                with open("/proc/%d/comm" % pid) as handle:
+                    if handle.read().strip() == "sshd":
+                        sshds.append(pid)
+            except OSError:
+                continue
+        for pid in sshds:
+            os.kill(pid, signal.SIGSTOP)
+        return sshds
+
     def counters(self) -> t.Dict[str, t.List[int]]:
         return {name: counters(self.machine(name)) for name in ("a", "b")}
 
@@ -212,8 +227,12 @@ UNIT_MATRIX = [
     ("controller", "a", "target_restored", "completed"),
     ("driver", "a", "target_restored", "rolled_back"),
     ("target", "b", "restored", "rolled_back"),
+    ("link", "b", "restored", "rolled_back"),  # the vote lost: machine-b keeps its stopped, held copy until the rerun
     ("crash", "a", "target_restored", "completed"),  # the source's copy died with its machine: the target's is kept
     ("crash", "a", "committed", "completed"),
+    # Held and its boot start disabled, not frozen yet, and nothing whole on the target: the rerun undoes it, starts the
+    # unit the crash ended (its boot no longer would), and migrates that fresh instance: the memory went with the crash.
+    ("crash", "a", "freezing", "started again"),
 ]
 
 
@@ -224,31 +243,53 @@ def test_unit_kill_matrix(pair, tmp_path, who, host, phase, outcome):
     controller = pair.start_migrate(str(tmp_path / "controller.log"))
     with BothWatched(pair) as watched:
         stopped = pair.reached(host, phase)
+        first_id = pair.journal("a")["id"]
         if who in ("controller", "crash"):
             os.killpg(controller.pid, signal.SIGKILL)  # (a crashed source: the operator's run dies with it)
         if who == "crash":
             pair.a.crash()
+        elif who == "link":
+            silenced = pair.silence_link("b")
         elif who != "controller":
             pair.machine(host).run("kill -KILL %d" % stopped)
         pair.clear_failpoints(host)
+        if who == "link":
+            # machine-a notices the silent link by itself (ssh keepalives) and decides; then the link comes back.
+            wait_for(lambda: (pair.journal("a") or {}).get("outcome"), timeout=120, what="the source to decide")
+            for sshd in silenced:
+                os.kill(sshd, signal.SIGCONT)
         if who == "crash":
             pair.a.boot()
             assert pair.counters()["a"] == [], "the source machine's boot started the unit: its boot start was not disabled"
             rerun = pair.migrate()
-            assert rerun.returncode == 0, rerun.stdout[-3000:]
+            assert rerun.returncode == 0, (rerun.stdout[-3000:], pair.journal("a"))
         journal = pair.settled()
         with open(tmp_path / "controller.log") as handle:
             told = handle.read()
         controller.wait(timeout=300)
-        assert journal["outcome"] == outcome, (journal, told[-2000:])
-        if outcome == "completed":
+        if outcome == "started again":
+            # The crashed migration rolled back; the rerun then migrated the unit it started again, as a new migration.
+            assert journal["outcome"] == "completed" and journal["id"] != first_id, journal
+            fresh = wait_for(lambda: state(pair.b)[1] > 3 and state(pair.b), timeout=30, what="the counter on machine-b")
+            assert fresh[0] != token and pair.counters() == {"a": [], "b": [fresh[2]]}
+            token = fresh[0]
+        elif outcome == "completed":
+            assert journal["outcome"] == outcome, (journal, told[-2000:])
             runs_on_b_continued(pair, token, 0)
         else:
+            assert journal["outcome"] == outcome, (journal, told[-2000:])
             # Rolled back: the source's unit runs the original process again, its Restart= and boot start its own.
             assert wait_for(lambda: pair.counters()["a"] == [pid], timeout=30, what="the source's counter to run again")
             assert int(show(pair.a, "MainPID")) == pid and show(pair.a, "ActiveState") == "active"
-            assert state(pair.a)[0] == token and pair.counters()["b"] == []
-            assert show(pair.b, "ActiveState") in ("inactive", "failed")
+            assert state(pair.a)[0] == token
+            if who == "link":
+                # Its copy stays on machine-b, stopped and held (Restart=no), until a rerun tells machine-b the decision.
+                assert journal["target_cleanup"] == "pending", journal
+                held = pair.counters()["b"]
+                assert len(held) == 1 and pair.b.run("ps -o stat= -p %d" % held[0]).stdout.strip().startswith("T")
+                assert show(pair.b, "Restart") == "no"
+            else:
+                assert pair.counters()["b"] == [] and show(pair.b, "ActiveState") in ("inactive", "failed")
             assert ssh(pair.a, "systemctl is-enabled %s" % UNIT, check=False).stdout.strip() == "enabled"
             assert ssh(pair.b, "systemctl is-enabled %s" % UNIT, check=False).stdout.strip() == "disabled"
             assert ssh(pair.a, "ls /run/systemd/system/%s.d 2>/dev/null || true" % UNIT).stdout.strip() == ""

@@ -92,7 +92,7 @@ class Watch:
         while not self.stop.is_set():
             try:
                 self.most = max(self.most, len(counters(self.machine)))
-            except AssertionError:  # the machine is down (crashed, booting): no sample
+            except (AssertionError, subprocess.TimeoutExpired):  # the machine is down or its sshd silent: no sample
                 continue
             self.samples += 1
             time.sleep(0.1)

@@ -253,6 +253,11 @@ class Kind(abc.ABC):
     def resume_source(self, record: Record, timeout: float) -> None:
         """Let the frozen source run on with its memory; raise when it cannot."""
 
+    def release(self, record: Record, timeout: float) -> None:
+        """Undo what a migration did to the source's workload before its freeze (a unit's hold and boot start), when
+        it is undone before anything was frozen."""
+        return None
+
     @abc.abstractmethod
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """The target runs it now: the source must never run again. What could not be cleaned up, if anything."""

@@ -141,11 +141,10 @@ class ProcessTree(Workload):
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
 
 
-def freeze_tree(freezer: Freezer, staging: store.Staging, pid: int, before_dump: t.Callable[[], None] = lambda: None,
-                external_unix: t.Sequence[int] = (), recorded: t.Optional[t.Mapping[str, t.Any]] = None
-                ) -> t.Tuple[t.Dict[str, t.Any], float]:
+def freeze_tree(freezer: Freezer, staging: store.Staging, pid: int, external_unix: t.Sequence[int] = (),
+                recorded: t.Optional[t.Mapping[str, t.Any]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:
     """criu dumps the tree (left stopped) while its images stream to the target; its metadata (with ``recorded``, a
-    kind's own record) and dump seconds. ``before_dump`` runs once the freeze window is journaled open."""
+    kind's own record) and dump seconds."""
     record = freezer.journal_data()
     runtime = CriuRuntime.load(record.get("criu_path"))
     runtime.on_spawn = lambda criu_pid: freezer.note(criu=procfs.tree_identity(criu_pid)[0])
@@ -156,7 +155,6 @@ def freeze_tree(freezer: Freezer, staging: store.Staging, pid: int, before_dump:
     work = Dir(staging.fd, staging.path)
     facts = procfs.process_facts(pid, st)
     freezer.start_freeze(pid)
-    before_dump()
     with follow.ImageFollower(images.fd, images.path, freezer.algorithm, on_chunk=freezer.send_chunk,
                               write_back=False) as follower:
         if freezer.mode == "postcopy":

@@ -53,12 +53,14 @@ from ansible_collections.nucleus.criu.plugins.module_utils._requests import Chec
 SYSTEMCTL_PATHS = ("/usr/bin/systemctl", "/bin/systemctl")
 SYSTEMCTL_REMEDY = "systemctl runs as root to manage the unit: keep it and its directories root's."
 RUNTIME_UNITS = "/run/systemd/system"
+UNIT_CONFIG = "/etc/systemd/system"  # where systemctl enable and disable change symlinks
+BOOT_LINK_DIRS = (".wants", ".requires", ".upholds")
 RESTORE_DROP_IN = "50-nucleus-criu-restore.conf"
 END_DROP_IN = "50-nucleus-criu-end.conf"
 HOLD_DROP_IN = "50-nucleus-criu-hold.conf"
 # While a migration is undecided, neither host's systemd may start the service anew should its copy die.
 HOLD = ["Restart=no"]
-PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlGroup")
+PROPERTIES = ("Id", "LoadState", "ActiveState", "SubState", "MainPID", "ControlGroup", "Restart")
 # criu options that would take the restored tree out of the cgroup systemd gave the unit.
 CGROUP_OPTIONS = ("manage_cgroups", "cgroup_root")
 STDIO = (1, 2)
@@ -305,9 +307,17 @@ def enablement(name: str, timeout: float) -> str:
 
 def set_boot_start(name: str, enable: bool, timeout: float) -> None:
     """Enable or disable the unit's start at boot, and make it durable now: a host that crashes a moment later must
-    boot with it (the symlinks in /etc)."""
+    boot with it. systemctl changes symlinks in /etc/systemd/system and its .wants/.requires directories: those
+    directories are synced, not the whole host (a sync of every filesystem can take seconds on a busy host)."""
     systemctl("enable" if enable else "disable", "--no-reload", "--", name, timeout=timeout)
-    os.sync()
+    for directory in [UNIT_CONFIG] + sorted(os.path.join(UNIT_CONFIG, entry) for entry in os.listdir(UNIT_CONFIG)
+                                           if entry.endswith(BOOT_LINK_DIRS)):
+        with contextlib.suppress(OSError):
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class ServiceTree(ProcessTree):
@@ -515,26 +525,36 @@ class Unit(Process):
         unit = _recorded(record)
         name, timeout = unit["name"], freezer.timeout
         stdio = stdio_sockets(pid)
-
-        def hold() -> None:
-            disable = _boot(record) in ("move", "disable") and unit.get("enabled") == "enabled"
-            freezer.note(unit=dict(unit, boot_disabled=disable, held=True))
-            write_drop_in(name, HOLD_DROP_IN, HOLD)
-            systemctl("daemon-reload", timeout=timeout)
-            if disable:
-                set_boot_start(name, False, timeout)
-
-        return freeze_tree(freezer, staging, pid, before_dump=hold, external_unix=sorted(set(stdio.values())),
+        # Before the freeze window opens (not in the downtime); a migration undone from here calls release().
+        disable = _boot(record) in ("move", "disable") and unit.get("enabled") == "enabled"
+        freezer.note(unit=dict(unit, boot_disabled=disable, held=True))
+        write_drop_in(name, HOLD_DROP_IN, HOLD)
+        systemctl("daemon-reload", timeout=timeout)
+        if disable:
+            set_boot_start(name, False, timeout)
+        return freeze_tree(freezer, staging, pid, external_unix=sorted(set(stdio.values())),
                            recorded={"unit": {"name": name, "control_group": unit.get("control_group"), "stdio": stdio}})
 
     def resume_source(self, record: Record, timeout: float) -> None:
         """The frozen tree runs on as the unit's MainPID; the unit's Restart= and boot start are its own again."""
-        unit = _recorded(record)
         super().resume_source(record, timeout)
-        if unit.get("held"):
-            release_hold(unit["name"], timeout)
+        self.release(record, timeout)
+
+    def release(self, record: Record, timeout: float) -> None:
+        """The unit's own Restart= and boot start again. A source whose copy was lost meanwhile (its host crashed,
+        its process was killed) did not get the unit started again, by its boot or by Restart=, because the migration
+        held both: it is started now, as they would have."""
+        unit = _recorded(record)
+        name = unit.get("name")
+        if not name:
+            return
+        release_hold(name, timeout)
         if unit.get("boot_disabled"):
-            set_boot_start(unit["name"], True, timeout)
+            set_boot_start(name, True, timeout)
+        props = show(name, timeout)
+        if self.source_lost(record) and props.get("ActiveState") in ("inactive", "failed") and (
+                unit.get("boot_disabled") or props.get("Restart") != "no"):
+            systemctl("start", "--", name, timeout=timeout)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """The unit stops here (SIGKILL, no restart) and stays stopped: its boot start went at the freeze."""

@@ -102,6 +102,12 @@ def resolve(journal: Journal, settings_: Settings, code: bytes) -> None:
     if journal.phase == "prepared":
         # Nothing was frozen; the target, which had not voted, has undone its part or will when asked.
         _ask_target(settings_, code, journal, "abort")
+        try:
+            kinds.of(journal.data).release(journal.data, _timeout(journal))
+        except CriuError as exc:
+            journal.record("prepared", outcome="in_doubt", decision="abort",
+                           error="the migration was undone, but the source's workload could not be released: %s" % exc.msg)
+            return
         journal.record("rolled_back", outcome="rolled_back", decision="abort")
         return
     journal.record("aborting", decision="abort")
