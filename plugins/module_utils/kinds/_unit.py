@@ -249,7 +249,7 @@ def end_unit(name: str, identity: t.Sequence[t.Sequence[int]], timeout: float) -
         # Should systemd have failed to stop it, it is killed here while Restart=no still holds, and only then does
         # the unit get its own settings back.
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
-        remove_drop_in(name, (END_DROP_IN, HOLD_DROP_IN), timeout)
+        remove_drop_in(name, (END_DROP_IN, HOLD_DROP_IN, RESTORE_DROP_IN), timeout)
 
 
 def start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: t.Mapping[str, t.Any], stdio: t.Mapping[str, int],
@@ -257,7 +257,8 @@ def start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: 
                    hold: bool = False) -> t.Tuple[int, Run]:
     """systemctl start with the restore drop-in: criu (its ExecStart) restores the tree with the journald streams
     systemd just opened for the unit; the unit's MainPID must be the tree criu restored. A migration's copy (``hold``)
-    keeps Restart=no until its commit (hold_drop_in): a copy that dies meanwhile must not come back as a fresh start."""
+    keeps the restore drop-in, and so Restart=no, until its decision (release_hold, or end_unit): a copy that dies
+    meanwhile must not come back as a fresh start (and no second daemon-reload lengthens the downtime)."""
     argv = runtime.restore_command(Dir(checkpoint.images_fd, os.path.join(checkpoint.path, store.IMAGES)), work, options, pidfile,
                                    inherit_map(stdio), leave_stopped=leave_stopped, lazy=lazy)
     with contextlib.suppress(FileNotFoundError):
@@ -273,9 +274,8 @@ def start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: 
                 systemctl("daemon-reload", timeout=timeout)
                 returncode = systemctl("start", "--", name, timeout=timeout + 10, check=False).returncode
             finally:
-                if hold:
-                    write_drop_in(name, HOLD_DROP_IN, HOLD)
-                remove_drop_in(name, RESTORE_DROP_IN, timeout)
+                if not hold:
+                    remove_drop_in(name, RESTORE_DROP_IN, timeout)
             runtime.restore_finished(work, returncode)
         duration = time.monotonic() - started
         with open(pidfile) as handle:
@@ -295,9 +295,11 @@ def start_restored(runtime: CriuRuntime, checkpoint: store.Checkpoint, options: 
 
 
 def release_hold(name: str, timeout: float) -> None:
-    """The unit's own Restart= again (hold_drop_in gone)."""
-    if os.path.lexists(os.path.join(_drop_in_dir(name), HOLD_DROP_IN)):
-        remove_drop_in(name, HOLD_DROP_IN, timeout)
+    """The unit's own settings again: a migration's hold gone (on the source the hold drop-in, on the target the
+    restore drop-in it kept)."""
+    held = [file_name for file_name in (HOLD_DROP_IN, RESTORE_DROP_IN) if os.path.lexists(os.path.join(_drop_in_dir(name), file_name))]
+    if held:
+        remove_drop_in(name, held, timeout)
 
 
 def enablement(name: str, timeout: float) -> str:
@@ -613,18 +615,20 @@ class Unit(Process):
         return {"unit": _recorded(record).get("name")}
 
     def remove_landed(self, record: Record, timeout: float) -> t.List[int]:
-        """The unit stops here (SIGKILL, no restart) when it runs this migration's copy, or is still starting it (the
-        agent died mid-restore); a unit this migration did not start is left alone."""
+        """The unit stops here (SIGKILL, no restart) when it runs this migration's copy: its MainPID is the copy, or its
+        restore drop-in (kept until the decision) is still there, or it is still starting it (the agent died
+        mid-restore). A unit this migration did not start is left alone."""
         name = _recorded(record).get("name")
         if not name:
             return []
         props = show(name, timeout)
         tree = record.get("tree") or []
-        ours = props.get("ActiveState") in ("activating", "deactivating") or (tree and main_pid(props) == tree[0][0])
+        ours = (props.get("ActiveState") in ("activating", "deactivating") or bool(tree and main_pid(props) == tree[0][0])
+                or os.path.lexists(os.path.join(_drop_in_dir(name), RESTORE_DROP_IN)))
         if ours:
             end_unit(name, tree, timeout)
         else:
-            remove_drop_in(name, (RESTORE_DROP_IN, HOLD_DROP_IN), timeout)
+            release_hold(name, timeout)
         return []
 
 
