@@ -378,7 +378,7 @@ def test_a_process_seen_before_its_exec_is_counted_as_what_it_runs(monkeypatch):
     """A fork seen by the sampler before its exec (bare.py's ssh) is counted as the program it then runs."""
     stats = {4242: ("python3", 1.0, 7)}
     lines = {4242: "/usr/bin/python3 bare.py"}
-    monkeypatch.setattr(cpuprof, "read_stat", lambda pid: stats.get(pid))
+    monkeypatch.setattr(cpuprof, "read_stat", stats.get)
     monkeypatch.setattr(cpuprof, "cmdline", lambda pid: lines.get(pid, ""))
     monkeypatch.setattr(cpuprof.os, "listdir", lambda path: ["4242"])
     sampler = cpuprof.MachineSampler()

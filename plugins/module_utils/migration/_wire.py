@@ -53,7 +53,7 @@ class Channel:
         self.write_fd = write_fd
         self.bytes_sent = 0
         self._buffer = bytearray(1 << 16)
-        for fd in {read_fd, write_fd}:
+        for fd in sorted({read_fd, write_fd}):
             widen_pipe(fd)
 
     def write_raw(self, data: t.Union[bytes, memoryview]) -> None:
