@@ -37,7 +37,7 @@ import tempfile
 import time
 import typing as t
 
-from bench import env
+from bench import cpuprof, env
 from bench.env import BENCH_ROOT, POSTCOPY_PIPE_SIZE, BenchError, kill_and_wait, log
 from bench.containers import container_run, load_image
 from bench.local import local_run
@@ -64,6 +64,9 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--migrate-hash-algorithm", choices=["auto", "sha256", "blake3"],
                         help="migrate_hash_algorithm for the role (default: the role's own default, auto)")
     parser.add_argument("--local-only", action="store_true", help="only the local rows: no ssh hosts, no migrations")
+    parser.add_argument("--cpu-scope", default="machine", choices=["machine", "pair"],
+                        help="whose CPU the migration rows count: every process on the machine (default; read it on a quiet "
+                             "machine), or only the test host pair's and this benchmark's own (a machine that runs anything else)")
     parser.add_argument("--containers", default="", metavar="SIZES",
                         help="also Podman containers of these sizes in MiB (0: a small counter), bare Podman against the "
                              "modules, locally and migrating; prepares this host with the criu role's criu_containers "
@@ -147,6 +150,8 @@ def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any],
         hosts.env["NUCLEUS_TESTHOSTS_PYTHON"] = env.PYTHON  # the venv's Python on the hosts: it has blake3
         stack.callback(stop_hosts, hosts)
         hosts.up()
+        if args.cpu_scope == "pair":
+            bench.cpu_scope = cpuprof.pair_scope([hosts.mount_ns("a"), hosts.mount_ns("b")], run_dir)
     if not args.containers_only:
         measure_processes(args, run_dir, results, stack, bench, hosts)
     if args.containers:
@@ -203,7 +208,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     started = time.monotonic()
     config = {"sizes": args.sizes, "runs": args.runs, "fanout_mib": args.fanout_mib, "fanout_pairs": args.fanout, "port": env.PORT,
               "fanout_port": env.FANOUT_PORT, "hash_algorithm": args.hash_algorithm, "local_only": args.local_only,
-              "migrate_hash_algorithm": args.migrate_hash_algorithm or "the role's default (auto)", "containers": args.containers}
+              "migrate_hash_algorithm": args.migrate_hash_algorithm or "the role's default (auto)", "containers": args.containers,
+              "cpu_scope": args.cpu_scope}
     results: t.Dict[str, t.Any] = {"machine": env.machine(), "config": config, "sizes": {}, "fanout": {}, "containers": {}}
     try:
         with contextlib.ExitStack() as stack:
@@ -223,6 +229,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         print("\n%s, %s CPUs (%s), %s GiB, kernel %s, Debian %s, %s, %s, commit %s%s; %.0f s; JSON: %s" % (
             m["date"], m["nproc"], m["cpu"], m["memory_gib"], m["kernel"], m["debian"], " ".join(m["criu"]), " ".join(m["ansible_core"]),
             m["commit"], " (with uncommitted changes)" if m["uncommitted_changes"] else "", results["elapsed_s"], args.json))
+        if args.cpu_scope == "pair":
+            print("CPU rows: the test host pair's processes and this benchmark's own only (--cpu-scope pair), not the whole machine's")
         return 0
     except BaseException as exc:
         results["error"] = str(exc) or type(exc).__name__

@@ -139,15 +139,59 @@ class Sampler:
         return sum(max(0.0, last - first) for first, last in self.masters.values())
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``ancestor`` is a parent, grandparent, ... of ``pid`` (through /proc/PID/stat's ppid)."""
+    for _hop in range(64):
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as handle:
+                raw = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return False
+        pid = int(raw[raw.rindex(")") + 2:].split()[1])
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def pair_scope(mount_namespaces: t.Iterable[str], needle: str) -> t.Callable[[int, str], bool]:
+    """What one migration between two test hosts runs, and nothing else of a shared machine: the processes in either
+    host's mount namespace (sshd, the modules, driver, worker and agents, criu, the workloads, the bare pipeline), the
+    benchmark's own descendants (ansible-playbook and its ssh clients) and the processes whose command line names
+    ``needle`` (this run's directory: Ansible's daemonized ssh masters)."""
+    namespaces = set(mount_namespaces)
+    own = os.getpid()
+
+    def inside(pid: int, command: str) -> bool:
+        if needle in command:
+            return True
+        try:
+            if os.readlink("/proc/%d/ns/mnt" % pid) in namespaces:
+                return True
+        except OSError:
+            pass
+        return descends_from(pid, own)
+    return inside
+
+
 class MachineSampler:
     """Every process on the machine (but this one), sampled every INTERVAL until stop(): the CPU each used in between,
     by machine_category. The test hosts and the controller share this machine, so this is what a migration costs on
     both hosts and the controller together. Processes shorter than one interval are missed; the machine's busy time
-    (machine_busy_s) over the same window gives their share, and that of the kernel's interrupts."""
+    (machine_busy_s) over the same window gives their share, and that of the kernel's interrupts.
 
-    def __init__(self) -> None:
+    With a ``scope`` (pid, command line -> whether it counts; see pair_scope), only the processes it accepts count:
+    on a machine that runs anything else, the figures are then this migration's alone. What sampling misses is not
+    known then (the machine's busy time is everyone's), so there is no "not sampled" and ``busy_s`` is the sum of
+    what was seen."""
+
+    def __init__(self, scope: t.Optional[t.Callable[[int, str], bool]] = None) -> None:
+        self.scope = scope
         self.first: t.Dict[t.Tuple[int, int], float] = {}
         self.last: t.Dict[t.Tuple[int, int], t.Tuple[str, float]] = {}
+        self._comm: t.Dict[t.Tuple[int, int], str] = {}
+        self._outside: t.Set[t.Tuple[int, int]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="machine-cpu-sampler", daemon=True)
         self._busy_before = 0.0
@@ -164,6 +208,8 @@ class MachineSampler:
         self._thread.join(timeout=10)
         self._scan(baseline=False)
         self.busy_s = machine_busy_s() - self._busy_before
+        if self.scope is not None:
+            self.busy_s = sum(max(0.0, cpu - self.first[key]) for key, (_category, cpu) in self.last.items())
 
     def _loop(self) -> None:
         while not self._stop.wait(INTERVAL):
@@ -179,20 +225,29 @@ class MachineSampler:
                 continue
             comm, cpu, start = stat
             key = (int(entry), start)
+            if key in self._outside:
+                continue
             if key not in self.first:
+                command = cmdline(int(entry))
+                if self.scope is not None and not self.scope(int(entry), command):
+                    self._outside.add(key)
+                    continue
                 self.first[key] = cpu if baseline else 0.0
+                self.last[key] = (machine_category(comm, command), cpu)
+            elif comm != self._comm.get(key):  # seen between its fork and its exec: what it runs now says what it is
                 self.last[key] = (machine_category(comm, cmdline(int(entry))), cpu)
             else:
                 self.last[key] = (self.last[key][0], cpu)
+            self._comm[key] = comm
 
     def by_category(self) -> t.Dict[str, float]:
-        """CPU seconds used in the window, by category; what sampling missed as "not sampled"."""
+        """CPU seconds used in the window, by category; what sampling missed as "not sampled" (unscoped only)."""
         found: t.Dict[str, float] = {}
         for key, (category, cpu) in self.last.items():
             used = cpu - self.first[key]
             if used > 0:
                 found[category] = found.get(category, 0.0) + used
         missed = self.busy_s - sum(found.values())
-        if missed > 0:
+        if missed > 0 and self.scope is None:
             found["not sampled (short-lived, interrupts, this sampler)"] = missed
         return found

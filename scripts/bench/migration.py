@@ -40,6 +40,7 @@ class Bench:
         os.makedirs(self.control_dir, mode=0o700, exist_ok=True)
         self.algorithm = migrate_hash_algorithm
         self.logs = 0
+        self.cpu_scope: t.Optional[t.Callable[[int, str], bool]] = None  # --cpu-scope pair: cpuprof.pair_scope
 
     def ansible_env(self, forks: int) -> t.Dict[str, str]:
         return dict(os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=self.control_dir, ANSIBLE_FORKS=str(forks), ANSIBLE_NOCOLOR="1",
@@ -141,7 +142,7 @@ def migrate(hosts: Hosts, bench: Bench, moves: t.Sequence[t.Tuple[RemoteOn, str,
 def role_row(hosts: Hosts, bench: Bench, workload: RemoteOn, mode: str) -> t.Dict[str, t.Any]:
     """The migrate role, host-a -> host-b, one workload (list form): downtime and phases from the source's journal;
     the CPU the whole machine spent meanwhile (both hosts and the controller), by category."""
-    sampler = cpuprof.MachineSampler().start()
+    sampler = cpuprof.MachineSampler(bench.cpu_scope).start()
     try:
         wall, journals, _profile = migrate(hosts, bench, [(workload, "a", "b")], mode,
                                            "ansible-playbook nucleus.criu.migrate (%s, %s)" % (mode, workload.name))
@@ -186,7 +187,7 @@ def bare_row(hosts: Hosts, bench: Bench, workload: RemoteOn, tag: str) -> t.Dict
     q = shlex.quote
     directory = bare_dir(tag)
     hosts.run("a", "mkdir -p -m 0700 %s/images" % q(directory))
-    sampler = cpuprof.MachineSampler()
+    sampler = cpuprof.MachineSampler(bench.cpu_scope)
     try:
         sampler.start()
         try:

@@ -153,6 +153,8 @@ def machine_category(comm: str, cmdline: str) -> str:
     (the module, the driver and worker, the target's agent: hashing, framing, the journal), a container engine."""
     if comm == "criu":
         return "criu"
+    if "demo/counter.py" in cmdline:
+        return "the workload (its restored copy, its end)"
     if comm in ("ssh", "sshd") or comm.startswith("sshd"):
         return "ssh and sshd (cipher, both ends)"
     if "ansible-playbook" in cmdline or comm.startswith("ansible-playboo"):

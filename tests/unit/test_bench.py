@@ -12,7 +12,7 @@ SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 if SCRIPTS not in sys.path:
     sys.path.insert(0, SCRIPTS)
 
-from bench import summary  # noqa: E402  pylint: disable=wrong-import-position
+from bench import cpuprof, summary  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def test_median_ignores_what_was_not_measured():
@@ -306,6 +306,7 @@ def test_container_ratios_and_table():
 
 @pytest.mark.parametrize("comm, cmdline, expected", [
     ("criu", "/usr/local/sbin/criu dump -t 42", "criu"),
+    ("python", "/venv/bin/python /repo/demo/counter.py /run/x.state --mem 256", "the workload (its restored copy, its end)"),
     ("sshd", "sshd: root@notty", "ssh and sshd (cipher, both ends)"),
     ("ssh", "ssh -p 2222 root@127.0.0.3 python3 -c x", "ssh and sshd (cipher, both ends)"),
     ("ansible-playboo", "/venv/bin/python /venv/bin/ansible-playbook nucleus.criu.migrate", "Ansible controller"),
@@ -332,3 +333,56 @@ def test_cpu_per_gib_rows_and_the_same_run_ratio():
     assert any(line.startswith("|   CPU ratio copy / bare (same run)") and "3.00x" in line for line in text.splitlines())
     block = text.splitlines()[text.splitlines().index(next(line for line in text.splitlines() if line.startswith("| migrate role, copy: CPU s per GiB"))):]
     assert any(line.startswith("| Ansible controller") and "16.00" in line for line in block), block
+
+
+def _sleeper(*argv):
+    import subprocess  # pylint: disable=import-outside-toplevel
+    return subprocess.Popen(list(argv) or ["sleep", "30"])
+
+
+def test_a_scoped_sampler_counts_only_what_its_scope_accepts():
+    """--cpu-scope pair: on a shared machine only the pair's processes count, and there is no "not sampled" rest
+    (the machine's busy time is everyone's)."""
+    ours, theirs = _sleeper(), _sleeper()
+    try:
+        seen = []
+
+        def scope(pid, command):
+            seen.append(pid)
+            return pid == ours.pid
+        sampler = cpuprof.MachineSampler(scope).start()
+        sampler.stop()
+        assert ours.pid in seen and theirs.pid in seen
+        assert {pid for pid, _start in sampler.last} == {ours.pid}
+        assert "not sampled (short-lived, interrupts, this sampler)" not in sampler.by_category()
+        assert sampler.busy_s == sum(max(0.0, cpu - sampler.first[key]) for key, (_cat, cpu) in sampler.last.items())
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait()
+
+
+def test_pair_scope_takes_the_benchmarks_own_children_and_the_run_directory(tmp_path):
+    child = _sleeper("sleep", "30")
+    try:
+        inside = cpuprof.pair_scope([], str(tmp_path))
+        assert inside(child.pid, "sleep 30")  # a descendant of the benchmark (ansible-playbook, its ssh)
+        assert inside(1, "ssh: %s/cp/abc [mux]" % tmp_path)  # Ansible's daemonized ssh master of this run
+        assert not inside(1, "/sbin/init")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_process_seen_before_its_exec_is_counted_as_what_it_runs(monkeypatch):
+    """A fork seen by the sampler before its exec (bare.py's ssh) is counted as the program it then runs."""
+    stats = {4242: ("python3", 1.0, 7)}
+    lines = {4242: "/usr/bin/python3 bare.py"}
+    monkeypatch.setattr(cpuprof, "read_stat", stats.get)
+    monkeypatch.setattr(cpuprof, "cmdline", lambda pid: lines.get(pid, ""))
+    monkeypatch.setattr(cpuprof.os, "listdir", lambda path: ["4242"])
+    sampler = cpuprof.MachineSampler()
+    sampler._scan(baseline=True)  # pylint: disable=protected-access
+    stats[4242], lines[4242] = ("ssh", 5.0, 7), "ssh -p 2288 root@127.0.0.3"
+    sampler._scan(baseline=False)  # pylint: disable=protected-access
+    assert sampler.last[(4242, 7)] == ("ssh and sshd (cipher, both ends)", 5.0)

@@ -49,7 +49,9 @@ class Freezer(t.Protocol):
     def start_freeze(self, pid: int) -> None:
         """The freeze window opens (journaled, with the tree about to be frozen)."""
 
-    def send_chunk(self, name: str, offset: int, data: memoryview) -> None: ...
+    def send_chunk(self, name: str, offset: int, data: memoryview, fd: t.Optional[int] = None) -> None:
+        """Send ``data``, the bytes at ``offset`` of image ``name`` (also at ``offset`` of the open file ``fd``, when
+        given: they are sent from there, without a copy)."""
 
     def manifest(self, images_fd: int, hashed: t.Dict[str, FileDigest]) -> t.List[t.Dict[str, t.Any]]:
         """Send what was not streamed while written; the manifest of everything sent."""

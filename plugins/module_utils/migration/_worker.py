@@ -33,27 +33,29 @@ SEND_CHUNK = 4 * 1024 * 1024
 
 
 def send_rest(images_fd: int, hashed: t.Dict[str, integrity.FileDigest], algorithm: str,
-              send: t.Callable[[str, int, memoryview], None]) -> t.Dict[str, integrity.FileDigest]:
+              send: t.Callable[[str, int, memoryview, int], None]) -> t.Dict[str, integrity.FileDigest]:
     """Images criu wrote in one go (not followed while it wrote): hash and send each in one pass. An empty image,
     followed or not, goes as one empty chunk, so that the target creates it too: criu writes empty images (the
     iptables-N.img of a network namespace without rules, from iptables-save) and the manifest lists them."""
+    buffer = bytearray(SEND_CHUNK)
+    view = memoryview(buffer)
     for name in integrity.list_images(images_fd):
         if name in hashed:
             if hashed[name].size == 0:
-                send(name, 0, memoryview(b""))
+                send(name, 0, memoryview(b""), -1)
             continue
         fd = integrity.open_image(images_fd, name)
         try:
             digester, offset = integrity.Digester(algorithm), 0
             while True:
-                data = os.pread(fd, SEND_CHUNK, offset)
-                if not data:
+                count = os.preadv(fd, [buffer], offset)
+                if not count:
                     break
-                digester.update(data)
-                send(name, offset, memoryview(data))
-                offset += len(data)
+                digester.update(view[:count])
+                send(name, offset, view[:count], fd)
+                offset += count
             if offset == 0:
-                send(name, 0, memoryview(b""))
+                send(name, 0, memoryview(b""), -1)
             hashed[name] = digester.result()
         finally:
             os.close(fd)
@@ -182,10 +184,13 @@ class Worker:
         self.daemon = start(self.relay.sock.fileno())  # type: ignore[union-attr]
         return self.daemon.startup
 
-    def send_chunk(self, name: str, offset: int, data: memoryview) -> None:
+    def send_chunk(self, name: str, offset: int, data: memoryview, fd: t.Optional[int] = None) -> None:
         agent = t.cast(remote.Agent, self.agent)
         try:
-            agent.channel.send_chunk(name, offset, data)
+            if fd is None or fd < 0 or not data:
+                agent.channel.send_chunk(name, offset, data)
+            else:  # the bytes just hashed, from the page cache (sendfile), not from our buffer
+                agent.channel.send_file_chunk(name, offset, fd, len(data))
         except wire.LinkError as exc:
             raise _why_the_send_broke(agent, exc) from exc
         if not self._progress_at:

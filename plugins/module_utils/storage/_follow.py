@@ -44,9 +44,10 @@ class ImageFollower:
     """Context manager around a dump: follows page images in a thread; ``digests()`` after criu exited."""
 
     def __init__(self, images_fd: int, images_dir: str, algorithm: str,
-                 on_chunk: t.Optional[t.Callable[[str, int, memoryview], None]] = None, write_back: bool = True,
+                 on_chunk: t.Optional[t.Callable[[str, int, memoryview, int], None]] = None, write_back: bool = True,
                  followed: t.Pattern[str] = FOLLOWED) -> None:
-        """``on_chunk(name, offset, bytes)`` sees every byte as it is hashed (a migration streams it to the target);
+        """``on_chunk(name, offset, bytes, fd)`` sees every byte as it is hashed (a migration streams it to the target;
+        ``fd``, the image open for reading, holds the same bytes at ``offset``, for a send without a copy);
         ``write_back`` flushes the images to disk as they grow (for checkpoints that must outlive the process);
         ``followed`` names the files written front to back (criu's page images, or Podman's export)."""
         self.images_fd = images_fd
@@ -100,7 +101,7 @@ class ImageFollower:
             while count:
                 image.digest.update(view[:count])
                 if self.on_chunk is not None:
-                    self.on_chunk(image.name, image.size, view[:count])
+                    self.on_chunk(image.name, image.size, view[:count], image.fd)
                 image.size += count
                 progressed = True
                 count = os.preadv(image.fd, [self._buffer], image.size)

@@ -52,15 +52,20 @@ def test_follower_streams_podmans_export_as_it_grows(tmp_path, monkeypatch):
     monkeypatch.setattr(follow, "CHUNK", 50 * 1024)
     chunks = [os.urandom(40 * 1024 + n) for n in range(8)]
     sent = []
+
+    def on_chunk(name, offset, data, image_fd):
+        sent.append((name, offset, bytes(data), os.pread(image_fd, len(data), offset)))
+
     with dir_fd(tmp_path) as fd, follow.ImageFollower(fd, str(tmp_path), "sha256", write_back=False, followed=follow.FOLLOWED_EXPORT,
-                                                      on_chunk=lambda name, offset, data: sent.append((name, offset, bytes(data)))) as follower:
+                                                      on_chunk=on_chunk) as follower:
         _append(str(tmp_path / "export.tar"), chunks, follower)
         (tmp_path / "pages-1.img").write_bytes(b"not followed here")
         digests = follower.digests()
     data = b"".join(chunks)
     assert list(digests) == ["export.tar"] and digests["export.tar"].size == len(data)
-    assert b"".join(part for _name, _offset, part in sent) == data and len(sent) > 1, "streamed in pieces while it grew"
-    assert [offset for _name, offset, _part in sent] == sorted({offset for _name, offset, _part in sent})
+    assert b"".join(part for _name, _offset, part, _in_file in sent) == data and len(sent) > 1, "streamed in pieces while it grew"
+    assert [offset for _name, offset, _part, _in_file in sent] == sorted({offset for _name, offset, _part, _in_file in sent})
+    assert all(part == in_file for _name, _offset, part, in_file in sent), "the fd holds each chunk's bytes at its offset"
 
 
 @pytest.mark.parametrize("algorithm", integrity.available_algorithms())

@@ -31,7 +31,7 @@ def test_every_image_reaches_the_target_even_an_empty_one(tmp_path):
     followed = {"pages-1.img": integrity.Digester("sha256").result()}
     sent = []
     with dir_fd(tmp_path) as fd:
-        hashed = worker.send_rest(fd, dict(followed), "sha256", lambda name, offset, data: sent.append((name, offset, bytes(data))))
+        hashed = worker.send_rest(fd, dict(followed), "sha256", lambda name, offset, data, _fd: sent.append((name, offset, bytes(data))))
     assert sorted(sent) == [("core-1.img", 0, b"core"), ("iptables-10.img", 0, b""), ("pages-1.img", 0, b"")]
     assert set(hashed) == {"core-1.img", "iptables-10.img", "pages-1.img"}
     assert hashed["iptables-10.img"] == integrity.Digester("sha256").result()
