@@ -67,17 +67,20 @@ def _shown(result: placement.Plan, items: t.Sequence[t.Mapping[str, t.Any]], unp
 
 def drain_plan(source: t.Mapping[str, t.Any], targets: t.Mapping[str, t.Mapping[str, t.Any]], source_host: str,
                given: t.Optional[t.Sequence[t.Mapping[str, t.Any]]] = None, parallel: int = 0,
-               per_target: int = 0) -> t.Dict[str, t.Any]:
+               per_target: int = 0, addresses: t.Optional[t.Mapping[str, str]] = None) -> t.Dict[str, t.Any]:
     """The plan of a drain from criu_drain_facts' ``source`` facts and each target's ``target`` facts (by inventory
     name): the migrations to run (migrate_workloads items, in waves), the workloads not placed and why (those the
-    source cannot checkpoint among them), and those an earlier run moved already."""
+    source cannot checkpoint among them), and those an earlier run moved already (to the inventory host whose address,
+in ``addresses``, its journal names)."""
     workloads = _workloads(source)
     movable = [w for w in workloads if w.get("movable")]
     result = placement.plan([_typed(w, str(source.get("arch") or "")) for w in movable], _targets(targets), parallel, per_target)
     unplaced = [{"workload": w["name"], "reason": w.get("problem") or "it cannot be checkpointed here"}
                 for w in workloads if not w.get("movable") and w.get("state") != "moved"]
     unplaced += [u._asdict() for u in result.unplaced]
-    moved = [{"workload": w["name"], "target": (w.get("migration") or {}).get("target"),
+    by_address = {address: name for name, address in sorted((addresses or {}).items(), reverse=True) if address}
+    moved = [{"workload": w["name"], "target": by_address.get((w.get("migration") or {}).get("target_host"),
+                                                               (w.get("migration") or {}).get("target")),
               "downtime_seconds": (w.get("migration") or {}).get("downtime_seconds"),
               "image_bytes": (w.get("migration") or {}).get("image_bytes")}
              for w in workloads if w.get("state") == "moved"]

@@ -21,7 +21,7 @@ def found(name, mib, state="running", movable=True, problem="", kind="process", 
 SOURCE = {"arch": "x86_64", "workloads": [
     found("big", 300), found("small", 10), found("odd", 5, movable=False, problem="it is stopped"),
     found("gone", 0, state="moved", movable=False,
-          migration={"exists": True, "target": "127.0.0.3:22", "downtime_seconds": 0.5, "image_bytes": 1000}),
+          migration={"exists": True, "target": "127.0.0.3:22", "downtime_seconds": 0.5, "image_bytes": 1000, "target_host": "127.0.0.3"}),
 ]}
 TARGETS = {
     "host-b": {"arch": "x86_64", "capacity_bytes": 400 * MIB, "usable": True, "lazy_pages": True},
@@ -31,12 +31,12 @@ TARGETS = {
 
 def test_plan_from_facts():
     result = plan_.drain_plan(SOURCE, TARGETS, "host-a", given=[{"name": "big", "tcp_established": True, "pidfile": "/x"}],
-                              parallel=1)
+                              parallel=1, addresses={"host-b": "127.0.0.3", "host-c": ""})
     assert [(m["name"], m["target"], m["wave"]) for m in result["migrations"]] == [("big", "host-b", 0), ("small", "host-c", 1)]
     big = result["migrations"][0]
     assert big["source"] == "host-a" and big["pidfile"] == "/run/big.pid" and big["tcp_established"] is True
     assert result["unplaced"] == [{"workload": "odd", "reason": "it is stopped"}]
-    assert result["moved_already"] == [{"workload": "gone", "target": "127.0.0.3:22", "downtime_seconds": 0.5, "image_bytes": 1000}]
+    assert result["moved_already"] == [{"workload": "gone", "target": "host-b", "downtime_seconds": 0.5, "image_bytes": 1000}]
     assert result["batches"] == [1, 1] and result["free_bytes"] == {"host-b": 100 * MIB, "host-c": 140 * MIB}
     assert "wave 0: big -> host-b (300.0 MiB, copy)" in result["lines"]
 
