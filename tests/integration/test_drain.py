@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import typing as t
@@ -104,16 +105,21 @@ def task_results(proc: subprocess.CompletedProcess, task: str) -> t.List[t.Dict[
     return found
 
 
-def caps_for(fleet: Fleet, names: t.Sequence[str]) -> t.Dict[str, int]:
-    """Capacities that force the plan onto both targets: host-2 takes 3/4 of the workloads' memory, host-3 1/2 (as
-    criu_drain_facts measures it on host-1, ad hoc, as an operator would look first)."""
+def measured_mib(fleet: Fleet, names: t.Sequence[str]) -> float:
+    """The workloads' memory, as criu_drain_facts measures it on host-1 (ad hoc, as an operator would look first)."""
     facts = run_module("criu_drain_facts", {"role": "source", "discover": {"pidfiles": ["/run/d-*.pid"]}}, host="host-1",
                        inventory=fleet.inventory)
     assert not facts["failed"], facts
     measured = {w["name"]: w for w in facts["source"]["workloads"]}
     assert sorted(measured) == sorted(names) and all(w["movable"] and w["state"] == "running" for w in measured.values()), measured
-    total = sum(w["memory_bytes"] for w in measured.values()) / MIB
-    return {"host-2": int(total * 0.75) + 1, "host-3": int(total * 0.5) + 1}
+    return sum(w["memory_bytes"] for w in measured.values()) / MIB
+
+
+def caps_for(fleet: Fleet, names: t.Sequence[str], share_2: float = 0.75, share_3: float = 0.5) -> t.Dict[str, int]:
+    """Capacities, as shares of the workloads' memory: by default neither target can take everything (host-2 3/4 of
+    it, host-3 1/2), so the plan must use both."""
+    total = measured_mib(fleet, names)
+    return {"host-2": int(total * share_2) + 1, "host-3": int(total * share_3) + 1}
 
 
 def roots(workload: RemoteOn, host: str) -> t.List[int]:
@@ -218,3 +224,44 @@ def test_the_controller_killed_mid_drain_and_the_rerun_finishes_it(fleet, draine
         assert journal["outcome"] == "completed", journal
     # d-0 moved once, by the migration the killed controller started: the rerun resolved it, and started none
     assert fleet.journal("1", "d-0")["id"] == started and fleet.journal("1", "d-0")["outcome"] == "completed"
+
+
+def crash(fleet: Fleet, host: str) -> None:
+    """Every process of test host ``host`` killed at once (its sshd, the migration agents it runs): as a host that dies."""
+    ns = fleet.mount_ns(host)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if mount_ns(int(entry)) == ns:
+                    os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def test_a_target_that_dies_mid_drain_has_its_workloads_placed_again_on_the_other(fleet, drained, tmp_path):
+    """host-3 dies while every migration onto it is restoring there: each of them rolls back on host-1, and the same
+    run places them once more, on host-2, which has the room for them."""
+    workloads = start_mixed(drained, 5)
+    # host-2 could take everything, but most room left first puts some onto host-3 (0.9 of the whole) too
+    path = inventory(fleet, tmp_path, caps_for(fleet, [w.name for w in workloads], 1.25, 0.9))
+    checked, _report = run_drain(path, check=True, drain_parallel=0)
+    (shown,) = task_results(checked, "The plan")
+    onto_3 = [line.split(": ", 1)[1].split(" -> ")[0] for line in shown["msg"] if " -> host-3 " in line]
+    assert onto_3, shown
+    states = {w.name: read_state(w.state_file) for w in workloads}
+    fleet.arm("3", "restoring")  # every migration onto host-3 stops there, before its vote
+    try:
+        with open(str(tmp_path / "controller.log"), "w") as log:
+            controller = subprocess.Popen(argv(path, drain_parallel=0), cwd=REPO,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for name in onto_3:
+            fleet.reached("3", name, "restoring", timeout=300)
+        crash(fleet, "3")
+        assert controller.wait(timeout=1200) == 0, open(str(tmp_path / "controller.log")).read()[-5000:]
+    finally:
+        fleet.up()  # host-3 again, a fresh host, for whatever comes next
+    output = open(str(tmp_path / "controller.log")).read()
+    for name in onto_3:
+        assert re.search(r'"%s: moved -> host-2, [^"]*placed again after rolled_back on host-3' % re.escape(name), output), output[-5000:]
+    for workload in workloads:
+        assert assert_moved_once(fleet, workload, states[workload.name]) == "host-2"
