@@ -179,7 +179,23 @@ source:
         workload:
           description: What names it, as a M(nucleus.criu.criu_migrate) task takes it (one of C(pid), C(pidfile), C(container), C(unit)).
           type: dict
-          sample: {pidfile: /run/job1.pid}
+          contains:
+            pid:
+              description: Pid of its root process.
+              type: int
+              returned: when named by it
+            pidfile:
+              description: Pidfile naming its root process.
+              type: str
+              returned: when named by it
+            container:
+              description: Podman container.
+              type: str
+              returned: when named by it
+            unit:
+              description: systemd service.
+              type: str
+              returned: when named by it
         pid:
           description: Pid of its root process here, null when none runs.
           type: int
