@@ -177,7 +177,7 @@ def test_check_mode_plans_then_the_drain_uses_both_targets_and_a_rerun_moves_not
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr
     records = {r["name"]: r for r in report["workloads"]}
     assert report["emptied"] and report["left_on_source"] == [] and report["moved"] == 6, report
-    used = {}
+    used: t.Dict[str, int] = {}
     for workload in workloads:
         record = records[workload.name]
         assert record["outcome"] == "moved" and record["image_bytes"] > 0 and record["downtime_seconds"] > 0, record

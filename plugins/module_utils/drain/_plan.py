@@ -57,8 +57,8 @@ def _items(assignments: t.Iterable[placement.Assignment], source: t.Mapping[str,
 
 def _shown(result: placement.Plan, items: t.Sequence[t.Mapping[str, t.Any]], unplaced: t.Sequence[t.Mapping[str, t.Any]],
            moved: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
-    lines = ["wave %d: %s -> %s (%.1f MiB, %s)" % (item["wave"], item["name"], item["target"], item["memory_bytes"] / float(MIB),
-                                                    item["mode"]) for item in items]
+    lines = ["wave %d: %s -> %s (%.1f MiB, %s)" % (item["wave"], item["name"], item["target"],
+                                                   item["memory_bytes"] / float(MIB), item["mode"]) for item in items]
     lines += ["not placed: %s: %s" % (u["workload"], u["reason"]) for u in unplaced]
     lines += ["moved already: %s -> %s" % (m["workload"], m["target"]) for m in moved]
     lines += ["room left on %s: %.1f MiB" % (name, free / float(MIB)) for name, free in sorted(result.free_bytes.items())]
@@ -79,11 +79,9 @@ in ``addresses``, its journal names)."""
                 for w in workloads if not w.get("movable") and w.get("state") != "moved"]
     unplaced += [u._asdict() for u in result.unplaced]
     by_address = {address: name for name, address in sorted((addresses or {}).items(), reverse=True) if address}
-    moved = [{"workload": w["name"], "target": by_address.get((w.get("migration") or {}).get("target_host"),
-                                                               (w.get("migration") or {}).get("target")),
-              "downtime_seconds": (w.get("migration") or {}).get("downtime_seconds"),
-              "image_bytes": (w.get("migration") or {}).get("image_bytes")}
-             for w in workloads if w.get("state") == "moved"]
+    earlier = [(w, w.get("migration") or {}) for w in workloads if w.get("state") == "moved"]
+    moved = [{"workload": w["name"], "target": by_address.get(str(m.get("target_host")), m.get("target")),
+              "downtime_seconds": m.get("downtime_seconds"), "image_bytes": m.get("image_bytes")} for w, m in earlier]
     items = _items(result.assignments, source, source_host, given or [])
     return {"migrations": items, "unplaced": unplaced, "moved_already": moved, "free_bytes": result.free_bytes,
             "waves": result.waves, "batches": [len(wave) for wave in result.waves], "lines": _shown(result, items, unplaced, moved)}

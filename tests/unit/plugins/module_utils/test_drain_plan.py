@@ -51,8 +51,8 @@ def test_replan_and_report():
     assert [(m["name"], m["target"]) for m in retry["migrations"]] == [("small", "host-b")]  # b has 100 MiB left, d 20
     final = {"workloads": [found("big", 0, state="moved"), found("small", 0, state="moved"), found("odd", 5, movable=False),
                            found("gone", 0, state="moved")]}
-    report = plan_.drain_report(first, outcomes, final, retry, [{"name": "small", "target": "host-b", "outcome": "moved",
-                                                                  "downtime_seconds": 0.2, "image_bytes": 10 * MIB}])
+    again = [{"name": "small", "target": "host-b", "outcome": "moved", "downtime_seconds": 0.2, "image_bytes": 10 * MIB}]
+    report = plan_.drain_report(first, outcomes, final, retry, again)
     by_name = {r["name"]: r for r in report["workloads"]}
     assert by_name["big"]["outcome"] == "moved" and by_name["big"]["target"] == "host-b"
     assert by_name["small"]["target"] == "host-b" and "placed again after rolled_back on host-c (host-c died)" in by_name["small"]["why"]
