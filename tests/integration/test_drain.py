@@ -156,8 +156,26 @@ def start_mixed(drained: t.Callable[[str, str], RemoteOn], count: int) -> t.List
     return [drained("d-%d" % index, shapes[index % len(shapes)]) for index in range(count)]
 
 
+def test_what_cannot_be_checkpointed_is_reported_untouched_and_fails_the_play(fleet, drained, tmp_path):
+    """A stopped workload (a checkpoint of it would restore it stopped) is reported with the reason, never attempted:
+    it stays on the source as it was, the others move, and the play fails naming it."""
+    moving, stopped = start_mixed(drained, 2)
+    state = read_state(moving.state_file)
+    os.kill(stopped.pid, signal.SIGSTOP)
+    path = inventory(fleet, tmp_path, {"host-2": 10000, "host-3": 10000})
+    proc, report = run_drain(path)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    records = {r["name"]: r for r in report["workloads"]}
+    assert records[stopped.name]["outcome"] == "not_moved" and "stopped" in records[stopped.name]["why"], records
+    assert report["left_on_source"] == [stopped.name] and not report["emptied"], report
+    assert assert_moved_once(fleet, moving, state) == records[moving.name]["target"]
+    assert stopped.copies() and all(os.path.exists("/proc/%d" % pid) for pid in stopped.copies())
+    assert fleet.journal("1", stopped.name) is None, "nothing may have been attempted for it"
+    os.kill(stopped.pid, signal.SIGCONT)
+
+
 def test_check_mode_plans_then_the_drain_uses_both_targets_and_a_rerun_moves_nothing(fleet, drained, tmp_path):
-    workloads = start_mixed(drained, 6)
+    workloads = start_mixed(drained, 12)
     caps = caps_for(fleet, [w.name for w in workloads])
     path = inventory(fleet, tmp_path, caps)
 
@@ -166,7 +184,7 @@ def test_check_mode_plans_then_the_drain_uses_both_targets_and_a_rerun_moves_not
     assert report == {}, "check mode reports no drain: it ran none"
     (shown,) = task_results(checked, "The plan")
     planned = [line for line in shown["msg"] if line.startswith("wave ")]
-    assert len(planned) == 6 and {line.split(" -> ")[1].split(" ")[0] for line in planned} == {"host-2", "host-3"}, shown
+    assert len(planned) == 12 and {line.split(" -> ")[1].split(" ")[0] for line in planned} == {"host-2", "host-3"}, shown
     for workload in workloads:
         assert roots(workload, "1") == [workload.pid] and all(roots(workload, host) == [] for host in ("2", "3"))
     for host in fleet.names:
@@ -176,7 +194,7 @@ def test_check_mode_plans_then_the_drain_uses_both_targets_and_a_rerun_moves_not
     proc, report = run_drain(path)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr
     records = {r["name"]: r for r in report["workloads"]}
-    assert report["emptied"] and report["left_on_source"] == [] and report["moved"] == 6, report
+    assert report["emptied"] and report["left_on_source"] == [] and report["moved"] == 12, report
     used: t.Dict[str, int] = {}
     for workload in workloads:
         record = records[workload.name]

@@ -106,3 +106,19 @@ def test_target_capacity_is_available_less_reserve_capped(monkeypatch):
 def test_mem_available_reads_meminfo():
     if os.path.exists(facts.MEMINFO):
         assert facts.mem_available() > 0
+
+
+def test_a_stopped_process_is_reported_not_movable():
+    import signal  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", migrate_dir="/nonexistent/nucleus-criu-test"))
+        item = {"name": "held", "pid": sleeper.pid, "mode": "copy", "found_by": "given"}
+        found = facts._measure(item, request, "")  # pylint: disable=protected-access
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert found["state"] == "running" and not found["movable"] and "is stopped (state T)" in found["problem"], found
+    assert found["memory_bytes"] > 0 and found["processes"] == 1
