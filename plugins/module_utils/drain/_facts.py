@@ -156,8 +156,8 @@ def _measure(item: t.Dict[str, t.Any], request: DrainFactsRequest, postcopy_prob
     st = procfs.read_stat(result["pid"])
     if st is not None and st.state in ("T", "t"):
         # criu_migrate's preflight refuses it too: a checkpoint of a stopped process restores stopped.
-        result["problem"] = ("pid %d is stopped (state %s) and no migration of %s explains it: a checkpoint of it would "
-                             "restore it stopped. Resume it (kill -CONT %d) or leave it out." % (
+        result["problem"] = ("pid %s is stopped (state %s) and no migration of %s explains it: a checkpoint of it would "
+                             "restore it stopped. Resume it (kill -CONT %s) or leave it out." % (
                                  result["pid"], st.state, item["name"], result["pid"]))
         return result
     try:
