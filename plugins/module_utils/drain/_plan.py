@@ -56,12 +56,14 @@ def _items(assignments: t.Iterable[placement.Assignment], source: t.Mapping[str,
 
 
 def _shown(result: placement.Plan, items: t.Sequence[t.Mapping[str, t.Any]], unplaced: t.Sequence[t.Mapping[str, t.Any]],
-           moved: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
+           moved: t.Sequence[t.Mapping[str, t.Any]], out: t.Collection[str] = ()) -> t.List[str]:
     lines = ["wave %d: %s -> %s (%.1f MiB, %s)" % (item["wave"], item["name"], item["target"],
                                                    item["memory_bytes"] / float(MIB), item["mode"]) for item in items]
     lines += ["not placed: %s: %s" % (u["workload"], u["reason"]) for u in unplaced]
     lines += ["moved already: %s -> %s" % (m["workload"], m["target"]) for m in moved]
-    lines += ["room left on %s: %.1f MiB" % (name, free / float(MIB)) for name, free in sorted(result.free_bytes.items())]
+    lines += ["room left on %s: %.1f MiB" % (name, free / float(MIB)) for name, free in sorted(result.free_bytes.items())
+              if name not in out]
+    lines += ["%s: out of this drain (a migration onto it failed)" % name for name in sorted(out)]
     return lines
 
 
@@ -104,7 +106,8 @@ def drain_replan(first: t.Mapping[str, t.Any], outcomes: t.Sequence[t.Mapping[st
     items = _items(result.assignments, source, source_host, given or [])
     unplaced = [u._asdict() for u in result.unplaced]
     return {"migrations": items, "unplaced": unplaced, "moved_already": [], "free_bytes": result.free_bytes,
-            "waves": result.waves, "batches": [len(wave) for wave in result.waves], "lines": _shown(result, items, unplaced, [])}
+            "waves": result.waves, "batches": [len(wave) for wave in result.waves],
+            "lines": _shown(result, items, unplaced, [], {a.target for a in assignments if a.workload in failed})}
 
 
 def drain_report(plan: t.Mapping[str, t.Any], outcomes: t.Sequence[t.Mapping[str, t.Any]], final: t.Mapping[str, t.Any],

@@ -49,6 +49,8 @@ def test_replan_and_report():
     retry = plan_.drain_replan(first, outcomes, SOURCE, dict(TARGETS, **{"host-d": {"arch": "x86_64", "capacity_bytes": 20 * MIB}}),
                                "host-a")
     assert [(m["name"], m["target"]) for m in retry["migrations"]] == [("small", "host-b")]  # b has 100 MiB left, d 20
+    assert "host-c: out of this drain (a migration onto it failed)" in retry["lines"]
+    assert not any(line.startswith("room left on host-c") for line in retry["lines"])
     final = {"workloads": [found("big", 0, state="moved"), found("small", 0, state="moved"), found("odd", 5, movable=False),
                            found("gone", 0, state="moved")]}
     again = [{"name": "small", "target": "host-b", "outcome": "moved", "downtime_seconds": 0.2, "image_bytes": 10 * MIB}]
@@ -122,3 +124,26 @@ def test_a_stopped_process_is_reported_not_movable():
         sleeper.wait()
     assert found["state"] == "running" and not found["movable"] and "is stopped (state T)" in found["problem"], found
     assert found["memory_bytes"] > 0 and found["processes"] == 1
+
+
+def test_discovery_of_containers_by_label_and_services_by_pattern(monkeypatch):
+    """What podman ps and systemctl list-units answer, made workloads (both faked: no Podman, no systemd here)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    calls = []
+
+    def podman_run(argv, timeout):
+        calls.append(argv)
+        return ("web\ndb\n" if "label=tier=front" in argv else ""), 0.1
+
+    monkeypatch.setattr(facts.podman.Podman, "load", classmethod(lambda cls, timeout: cls("/usr/bin/podman", "4.3.1")))
+    monkeypatch.setattr(facts.podman, "run", podman_run)
+    listed = ("worker@1.service loaded active running Worker 1\nworker@2.service loaded active running Worker 2\n"
+              "ssh.service loaded active running OpenBSD Secure Shell server\n")
+    monkeypatch.setattr(facts.unit_kind, "systemctl", lambda *argv, **kw: subprocess.CompletedProcess(argv, 0, listed, ""))
+    request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", discover={
+        "pidfiles": [], "container_labels": ["tier=front", "none"], "units": ["worker@*", "ssh"]}))
+    items = facts._discover(request)  # pylint: disable=protected-access
+    assert [(i["name"], {k: i[k] for k in facts.REF_KEYS if k in i}) for i in items] == [
+        ("db", {"container": "db"}), ("web", {"container": "web"}), ("worker-1", {"unit": "worker@1.service"}),
+        ("worker-2", {"unit": "worker@2.service"}), ("ssh", {"unit": "ssh.service"})]
+    assert calls[0] == ["/usr/bin/podman", "ps", "--filter", "label=tier=front", "--format", "{{.Names}}"]
