@@ -155,3 +155,25 @@ MIGRATE = _spec(requests.MigrateRequest, dict({
     "compress": {"type": "bool", "default": False},
 }, **_criu_options("migrate")), exclusive=[("pid", "pidfile", "container", "unit")],
     one_of=[("pid", "pidfile", "container", "unit")])
+
+DRAIN_FACTS = _spec(requests.DrainFactsRequest, {
+    "role": {"type": "str", "required": True, "choices": ["source", "target"]},
+    "workloads": {"type": "list", "elements": "dict", "options": {
+        "name": {"type": "str", "required": True},
+        "pid": {"type": "int"},
+        "pidfile": {"type": "path"},
+        "container": {"type": "str"},
+        "unit": {"type": "str"},
+        "mode": {"type": "str", "choices": MIGRATE_MODES},
+    }, "mutually_exclusive": [("pid", "pidfile", "container", "unit")], "required_one_of": [("pid", "pidfile", "container", "unit")]},
+    "discover": {"type": "dict", "options": {
+        "pidfiles": {"type": "list", "elements": "str", "default": []},
+        "container_labels": {"type": "list", "elements": "str", "default": []},
+        "units": {"type": "list", "elements": "str", "default": []},
+    }},
+    "mode": {"type": "str", "default": "copy", "choices": MIGRATE_MODES},
+    "migrate_dir": {"type": "path", "default": "/var/lib/nucleus-criu/migrations"},
+    "engine": {"type": "str", "choices": ENGINES},
+    "reserve_mib": {"type": "int", "default": 256},
+    "capacity_mib": {"type": "int"},
+})

@@ -128,3 +128,18 @@ class MigrateRequest(t.NamedTuple):
     timeout: int
     hmac_key: t.Optional[str]
     hmac_key_file: t.Optional[str]
+
+
+class DrainFactsRequest(t.NamedTuple):
+    role: str
+    workloads: t.Optional[t.List[t.Dict[str, t.Any]]]
+    discover: t.Optional[t.Dict[str, t.Any]]
+    mode: str
+    migrate_dir: str
+    engine: t.Optional[str]
+    reserve_mib: int
+    capacity_mib: t.Optional[int]
+    criu_path: t.Optional[str]
+    timeout: int
+    hmac_key: t.Optional[str]
+    hmac_key_file: t.Optional[str]

@@ -88,6 +88,8 @@ def session_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> t.Itera
 XDIST_GROUPS = {
     # One pair of machines (machines.py) for all of them, not one per worker.
     "machines": ("tests/integration/test_machines.py", "tests/integration/test_units.py"),
+    # Three numbered hosts of their own (test_drain.py's fleet), booted once for all of them.
+    "drain": ("tests/integration/test_drain.py",),
     "pipe-max-size": ("tests/integration/test_migration.py::test_postcopy", "tests/integration/test_migration.py::test_kill_matrix_postcopy"),
 }
 

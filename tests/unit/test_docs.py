@@ -24,6 +24,9 @@ COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_argspec.__file__), *
     ("module", "criu_info", ["missing_features", "can_checkpoint"]),
     ("role", "criu", ["criu_private_tree", "criu_link_path"]),
     ("role", "migrate", ["migrate_source", "migrate_pidfile", "migrate_workloads", "migrate_cleanup"]),
+    ("module", "criu_drain_facts", ["reserve_mib", "capacity_mib", "memory_bytes"]),
+    ("role", "drain", ["drain_source", "drain_targets", "drain_parallel", "drain_capacity_mib"]),
+    ("filter", "drain_plan", ["worst-fit decreasing", "per_target"]),
 ])
 def test_ansible_doc_renders(kind, name, expected):
     proc = subprocess.run([ANSIBLE_DOC, "-t", kind, "nucleus.criu.%s" % name], cwd=REPO, capture_output=True, text=True,

@@ -13,7 +13,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Ki
 
 ROOT = os.path.dirname(os.path.dirname(kinds.__file__))
 # Bottom to top; _errors and _requests are everyone's vocabulary, _argspec and _module are the module layer.
-LAYERS = ["_errors", "_requests", "system", "criu", "storage", "kinds", "operations", "migration", "_argspec", "_module"]
+LAYERS = ["_errors", "_requests", "system", "criu", "storage", "kinds", "operations", "migration", "drain", "_argspec", "_module"]
 IMPORT = re.compile(r"plugins\.module_utils(?:\.(\w+))?(?: import (\w+)|\.(\w+) import)")
 
 
@@ -77,7 +77,7 @@ def test_below_the_module_layer_nothing_reads_params_or_the_argument_spec(relati
     assert not re.search(r"\bparams\[|\bparams\.get\(|\.argument_spec\b|_argspec import|import _argspec\b", text), relative
 
 
-@pytest.mark.parametrize("name", ["CHECKPOINT", "CHECKPOINT_INFO", "RESTORE", "VERIFY", "INFO", "MIGRATE", "MIGRATION_INFO"])
+@pytest.mark.parametrize("name", ["CHECKPOINT", "CHECKPOINT_INFO", "RESTORE", "VERIFY", "INFO", "MIGRATE", "MIGRATION_INFO", "DRAIN_FACTS"])
 def test_every_option_of_a_module_reaches_its_request(name):
     spec = getattr(argspec, name)
     request = spec.request(spec.defaults())

@@ -18,7 +18,8 @@ ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
 # collections/ tree, or ansible-test's copy): the child processes below are pointed at the same one.
 COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(argspec.__file__), *[os.pardir] * 5))
 SPECS = {"criu_checkpoint": argspec.CHECKPOINT, "criu_restore": argspec.RESTORE, "criu_verify": argspec.VERIFY,
-         "criu_info": argspec.INFO, "criu_migrate": argspec.MIGRATE, "criu_checkpoint_info": argspec.CHECKPOINT_INFO}
+         "criu_info": argspec.INFO, "criu_migrate": argspec.MIGRATE, "criu_checkpoint_info": argspec.CHECKPOINT_INFO,
+         "criu_drain_facts": argspec.DRAIN_FACTS}
 
 
 class FakeModule:
@@ -167,7 +168,7 @@ def test_ansible_module_accepts_the_defaults(name):
     given = {"criu_checkpoint": {"pid": 42, "dest": "/var/lib/criu/x"}, "criu_restore": {"src": "/var/lib/criu/x"},
              "criu_verify": {"path": "/var/lib/criu/x"}, "criu_info": {},
              "criu_migrate": {"name": "job", "pid": 42, "target": "b.example"},
-             "criu_checkpoint_info": {"path": "/var/lib/criu"}}[name]
+             "criu_checkpoint_info": {"path": "/var/lib/criu"}, "criu_drain_facts": {"role": "target"}}[name]
     code = ("import json, sys; sys.path.insert(0, %r)\n"
             "from ansible.module_utils.testing import patch_module_args\n"
             "from ansible_collections.nucleus.criu.plugins.module_utils import _argspec, _module\n"
@@ -177,7 +178,8 @@ def test_ansible_module_accepts_the_defaults(name):
                                                     {"criu_checkpoint": "CHECKPOINT", "criu_restore": "RESTORE",
                                                      "criu_verify": "VERIFY", "criu_info": "INFO",
                                                      "criu_migrate": "MIGRATE",
-                                                     "criu_checkpoint_info": "CHECKPOINT_INFO"}[name]))
+                                                     "criu_checkpoint_info": "CHECKPOINT_INFO",
+                                                     "criu_drain_facts": "DRAIN_FACTS"}[name]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     params = json.loads(proc.stdout.splitlines()[-1])

@@ -59,8 +59,8 @@ def test_what_the_comparison_finds():
 def test_every_module_has_a_return_doc_to_compare_with():
     modules = sorted(name[:-3] for name in os.listdir(os.path.join(os.path.dirname(migrate.__file__), "..", "..", "modules"))
                      if name.endswith(".py") and not name.startswith("_"))
-    assert modules == ["criu_checkpoint", "criu_checkpoint_info", "criu_info", "criu_migrate", "criu_migration_info",
-                       "criu_restore", "criu_verify"]
+    assert modules == ["criu_checkpoint", "criu_checkpoint_info", "criu_drain_facts", "criu_info", "criu_migrate",
+                       "criu_migration_info", "criu_restore", "criu_verify"]
     for module in modules:
         assert isinstance(return_doc(module), dict) and return_doc(module), module
 
@@ -127,3 +127,33 @@ def test_a_migration_followed_as_it_goes_is_documented(tmp_path, outcome):
 def test_no_migration_to_follow_is_documented(tmp_path):
     for directory in (str(tmp_path), str(tmp_path / "never-made")):
         assert undocumented(migration_status.read(directory, "web", lambda _fd: False), return_doc("criu_migration_info")) == []
+
+
+def test_every_key_of_a_drain_facts_result_is_documented(tmp_path, monkeypatch):
+    """criu_drain_facts on a source (a process this test started, a pidfile that names none, an earlier migration's
+    journal) and on a target, built by the code that builds them, against its RETURN."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    from ansible_collections.nucleus.criu.plugins.module_utils.drain import _facts as drain_facts
+    from ansible_collections.nucleus.criu.plugins.module_utils._argspec import DRAIN_FACTS
+
+    doc = return_doc("criu_drain_facts")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfile = tmp_path / "gone.pid"
+        pidfile.write_text("4194304\n")
+        monkeypatch.setattr(drain_facts, "_journal", lambda directory, name: {
+            "exists": True, "id": "x", "role": "source", "phase": "completed", "outcome": "completed", "driver_running": False,
+            "target": "root@b:22", "target_host": "b", "source_pid": 4194304, "target_pid": 7, "downtime_seconds": 0.5,
+            "image_bytes": 10, "error": None} if name == "gone" else {"exists": False})
+        request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", workloads=[
+            {"name": "live", "pid": sleeper.pid, "pidfile": None, "container": None, "unit": None, "mode": None},
+            {"name": "gone", "pid": None, "pidfile": str(pidfile), "container": None, "unit": None, "mode": None}]))
+        source = drain_facts.drain_facts(request)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert [w["state"] for w in source["source"]["workloads"]] == ["running", "moved"], source
+    assert undocumented(source, doc) == []
+    monkeypatch.setattr(drain_facts, "mem_available", lambda: 1 << 30)
+    target = drain_facts.drain_facts(DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="target")))
+    assert undocumented(target, doc) == []
