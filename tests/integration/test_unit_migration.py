@@ -244,6 +244,7 @@ def test_unit_kill_matrix(pair, tmp_path, who, host, phase, outcome):
     with BothWatched(pair) as watched:
         stopped = pair.reached(host, phase)
         first_id = pair.journal("a")["id"]
+        silenced: t.List[int] = []
         if who in ("controller", "crash"):
             os.killpg(controller.pid, signal.SIGKILL)  # (a crashed source: the operator's run dies with it)
         if who == "crash":
@@ -253,7 +254,7 @@ def test_unit_kill_matrix(pair, tmp_path, who, host, phase, outcome):
         elif who != "controller":
             pair.machine(host).run("kill -KILL %d" % stopped)
         pair.clear_failpoints(host)
-        if who == "link":
+        if silenced:
             # machine-a notices the silent link by itself (ssh keepalives) and decides; then the link comes back.
             wait_for(lambda: (pair.journal("a") or {}).get("outcome"), timeout=120, what="the source to decide")
             for sshd in silenced:

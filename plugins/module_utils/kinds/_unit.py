@@ -312,8 +312,8 @@ def set_boot_start(name: str, enable: bool, timeout: float) -> None:
     boot with it. systemctl changes symlinks in /etc/systemd/system and its .wants/.requires directories: those
     directories are synced, not the whole host (a sync of every filesystem can take seconds on a busy host)."""
     systemctl("enable" if enable else "disable", "--no-reload", "--", name, timeout=timeout)
-    for directory in [UNIT_CONFIG] + sorted(os.path.join(UNIT_CONFIG, entry) for entry in os.listdir(UNIT_CONFIG)
-                                           if entry.endswith(BOOT_LINK_DIRS)):
+    links = sorted(os.path.join(UNIT_CONFIG, entry) for entry in os.listdir(UNIT_CONFIG) if entry.endswith(BOOT_LINK_DIRS))
+    for directory in [UNIT_CONFIG] + links:
         with contextlib.suppress(OSError):
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
