@@ -83,6 +83,9 @@ options:
   network_lock:
     description:
       - How CRIU blocks the network while it dumps TCP connections. V(nftables) works where iptables is absent.
+      - A tree in the host's network namespace with no TCP connection to keep (O(tcp_established) off) is dumped with
+        V(skip) whatever this says, and that is recorded. There the lock has nothing to lock, and CRIU's nftables
+        lock would leave a table behind on the host for every dump that does not leave the tree running.
     type: str
     choices: [nftables, iptables, skip]
     default: nftables

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import typing as t
 
 import pytest
@@ -167,3 +168,31 @@ def test_cgroup_root_places_the_restored_workload(option_workloads, ckpt_dir):
                     with open(os.path.join(CPU_CGROUPS, "cgroup.procs"), "w") as root:
                         root.write(pid)
             os.rmdir(path)
+
+
+def criu_lock_table(checkpoint: str) -> t.Optional[str]:
+    """The nftables table criu's network lock of the dump in ``checkpoint`` left on this host, if any (criu names it
+    after the run id its log opens with)."""
+    with open(os.path.join(checkpoint, "dump.log")) as log:
+        run_id = log.readline().rsplit("=", 1)[1].strip()
+    listed = subprocess.run(["/usr/sbin/nft", "list", "table", "inet", "CRIU-%s" % run_id], capture_output=True, text=True,
+                            timeout=60, check=False)
+    return None if listed.returncode != 0 else "CRIU-%s" % run_id
+
+
+def test_a_checkpoint_without_tcp_leaves_no_lock_table_on_the_host(workloads, ckpt_dir):
+    """A dump that ends its workload never unlocks the network (criu keeps the lock for the restore): with
+    network_lock nftables, each one left a table on the host, walked by every packet from then on. A tree in the host's
+    network namespace without tcp_established is dumped with no lock, recorded as such, and restored the same."""
+    workload = workloads()
+    dest = str(ckpt_dir / "nolock")
+    made, _restored = checkpoint_and_restore(workload, dest)
+    assert made["checkpoint"]["options"]["network_lock"] == "skip", made["checkpoint"]["options"]
+    assert criu_lock_table(dest) is None
+
+
+def test_a_checkpoint_with_tcp_established_keeps_its_lock_for_the_restore(option_workloads, ckpt_dir):
+    """With TCP connections to keep, the lock is criu's, as asked: the restore finds it and unlocks."""
+    workload = option_workloads("established-tcp")
+    made, _restored = checkpoint_and_restore(workload, str(ckpt_dir / "lock"), tcp_established=True)
+    assert made["checkpoint"]["options"]["network_lock"] == "nftables", made["checkpoint"]["options"]

@@ -51,7 +51,26 @@ def dump_options(criu: CriuChoices, leave_running: bool, leave_stopped: bool, pi
     if options["shell_job"] is None:
         options["shell_job"] = procfs.needs_shell_job(pid, st, tree)
     options.update(leave_running=leave_running, leave_stopped=leave_stopped)
+    options["network_lock"] = network_lock(options, shares_our_network(pid))
     return options
+
+
+def network_lock(options: t.Mapping[str, t.Any], host_network: bool) -> str:
+    """The lock criu takes: none for a tree in this host's network namespace with no TCP connection to keep. There
+    criu's nftables lock only locks connections, yet it creates a table ("inet CRIU-<run id>") that a dump which does
+    not leave the tree running never removes (criu keeps it for the restore): one table left on the host per
+    checkpoint or migration, each walked by every packet the host sends or receives from then on."""
+    if options["network_lock"] == "nftables" and host_network and not options.get("tcp_established"):
+        return "skip"
+    return options["network_lock"]
+
+
+def shares_our_network(pid: int) -> bool:
+    """Is ``pid`` in this process's network namespace (the host's, as the module runs)?"""
+    try:
+        return os.stat("/proc/%d/ns/net" % pid).st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
 
 
 def resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:

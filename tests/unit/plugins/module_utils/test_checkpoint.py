@@ -123,9 +123,10 @@ def test_dump_options_shell_job(shell_job, st, expected):
 
 def test_dump_options_are_normalised():
     st = procfs.ProcStat(10, "x", "S", 1, 10, 10, 0, 0, 1)
-    assert dump_options(params(), 10, st, [10]) == {
+    # (this process: in this host's network namespace, with no TCP connection to keep, so no lock)
+    assert dump_options(params(), os.getpid(), st, [10]) == {
         "tcp_established": False, "tcp_close": False, "skip_in_flight": False, "ext_unix_sk": False, "file_locks": False,
-        "shell_job": False, "link_remap": False, "ghost_limit": None, "network_lock": "nftables", "manage_cgroups": None,
+        "shell_job": False, "link_remap": False, "ghost_limit": None, "network_lock": "skip", "manage_cgroups": None,
         "leave_running": False, "leave_stopped": False}
     options = dump_options(params(tcp_close=True, skip_in_flight=True, link_remap=True, ghost_limit="8M",
                                   network_lock="skip", manage_cgroups="soft", leave_stopped=True), 10, st, [10])

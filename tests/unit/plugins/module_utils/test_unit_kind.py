@@ -9,6 +9,7 @@ import pytest
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _runtime as runtime
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import CriuRuntime, Dir, State
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as registry
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _process as process
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _unit as unit
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -135,3 +136,14 @@ def test_restore_finished_reads_criu_log(tmp_path):
         assert criu.state == State.RESTORED
     finally:
         os.close(work.fd)
+
+
+@pytest.mark.parametrize("asked, tcp, host_network, used", [
+    ("nftables", False, True, "skip"),  # nothing to lock, and a table would be left behind
+    ("nftables", True, True, "nftables"),  # connections to keep: criu's lock, as asked
+    ("nftables", False, False, "nftables"),  # a network namespace of its own: locked whole, its table dies with it
+    ("iptables", False, True, "iptables"),
+    ("skip", True, True, "skip"),
+])
+def test_the_network_lock_a_dump_takes(asked, tcp, host_network, used):
+    assert process.network_lock({"network_lock": asked, "tcp_established": tcp}, host_network) == used
