@@ -2,6 +2,7 @@
 parts (drain/_facts.py): names, discovery by pidfile, a target's capacity."""
 
 import os
+import time
 
 import pytest
 
@@ -9,6 +10,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.drain import _facts a
 from ansible_collections.nucleus.criu.plugins.module_utils.drain import _plan as plan_
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import DRAIN_FACTS
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
+from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 
 MIB = plan_.MIB
 
@@ -116,6 +118,8 @@ def test_a_stopped_process_is_reported_not_movable():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         os.kill(sleeper.pid, signal.SIGSTOP)
+        while procfs.read_stat(sleeper.pid).state != "T":  # (a signal is delivered a moment later)
+            time.sleep(0.001)
         request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", migrate_dir="/nonexistent/nucleus-criu-test"))
         item = {"name": "held", "pid": sleeper.pid, "mode": "copy", "found_by": "given"}
         found = facts._measure(item, request, "")  # pylint: disable=protected-access
