@@ -285,3 +285,26 @@ def test_module_defaults_reach_the_role_and_the_key_comes_from_a_file(hosts, opt
     verified = run_module("criu_verify", dict(path=checkpoint, hmac_key_file=key_file, require_signature=True), host="host-b",
                           inventory=hosts.inventory)
     assert verified["valid"] and not verified["failed"], verified
+
+
+def test_a_rolled_back_migration_gives_its_tcp_connections_back(hosts, option_remote, tmp_path):
+    """A dump that may end its tree leaves its TCP connections as the restore needs them: each socket in repair mode
+    and criu's network lock (nftables: a table dropping the dumped connections, or the whole network namespace the
+    tree has of its own). Rolled back, the source ran again with its connection dead. Both go before it runs now. (In a
+    network namespace of its own: the test hosts share this machine's, where host-b could not restore the connection
+    the frozen source still holds.)"""
+    workload = option_remote("opt-rollback-tcp", "established-tcp", netns=True)
+    assert workload.info() == "open"
+    token, count = read_state(workload.state_file)
+    hosts.arm("a", "target_restored", workload.name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), migrate_lease=LEASE, migrate_tcp_established=True,
+                                     migrate_workloads=[dict(name=workload.name, source="host-a", target="host-b",
+                                                             pidfile=workload.pidfile)])
+    os.kill(hosts.reached("a", workload.name, "target_restored"), 9)  # the driver: its lease keeper rolls back
+    hosts.clear_failpoints("a")
+    journal = hosts.settled(workload.name)
+    controller.wait(timeout=300)
+    assert journal["outcome"] == "rolled_back", journal
+    moved_on = wait_for(lambda: read_state(workload.state_file)[1] > count + 10 and read_state(workload.state_file), timeout=30,
+                        what="the rolled-back workload to count on over its TCP connection")
+    assert moved_on[0] == token and workload.info() == "open" and journal["tcp_kept"]

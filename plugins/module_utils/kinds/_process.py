@@ -13,6 +13,7 @@ import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criustats as criustats
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as host
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _netlock as netlock
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
@@ -182,6 +183,8 @@ def freeze_tree(freezer: Freezer, staging: store.Staging, pid: int, external_uni
         else:
             dump_seconds = runtime.dump(pid, images, work, options, freezer.timeout, external_unix=external_unix).duration
         hashed = follower.digests()
+    if options["tcp_established"] or options["network_lock"] != "skip":  # what a rollback releases (resume_source)
+        freezer.note(criu_run_id=netlock.run_id(work.file(store.DUMP_LOG)), tcp_kept=bool(options["tcp_established"]))
     manifest = freezer.manifest(images.fd, hashed)
     metadata = seal_.describe(runtime.identity(), freezer.name, facts, options, freezer.algorithm, manifest)
     metadata.update(recorded or {})
@@ -305,8 +308,15 @@ class Process(Kind):
         return freeze_tree(freezer, staging, pid)
 
     def resume_source(self, record: Record, timeout: float) -> None:
-        """SIGCONT to exactly the processes that were frozen."""
-        procfs.signal_identified(_tree(record), signal.SIGCONT)
+        """SIGCONT to exactly the processes that were frozen, once their TCP connections are out of criu's hands (else
+        they stay dead: netlock); should that fail, they run anyway and the error says so."""
+        tree = _tree(record)
+        try:
+            alive = procfs.alive_identified(tree)
+            if alive and (record.get("tcp_kept") or record.get("criu_run_id")):
+                netlock.release(alive, record.get("criu_run_id"), timeout)
+        finally:
+            procfs.signal_identified(tree, signal.SIGCONT)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         procfs.wait_gone(procfs.signal_identified(_tree(record), signal.SIGKILL), timeout=10)
