@@ -617,9 +617,12 @@ def test_kill_matrix_postcopy(hosts, remote, tmp_path, big_pipes, who, host, pha
     elif outcome == "rolled_back":
         assert_rolled_back(workload, token, count)
     else:
-        # The target could not confirm its running copy is gone: the source stays frozen, never guessing.
+        # The source never guesses, and stays frozen: the target could not confirm its running copy is gone; or, when
+        # every page had arrived and the target said so before the link went silent, the source committed and the
+        # target could not be told (both happen: the pages keep flowing while the worker waits at the failpoint).
         assert proc_state(workload.pid) == "T" and workload.running_on("a") == [], journal
-        assert "stays frozen until the target confirms" in journal["error"], journal
+        assert ("stays frozen until the target confirms" in journal["error"]
+                or ("pages_complete" in [h["phase"] for h in journal["history"]] and "is never resumed" in journal["error"])), journal
     rerun = hosts.migrate(**single(workload, migrate_mode="postcopy"))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert_migrated(workload, token, count)
