@@ -42,15 +42,8 @@ def run_id(log_path: str) -> t.Optional[str]:
 
 
 def _trusted(paths: t.Sequence[str], what: str) -> str:
-    for path in paths:
-        try:
-            fd, real = safepath.open_file(path, what, REMEDY)
-        except (FileNotFoundError, safepath.MissingDirectory):
-            continue
-        try:
-            safepath.require_trusted(os.fstat(fd), real, what, REMEDY)
-        finally:
-            os.close(fd)
+    real = safepath.trusted_program(paths, what, REMEDY)
+    if real is not None:
         return real
     raise CriuError("No %s on this host (looked at %s): install nftables." % (what, ", ".join(paths)))
 

@@ -71,17 +71,8 @@ LOADER_VARIABLES = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "LD_BIND_NOW", 
 
 def systemctl_path() -> str:
     """systemctl, which must be root's: it is run as root."""
-    for path in SYSTEMCTL_PATHS:
-        try:
-            fd, real = safepath.open_file(path, "systemctl", SYSTEMCTL_REMEDY)
-        except FileNotFoundError:
-            continue
-        except safepath.MissingDirectory:
-            continue
-        try:
-            safepath.require_trusted(os.fstat(fd), real, "systemctl", SYSTEMCTL_REMEDY)
-        finally:
-            os.close(fd)
+    real = safepath.trusted_program(SYSTEMCTL_PATHS, "systemctl", SYSTEMCTL_REMEDY)
+    if real is not None:
         return real
     raise CriuError("No systemctl on this host (looked at %s): a unit needs systemd. Checkpoint its process with pid instead."
                     % ", ".join(SYSTEMCTL_PATHS))

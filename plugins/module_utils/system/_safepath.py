@@ -206,6 +206,22 @@ def open_dir(path: str, what: str, remedy: str, euid: t.Optional[int] = None, ma
     return fd, real
 
 
+def trusted_program(paths: t.Sequence[str], what: str, remedy: str) -> t.Optional[str]:
+    """The first of ``paths`` that exists, resolved, checked trusted by fd (it runs as root); None when none exists.
+    Raises when one exists but is not trusted."""
+    for path in paths:
+        try:
+            fd, real = open_file(path, what, remedy)
+        except (FileNotFoundError, MissingDirectory):
+            continue
+        try:
+            require_trusted(os.fstat(fd), real, what, remedy)
+        finally:
+            os.close(fd)
+        return real
+    return None
+
+
 def open_file(path: str, what: str, remedy: str, flags: int = os.O_RDONLY, euid: t.Optional[int] = None) -> t.Tuple[int, str]:
     """An fd of the regular file ``path`` (every directory on the way checked, symlinks followed only
     when trusted) and its real path. The file's own owner and mode are for the caller to judge.
