@@ -32,10 +32,11 @@ HELD: t.List[t.Any] = []  # what the mode's resource is held by, for the process
 
 def write(path: str, text: str) -> None:
     """Whole or not at all: a reader never sees the file truncated and not yet written (an empty info read as a
-    resource gone)."""
-    with open(path + ".tmp", "w") as handle:
+    resource gone). A temporary name per write: a restored copy running beside its original writes the same path."""
+    temporary = "%s.%s.tmp" % (path, os.urandom(4).hex())
+    with open(temporary, "w") as handle:
         handle.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(temporary, path)
 
 
 def loopback_pair() -> tuple[socket.socket, socket.socket, socket.socket]:

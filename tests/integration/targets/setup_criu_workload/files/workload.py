@@ -1,4 +1,5 @@
-"""A workload for the integration targets: a random token held only in memory and a count, every 0.05 s."""
+"""A workload for the integration targets: a random token held only in memory and a count, every 0.05 s.
+Restored copies share the token and the state file, so each write goes through a temporary name of its own."""
 import os
 import sys
 import time
@@ -7,7 +8,8 @@ TOKEN = os.urandom(8).hex()
 count = 0
 while True:
     count += 1
-    with open(sys.argv[1] + ".tmp", "w") as handle:
+    temporary = "%s.%s.tmp" % (sys.argv[1], os.urandom(4).hex())
+    with open(temporary, "w") as handle:
         handle.write("%s %d\n" % (TOKEN, count))
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    os.replace(temporary, sys.argv[1])
     time.sleep(0.05)
