@@ -576,11 +576,16 @@ def test_metadata_of_a_checkpoint_made_here_parses(tmp_path, schema):
         assert json.loads(opened.read(store.METADATA)) == metadata
 
 
-def test_open_or_create_dir_makes_missing_parents_and_open_existing_dir_makes_nothing(tmp_path):
+def test_open_or_create_dir_makes_missing_parents_and_open_existing_dir_makes_nothing(tmp_path, monkeypatch):
     path = str(tmp_path / "var" / "lib" / "nucleus-criu" / "migrations")
     assert store.open_existing_dir(path, "Migration directory") is None
     assert os.listdir(tmp_path) == []
-    assert store.free_bytes_for(path) == store.free_bytes_for(str(tmp_path)) > 0
+    asked = []
+    real_statvfs = os.statvfs
+    monkeypatch.setattr(store.os, "statvfs", lambda where: asked.append(where) or real_statvfs(where))
+    assert store.free_bytes_for(path) > 0
+    monkeypatch.undo()
+    assert asked == [str(tmp_path)], "the estimate comes from the nearest existing ancestor (free bytes change meanwhile)"
     fd, real = store.open_or_create_dir(path, "Migration directory")
     os.close(fd)
     assert real == path and stat.S_IMODE(os.lstat(path).st_mode) == 0o700
