@@ -137,7 +137,7 @@ def _measure(item: t.Dict[str, t.Any], request: DrainFactsRequest, postcopy_prob
         why = "it does not run on this host"
     if pid is not None and procfs.read_stat(pid) is not None:
         tree = [pid] + procfs.descendants(pid)
-        result.update(pid=pid, memory_bytes=procfs.resident_bytes(tree), processes=len(tree))
+        result.update(pid=pid, memory_bytes=procfs.held_bytes(tree), processes=len(tree))
     in_flight = journal.get("exists") and journal.get("role") == "source" and journal.get("outcome") in (None, "in_doubt")
     completed = journal.get("exists") and journal.get("role") == "source" and journal.get("outcome") == "completed"
     if completed and (result["pid"] is None or result["pid"] != journal.get("source_pid")):

@@ -346,3 +346,46 @@ def resident_bytes(pids: t.Iterable[int]) -> int:
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024
     return total
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+# What a memory cgroup charges for its processes' pages and their page cache: (cgroup v1 keys, cgroup v2 keys).
+CGROUP_MEMORY_KEYS = (("total_rss", "total_cache"), ("anon", "file"))
+
+
+def _memory_cgroup(pid: int) -> t.Tuple[t.Optional[str], t.Tuple[str, ...]]:
+    """The directory of ``pid``'s memory cgroup and the memory.stat keys to add up there (v1's memory hierarchy, else
+    the unified one when memory is its controller); (None, ()) for the root cgroup, which is never a workload's own."""
+    lines = [line.split(":", 2) for line in _read_text("/proc/%d/cgroup" % pid).splitlines() if line.count(":") >= 2]
+    v1 = next((path for _id, controllers, path in lines if "memory" in controllers.split(",")), None)
+    if v1 is not None:
+        return (None, ()) if v1 == "/" else (os.path.join(CGROUP_ROOT, "memory") + v1, CGROUP_MEMORY_KEYS[0])
+    unified = next((path for hierarchy, _controllers, path in lines if hierarchy == "0"), None)
+    if unified in (None, "/") or "memory" not in _read_text(os.path.join(CGROUP_ROOT, "cgroup.controllers")).split():
+        return None, ()
+    return CGROUP_ROOT + str(unified), CGROUP_MEMORY_KEYS[1]
+
+
+def _cgroup_processes(directory: str) -> t.Optional[t.Set[int]]:
+    """Every process in the cgroup ``directory`` and the cgroups below it; None when it cannot be read whole."""
+    found: t.Set[int] = set()
+    for here, _dirs, files in os.walk(directory):
+        if "cgroup.procs" not in files:
+            return None
+        found.update(int(word) for word in _read_text(os.path.join(here, "cgroup.procs")).split())
+    return found if os.path.isdir(directory) else None
+
+
+def held_bytes(tree: t.Sequence[int]) -> int:
+    """What a process tree holds in memory: its resident pages and, when its memory cgroup is its own (a container's,
+    a unit's with memory accounting), the page cache charged there too (files it wrote, its tmpfs, a container's
+    upper layer): a checkpoint carries those and the target holds them again. A cgroup shared with other processes
+    says nothing of the tree's part, so the resident pages alone count then."""
+    resident = resident_bytes(tree)
+    directory, keys = _memory_cgroup(tree[0])
+    members = _cgroup_processes(directory) if directory is not None else None
+    if not members or not members <= set(tree):
+        return resident
+    stat = dict(line.split(" ", 1) for line in _read_text(os.path.join(directory, "memory.stat")).splitlines() if " " in line)
+    charged = sum(int(stat.get(key, "0")) for key in keys)
+    return max(resident, charged)

@@ -300,3 +300,51 @@ def test_process_state_of_self_and_of_a_missing_pid():
     assert me["alive"] and me["exists"] and me["starttime"] == procfs.read_stat(os.getpid()).starttime
     missing = procfs.process_state(int(open("/proc/sys/kernel/pid_max").read()) + 1)
     assert missing == {"pid": missing["pid"], "exists": False, "alive": False}
+
+
+def fake_cgroups(monkeypatch, tmp_path, proc_cgroup: str, layout: dict, controllers: str = "") -> None:
+    """A cgroup tree under tmp_path (``layout``: relative directory -> (cgroup.procs, memory.stat)) and the
+    /proc/PID/cgroup every pid reads; the resident pages of every pid are 1 MiB."""
+    monkeypatch.setattr(procfs, "CGROUP_ROOT", str(tmp_path))
+    (tmp_path / "cgroup.controllers").write_text(controllers)
+    for directory, (procs, stat) in layout.items():
+        (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+        (tmp_path / directory / "cgroup.procs").write_text("".join("%d\n" % pid for pid in procs))
+        (tmp_path / directory / "memory.stat").write_text(stat)
+    real = procfs._read_text
+    monkeypatch.setattr(procfs, "_read_text", lambda path, default="": (
+        proc_cgroup if re.match(r"/proc/\d+/cgroup$", path) else "VmRSS:\t1024 kB\n" if path.endswith("/status") else real(path, default)))
+
+
+V1 = "4:memory:/libpod_parent/ctr\n1:cpu:/libpod_parent/ctr\n0::/libpod_parent/ctr\n"
+V1_STAT = "cache 1\nrss 1\ntotal_cache 33554432\ntotal_rss 1048576\ntotal_shmem 0\n"
+
+
+def test_a_tree_with_a_memory_cgroup_of_its_own_holds_its_page_cache_too(monkeypatch, tmp_path):
+    fake_cgroups(monkeypatch, tmp_path, V1, {"memory/libpod_parent/ctr": ([10, 11], V1_STAT)})
+    assert procfs.held_bytes([10, 11]) == 33554432 + 1048576
+
+
+def test_a_cgroup_shared_with_other_processes_says_nothing_of_the_trees_part(monkeypatch, tmp_path):
+    fake_cgroups(monkeypatch, tmp_path, V1, {"memory/libpod_parent/ctr": ([10, 99], V1_STAT)})
+    assert procfs.held_bytes([10]) == 1048576
+    fake_cgroups(monkeypatch, tmp_path, V1, {"memory/libpod_parent/ctr": ([10], V1_STAT), "memory/libpod_parent/ctr/sub": ([99], "")})
+    assert procfs.held_bytes([10]) == 1048576, "a process in a cgroup below it is charged there too"
+
+
+def test_the_root_cgroup_is_never_a_workloads_own(monkeypatch, tmp_path):
+    fake_cgroups(monkeypatch, tmp_path, "4:memory:/\n0::/\n", {"memory": ([10], V1_STAT)})
+    assert procfs.held_bytes([10]) == 1048576
+
+
+def test_cgroup_v2_adds_anon_and_file_where_memory_is_a_controller(monkeypatch, tmp_path):
+    stat = "anon 2097152\nfile 4194304\nkernel 999999\n"
+    fake_cgroups(monkeypatch, tmp_path, "0::/system.slice/x.service\n", {"system.slice/x.service": ([10], stat)}, "cpu memory pids")
+    assert procfs.held_bytes([10]) == 6291456
+    fake_cgroups(monkeypatch, tmp_path, "0::/system.slice/x.service\n", {"system.slice/x.service": ([10], stat)}, "cpu pids")
+    assert procfs.held_bytes([10]) == 1048576, "no memory controller there: nothing charged"
+
+
+def test_resident_pages_win_when_the_cgroup_charges_less(monkeypatch, tmp_path):
+    fake_cgroups(monkeypatch, tmp_path, V1, {"memory/libpod_parent/ctr": ([10, 11, 12], "total_rss 4096\ntotal_cache 0\n")})
+    assert procfs.held_bytes([10, 11, 12]) == 3 * 1048576
