@@ -137,14 +137,16 @@ def test_migrates_a_workload_in_its_own_network_namespace(hosts, remote):
     assert_migrated(workload, token, count)
 
 
-def test_list_form_migrates_two_workloads_in_one_run(hosts, remote):
+def test_list_form_migrates_two_workloads_in_one_run_each_in_its_own_mode(hosts, remote):
     one, two = remote("first"), remote("second")
     states = {w.name: read_state(w.state_file) for w in (one, two)}
-    result = hosts.migrate(migrate_workloads=[
-        {"name": w.name, "source": "host-a", "target": "host-b", "pidfile": w.pidfile} for w in (one, two)])
+    result = hosts.migrate(migrate_mode="copy", migrate_workloads=[
+        {"name": one.name, "source": "host-a", "target": "host-b", "pidfile": one.pidfile},
+        {"name": two.name, "source": "host-a", "target": "host-b", "pidfile": two.pidfile, "mode": "postcopy"}])
     assert result.returncode == 0, result.stdout + result.stderr
     for workload in (one, two):
         assert_migrated(workload, *states[workload.name])
+    assert {w.name: hosts.journal("a", w.name)["mode"] for w in (one, two)} == {one.name: "copy", two.name: "postcopy"}
 
 
 # --- preflight: nothing is touched ---------------------------------------------------------------------
