@@ -10,8 +10,9 @@ short_description: What a drain's placement needs to know of its source and of i
 version_added: 0.2.0
 description:
   - "O(role=source): every workload asked for - given in O(workloads), or discovered with O(discover): pidfiles by
-    glob, running Podman containers by label, running systemd services by pattern - with its memory (RSS of every
-    process of its tree), whether it can be checkpointed here (reported, never attempted: RV(source.workloads[].problem)
+    glob, running Podman containers by label, running systemd services by pattern - and every migration from this host
+    in O(migrate_dir) without an outcome yet (a rerun resolves it, whether or not discovery still finds its workload),
+    with its memory, whether it can be checkpointed here (reported, never attempted: RV(source.workloads[].problem)
     says why not) and what an earlier migration of the same name left in O(migrate_dir)."
   - "O(role=target): the host's capacity (C(MemAvailable) less O(reserve_mib), capped by O(capacity_mib)) and its
     features: architecture, criu, lazy pages (post-copy), systemd and, with O(engine), Podman ready for checkpoints."
@@ -108,8 +109,10 @@ options:
     description: The most a target may receive, in MiB (the role passes the host variable C(drain_capacity_mib)).
     type: int
 notes:
-  - A workload's memory is the resident set of its processes (C(VmRSS), file-backed pages they map included); page
-    cache no process of it maps is not counted.
+  - A workload's memory is the resident set of its processes (C(VmRSS), file-backed pages they map included) or, when
+    its memory cgroup holds its processes alone (a container's), what that cgroup is charged for pages and page cache
+    (files it wrote, its tmpfs, a container's upper layer), whichever is larger. Page cache of a cgroup shared with
+    other processes is not counted.
 """
 
 EXAMPLES = r"""
@@ -173,7 +176,7 @@ source:
           description: Its migration's mode.
           type: str
         found_by:
-          description: C(given), or the pattern that discovered it.
+          description: C(given), the pattern that discovered it, or C(unfinished migration) (found by its journal).
           type: str
           sample: pidfile /run/jobs/*.pid
         workload:
@@ -200,7 +203,7 @@ source:
           description: Pid of its root process here, null when none runs.
           type: int
         memory_bytes:
-          description: Resident memory of its process tree.
+          description: Resident memory of its process tree, or its own memory cgroup's pages and page cache if more.
           type: int
         processes:
           description: Number of processes in its tree.

@@ -224,6 +224,29 @@ def test_a_service_that_is_running_on_the_target_is_not_migrated(pair):
     assert ssh(pair.a, "systemctl is-enabled %s" % UNIT, check=False).stdout.strip() == "enabled"
 
 
+def test_a_drain_finds_the_service_by_pattern_and_moves_it_once(pair):
+    """The drain playbook empties machine-a of the services a pattern finds (sshd, journald and the rest do not
+    match): the counter migrates as the unit, exactly once, and the report says so; the rerun moves nothing."""
+    token, _count, _pid = state(pair.a)
+    variables = dict(drain_source="machine-a", drain_targets=["machine-b"], drain_discover={"units": ["nucleus-*"]},
+                     drain_reserve_mib=0, migrate_ssh_key_file=MIGRATE_KEY, migrate_lease=LEASE)
+    argv = [PLAYBOOK, "-i", pair.inventory, "nucleus.criu.drain", "-e", json.dumps(variables)]
+    with BothWatched(pair) as watched:
+        drained = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL)
+        assert drained.returncode == 0, drained.stdout[-4000:] + drained.stderr[-2000:]
+        assert re.search(r'"nucleus-counter: moved -> machine-b, [^"]*downtime', drained.stdout), drained.stdout[-4000:]
+        runs_on_b_continued(pair, token, state(pair.a)[1])
+        time.sleep(1)
+    assert watched.most == (1, 1), "counters at once on (machine-a, machine-b): %s" % (watched.most,)
+    with open(pair.a.path("%s/nucleus-counter.journal.json" % MIGRATIONS)) as handle:
+        journal = json.load(handle)
+    assert journal["outcome"] == "completed" and journal["unit"]["name"] == UNIT, journal
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0 and "nucleus-counter: moved -> machine-b" in again.stdout, again.stdout[-4000:]
+    assert "moved by an earlier run" in again.stdout, again.stdout[-4000:]
+    source_stays_down(pair)
+
+
 # (who, on which machine the step is reached, the step, the outcome): the kill matrix's actor classes once each, and
 # the source machine crashing (its PID 1 killed, then booted again) before and after the commit.
 UNIT_MATRIX = [

@@ -22,7 +22,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _podman 
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _unit as unit_kind
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migration_status as status
-from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils._requests import DrainFactsRequest, WorkloadRef
@@ -31,6 +32,8 @@ MIB = 1048576
 MEMINFO = "/proc/meminfo"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REF_KEYS = ("pid", "pidfile", "container", "unit")
+JOURNAL_SUFFIX = ".journal.json"
+UNFINISHED = "unfinished migration"
 
 
 def mem_available() -> int:
@@ -84,12 +87,13 @@ def _discover(request: DrainFactsRequest) -> t.List[t.Dict[str, t.Any]]:
                 if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".service"):
                     items.append({"unit": name, "name": migration_name(name[:-8] if name.endswith(".service") else name),
                                   "mode": request.mode, "found_by": "unit %s" % pattern})
+    items.extend(_unfinished(request.migrate_dir, request.mode))
     unique: t.List[t.Dict[str, t.Any]] = []
     seen_refs: t.Dict[t.Tuple[str, t.Any], str] = {}
     seen_names: t.Dict[str, t.Dict[str, t.Any]] = {}
     for item in items:
         ref = next((key, item[key]) for key in REF_KEYS if key in item)
-        if ref in seen_refs:
+        if ref in seen_refs or (item["found_by"] == UNFINISHED and item["name"] in seen_names):
             continue  # given and discovered, or discovered twice: the first one names it
         if item["name"] in seen_names:
             if item["found_by"] == "given":
@@ -101,6 +105,37 @@ def _discover(request: DrainFactsRequest) -> t.List[t.Dict[str, t.Any]]:
         seen_names[item["name"]] = item
         unique.append(item)
     return unique
+
+
+def _unfinished(migrate_dir: str, mode: str) -> t.List[t.Dict[str, t.Any]]:
+    """Migrations from this host without an outcome yet (their driver or controller died): a rerun resolves each of
+    them whether or not discovery still finds its workload (a container its migration stopped is not in ``podman ps``),
+    so a drain never reports a host empty while one of them holds a workload frozen."""
+    opened = store.open_existing_dir(migrate_dir, "Migration directory")
+    if opened is None:
+        return []
+    dir_fd, real = opened
+    items = []
+    try:
+        for entry in sorted(os.listdir(dir_fd)):
+            name = entry[:-len(JOURNAL_SUFFIX)]
+            if not entry.endswith(JOURNAL_SUFFIX) or not NAME.match(name):
+                continue
+            try:
+                journal = Journal.load(dir_fd, real, name)
+            except CriuError:
+                continue  # damaged: its own name's facts say so (_journal), when a workload of that name comes up
+            data = journal.data if journal is not None else {}
+            if data.get("role") != "source" or data.get("outcome") not in (None, "in_doubt"):
+                continue
+            ref = ({"container": data["container"].get("name")} if isinstance(data.get("container"), dict)
+                   else {"unit": data["unit"].get("name")} if isinstance(data.get("unit"), dict)
+                   else {"pid": (data.get("process") or {}).get("pid")})
+            if next(iter(ref.values())):
+                items.append(dict(ref, name=name, mode=data.get("mode") or mode, found_by=UNFINISHED))
+    finally:
+        os.close(dir_fd)
+    return items
 
 
 def _journal(migrate_dir: str, name: str) -> t.Dict[str, t.Any]:

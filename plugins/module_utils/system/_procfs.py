@@ -376,6 +376,12 @@ def _cgroup_processes(directory: str) -> t.Optional[t.Set[int]]:
     return found if os.path.isdir(directory) else None
 
 
+def _below(root: int, pid: int) -> bool:
+    """``pid`` is ``root`` or runs below it, now (a tree forks and reaps while it is looked at: a process gone meanwhile
+    counts as below, since it is no longer anyone's)."""
+    return pid == root or root in ancestors(pid) or read_stat(pid) is None
+
+
 def held_bytes(tree: t.Sequence[int]) -> int:
     """What a process tree holds in memory: its resident pages and, when its memory cgroup is its own (a container's,
     a unit's with memory accounting), the page cache charged there too (files it wrote, its tmpfs, a container's
@@ -384,8 +390,10 @@ def held_bytes(tree: t.Sequence[int]) -> int:
     resident = resident_bytes(tree)
     directory, keys = _memory_cgroup(tree[0])
     members = _cgroup_processes(directory) if directory is not None else None
-    if not members or not members <= set(tree):
+    if not members or not all(_below(tree[0], member) for member in members):
         return resident
-    stat = dict(line.split(" ", 1) for line in _read_text(os.path.join(directory, "memory.stat")).splitlines() if " " in line)
-    charged = sum(int(stat.get(key, "0")) for key in keys)
-    return max(resident, charged)
+    stat: t.Dict[str, int] = {}
+    for line in _read_text(os.path.join(str(directory), "memory.stat")).splitlines():
+        name, _space, value = line.partition(" ")
+        stat[name] = int(value or 0)
+    return max(resident, sum(stat.get(key, 0) for key in keys))

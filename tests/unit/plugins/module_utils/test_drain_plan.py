@@ -1,6 +1,7 @@
 """A drain's plan, second round and report from criu_drain_facts' results (drain/_plan.py), and the facts' own pure
 parts (drain/_facts.py): names, discovery by pidfile, a target's capacity."""
 
+import json
 import os
 import time
 
@@ -8,6 +9,7 @@ import pytest
 
 from ansible_collections.nucleus.criu.plugins.module_utils.drain import _facts as facts
 from ansible_collections.nucleus.criu.plugins.module_utils.drain import _plan as plan_
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import FORMAT as JOURNAL_FORMAT
 from ansible_collections.nucleus.criu.plugins.module_utils._argspec import DRAIN_FACTS
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
@@ -83,7 +85,7 @@ def test_discovery_by_pidfile_dedupes_and_keeps_given_names(tmp_path):
         (tmp_path / ("%s.pid" % name)).write_text("1\n")
     request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(
         role="source", workloads=[{"name": "first", "pidfile": str(tmp_path / "a.pid"), "mode": None}],
-        discover={"pidfiles": [str(tmp_path / "*.pid")], "container_labels": [], "units": []}))
+        discover={"pidfiles": [str(tmp_path / "*.pid")], "container_labels": [], "units": []}, migrate_dir=str(tmp_path / "none")))
     items = facts._discover(request)  # pylint: disable=protected-access
     assert [(i["name"], i["found_by"]) for i in items] == [("first", "given"), ("b", "pidfile %s/*.pid" % tmp_path)]
 
@@ -130,7 +132,7 @@ def test_a_stopped_process_is_reported_not_movable():
     assert found["memory_bytes"] > 0 and found["processes"] == 1
 
 
-def test_discovery_of_containers_by_label_and_services_by_pattern(monkeypatch):
+def test_discovery_of_containers_by_label_and_services_by_pattern(monkeypatch, tmp_path):
     """What podman ps and systemctl list-units answer, made workloads (both faked: no Podman, no systemd here)."""
     import subprocess  # pylint: disable=import-outside-toplevel
     calls = []
@@ -144,10 +146,36 @@ def test_discovery_of_containers_by_label_and_services_by_pattern(monkeypatch):
     listed = ("worker@1.service loaded active running Worker 1\nworker@2.service loaded active running Worker 2\n"
               "ssh.service loaded active running OpenBSD Secure Shell server\n")
     monkeypatch.setattr(facts.unit_kind, "systemctl", lambda *argv, **kw: subprocess.CompletedProcess(argv, 0, listed, ""))
-    request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", discover={
+    request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", migrate_dir=str(tmp_path), discover={
         "pidfiles": [], "container_labels": ["tier=front", "none"], "units": ["worker@*", "ssh"]}))
     items = facts._discover(request)  # pylint: disable=protected-access
     assert [(i["name"], {k: i[k] for k in facts.REF_KEYS if k in i}) for i in items] == [
         ("db", {"container": "db"}), ("web", {"container": "web"}), ("worker-1", {"unit": "worker@1.service"}),
         ("worker-2", {"unit": "worker@2.service"}), ("ssh", {"unit": "ssh.service"})]
     assert calls[0] == ["/usr/bin/podman", "ps", "--filter", "label=tier=front", "--format", "{{.Names}}"]
+
+
+def write_journal(directory, name, **data):
+    (directory / ("%s.journal.json" % name)).write_text(json.dumps(dict({"format": JOURNAL_FORMAT, "name": name, "phase": "frozen",
+                                                                        "history": []}, **data)))
+
+
+def test_unfinished_migrations_from_this_host_are_found_whatever_discovery_sees(tmp_path):
+    """A container its migration stopped is not in podman ps, a unit not in list-units --state=running: their
+    journals on the source name them, so the drain resolves them (given and discovered names come first)."""
+    write_journal(tmp_path, "ctr", role="source", outcome=None, mode="postcopy", container={"name": "web", "id": "abc"})
+    write_journal(tmp_path, "svc", role="source", outcome="in_doubt", unit={"name": "worker@1.service"})
+    write_journal(tmp_path, "proc", role="source", outcome=None, process={"pid": 4242})
+    write_journal(tmp_path, "given", role="source", outcome=None, process={"pid": 99})
+    write_journal(tmp_path, "done", role="source", outcome="completed", process={"pid": 7})
+    write_journal(tmp_path, "back", role="source", outcome="rolled_back", process={"pid": 8})
+    write_journal(tmp_path, "landed", role="target", outcome=None, process={"pid": 9})
+    (tmp_path / "broken.journal.json").write_text("{")
+    request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", migrate_dir=str(tmp_path),
+                                                       workloads=[{"name": "given", "pid": 99, "mode": None}]))
+    items = facts._discover(request)  # pylint: disable=protected-access
+    assert [(i["name"], {k: i[k] for k in facts.REF_KEYS if k in i}, i["mode"], i["found_by"]) for i in items] == [
+        ("given", {"pid": 99}, "copy", "given"),
+        ("ctr", {"container": "web"}, "postcopy", facts.UNFINISHED),
+        ("proc", {"pid": 4242}, "copy", facts.UNFINISHED),
+        ("svc", {"unit": "worker@1.service"}, "copy", facts.UNFINISHED)]

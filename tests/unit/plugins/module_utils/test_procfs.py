@@ -302,10 +302,16 @@ def test_process_state_of_self_and_of_a_missing_pid():
     assert missing == {"pid": missing["pid"], "exists": False, "alive": False}
 
 
+# The processes the fakes below know: pid -> parent (10 the root of a tree, 99 another process's).
+PARENTS = {10: 1, 11: 10, 12: 11, 99: 1}
+
+
 def fake_cgroups(monkeypatch, tmp_path, proc_cgroup: str, layout: dict, controllers: str = "") -> None:
     """A cgroup tree under tmp_path (``layout``: relative directory -> (cgroup.procs, memory.stat)) and the
-    /proc/PID/cgroup every pid reads; the resident pages of every pid are 1 MiB."""
+    /proc/PID/cgroup every pid reads; the resident pages of every pid are 1 MiB; the processes are PARENTS'."""
     monkeypatch.setattr(procfs, "CGROUP_ROOT", str(tmp_path))
+    monkeypatch.setattr(procfs, "read_stat", lambda pid: procfs.parse_stat(
+        "%d (x) S %d 0 0 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0" % (pid, PARENTS[pid])) if pid in PARENTS else None)
     (tmp_path / "cgroup.controllers").write_text(controllers)
     for directory, (procs, stat) in layout.items():
         (tmp_path / directory).mkdir(parents=True, exist_ok=True)
@@ -348,3 +354,9 @@ def test_cgroup_v2_adds_anon_and_file_where_memory_is_a_controller(monkeypatch, 
 def test_resident_pages_win_when_the_cgroup_charges_less(monkeypatch, tmp_path):
     fake_cgroups(monkeypatch, tmp_path, V1, {"memory/libpod_parent/ctr": ([10, 11, 12], "total_rss 4096\ntotal_cache 0\n")})
     assert procfs.held_bytes([10, 11, 12]) == 3 * 1048576
+
+
+def test_a_process_the_tree_forked_or_reaped_while_it_was_listed_is_still_its_own(monkeypatch, tmp_path):
+    """12 forked by 11 after the tree [10, 11] was listed, 13 already reaped: the cgroup is still the tree's."""
+    fake_cgroups(monkeypatch, tmp_path, V1, {"memory/libpod_parent/ctr": ([10, 11, 12, 13], V1_STAT)})
+    assert procfs.held_bytes([10, 11]) == 33554432 + 1048576
