@@ -237,9 +237,9 @@ def drain_run(fleet: Fleet, bench: Bench, count: int, mib: int, index: int, para
     """One run: one migration, the sequential migrations and the drain, in an order that rotates from run to run."""
     out: Run = {"run": index, "size_mib": mib, "count": count}
     scope = fleet_scope(fleet, bench)
+    titles = {"one": "one migration", "sequential": "%d migrations one after another" % count, "drain": "the drain of %d" % count}
     for variant in rotate(VARIANTS, index):
-        log("drain row, run %d: %s" % (index + 1, {"one": "one migration", "sequential": "%d migrations one after another" % count,
-                                                    "drain": "the drain of %d" % count}[variant]))
+        log("drain row, run %d: %s" % (index + 1, titles[variant]))
         if variant == "one":
             out.update(one_row(fleet, bench, scope, mib, index))
         elif variant == "sequential":
