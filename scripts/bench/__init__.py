@@ -7,6 +7,7 @@
   local      checkpoint / restore / verify on this machine: raw CRIU, the module, the ad-hoc task
   child      one module entry point in a fresh interpreter (time, stats, peak RSS)
   migration  the migrate role (copy, post-copy) against a bare pipeline over the ssh test hosts; the fan-out
+  drain      issue 25: the drain of many workloads onto two targets against one migration and against them one by one
   cpuprof    where the controller's CPU goes during a playbook run
   cli        options, the order of the runs, the JSON file, cleanup
 """

@@ -14,14 +14,17 @@ For each workload size (demo/counter.py --mem N) and each of --runs runs, in an 
 
 then the fan-out: one migrate playbook with 1 and 4 workloads (one pair of hosts), and with --fanout N one workload on
 each of N pairs of hosts against one pair, with a profile of the controller's CPU. Medians of the runs; every ratio is
-computed within one run, then its median is reported. With --containers, Podman containers too: bare
-`podman container checkpoint --export` / `restore --import` against criu_checkpoint / criu_restore, and (unless
---local-only) a container's migration host-a -> host-b, bare Podman over ssh against the migrate role (bench/containers.py).
+computed within one run, then its median is reported. With --drain, issue 25's row on three test hosts of its own: one
+migration, the same --drain-count workloads migrated one after another (one migrate playbook each), and their drain
+(`ansible-playbook nucleus.criu.drain`) from host-1 onto host-2 and host-3 (bench/drain.py). With --containers,
+Podman containers too: bare `podman container checkpoint --export` / `restore --import` against criu_checkpoint /
+criu_restore, and (unless --local-only) a container's migration host-a -> host-b, bare Podman over ssh against the
+migrate role (bench/containers.py).
 Prints a table and writes a JSON file (rewritten after each step, "complete": false until the end).
 
 Everything it starts (workloads, restored copies, ssh test hosts on NUCLEUS_BENCH_PORT, default 2288, and with
---fanout on NUCLEUS_BENCH_FANOUT_PORT, default 2301, ssh masters, playbooks) is killed or stopped before it exits,
-whatever happens.
+--fanout on NUCLEUS_BENCH_FANOUT_PORT, default 2301, with --drain on NUCLEUS_BENCH_DRAIN_PORT, default 2922, ssh
+masters, playbooks) is killed or stopped before it exits, whatever happens.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ import typing as t
 from bench import cpuprof, env
 from bench.env import BENCH_ROOT, POSTCOPY_PIPE_SIZE, BenchError, kill_and_wait, log
 from bench.containers import container_run, load_image
+from bench.drain import TARGET_SHARE, drain_run, forks_for, parallel_used
 from bench.local import local_run
 from bench.migration import Bench, fanout_run, migration_run
-from bench.summary import fanout_summary, rotate, summarise, table, targets
+from bench.summary import drain_summary, fanout_summary, rotate, summarise, table, targets
 from conftest import criu_role, pipe_max_size, processes_running
 from testhosts import Fleet, Hosts
 
@@ -72,6 +76,13 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None) -> argparse.Namespace:
                              "modules, locally and migrating; prepares this host with the criu role's criu_containers "
                              "(default: none)")
     parser.add_argument("--containers-only", action="store_true", help="only the container rows (with --containers)")
+    parser.add_argument("--drain", action="store_true",
+                        help="also issue 25's row on 3 test hosts: the drain of --drain-count workloads host-1 -> host-2 + host-3 "
+                             "against one migration and against the same workloads migrated one after another")
+    parser.add_argument("--drain-only", action="store_true", help="only the drain row (with --drain): no pair of test hosts")
+    parser.add_argument("--drain-count", type=int, default=8, help="workloads the drain row moves (default 8)")
+    parser.add_argument("--drain-mib", type=int, default=256, help="memory of each workload of the drain row in MiB (default 256)")
+    parser.add_argument("--drain-parallel", type=int, metavar="N", help="drain_parallel (default: the drain role's own)")
     args = parser.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -85,6 +96,12 @@ def parse_args(argv: t.Optional[t.Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--containers takes integers in MiB, e.g. 0,256")
     if args.containers_only and not args.containers:
         parser.error("--containers-only needs --containers SIZES")
+    if args.drain_only and not args.drain:
+        parser.error("--drain-only needs --drain")
+    if args.drain and (args.local_only or (args.drain_only and (args.containers or args.containers_only))):
+        parser.error("--drain needs the test hosts (not --local-only); --drain-only takes no --containers")
+    if args.drain_count < 2 or args.drain_mib <= 0 or (args.drain_parallel is not None and args.drain_parallel < 0):
+        parser.error("--drain-count must be at least 2 (two targets), --drain-mib positive, --drain-parallel 0 or more")
     if args.fanout_mib is None:
         args.fanout_mib = min(args.sizes)
     return args
@@ -143,7 +160,7 @@ def measure_containers(args: argparse.Namespace, run_dir: str, results: t.Dict[s
 def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any], stack: contextlib.ExitStack) -> None:
     bench = Bench(run_dir, args.migrate_hash_algorithm)
     hosts: t.Optional[Hosts] = None
-    if not args.local_only:
+    if not args.local_only and not args.drain_only:
         log("ssh test hosts on port %d; fs.pipe-max-size %d for post-copy" % (env.PORT, POSTCOPY_PIPE_SIZE))
         stack.enter_context(pipe_max_size(POSTCOPY_PIPE_SIZE))
         hosts = Hosts(env.PORT)
@@ -152,8 +169,10 @@ def measure(args: argparse.Namespace, run_dir: str, results: t.Dict[str, t.Any],
         hosts.up()
         if args.cpu_scope == "pair":
             bench.cpu_scope = cpuprof.pair_scope([hosts.mount_ns("a"), hosts.mount_ns("b")], run_dir)
-    if not args.containers_only:
+    if not args.containers_only and not args.drain_only:
         measure_processes(args, run_dir, results, stack, bench, hosts)
+    if args.drain:
+        measure_drain(args, results, stack, bench, hosts)
     if args.containers:
         measure_containers(args, run_dir, results, hosts, bench)
 
@@ -188,6 +207,28 @@ def measure_processes(args: argparse.Namespace, run_dir: str, results: t.Dict[st
         save(results, args.json)
 
 
+def measure_drain(args: argparse.Namespace, results: t.Dict[str, t.Any], stack: contextlib.ExitStack, bench: Bench,
+                  hosts: t.Optional[Hosts]) -> None:
+    """Issue 25's row on three test hosts of its own port (the pair, if any, stopped first, as for the fan-out: one
+    set of test hosts at a time); the results saved after each run."""
+    if hosts is not None:
+        hosts.down()
+    fleet = Fleet(3, env.DRAIN_PORT)
+    fleet.env["NUCLEUS_TESTHOSTS_PYTHON"] = env.PYTHON
+    log("drain row: 3 ssh test hosts on port %d" % env.DRAIN_PORT)
+    stack.callback(stop_hosts, fleet)
+    fleet.up()
+    config = {"count": args.drain_count, "mib": args.drain_mib, "parallel": parallel_used(args.drain_parallel),
+              "parallel_from": "the role's default" if args.drain_parallel is None else "--drain-parallel",
+              "forks": forks_for(args.drain_count, args.drain_parallel), "port": env.DRAIN_PORT, "target_share": TARGET_SHARE}
+    runs: t.List[t.Dict[str, t.Any]] = []
+    for index in range(args.runs):
+        runs.append(drain_run(fleet, bench, args.drain_count, args.drain_mib, index, args.drain_parallel))
+        results["drain"] = dict(drain_summary(runs), runs=runs, config=config)
+        save(results, args.json)
+    fleet.down()
+
+
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
@@ -209,7 +250,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     config = {"sizes": args.sizes, "runs": args.runs, "fanout_mib": args.fanout_mib, "fanout_pairs": args.fanout, "port": env.PORT,
               "fanout_port": env.FANOUT_PORT, "hash_algorithm": args.hash_algorithm, "local_only": args.local_only,
               "migrate_hash_algorithm": args.migrate_hash_algorithm or "the role's default (auto)", "containers": args.containers,
-              "cpu_scope": args.cpu_scope}
+              "cpu_scope": args.cpu_scope, "drain": args.drain, "drain_port": env.DRAIN_PORT}
     results: t.Dict[str, t.Any] = {"machine": env.machine(), "config": config, "sizes": {}, "fanout": {}, "containers": {}}
     try:
         with contextlib.ExitStack() as stack:

@@ -31,6 +31,7 @@ CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 BENCH_ROOT = "/var/tmp/nucleus-bench"
 PORT = int(os.environ.get("NUCLEUS_BENCH_PORT", "2288"))
 FANOUT_PORT = int(os.environ.get("NUCLEUS_BENCH_FANOUT_PORT", "2301"))
+DRAIN_PORT = int(os.environ.get("NUCLEUS_BENCH_DRAIN_PORT", "2922"))
 MIB = 1024 * 1024
 POSTCOPY_PIPE_SIZE = 4 * MIB
 

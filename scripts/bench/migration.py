@@ -64,14 +64,22 @@ def playbook(hosts: Hosts, bench: Bench, extra: t.Mapping[str, t.Any], what: str
              profile: bool = False) -> t.Tuple[float, t.Optional[t.Dict[str, t.Any]]]:
     """Run ``ansible-playbook -i INVENTORY nucleus.criu.migrate -e EXTRA`` (the tests' argv); its wall time and, with
     ``profile``, where the controller's CPU went. The playbook and all it forked are killed if it overruns."""
-    argv = hosts.playbook_argv(**extra)
+    wall, found, _output = run_playbook(bench, hosts.playbook_argv(**extra), what, forks=forks, profile=profile)
+    return wall, found
+
+
+def run_playbook(bench: Bench, argv: t.Sequence[str], what: str, forks: int = 5, profile: bool = False,
+                 extra_env: t.Optional[t.Mapping[str, str]] = None) -> t.Tuple[float, t.Optional[t.Dict[str, t.Any]], str]:
+    """Run the ansible-playbook ``argv``: its wall time, with ``profile`` where the controller's CPU went, and its
+    standard output (stderr goes to a file of its own, so that a json callback's document stays parseable). The
+    playbook and all it forked are killed if it overruns."""
     bench.logs += 1
     log_path = os.path.join(bench.run_dir, "playbook-%03d.log" % bench.logs)
     busy_before = cpuprof.machine_busy_s()
     started = time.monotonic()
-    with open(log_path, "w", encoding="utf-8") as output:
-        proc = subprocess.Popen(argv, cwd=env.REPO, env=bench.ansible_env(forks), stdin=subprocess.DEVNULL, stdout=output,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_path, "w", encoding="utf-8") as output, open(log_path + ".stderr", "w", encoding="utf-8") as errors:
+        proc = subprocess.Popen(list(argv), cwd=env.REPO, env=dict(bench.ansible_env(forks), **(extra_env or {})),
+                                stdin=subprocess.DEVNULL, stdout=output, stderr=errors, start_new_session=True)
     sampler = cpuprof.Sampler(proc.pid, bench.control_dir).start() if profile else None
     usage = None
     try:
@@ -94,8 +102,10 @@ def playbook(hosts: Hosts, bench: Bench, extra: t.Mapping[str, t.Any], what: str
     with open(log_path, encoding="utf-8") as handle:
         text = handle.read()
     if proc.returncode != 0:
-        fatal = [line for line in text.splitlines() if line.startswith(("fatal:", "failed:", "ERROR!"))]
-        raise BenchError("%s failed (rc %d, log %s): %s" % (what, proc.returncode, log_path, "\n".join(fatal)[-3000:] or text[-2000:]))
+        with open(log_path + ".stderr", encoding="utf-8") as handle:
+            both = text + handle.read()
+        fatal = [line for line in both.splitlines() if line.startswith(("fatal:", "failed:", "ERROR!"))]
+        raise BenchError("%s failed (rc %d, log %s): %s" % (what, proc.returncode, log_path, "\n".join(fatal)[-3000:] or both[-2000:]))
     found = None
     if sampler is not None and usage is not None:
         tree_cpu = usage.ru_utime + usage.ru_stime
@@ -105,7 +115,7 @@ def playbook(hosts: Hosts, bench: Bench, extra: t.Mapping[str, t.Any], what: str
             seen[("masters", 0)] = ("ssh ControlPersist masters (daemonized)", masters)
         found = cpu_profile(seen, tree_cpu + masters, wall, busy, env.cores())
         found["samples"] = sampler.samples
-    return wall, found
+    return wall, found, text
 
 
 def journal_of(hosts: Hosts, host: str, name: str) -> t.Dict[str, t.Any]:

@@ -132,6 +132,73 @@ def fanout_summary(runs: t.Sequence[Run], base: int, wide: int) -> t.Dict[str, t
     return out
 
 
+# --- the drain (issue 25) ----------------------------------------------------------------------------------
+
+# Each within one run (the three variants back to back, their order rotated), then the median.
+DRAIN_RATIOS: t.Dict[str, t.Callable[[Run], float]] = {
+    "drain_vs_one": lambda r: r["drain_wall_s"] / r["one_wall_s"],
+    "drain_vs_sequential": lambda r: r["drain_wall_s"] / r["sequential_wall_s"],
+    "sequential_vs_one": lambda r: r["sequential_wall_s"] / r["one_wall_s"],
+    "drain_cpu_vs_sequential": lambda r: r["drain_cpu_s"] / r["sequential_cpu_s"],
+    "drain_fleet_cpu_vs_sequential": lambda r: r["drain_fleet_cpu_s"] / r["sequential_fleet_cpu_s"],
+    "drain_controller_cpu_vs_sequential": lambda r: r["drain_controller_cpu_s"] / r["sequential_controller_cpu_s"],
+}
+
+
+def drain_summary(runs: t.Sequence[Run]) -> t.Dict[str, t.Any]:
+    """Medians of the drain rows' numbers, the medians of their same-run ratios, and the run whose drain wall time
+    is the median one (the later of two): its per-workload downtimes, targets and CPU profile are shown as measured,
+    not as medians of figures from different runs."""
+    keys = sorted({k for r in runs for k, v in r.items() if numeric(v)} - {"run", "size_mib", "count"})
+    out: t.Dict[str, t.Any] = {"median": {k: median(r.get(k) for r in runs) for k in keys},
+                               "ratios": {name: median(ratio_or_none(ratio, r) for r in runs) for name, ratio in DRAIN_RATIOS.items()}}
+    timed = sorted((r for r in runs if r.get("drain_wall_s") is not None), key=lambda r: r["drain_wall_s"])
+    if timed:
+        middle = timed[len(timed) // 2]
+        out["median_run"] = middle["run"]
+        for key in ("drain_downtimes_s", "drain_targets", "drain_cpu_profile", "drain_fleet_cpu_by"):
+            out[key] = middle.get(key)
+    return out
+
+
+def drain_lines(results: t.Mapping[str, t.Any]) -> t.List[str]:
+    """The drain table: wall time of one migration, of the same workloads one after another and of the drain, the
+    drain's ratios to both, downtimes, CPU; then the median run's per-workload downtimes and its CPU profile."""
+    data = results.get("drain")
+    if not data:
+        return []
+    config = data["config"]
+    medians, ratios = data["median"], data["ratios"]
+
+    def three(key: str, spec: str = "%.1f") -> t.List[str]:
+        return [fmt(medians.get("%s_%s" % (variant, key)), spec) for variant in ("one", "sequential", "drain")]
+
+    count = config["count"]
+    lines = ["", _row("drain, %d x %d MiB, host-1 -> host-2 + host-3" % (count, config["mib"]),
+                      ["1 migration", "%d one by one" % count, "drain of %d" % count]), _rule(3),
+             _row("wall time, median of %d run(s) (s)" % len(data["runs"]), three("wall_s")),
+             _row("  ratio drain / this (same run)", [fmt(ratios.get("drain_vs_one"), "%.2fx"),
+                                                      fmt(ratios.get("drain_vs_sequential"), "%.2fx"), ""]),
+             _row("longest downtime (s)", [fmt(medians.get("one_downtime_s"))] + three("max_downtime_s", "%.3f")[1:]),
+             _row("median downtime (s)", [fmt(medians.get("one_downtime_s"))] + three("median_downtime_s", "%.3f")[1:]),
+             _row("CPU of the 3 hosts and the controller (CPU s)", three("fleet_cpu_s")),
+             _row("  of which the controller (CPU s)", three("controller_cpu_s")),
+             _row("  ratio drain / this (same run)", ["", fmt(ratios.get("drain_fleet_cpu_vs_sequential"), "%.2fx"), ""]),
+             _row("whole machine busy, others' too (CPU s)", three("cpu_s"))]
+    lines.append("drain_parallel %s (%s), Ansible forks %s; one after another: one migrate playbook per workload, "
+                 "onto host-2 and host-3 in turn" % (config["parallel"], config["parallel_from"], config["forks"]))
+    if data.get("drain_downtimes_s"):
+        targets = ", ".join("%s: %d" % item for item in sorted((data.get("drain_targets") or {}).items()))
+        lines.append("drain downtimes, run %d (median wall time), per workload (s): %s (%s)" % (
+            data["median_run"] + 1, " ".join("%.2f" % v for v in data["drain_downtimes_s"].values()), targets))
+    if data.get("drain_cpu_profile"):
+        lines += [""] + profile_lines("controller CPU, drain (%s)" % data["drain_cpu_profile"]["what"], data["drain_cpu_profile"])
+    if data.get("drain_fleet_cpu_by"):
+        lines += ["", "CPU of the 3 hosts and the controller, drain, run %d, by process:" % (data["median_run"] + 1)]
+        lines += ["    %-52s %6.2f CPU s" % item for item in sorted(data["drain_fleet_cpu_by"].items(), key=lambda item: -item[1])]
+    return lines
+
+
 # --- where the controller's CPU goes ---------------------------------------------------------------------
 
 def cpu_category(pid: int, root: int, comm: str, cmdline: str) -> str:
@@ -467,6 +534,7 @@ def table(results: t.Mapping[str, t.Any]) -> str:
         profile = (fanout.get(kind) or {}).get("cpu_profile")
         if profile:
             lines += [""] + profile_lines("controller CPU, %s (%s)" % (titles[kind], profile["what"]), profile)
+    lines += drain_lines(results)
     lines += container_lines(results)
     if results.get("targets"):
         lines += ["", "targets (issues 10 and 13):"]

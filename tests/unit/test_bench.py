@@ -386,3 +386,45 @@ def test_a_process_seen_before_its_exec_is_counted_as_what_it_runs(monkeypatch):
     stats[4242], lines[4242] = ("ssh", 5.0, 7), "ssh -p 2288 root@127.0.0.3"
     sampler._scan(baseline=False)  # pylint: disable=protected-access
     assert sampler.last[(4242, 7)] == ("ssh and sshd (cipher, both ends)", 5.0)
+
+
+def drained(index, one, sequential, drain, downtimes=(0.5, 0.7)):
+    return {"run": index, "size_mib": 256, "count": len(downtimes), "one_wall_s": one, "one_downtime_s": 0.4,
+            "sequential_wall_s": sequential, "sequential_max_downtime_s": 0.6, "sequential_median_downtime_s": 0.5,
+            "drain_wall_s": drain, "drain_max_downtime_s": max(downtimes),
+            "drain_downtimes_s": {"w%d" % n: v for n, v in enumerate(downtimes)}, "drain_targets": {"host-2": 1, "host-3": 1},
+            "drain_cpu_s": 2 * drain, "sequential_cpu_s": sequential, "drain_fleet_cpu_s": drain, "sequential_fleet_cpu_s": sequential,
+            "drain_fleet_cpu_by": {"criu": 1.0, "ssh and sshd (cipher, both ends)": 2.0}, "drain_cpu_profile": None}
+
+
+def test_drain_ratios_are_taken_within_each_run_and_its_median_run_is_shown_as_measured():
+    runs = [drained(0, 5.0, 40.0, 20.0), drained(1, 10.0, 50.0, 30.0, (1.0, 2.0)), drained(2, 5.0, 60.0, 10.0)]
+    result = summary.drain_summary(runs)
+    assert result["ratios"]["drain_vs_one"] == 3.0  # median of 4.0, 3.0, 2.0, not 20.0 / 5.0
+    assert result["ratios"]["drain_vs_sequential"] == 0.5  # median of 0.5, 0.6, 1/6
+    assert result["ratios"]["drain_cpu_vs_sequential"] == 1.0
+    assert result["ratios"]["drain_fleet_cpu_vs_sequential"] == 0.5
+    assert result["ratios"]["drain_controller_cpu_vs_sequential"] is None, "not measured: None, not an error"
+    assert result["median"]["drain_wall_s"] == 20.0 and "count" not in result["median"]
+    assert result["median_run"] == 0 and result["drain_downtimes_s"] == {"w0": 0.5, "w1": 0.7}, "the run of the median wall time"
+    assert summary.drain_summary([]) == {"median": {}, "ratios": {name: None for name in summary.DRAIN_RATIOS}}
+
+
+def test_table_shows_the_drain():
+    profile = summary.cpu_profile({(1, 1): ("ansible-playbook (main process)", 3.0)}, 3.0, 20.0, 30.0, 2)
+    profile["what"] = "2 x 256 MiB, 5 fork(s)"
+    runs = [dict(drained(0, 5.0, 40.0, 20.0), drain_cpu_profile=profile)]
+    drain = dict(summary.drain_summary(runs), runs=runs,
+                 config={"count": 2, "mib": 256, "parallel": 4, "parallel_from": "the role's default", "forks": 5})
+    lines = summary.table(results(drain=drain)).splitlines()
+    assert any(line.startswith("| drain, 2 x 256 MiB, host-1 -> host-2 + host-3") and "2 one by one" in line for line in lines)
+    assert len({len(line) for line in lines if line.startswith("|")}) == 1, "every table line has the same width"
+    assert any(line.startswith("| wall time, median of 1 run(s) (s)") and "5.0" in line and "40.0" in line and "20.0" in line
+               for line in lines)
+    assert any(line.startswith("|   ratio drain / this (same run)") and "4.00x" in line and "0.50x" in line for line in lines)
+    assert "drain downtimes, run 1 (median wall time), per workload (s): 0.50 0.70 (host-2: 1, host-3: 1)" in lines
+    assert any(line.startswith("controller CPU, drain (2 x 256 MiB, 5 fork(s)): wall 20.0 s") for line in lines)
+    assert any(line.startswith("| CPU of the 3 hosts and the controller (CPU s)") and "20.0" in line for line in lines)
+    by_process = lines.index("CPU of the 3 hosts and the controller, drain, run 1, by process:")
+    assert lines[by_process + 1].split() == ["ssh", "and", "sshd", "(cipher,", "both", "ends)", "2.00", "CPU", "s"], "largest first"
+    assert not summary.drain_lines(results()), "no drain row measured, no drain table"
