@@ -11,6 +11,7 @@ ssh runs in batch mode with connect timeouts and keepalives, so a dead or silent
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuEr
 SSH = "/usr/bin/ssh"
 PACKAGE = "ansible_collections.nucleus.criu.plugins.module_utils"
 # AES-GCM first: about twice as fast as the default chacha20-poly1305 where the CPU has AES instructions.
+KNOWN_HOSTS_NOTICE = re.compile(r"^Warning: Permanently added .* to the list of known hosts\.$")
 CIPHER_PREFERENCE = "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 ENFORCED_OPTIONS = ["-o", "BatchMode=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ControlPersist=no", "-T"]
 # Reads our code from stdin with os.read (a buffered reader would swallow the frames that follow), imports it
@@ -109,6 +111,13 @@ def payload() -> bytes:
     return zlib.compress(json.dumps(sources).encode("utf-8"), 6)
 
 
+def ssh_words(stderr: str) -> str:
+    """What ssh and the agent said, without ssh's notice that it added a host key (an operator's
+    StrictHostKeyChecking=no prints one per session) and the carriage returns ssh ends its lines with."""
+    lines = [line.rstrip("\r") for line in stderr.splitlines()]
+    return "\n".join(line for line in lines if not KNOWN_HOSTS_NOTICE.match(line)).strip()
+
+
 class Agent:
     """This collection's code running on the target for one request, spoken to over one ssh session.
 
@@ -140,7 +149,7 @@ class Agent:
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)
-        return self._stderr.read()[-2000:].decode("utf-8", "replace").strip()
+        return ssh_words(self._stderr.read()[-2000:].decode("utf-8", "replace"))
 
     def failure(self, what: str, cause: t.Optional[BaseException] = None) -> CriuError:
         """Why the session failed: ssh's own words (unreachable, auth) or the agent's traceback."""

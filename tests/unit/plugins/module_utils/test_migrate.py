@@ -277,3 +277,11 @@ def test_every_key_of_the_migration_result_is_documented(tmp_path):
     returned = migrate.report(journal, True, {})["migration"]
     documented = yaml.safe_load(criu_migrate.RETURN)["migration"]["contains"]
     assert sorted(returned) == sorted(documented)
+
+
+def test_ssh_words_leave_out_the_known_hosts_notice_and_carriage_returns():
+    said = ("Warning: Permanently added '[127.0.0.4]:2772' (ED25519) to the list of known hosts.\r\n"
+            "Connection to 127.0.0.4 closed by remote host.\r\n")
+    assert remote.ssh_words(said) == "Connection to 127.0.0.4 closed by remote host."
+    assert remote.ssh_words("Warning: something else\r\nTraceback ...\n") == "Warning: something else\nTraceback ..."
+    assert remote.ssh_words("") == ""
