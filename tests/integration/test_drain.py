@@ -370,15 +370,33 @@ def test_a_container_left_in_doubt_is_found_by_its_journal_and_moved_by_the_reru
 
 
 def crash(fleet: Fleet, host: str) -> None:
-    """Every process of test host ``host`` killed at once (its sshd, the migration agents it runs): as a host that dies."""
+    """Every process of test host ``host`` ended at once (its sshd, the migration agents it runs), as a host that dies:
+    all stopped first, then killed, so that its sshd cannot serve a session meanwhile (a source that lost its agent
+    asks again at once)."""
     ns = fleet.mount_ns(host)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
+
+    def processes() -> t.List[int]:
+        found = []
+        for entry in os.listdir("/proc"):
             try:
-                if mount_ns(int(entry)) == ns:
-                    os.kill(int(entry), signal.SIGKILL)
+                if entry.isdigit() and mount_ns(int(entry)) == ns:
+                    found.append(int(entry))
             except OSError:
                 pass
+        return found
+
+    def signal_all(sig: int) -> bool:
+        """``sig`` to every process of the host; whether there was none left."""
+        left = processes()
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        return not left
+
+    signal_all(signal.SIGSTOP)
+    wait_for(lambda: signal_all(signal.SIGKILL), timeout=30, what="host-%s to be gone" % host)
 
 
 def planned(log_path: str, count: int) -> t.Optional[t.List[t.Tuple[str, str]]]:
