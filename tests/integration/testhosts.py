@@ -269,7 +269,9 @@ class Fleet(Hosts):
 
 class RemoteOn(Remote):
     """A counter workload like Remote, started on any host of ``hosts`` (a pair's "a" or "b", a fleet's "1" .. "N"),
-    with ``fill_timeout`` seconds to fill its memory."""
+    with ``fill_timeout`` seconds to fill its memory, in a working directory of its own: criu mounts a proc in the
+    dumped task's working directory under one fixed name, so two dumps at once of tasks in one directory collide
+    (the hosts share this machine's files; real hosts would not)."""
 
     def __init__(self, hosts: Hosts, host: str, name: str, tmp: str, args: str = "",  # pylint: disable=super-init-not-called
                  fill_timeout: float = 120) -> None:
@@ -279,7 +281,9 @@ class RemoteOn(Remote):
         self.state_file = os.path.join(tmp, name + ".state")
         self.pidfile = "/run/%s.pid" % name
         program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
-        hosts.run(host, "setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % program)
+        cwd = os.path.join(tmp, name + ".cwd")
+        os.makedirs(cwd, exist_ok=True)
+        hosts.run(host, "cd %s && setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % (cwd, program))
         self.pid = wait_for(self._find, what="workload %s to start" % name)
         hosts.run(host, "echo %d > %s" % (self.pid, self.pidfile))
         wait_for(lambda: os.path.exists(self.state_file), timeout=fill_timeout, what="workload %s to fill its memory" % name)
