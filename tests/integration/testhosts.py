@@ -283,7 +283,7 @@ class RemoteOn(Remote):
         program = "%s %s/demo/counter.py %s %s" % (sys.executable, REPO, self.state_file, args)
         cwd = os.path.join(tmp, name + ".cwd")
         os.makedirs(cwd, exist_ok=True)
-        hosts.run(host, "cd %s && setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % (cwd, program))
+        hosts.run(host, "cd %s; setsid unshare --pid --fork setsid %s </dev/null >/dev/null 2>&1 &" % (cwd, program))
         self.pid = wait_for(self._find, what="workload %s to start" % name)
         hosts.run(host, "echo %d > %s" % (self.pid, self.pidfile))
         wait_for(lambda: os.path.exists(self.state_file), timeout=fill_timeout, what="workload %s to fill its memory" % name)
