@@ -384,9 +384,10 @@ def _below(root: int, pid: int) -> bool:
 
 def held_bytes(tree: t.Sequence[int]) -> int:
     """What a process tree holds in memory: its resident pages and, when its memory cgroup is its own (a container's,
-    a unit's with memory accounting), the page cache charged there too (files it wrote, its tmpfs, a container's
-    upper layer): a checkpoint carries those and the target holds them again. A cgroup shared with other processes
-    says nothing of the tree's part, so the resident pages alone count then."""
+    a unit's with memory accounting), the page cache charged there too. Its tmpfs files and a container's upper layer
+    travel with its checkpoint; the files it read or wrote it will cache again on the target: for placement, which must
+    never overcommit, the larger figure. A cgroup shared with other processes says nothing of the tree's part, so the
+    resident pages alone count then."""
     resident = resident_bytes(tree)
     directory, keys = _memory_cgroup(tree[0])
     members = _cgroup_processes(directory) if directory is not None else None
