@@ -32,11 +32,7 @@ class OptionWorkload(Remote):
 
     def __init__(self, hosts: Hosts, name: str, tmp: str, mode: str, arg: str = "", netns: bool = False,
                  own_session: bool = True) -> None:
-        # A working directory of its own: criu's parasite mounts a proc there under a fixed name, and two dumps at
-        # once of workloads sharing one collide ("can't get /proc fd"; see _criulog's hint).
-        cwd = os.path.join(tmp, name + ".cwd")
-        os.makedirs(cwd, exist_ok=True)
-        super().__init__(hosts, name, tmp, "%s %s" % (mode, arg), netns=netns, program=PROGRAM, own_session=own_session, cwd=cwd)
+        super().__init__(hosts, name, tmp, "%s %s" % (mode, arg), netns=netns, program=PROGRAM, own_session=own_session)
 
     def info(self) -> str:
         return wait_for(lambda: open(self.state_file + ".info").read().strip() or "-", what="%s's info" % self.name)

@@ -194,9 +194,12 @@ class Remote:
     def __init__(self, hosts: Hosts, name: str, tmp: str, args: str = "", netns: bool = False, program: str = COUNTER,
                  own_session: bool = True, cwd: t.Optional[str] = None) -> None:
         """``program`` STATE ARGS in its own PID namespace on host-a, in a session of its own unless ``own_session`` is
-        false (its session leader is then outside the tree: a dump needs shell_job), in ``cwd`` (default: ssh's, the
-        home directory)."""
+        false (its session leader is then outside the tree: a dump needs shell_job), in ``cwd`` (default: a directory
+        of its own; criu mounts a proc in the dumped task's working directory under one fixed name, so two dumps at
+        once of tasks in one directory collide)."""
         self.hosts = hosts
+        cwd = cwd or os.path.join(tmp, name + ".cwd")
+        os.makedirs(cwd, exist_ok=True)
         self.name = name
         self.state_file = os.path.join(tmp, name + ".state")
         self.pidfile = "/run/%s.pid" % name
@@ -207,7 +210,7 @@ class Remote:
         else:
             inner, namespaces = ("setsid " if own_session else "") + command, "--pid"
         hosts.run("a", "%ssetsid unshare %s --fork %s </dev/null >/dev/null 2>&1 &" % (
-            "cd %s; " % cwd if cwd else "", namespaces, inner))
+            "cd %s; " % cwd, namespaces, inner))
         self.pid = wait_for(self._find, what="workload %s to start" % name)
         hosts.run("a", "echo %d > %s" % (self.pid, self.pidfile))
         # It writes its state only once its memory is filled: a second or more per GiB.
