@@ -75,12 +75,18 @@ def numeric(value: t.Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def medians_and_ratios(runs: t.Sequence[Run], ratios: t.Mapping[str, t.Callable[[Run], float]],
+                       labels: t.AbstractSet[str]) -> t.Dict[str, t.Any]:
+    """The median of every number the runs measured (``labels`` aside: what names a run, not a measure) and the
+    median of each same-run ratio."""
+    keys = sorted({k for r in runs for k, v in r.items() if numeric(v)} - set(labels))
+    return {"median": {k: median(r.get(k) for r in runs) for k in keys},
+            "ratios": {name: median(ratio_or_none(ratio, r) for r in runs) for name, ratio in ratios.items()}}
+
+
 def summarise(runs: t.Sequence[Run]) -> t.Dict[str, t.Any]:
     """Medians of every number the runs measured, the median of each same-run ratio, and per-phase medians."""
-    keys = sorted({k for r in runs for k, v in r.items() if numeric(v)} - {"run", "size_mib"})
-    summary: t.Dict[str, t.Any] = {"median": {k: median(r.get(k) for r in runs) for k in keys}, "ratios": {}}
-    for name, ratio in RATIOS.items():
-        summary["ratios"][name] = median(ratio_or_none(ratio, r) for r in runs)
+    summary = medians_and_ratios(runs, RATIOS, {"run", "size_mib"})
     for field in PHASE_FIELDS + CPU_FIELDS:
         labels: t.List[str] = []
         for run in runs:
@@ -149,9 +155,7 @@ def drain_summary(runs: t.Sequence[Run]) -> t.Dict[str, t.Any]:
     """Medians of the drain rows' numbers, the medians of their same-run ratios, and the run whose drain wall time
     is the median one (the later of two): its per-workload downtimes, targets and CPU profile are shown as measured,
     not as medians of figures from different runs."""
-    keys = sorted({k for r in runs for k, v in r.items() if numeric(v)} - {"run", "size_mib", "count"})
-    out: t.Dict[str, t.Any] = {"median": {k: median(r.get(k) for r in runs) for k in keys},
-                               "ratios": {name: median(ratio_or_none(ratio, r) for r in runs) for name, ratio in DRAIN_RATIOS.items()}}
+    out = medians_and_ratios(runs, DRAIN_RATIOS, {"run", "size_mib", "count"})
     timed = sorted((r for r in runs if r.get("drain_wall_s") is not None), key=lambda r: r["drain_wall_s"])
     if timed:
         middle = timed[len(timed) // 2]
