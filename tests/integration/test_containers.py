@@ -37,9 +37,9 @@ class Containers:
         self.names.append(name)
         return name
 
-    def start(self, label: str, command: str = COUNTER, image: t.Optional[str] = None) -> str:
+    def start(self, label: str, command: str = COUNTER, image: t.Optional[str] = None, network: str = "bridge") -> str:
         name = self.name(label)
-        podman("run", "-d", "--name", name, image or self.image, "sh", "-c", command)
+        podman("run", "-d", "--name", name, "--network", network, image or self.image, "sh", "-c", command)
         if command == COUNTER:
             wait_for(lambda: count(name) >= 3, what="container %s counting" % name)
         return name
@@ -128,6 +128,26 @@ def test_leave_running_and_a_copy_beside_it(containers, ckpt_dir):
     copy = containers.name("twin")
     restored = run_module("criu_restore", dict(src=dest, container_name=copy))
     assert restored["changed"] and state(copy) == "running" and state(name) == "running", restored
+
+
+def test_a_restore_criu_refuses_says_why_and_leaves_no_copy(containers, ckpt_dir):
+    """A copy of a host-network server cannot listen beside its original: the failure quotes criu's own reason (Podman
+    keeps its log only with the container), the half-made copy is gone, and a retry once the port is free restores."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    name = containers.start("listener", "httpd -f -p 127.0.0.1:%d" % port, network="host")
+    wait_for(lambda: _connect("127.0.0.1", port), what="the container's listener").close()
+    dest = str(ckpt_dir / "ck")
+    assert run_module("criu_checkpoint", dict(container=name, dest=dest, leave_running=True))["changed"]
+    copy = containers.name("listener-copy")
+    refused = run_module("criu_restore", dict(src=dest, container_name=copy))
+    assert refused["failed"] and "Error (criu/sk-inet.c" in refused["msg"] and "Can't bind inet socket" in refused["msg"], refused
+    assert "Address already in use" in refused["msg"] and "stop what holds it" in refused["msg"] and state(copy) is None, refused
+    podman("stop", "--time", "0", name)
+    restored = run_module("criu_restore", dict(src=dest, container_name=copy))
+    assert restored["changed"] and state(copy) == "running", restored.get("msg", restored)
+    wait_for(lambda: _connect("127.0.0.1", port), what="the copy's listener").close()
 
 
 def test_diff_of_a_container_checkpoint_and_its_restore(containers, ckpt_dir):

@@ -32,6 +32,9 @@ _HINTS = (
      "PID {0} is already in use on this host and the checkpointed tree needs it back. Wait for the original "
      "process to exit, or checkpoint a workload started in its own PID namespace (unshare --pid --fork), "
      "which restores anywhere."),
+    (re.compile(r"Can't bind inet socket .*Address already in use"),
+     "A socket in the checkpoint is bound to an address that something on this host holds now (the original still "
+     "running, or a container sharing the host's network): stop what holds it, or restore on another host."),
     (re.compile(r"Iptables configuration failed|iptables-restore"),
      "CRIU could not lock the network with iptables. Use network_lock=nftables (the default)."),
     (re.compile(r"Can't dump half of stream unix connection"),
@@ -79,11 +82,15 @@ def read_tail(path: str, max_bytes: int = _TAIL_BYTES) -> str:
     """Return the last ``max_bytes`` of a log; a verbose log can be large, and only its end explains a failure."""
     try:
         with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(0, size - max_bytes))
-            return handle.read().decode("utf-8", "replace")
+            return tail(handle, max_bytes)
     except OSError:
         return ""
+
+
+def tail(handle: t.BinaryIO, max_bytes: int = _TAIL_BYTES) -> str:
+    """The last ``max_bytes`` of an open log."""
+    handle.seek(max(0, os.fstat(handle.fileno()).st_size - max_bytes))
+    return handle.read().decode("utf-8", "replace")
 
 
 def lazy_page_counts(path: str) -> t.List[t.Tuple[int, int]]:

@@ -435,8 +435,14 @@ class Container(Kind):
         if check_mode:
             return {"changed": True, "src": src, "pid": None, "checkpoint": shown, "actions": ["would " + action],
                     "diff": diff_.restore(src, live, diff_.new_restore(metadata["id"], name))}
-        restored, podman_stats, seconds = restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
-                                                         options, timeout)
+        try:
+            restored, podman_stats, seconds = restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
+                                                             options, timeout)
+        except CriuError:
+            # The name was free at the preflight: what holds it now is this restore's copy, dead or half started.
+            # Left there, it would run beside a retry's copy, or block it under the same name.
+            engine.remove(name, timeout)
+            raise
         record = restored_.restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
                                           container_name=restored["name"])
         restored_.save_record(checkpoint.fd, record, key)

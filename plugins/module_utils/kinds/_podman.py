@@ -20,6 +20,7 @@ import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _binary as binary
+from ansible_collections.nucleus.criu.plugins.module_utils.criu import _criulog as criulog
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
@@ -48,6 +49,8 @@ CRIU_CONFIG_ANNOTATION = "org.criu.config"
 RUNC_CRIU_CONFIG = "/etc/criu/runc.conf"
 CRIU_PLUGIN_DIR = "/usr/lib/criu"  # criu's compiled-in plugin directory
 NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft")  # where netavark finds nft on Debian (its PATH)
+# runc names criu's log when criu fails: "criu failed: ... log file: PATH".
+_CRIU_LOG_RE = re.compile(r"log file: (/\S+\.log)")
 _ULIMITS_RE = re.compile(r"^[ \t]*default_ulimits[ \t]*=[ \t]*\[(.*?)\]", re.MULTILINE | re.DOTALL)
 _ULIMIT_RE = re.compile(r"[\"'](\w+)=(-?\d+)(?::(-?\d+))?[\"']")
 
@@ -96,9 +99,24 @@ def run(argv: t.Sequence[str], timeout: float, pass_fds: t.Sequence[int] = (),
     if proc.returncode != 0:
         error = stderr.decode("utf-8", "replace").strip()[-1500:]
         hints = [hint for pattern, hint in _HINTS if pattern.search(error)]
-        raise PodmanError("%s exited with %d: %s%s" % (" ".join(argv[:3]), proc.returncode, error,
-                                                       "".join(" " + hint for hint in hints)), rc=proc.returncode)
+        raise PodmanError("%s exited with %d: %s%s%s" % (" ".join(argv[:3]), proc.returncode, error, criu_reason(error),
+                                                         "".join(" " + hint for hint in hints)), rc=proc.returncode)
     return stdout.decode("utf-8", "replace"), time.monotonic() - started
+
+
+def criu_reason(error: str) -> str:
+    """What criu's log says went wrong, when runc names the log: the log lives with the container, and a copy whose
+    restore failed is removed (by criu_restore itself, or by a migration's abort), so the message must carry it."""
+    match = _CRIU_LOG_RE.search(error)
+    if match is None:
+        return ""
+    try:
+        fd, _real = safepath.open_file(match.group(1), "criu's log", "")
+    except (CriuError, OSError):
+        return ""
+    with os.fdopen(fd, "rb") as log:
+        errors = criulog.error_lines(criulog.tail(log))
+    return " criu: %s.%s" % (" | ".join(errors), "".join(" " + hint for hint in criulog.hints(errors))) if errors else ""
 
 
 def stats_of(output: str) -> t.Dict[str, t.Any]:

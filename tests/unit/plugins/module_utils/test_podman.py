@@ -135,6 +135,30 @@ def test_podman_errors_carry_the_remedy(recording_podman):
     assert engine.image_id("beef", 10) is None
 
 
+CRIU_LOG = """\
+(00.099561) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted
+(00.433779)      1: Error (criu/sk-inet.c:1059): inet: Can't bind inet socket (id 5): Address already in use
+(00.435114) Error (criu/cr-restore.c:2331): Restoring FAILED.
+"""
+
+
+@pytest.mark.parametrize("log_dir_mode, quoted", [(0o700, True), (0o777, False)])
+def test_a_criu_failure_quotes_the_log_runc_names(recording_podman, tmp_path, log_dir_mode, quoted):
+    """Podman's message only names criu's log, which goes with the failed copy: the message carries its errors (not the
+    harmless rlimit line) and the remedy, read only from a log no other user could have written or swapped."""
+    engine, respond, _calls = recording_podman
+    log = tmp_path / "userdata" / "restore.log"
+    log.parent.mkdir()
+    log.write_text(CRIU_LOG)
+    log.parent.chmod(log_dir_mode)
+    respond(rc=125, err="Error: OCI runtime error: runc: criu failed: type NOTIFY errno 0\nlog file: %s\n" % log)
+    with pytest.raises(CriuError) as raised:
+        engine.restore_import(5, "copy", {}, 10)
+    assert "log file: %s" % log in raised.value.msg and "RLIMIT" not in raised.value.msg
+    assert ("Can't bind inet socket (id 5): Address already in use | " in raised.value.msg
+            and "Restoring FAILED." in raised.value.msg and "stop what holds it" in raised.value.msg) is quoted
+
+
 def refuse_unsupported(spec, at, **given):
     """_container.refuse_unsupported with what a module's request of ``spec`` and ``given`` hands it."""
     request = spec.request(spec.defaults(**given))
