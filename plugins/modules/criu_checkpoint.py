@@ -80,6 +80,9 @@ options:
       - Podman passes O(tcp_established) and O(file_locks) to criu for a container; every other criu option (and
         O(leave_stopped)) is refused. Without O(leave_running) the container stops (it stays, exited, on the host);
         should anything fail after that, it is restored in place from the copy Podman keeps.
+      - With O(leave_running) the container stops for its export too, and is restored in place from Podman's copy at
+        once, so it runs on from the same memory (same id and name, a new host PID). Podman archives a container's file
+        changes after the dump, so a container left running would put newer files in the export than its memory knows.
       - The host must be able to checkpoint containers, see M(nucleus.criu.criu_info)'s O(nucleus.criu.criu_info#module:engine)
         (the C(nucleus.criu.criu) role's C(criu_containers) prepares it).
     type: str

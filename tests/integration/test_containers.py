@@ -23,6 +23,9 @@ KEY = "container-test-key-0123456789"
 # Counts in memory (the shell's variable), shows the count in a file: after a restore the count goes on from where it
 # was, where a restarted container would start again from 1.
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"
+# Counts every 5 ms into a log it holds open for writing, as a busy server holds its log: criu records the file's
+# size at the dump, and refuses a restore where the file has another.
+LOGGING_COUNTER = "exec 3>/tmp/log; i=0; while :; do i=$((i+1)); echo $i > /tmp/n; echo $i >&3; usleep 5000; done"
 
 
 class Containers:
@@ -40,7 +43,7 @@ class Containers:
     def start(self, label: str, command: str = COUNTER, image: t.Optional[str] = None, network: str = "bridge") -> str:
         name = self.name(label)
         podman("run", "-d", "--name", name, "--network", network, image or self.image, "sh", "-c", command)
-        if command == COUNTER:
+        if command in (COUNTER, LOGGING_COUNTER):
             wait_for(lambda: count(name) >= 3, what="container %s counting" % name)
         return name
 
@@ -130,16 +133,37 @@ def test_leave_running_and_a_copy_beside_it(containers, ckpt_dir):
     assert restored["changed"] and state(copy) == "running" and state(name) == "running", restored
 
 
+def test_leave_running_exports_the_files_as_the_memory_knows_them(containers, ckpt_dir):
+    """Podman archives a container's file changes after criu's dump: left running, the container went on writing, and
+    the export held a log longer than its memory knew, which criu refused to restore. The container now stops for the
+    export and runs on from the same memory (same id, the count going on); its copy restores."""
+    name = containers.start("logging", LOGGING_COUNTER)
+    container_id = podman("container", "inspect", "--format", "{{.Id}}", name).stdout.strip()
+    dest = str(ckpt_dir / "ck")
+    made = run_module("criu_checkpoint", dict(container=name, dest=dest, leave_running=True))
+    assert made["changed"] and made["checkpoint"]["options"]["leave_running"], made
+    at_checkpoint = count(name)
+    assert state(name) == "running" and at_checkpoint >= 3, "the container runs on, counting from its memory"
+    assert podman("container", "inspect", "--format", "{{.Id}}", name).stdout.strip() == container_id
+    copy = containers.name("logging-copy")
+    restored = run_module("criu_restore", dict(src=dest, container_name=copy))
+    assert restored["changed"] and state(copy) == "running", restored.get("msg", restored)
+    wait_for(lambda: count(copy) > at_checkpoint - 1 and count(name) > at_checkpoint, what="both counting on")
+
+
 def test_a_restore_criu_refuses_says_why_and_leaves_no_copy(containers, ckpt_dir):
-    """A copy of a host-network server cannot listen beside its original: the failure quotes criu's own reason (Podman
-    keeps its log only with the container), the half-made copy is gone, and a retry once the port is free restores."""
+    """A host-network server's copy cannot listen while the server, started again, holds its port: the failure quotes
+    criu's own reason (Podman keeps its log only with the container), the half-made copy is gone, and a retry once the
+    port is free restores."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     name = containers.start("listener", "httpd -f -p 127.0.0.1:%d" % port, network="host")
     wait_for(lambda: _connect("127.0.0.1", port), what="the container's listener").close()
     dest = str(ckpt_dir / "ck")
-    assert run_module("criu_checkpoint", dict(container=name, dest=dest, leave_running=True))["changed"]
+    assert run_module("criu_checkpoint", dict(container=name, dest=dest))["changed"]
+    podman("start", name)
+    wait_for(lambda: _connect("127.0.0.1", port), what="the server started again").close()
     copy = containers.name("listener-copy")
     refused = run_module("criu_restore", dict(src=dest, container_name=copy))
     assert refused["failed"] and "Error (criu/sk-inet.c" in refused["msg"] and "Can't bind inet socket" in refused["msg"], refused
@@ -195,6 +219,23 @@ def test_tcp_connection_kept_across_a_restore(containers, ckpt_dir):
         podman("rm", name)
         restored = run_module("criu_restore", dict(src=dest))
         assert restored["changed"] and restored["container"]["name"] == name, restored
+        client.sendall(b"after\n")
+    finally:
+        client.close()
+    wait_for(lambda: podman("exec", name, "cat", "/tmp/got").stdout == "before\nafter\n", what="both lines over one connection")
+
+
+def test_leave_running_keeps_an_established_connection(containers, ckpt_dir):
+    """leave_running stops the container for its export and restores it in place: with the connection's state, which
+    Podman restores only when told tcp_established again (it does not remember it)."""
+    name = containers.start("tcp-on", "nc -l -p 9000 > /tmp/got; sleep 1000")
+    address = podman("inspect", "--format", "{{.NetworkSettings.IPAddress}}", name).stdout.strip()
+    client = wait_for(lambda: _connect(address, 9000), what="the container's listener")
+    try:
+        client.sendall(b"before\n")
+        made = run_module("criu_checkpoint", dict(container=name, dest=str(ckpt_dir / "ck"), tcp_established=True,
+                                                  leave_running=True))
+        assert made["changed"] and state(name) == "running", made.get("msg", made)
         client.sendall(b"after\n")
     finally:
         client.close()

@@ -166,14 +166,14 @@ def export(engine: podman.Podman, found: t.Mapping[str, t.Any], images_fd: int, 
 SETTLE_SECONDS = 10.0
 
 
-def restore_kept(engine: podman.Podman, container_id: str, timeout: float) -> t.Optional[str]:
+def restore_kept(engine: podman.Podman, container_id: str, options: t.Mapping[str, t.Any], timeout: float) -> t.Optional[str]:
     """Restore a container stopped by a checkpoint in place, from the copy Podman keeps in its own storage
     (``--keep``), once Podman has seen it stop (its state lags its main process by a moment: it refuses a restore
     until then). None when it runs again, else Podman's reason."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         try:
-            engine.restore_in_place(container_id, timeout)
+            engine.restore_in_place(container_id, options, timeout)
             return None
         except CriuError as exc:
             if "running or paused" in exc.msg and time.monotonic() < deadline:
@@ -182,15 +182,28 @@ def restore_kept(engine: podman.Podman, container_id: str, timeout: float) -> t.
             return exc.msg
 
 
-def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: int, timeout: float) -> str:
+def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: int, options: t.Mapping[str, t.Any],
+               timeout: float) -> str:
     """After a failed checkpoint, make sure the container runs as before; say what happened to it."""
     if procfs.is_alive(found["pid"], starttime):
         return "The container %s is still running, untouched." % found["name"]
-    problem = restore_kept(engine, found["id"], timeout)
+    running = engine.inspect(found["id"], timeout)
+    if running is not None and running["state"] == "running":
+        return "The container %s runs again, restored in place from the checkpoint." % found["name"]
+    problem = restore_kept(engine, found["id"], options, timeout)
     if problem is not None:
         return ("The container %s was stopped by the checkpoint and could not be brought back: %s Run podman container "
                 "restore %s." % (found["name"], problem, found["id"]))
     return "The container %s was brought back from Podman's own copy of the checkpoint (podman container restore)." % found["name"]
+
+
+def run_on(engine: podman.Podman, found: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any], timeout: float) -> None:
+    """leave_running for a container: it was stopped for a consistent export (see Podman.checkpoint) and runs on from
+    the same memory, restored in place, before the export is hashed: the hashing is not downtime."""
+    problem = restore_kept(engine, found["id"], options, timeout)
+    if problem is not None:
+        raise CriuError("The container %s was stopped for its export and could not be restored in place: %s"
+                        % (found["name"], problem))
 
 
 def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], timeout: float) -> None:
@@ -202,7 +215,7 @@ def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], timeout: floa
                         % (recorded["name"], recorded["id"][:12]))
     if found["state"] == "running":
         return
-    problem = restore_kept(engine, recorded["id"], timeout)
+    problem = restore_kept(engine, recorded["id"], {}, timeout)
     if problem is not None:
         raise CriuError("The source container %s could not be restored in place: %s Run podman container restore %s."
                         % (recorded["name"], problem, recorded["id"]))
@@ -356,6 +369,8 @@ class ContainerWorkload(Workload):
             with seal_.staged(loc) as staging:
                 frozen_at = procfs.utc_now()
                 podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, request.timeout)
+                if request.leave_running:
+                    run_on(engine, found, options, request.timeout)
                 flush_started = time.monotonic()
                 manifest = seal_.flushed_manifest(staging.images_fd, algorithm)
                 metadata = seal_.describe(recorded.pop("criu"), request.name or loc.name, facts, options, algorithm, manifest,
@@ -364,7 +379,8 @@ class ContainerWorkload(Workload):
                 staging.publish()
                 fsync_seconds = time.monotonic() - flush_started
         except BaseException as exc:
-            seal_.failed_dump_fate(exc, staging, loc, lambda: bring_back(engine, found, facts["starttime"], request.timeout))
+            seal_.failed_dump_fate(exc, staging, loc,
+                                   lambda: bring_back(engine, found, facts["starttime"], options, request.timeout))
             raise
         return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
 

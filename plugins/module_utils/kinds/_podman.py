@@ -158,18 +158,20 @@ class Podman(t.NamedTuple):
 
     def checkpoint(self, container_id: str, export_fd: int, options: t.Mapping[str, t.Any], timeout: float,
                    on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:
-        """Export a checkpoint of the container into the file open as ``export_fd`` (podman writes that very file).
-        ``--keep`` keeps the checkpoint in Podman's storage even when the export fails (a full disk): without it the
-        container would be stopped with nothing to restore it from."""
+        """Export a checkpoint of the container into the file open as ``export_fd`` (podman writes that very file); the
+        container stops. ``--keep`` keeps the checkpoint in Podman's storage even when the export fails (a full disk):
+        without it the container would be stopped with nothing to restore it from. Never ``--leave-running``: Podman
+        archives the container's file changes after criu's dump, so a container left running would write newer files
+        into the export than its memory knows (criu then refuses a file held open whose size changed)."""
         argv = [self.path, "container", "checkpoint", "--export", "/proc/self/fd/%d" % export_fd,
-                "--compress", options["compress"], "--print-stats", "--keep"]
-        argv += (["--leave-running"] if options.get("leave_running") else []) + criu_options.podman_flags(options)
+                "--compress", options["compress"], "--print-stats", "--keep"] + criu_options.podman_flags(options)
         output, seconds = run(argv + ["--", container_id], timeout, pass_fds=[export_fd], on_spawn=on_spawn)
         return stats_of(output), seconds
 
-    def restore_in_place(self, container_id: str, timeout: float) -> None:
-        """Bring a container back from the checkpoint Podman keeps in its own storage after an export."""
-        run([self.path, "container", "restore", "--", container_id], timeout)
+    def restore_in_place(self, container_id: str, options: t.Mapping[str, t.Any], timeout: float) -> None:
+        """Bring a container back from the checkpoint Podman keeps in its own storage after an export, with the criu
+        options it was checkpointed with (Podman does not remember them)."""
+        run([self.path, "container", "restore"] + criu_options.podman_flags(options) + ["--", container_id], timeout)
 
     def restore_import(self, import_fd: int, name: t.Optional[str], options: t.Mapping[str, t.Any], timeout: float,
                        on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:

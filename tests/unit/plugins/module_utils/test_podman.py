@@ -109,7 +109,7 @@ def test_checkpoint_writes_into_the_held_file_and_keeps_podmans_copy(recording_p
         os.close(fd)
     call = calls()[0]
     assert call["argv"] == ["container", "checkpoint", "--export", "/proc/self/fd/%d" % fd, "--compress", "none",
-                            "--print-stats", "--keep", "--leave-running", "--tcp-established", "--", "abc"]
+                            "--print-stats", "--keep", "--tcp-established", "--", "abc"], "never --leave-running"
     assert call["env"]["PATH"].split(":")[:3] == ["/usr/local/sbin", "/usr/sbin", "/usr/bin"], "runc's criu: the trusted one"
     assert "CONTAINERS_CONF" not in call["env"] and stats == {"podman_checkpoint_duration": 5}
 
