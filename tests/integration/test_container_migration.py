@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import typing as t
@@ -47,9 +48,9 @@ class Containers:
     def podman(self, host: str, args: str, check: bool = True) -> str:
         return self.hosts.run(host, "podman " + args, check=check).strip()
 
-    def start(self, name: str) -> str:
+    def start(self, name: str, command: str = COUNTER) -> str:
         """The container's id, once it counts."""
-        container_id = self.podman("a", "run -d --name %s %s sh -c '%s'" % (name, self.hosts.image, COUNTER))  # type: ignore[attr-defined]
+        container_id = self.podman("a", "run -d --name %s %s sh -c '%s'" % (name, self.hosts.image, command))  # type: ignore[attr-defined]
         wait_for(lambda: self.count("a", name) >= 3, what="container %s counting" % name)
         return container_id
 
@@ -285,6 +286,37 @@ def test_kill_matrix_container(hosts, containers, tmp_path, who, host, phase, ou
         assert recap_changed(rerun.stdout) == 0, "a completed migration is reported, not redone: " + rerun.stdout
     target = hosts.journal("b", name)
     assert target["outcome"] == "completed" and target["id"] == hosts.journal("a", name)["id"], target
+
+
+def test_a_rolled_back_migration_resumes_the_source_container_with_its_connection(hosts, containers, tmp_path):
+    """Frozen with tcp_established, the source container is restored in place with it again when the migration rolls
+    back: Podman does not remember it, and without it criu refuses the connection's state and the container stays
+    down."""
+    containers.image_on_b(True)
+    name = "c-tcp-back"
+    container_id = containers.start(name, "(nc -l -p 9000 > /tmp/got &); " + COUNTER)
+    address = containers.podman("a", "inspect --format '{{.NetworkSettings.IPAddress}}' %s" % name)
+    client = wait_for(lambda: _connect(address, 9000), what="the container's listener")
+    try:
+        client.sendall(b"before\n")
+        before = containers.count("a", name)
+        controller = kill_at(hosts, name, single(name, migrate_tcp_established=True), tmp_path, "target", "b", "restoring")
+        journal = hosts.settled(name)
+        finish(controller)
+        assert journal["outcome"] == "rolled_back", journal
+        containers.runs_only_on("a", name, container_id, before)
+        client.sendall(b"after\n")
+    finally:
+        client.close()
+    wait_for(lambda: containers.podman("a", "exec %s cat /tmp/got" % name, check=False) == "before\nafter",
+             what="both lines over one connection")
+
+
+def _connect(address: str, port: int) -> t.Optional[socket.socket]:
+    try:
+        return socket.create_connection((address, port), timeout=5)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager

@@ -206,7 +206,7 @@ def run_on(engine: podman.Podman, found: t.Mapping[str, t.Any], options: t.Mappi
                         % (found["name"], problem))
 
 
-def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], timeout: float) -> None:
+def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any], timeout: float) -> None:
     """A migration's source container runs again, with its memory: untouched if it still runs, else restored in
     place from Podman's own copy of the checkpoint. Raises when it cannot be."""
     found = engine.inspect(recorded["id"], timeout)
@@ -215,7 +215,7 @@ def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], timeout: floa
                         % (recorded["name"], recorded["id"][:12]))
     if found["state"] == "running":
         return
-    problem = restore_kept(engine, recorded["id"], {}, timeout)
+    problem = restore_kept(engine, recorded["id"], options, timeout)
     if problem is not None:
         raise CriuError("The source container %s could not be restored in place: %s Run podman container restore %s."
                         % (recorded["name"], problem, recorded["id"]))
@@ -563,8 +563,8 @@ class Container(Kind):
         return seal_.describe(criu, freezer.name, facts, options, freezer.algorithm, manifest, described), dump_seconds
 
     def resume_source(self, record: Record, timeout: float) -> None:
-        """Restored in place from the checkpoint Podman keeps."""
-        resume(podman_engine(timeout), _recorded(record), timeout)
+        """Restored in place from the checkpoint Podman keeps, with the criu options it was frozen with."""
+        resume(podman_engine(timeout), _recorded(record), (record.get("settings") or {}).get("criu") or {}, timeout)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """Stopped by its checkpoint, it is removed with the copy Podman keeps, so that no restore can bring it back."""

@@ -66,11 +66,11 @@ def settings(request: MigrateRequest, key: t.Optional[bytes]) -> Settings:
 def recordable(s: Settings) -> t.Dict[str, t.Any]:
     """The settings a recovery needs, as the journal keeps them (never the key: a recovery needs none)."""
     return {"mode": s.mode, "lease": s.lease, "timeout": s.timeout, "cleanup": s.cleanup, "target_pidfile": s.target_pidfile,
-            "unit_boot": s.unit_boot}
+            "unit_boot": s.unit_boot, "criu": dict(s.criu)}
 
 
 def as_recorded(s: Settings, journal: Journal) -> Settings:
     """``s`` with what the migration in ``journal`` was started with (a recovery finishes it as it was asked)."""
     recorded = journal.get("settings") or {}
-    return s._replace(**{key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile", "unit_boot")
+    return s._replace(**{key: recorded[key] for key in ("mode", "lease", "timeout", "cleanup", "target_pidfile", "unit_boot", "criu")
                          if key in recorded})
