@@ -176,7 +176,10 @@ source:
           description: Its migration's mode.
           type: str
         found_by:
-          description: C(given), the pattern that discovered it, or C(unfinished migration) (found by its journal).
+          description:
+            - C(given), the pattern that discovered it, or C(unfinished migration) (found by its journal).
+            - A container or service a completed migration moved away is found by its journal on this host, under the
+              label or pattern its journal matches (its journal keeps a container's labels).
           type: str
           sample: pidfile /run/jobs/*.pid
         workload:

@@ -333,6 +333,10 @@ migration:
           description: Name of its image.
           type: str
           sample: "localhost/web:1"
+        labels:
+          description: Its labels (its own and its image's), by name; a drain's rerun finds by them the containers it moved.
+          type: dict
+          sample: {"app": "web"}
     image_seconds:
       description: Seconds spent sending the container's image before the freeze (O(transfer_image)); null when none was sent.
       type: float

@@ -196,6 +196,10 @@ container:
           is refused by M(nucleus.criu.criu_checkpoint)).
       type: str
       sample: null
+    labels:
+      description: Its labels (its own and its image's), by name.
+      type: dict
+      sample: {"app": "web"}
 checkpoint:
   description:
     - The checkpoint's C(metadata.json), which the

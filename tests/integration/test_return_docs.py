@@ -25,7 +25,7 @@ KEY = "return-docs-test-key-0123456789"
 METADATA_PARTS = ("source", "criu", "process", "options", "restore_needs", "container", "manifest[]")
 WHOLE = {
     "criu_checkpoint": ["stats.criu", "stats.podman"] + ["checkpoint." + part for part in METADATA_PARTS],
-    "criu_restore": ["stats.criu", "stats.podman"] + ["checkpoint." + part for part in METADATA_PARTS],
+    "criu_restore": ["stats.criu", "stats.podman", "container.labels"] + ["checkpoint." + part for part in METADATA_PARTS],
     "criu_verify": ["checkpoint." + part for part in METADATA_PARTS],
     "criu_checkpoint_info": ["checkpoints[].options", "checkpoints[].details.files", "checkpoints[].details.sockets"],
     "criu_info": [],

@@ -226,7 +226,8 @@ def test_a_service_that_is_running_on_the_target_is_not_migrated(pair):
 
 def test_a_drain_finds_the_service_by_pattern_and_moves_it_once(pair):
     """The drain playbook empties machine-a of the services a pattern finds (sshd, journald and the rest do not
-    match): the counter migrates as the unit, exactly once, and the report says so; the rerun finds nothing to move."""
+    match): the counter migrates as the unit, exactly once, and the report says so; the rerun moves nothing, and says
+    where the unit went."""
     token, _count, _pid = state(pair.a)
     variables = dict(drain_source="machine-a", drain_targets=["machine-b"], drain_discover={"units": ["nucleus-*"]},
                      drain_reserve_mib=0, migrate_ssh_key_file=MIGRATE_KEY, migrate_lease=LEASE)
@@ -241,10 +242,12 @@ def test_a_drain_finds_the_service_by_pattern_and_moves_it_once(pair):
     with open(pair.a.path("%s/nucleus-counter.journal.json" % MIGRATIONS)) as handle:
         journal = json.load(handle)
     assert journal["outcome"] == "completed" and journal["unit"]["name"] == UNIT, journal
-    # The rerun: the unit left machine-a with its migration, so the pattern finds nothing to move there.
+    # The rerun: the unit left machine-a with its migration (systemd runs it there no more); its journal, matching the
+    # pattern, has the report say where it went, and nothing moves.
     again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900, check=False, stdin=subprocess.DEVNULL)
     recap = again.stdout.split("PLAY RECAP")[-1]
     assert again.returncode == 0 and "machine-a holds none of the workloads asked for" in again.stdout, again.stdout[-4000:]
+    assert re.search(r'"nucleus-counter: moved -> machine-b[^"]*\(moved by an earlier run\)"', again.stdout), again.stdout[-4000:]
     assert re.search(r"changed=[1-9]", recap) is None, recap
     source_stays_down(pair)
 

@@ -84,16 +84,18 @@ def _discover(request: DrainFactsRequest) -> t.List[t.Dict[str, t.Any]]:
         running = sorted(line.split()[0] for line in listed.splitlines() if line.strip())
         for pattern in patterns:
             for name in running:
-                if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".service"):
+                if _matches_unit(name, pattern):
                     items.append({"unit": name, "name": migration_name(name[:-8] if name.endswith(".service") else name),
                                   "mode": request.mode, "found_by": "unit %s" % pattern})
-    items.extend(_unfinished(request.migrate_dir, request.mode))
+    journals = _source_journals(request.migrate_dir)
+    items.extend(_unfinished(journals, request.mode))
+    items.extend(_moved_earlier(journals, labels, patterns, request.mode))
     unique: t.List[t.Dict[str, t.Any]] = []
     seen_refs: t.Dict[t.Tuple[str, t.Any], str] = {}
     seen_names: t.Dict[str, t.Dict[str, t.Any]] = {}
     for item in items:
         ref = next((key, item[key]) for key in REF_KEYS if key in item)
-        if ref in seen_refs or (item["found_by"] == UNFINISHED and item["name"] in seen_names):
+        if ref in seen_refs or (item.get("journaled") and item["name"] in seen_names):
             continue  # given and discovered, or discovered twice: the first one names it
         if item["name"] in seen_names:
             if item["found_by"] == "given":
@@ -107,15 +109,14 @@ def _discover(request: DrainFactsRequest) -> t.List[t.Dict[str, t.Any]]:
     return unique
 
 
-def _unfinished(migrate_dir: str, mode: str) -> t.List[t.Dict[str, t.Any]]:
-    """Migrations from this host without an outcome yet (their driver or controller died): a rerun resolves each of
-    them whether or not discovery still finds its workload (a container its migration stopped is not in ``podman ps``),
-    so a drain never reports a host empty while one of them holds a workload frozen."""
+def _source_journals(migrate_dir: str) -> t.List[t.Tuple[str, t.Dict[str, t.Any]]]:
+    """Every migration from this host its journals record, by name (a damaged journal is left to its own name's facts,
+    _journal, when a workload of that name comes up)."""
     opened = store.open_existing_dir(migrate_dir, "Migration directory")
     if opened is None:
         return []
     dir_fd, real = opened
-    items = []
+    found = []
     try:
         for entry in sorted(os.listdir(dir_fd)):
             name = entry[:-len(JOURNAL_SUFFIX)]
@@ -124,18 +125,62 @@ def _unfinished(migrate_dir: str, mode: str) -> t.List[t.Dict[str, t.Any]]:
             try:
                 journal = Journal.load(dir_fd, real, name)
             except CriuError:
-                continue  # damaged: its own name's facts say so (_journal), when a workload of that name comes up
-            data = journal.data if journal is not None else {}
-            if data.get("role") != "source" or data.get("outcome") not in (None, "in_doubt"):
                 continue
-            ref = ({"container": data["container"].get("name")} if isinstance(data.get("container"), dict)
-                   else {"unit": data["unit"].get("name")} if isinstance(data.get("unit"), dict)
-                   else {"pid": (data.get("process") or {}).get("pid")})
-            if next(iter(ref.values())):
-                items.append(dict(ref, name=name, mode=data.get("mode") or mode, found_by=UNFINISHED))
+            if journal is not None and journal.data.get("role") == "source":
+                found.append((name, journal.data))
     finally:
         os.close(dir_fd)
+    return found
+
+
+def _recorded_ref(data: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """The workload a source journal records, as a drain names one."""
+    if isinstance(data.get("container"), dict):
+        return {"container": data["container"].get("name")}
+    if isinstance(data.get("unit"), dict):
+        return {"unit": data["unit"].get("name")}
+    return {"pid": (data.get("process") or {}).get("pid")}
+
+
+def _unfinished(journals: t.Sequence[t.Tuple[str, t.Dict[str, t.Any]]], mode: str) -> t.List[t.Dict[str, t.Any]]:
+    """Migrations from this host without an outcome yet (their driver or controller died): a rerun resolves each of
+    them whether or not discovery still finds its workload (a container its migration stopped is not in ``podman ps``),
+    so a drain never reports a host empty while one of them holds a workload frozen."""
+    return [dict(ref, name=name, mode=data.get("mode") or mode, found_by=UNFINISHED, journaled=True)
+            for name, data in journals if data.get("outcome") in (None, "in_doubt")
+            for ref in [_recorded_ref(data)] if next(iter(ref.values()))]
+
+
+def _moved_earlier(journals: t.Sequence[t.Tuple[str, t.Dict[str, t.Any]]], labels: t.Sequence[str],
+                   patterns: t.Sequence[str], mode: str) -> t.List[t.Dict[str, t.Any]]:
+    """Containers and services an earlier migration moved off this host that the discovery asks for: they left with
+    it (``podman ps`` and systemd list them no more), so only their journals say a rerun's drain moved them."""
+    items = []
+    for name, data in journals:
+        if data.get("outcome") != "completed":
+            continue
+        container, unit = data.get("container"), data.get("unit")
+        if isinstance(container, dict):
+            found_by = next(("label %s" % label for label in labels if _has_label(container.get("labels") or {}, label)), None)
+            ref = {"container": container.get("name")}
+        elif isinstance(unit, dict):
+            found_by = next(("unit %s" % pattern for pattern in patterns if _matches_unit(str(unit.get("name")), pattern)), None)
+            ref = {"unit": unit.get("name")}
+        else:
+            continue  # a process's pidfile, still there, finds it
+        if found_by:
+            items.append(dict(ref, name=name, mode=data.get("mode") or mode, found_by=found_by, journaled=True))
     return items
+
+
+def _has_label(labels: t.Mapping[str, str], selector: str) -> bool:
+    """Podman's label filter: KEY, or KEY=VALUE."""
+    key, sep, value = selector.partition("=")
+    return key in labels and (not sep or labels[key] == value)
+
+
+def _matches_unit(unit: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(unit, pattern) or fnmatch.fnmatchcase(unit, pattern + ".service")
 
 
 def _journal(migrate_dir: str, name: str) -> t.Dict[str, t.Any]:

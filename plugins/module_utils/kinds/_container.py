@@ -222,8 +222,9 @@ def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], options: t.Ma
 
 
 def identity(found: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
-    """What a migration's journal keeps of a container: enough to find it again, and its image for the target."""
-    return {key: found[key] for key in ("id", "name", "image_id", "image_name")}
+    """What a migration's journal keeps of a container: enough to find it again, its image for the target, and its
+    labels (a drain's rerun finds by them the containers an earlier run moved away)."""
+    return {key: found[key] for key in ("id", "name", "image_id", "image_name", "labels")}
 
 
 def describe(engine: podman.Podman, found: t.Mapping[str, t.Any], timeout: float) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any]]:

@@ -154,7 +154,8 @@ class Podman(t.NamedTuple):
         return {"id": found.get("Id"), "name": found.get("Name"), "state": state.get("Status"),
                 "pid": (state.get("Pid") or None) if running else None,
                 "image_id": found.get("Image"), "image_name": found.get("ImageName"), "runtime": found.get("OCIRuntime"),
-                "criu_config": (found.get("Config") or {}).get("Annotations", {}).get(CRIU_CONFIG_ANNOTATION)}
+                "criu_config": (found.get("Config") or {}).get("Annotations", {}).get(CRIU_CONFIG_ANNOTATION),
+                "labels": (found.get("Config") or {}).get("Labels") or {}}
 
     def checkpoint(self, container_id: str, export_fd: int, options: t.Mapping[str, t.Any], timeout: float,
                    on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:

@@ -155,6 +155,32 @@ def test_discovery_of_containers_by_label_and_services_by_pattern(monkeypatch, t
     assert calls[0] == ["/usr/bin/podman", "ps", "--filter", "label=tier=front", "--format", "{{.Names}}"]
 
 
+def test_a_rerun_finds_the_containers_and_services_an_earlier_run_moved_by_their_journals(monkeypatch, tmp_path):
+    """Moved away, they are in neither podman ps nor list-units: their completed journals, matched by the labels and
+    patterns discovery asks for, name them (one running here again is found as such, once)."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(facts.podman.Podman, "load", classmethod(lambda cls, timeout: cls("/usr/bin/podman", "4.3.1")))
+    monkeypatch.setattr(facts.podman, "run", lambda argv, timeout: ("db\n" if "label=tier=front" in argv else "", 0.1))
+    monkeypatch.setattr(facts.unit_kind, "systemctl", lambda *argv, **kw: subprocess.CompletedProcess(argv, 0, "", ""))
+    write_journal(tmp_path, "web", role="source", outcome="completed", container={"name": "web", "labels": {"tier": "front"}})
+    write_journal(tmp_path, "db", role="source", outcome="completed", container={"name": "db", "labels": {"tier": "front"}})
+    write_journal(tmp_path, "cache", role="source", outcome="completed", container={"name": "cache", "labels": {"tier": "back"}})
+    write_journal(tmp_path, "old", role="source", outcome="completed", container={"name": "old"})
+    write_journal(tmp_path, "keyed", role="source", outcome="completed", container={"name": "keyed", "labels": {"drain": ""}})
+    write_journal(tmp_path, "worker-1", role="source", outcome="completed", unit={"name": "worker@1.service"})
+    write_journal(tmp_path, "cron", role="source", outcome="completed", unit={"name": "cron.service"})
+    write_journal(tmp_path, "back", role="source", outcome="rolled_back", unit={"name": "worker@2.service"})
+    write_journal(tmp_path, "landed", role="target", outcome="completed", container={"name": "in", "labels": {"tier": "front"}})
+    request = DRAIN_FACTS.request(DRAIN_FACTS.defaults(role="source", migrate_dir=str(tmp_path), discover={
+        "pidfiles": [], "container_labels": ["tier=front", "drain"], "units": ["worker@*"]}))
+    items = facts._discover(request)  # pylint: disable=protected-access
+    assert [(i["name"], {k: i[k] for k in facts.REF_KEYS if k in i}, i["found_by"]) for i in items] == [
+        ("db", {"container": "db"}, "label tier=front"),
+        ("keyed", {"container": "keyed"}, "label drain"),
+        ("web", {"container": "web"}, "label tier=front"),
+        ("worker-1", {"unit": "worker@1.service"}, "unit worker@*")]
+
+
 def write_journal(directory, name, **data):
     (directory / ("%s.journal.json" % name)).write_text(json.dumps(dict({"format": JOURNAL_FORMAT, "name": name, "phase": "frozen",
                                                                         "history": []}, **data)))
