@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import secrets
+import signal
 import socket
+import subprocess
+import typing as t
 
-from conftest import alive, free_port, processes_running, run_module, tree_digest, wait_for
+from conftest import ANSIBLE, REPO, alive, free_port, proc_state, processes_running, run_module, tree_digest, wait_for
+from testhosts import FAILPOINTS
 
 
 def test_failed_dump_leaves_process_running_and_no_dest(workloads, ckpt_dir, tmp_path):
@@ -69,3 +76,77 @@ def test_restore_timeout_kills_criu_and_the_restored_tree(workloads, ckpt_dir):
     assert result["failed"] and result.get("timed_out") and "did not finish within 5s" in result["msg"], result
     assert processes_running(workload.state_file) == [], "criu killed on timeout must not orphan the restored task"
     assert not (dest / "restored.json").exists()
+
+
+def test_a_checkpoint_killed_after_the_dump_leaves_nothing_stopped_for_good(workloads, ckpt_dir):
+    """The module dies after criu's dump, before the publish: the tree is left stopped, with its connection in criu's
+    hands. The rerun resumes it and its connection, then dumps it running: the checkpoint restores a server that
+    answers on the same connection. (A rerun that dumped the stopped tree made a checkpoint that restored it
+    stopped.)"""
+    port = free_port()
+    workload = workloads("--tcp", str(port), "--mem", "512", pid_namespace=True)
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with client:
+        client.sendall(b"next\n")
+        token, count = client.recv(128).decode().split()
+        name = "killed-%s" % secrets.token_hex(3)
+        dest = ckpt_dir / name
+        args = dict(pid=workload.pid, dest=str(dest), tcp_established=True)
+        kill_checkpoint_at(args, name, "dumped")
+        assert not dest.exists(), "the run was to die before the publish"
+        assert proc_state(workload.pid) == "T", "criu's dump leaves the tree stopped until the publish"
+
+        rerun = run_module("criu_checkpoint", args)
+        assert rerun["changed"], rerun.get("msg", rerun)
+        workload.reap()
+        restored = run_module("criu_restore", dict(src=str(dest), tcp_established=True))
+        assert restored["changed"], restored
+        workload.adopt(restored["pid"])
+        assert proc_state(restored["pid"]) != "T", "the checkpoint restores a running server"
+        client.sendall(b"next\n")
+        reply = client.recv(128).decode().split()
+    assert reply[0] == token and int(reply[1]) > int(count), "the same server, its memory and connection kept"
+    assert rerun["actions"][0].startswith("Resumed pid %d and its 0 descendant(s)" % workload.pid), rerun["actions"]
+
+
+def test_a_checkpoint_killed_after_the_publish_has_its_rerun_end_the_tree(workloads, ckpt_dir):
+    """The module dies after publishing the checkpoint, before ending the tree it left stopped: the rerun finds the
+    checkpoint of this very tree, and ends the tree, as the checkpoint says it is (it stayed stopped for good)."""
+    workload = workloads(pid_namespace=True)
+    before = workload.state()
+    name = "published-%s" % secrets.token_hex(3)
+    dest = ckpt_dir / name
+    args = dict(pid=workload.pid, dest=str(dest))
+    kill_checkpoint_at(args, name, "published")
+    assert dest.is_dir() and proc_state(workload.pid) == "T", "the checkpoint published, its tree stopped"
+    rerun = run_module("criu_checkpoint", args)
+    assert rerun["changed"] and not alive(workload.pid), rerun.get("msg", rerun)
+    assert rerun["actions"] == ["End pid %d (python), which a run that died after publishing its checkpoint left stopped"
+                                % workload.pid], rerun["actions"]
+    again = run_module("criu_checkpoint", args)
+    assert not again["changed"] and again["actions"] == [], again
+    workload.reap()
+    restored = run_module("criu_restore", dict(src=str(dest)))
+    assert restored["changed"], restored
+    workload.adopt(restored["pid"])
+    after = wait_for(lambda: workload.state()[1] > before[1] and workload.state(), what="the restored workload counting")
+    assert after[0] == before[0], "the checkpoint's memory: the same token"
+
+
+def kill_checkpoint_at(args: t.Mapping[str, t.Any], name: str, step: str) -> None:
+    """Run criu_checkpoint (``args``, DEST named ``name``) and kill the module where it reaches ``step``."""
+    os.makedirs(FAILPOINTS, mode=0o700, exist_ok=True)
+    armed = os.path.join(FAILPOINTS, "%s.%s" % (name, step))
+    open(armed, "w").close()
+    module = subprocess.Popen([ANSIBLE, "localhost", "-m", "nucleus.criu.criu_checkpoint", "-a", json.dumps(dict(args))],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0"))
+    try:
+        stopped = wait_for(lambda: json.load(open(armed + ".reached"))["pid"], timeout=120, what="the module to reach " + step)
+        os.kill(stopped, signal.SIGKILL)  # the module (criu is done), then ansible
+        os.killpg(module.pid, signal.SIGKILL)
+    finally:
+        module.wait()
+        for path in (armed, armed + ".reached"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

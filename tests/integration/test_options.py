@@ -175,9 +175,10 @@ def criu_lock_table(checkpoint: str) -> t.Optional[str]:
     after the run id its log opens with)."""
     with open(os.path.join(checkpoint, "dump.log")) as log:
         run_id = log.readline().rsplit("=", 1)[1].strip()
-    listed = subprocess.run(["/usr/sbin/nft", "list", "table", "inet", "CRIU-%s" % run_id], capture_output=True, text=True,
-                            timeout=60, check=False)
-    return None if listed.returncode != 0 else "CRIU-%s" % run_id
+    table = "CRIU-%s" % run_id[:21]  # criu's 32-byte buffer for "inet CRIU-%s" cuts the run id
+    listed = subprocess.run(["/usr/sbin/nft", "list", "table", "inet", table], capture_output=True, text=True, timeout=60,
+                            check=False)
+    return None if listed.returncode != 0 else table
 
 
 def test_a_checkpoint_without_tcp_leaves_no_lock_table_on_the_host(workloads, ckpt_dir):

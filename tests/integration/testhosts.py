@@ -23,7 +23,7 @@ PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 COUNTER = os.path.join(REPO, "demo", "counter.py")
 ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
 MIGRATIONS = "/var/lib/nucleus-criu/migrations"  # criu_migrate's default migrate_dir
-FAILPOINTS = "/run/nucleus-criu-failpoints"  # _journal.FAILPOINTS
+FAILPOINTS = "/run/nucleus-criu-failpoints"  # storage/_failpoint.FAILPOINTS
 DISK = "/run/testhost-disk"  # the tmpfs that holds what a host writes to /var/lib
 
 

@@ -28,6 +28,8 @@ REMEDY = "it runs as root: keep it and its directories root's (the criu role ins
 SYS_PIDFD_GETFD = 438  # the same number on every architecture (Linux 5.6)
 TCP_REPAIR = 19
 TCP_REPAIR_OFF = 0
+# criu names the table in a 32-byte buffer ("inet CRIU-%s"): only the run id's first 21 characters make it.
+TABLE_RUN_ID_CHARS = 21
 
 
 def run_id(log_path: str) -> t.Optional[str]:
@@ -79,6 +81,11 @@ def repair_off(pid: int) -> int:
     return count
 
 
+def lock_table(criu_run_id: str) -> str:
+    """The nftables table (family inet) of criu's network lock in the run ``criu_run_id``."""
+    return "CRIU-%s" % criu_run_id[:TABLE_RUN_ID_CHARS]
+
+
 def release(tree: t.Sequence[int], criu_run_id: t.Optional[str], timeout: float) -> None:
     """Give the stopped ``tree`` its TCP connections back (see the module's docstring); gone already is fine. Raises
     naming what stays locked."""
@@ -86,7 +93,7 @@ def release(tree: t.Sequence[int], criu_run_id: t.Optional[str], timeout: float)
         repair_off(pid)
     if not criu_run_id or not tree:
         return
-    table = "CRIU-%s" % criu_run_id
+    table = lock_table(criu_run_id)
     argv = [_trusted(NFT_PATHS, "nft"), "delete", "table", "inet", table]
     if os.stat("/proc/%d/ns/net" % tree[0]).st_ino != os.stat("/proc/self/ns/net").st_ino:
         argv = [_trusted(NSENTER_PATHS, "nsenter"), "--target", str(tree[0]), "--net", "--"] + argv

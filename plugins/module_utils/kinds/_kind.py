@@ -130,6 +130,15 @@ class Workload(abc.ABC):
              algorithm: str) -> t.Dict[str, t.Any]:
         """Dump into a staging directory and publish it as ``loc``; the checkpoint and stats for the result."""
 
+    def left_stopped(self, metadata: Metadata) -> t.Optional[str]:
+        """What is left to do (in words) when the checkpoint ``metadata`` describes, of this workload, was published by
+        a run that died before it ended the workload; None when nothing is."""
+        return None
+
+    def end_left_stopped(self, timeout: float) -> None:
+        """Do what left_stopped names (only called when it names something)."""
+        raise NotImplementedError(self.what)
+
 
 class Kind(abc.ABC):
     """The operations that differ by kind; one instance per kind, stateless."""

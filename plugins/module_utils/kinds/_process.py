@@ -16,6 +16,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu import _host as 
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _netlock as netlock
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _reopen as reopen
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._failpoint import failpoint
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
@@ -125,6 +126,8 @@ class ProcessTree(Workload):
         staging: t.Optional[store.Staging] = None
         try:
             with seal_.staged(loc) as staging:
+                if not options["leave_running"]:
+                    seal_.note_stopping(loc, staging, pid, st.starttime, bool(options.get("tcp_established")))
                 images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
                 with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
                     frozen_at = procfs.utc_now()
@@ -132,6 +135,7 @@ class ProcessTree(Workload):
                                                 dict(options, leave_stopped=True) if ending else options, request.timeout,
                                                 external_unix=self.external_unix()).duration
                     hashed = follower.digests()
+                failpoint(loc.name, "dumped")  # tests stop a checkpoint here, its tree stopped, nothing published
                 criu_stats = criustats.read(staging.fd, store.DUMP_STATS)
                 identity = procfs.tree_identity(pid)  # every process dumped, stopped now: no new child can appear
                 flush_started = time.monotonic()
@@ -143,9 +147,12 @@ class ProcessTree(Workload):
                 fsync_seconds = time.monotonic() - flush_started
         except BaseException as exc:
             seal_.failed_dump_fate(exc, staging, loc, lambda: resume_if_we_stopped(pid, st))
+            seal_.forget_stopping(loc)
             raise
+        failpoint(loc.name, "published")  # tests stop a checkpoint here, published, its tree not ended yet
         if ending:
             self.end(identity, request.timeout)
+        seal_.forget_stopping(loc)
         return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, criu=criu_stats)
 
     def external_unix(self) -> t.Sequence[int]:
@@ -159,6 +166,19 @@ class ProcessTree(Workload):
     def end(self, identity: t.Sequence[t.Sequence[int]], timeout: float) -> None:
         """End the tree a published checkpoint holds (``identity``: every process dumped, still stopped)."""
         procfs.wait_gone(procfs.signal_identified(identity, signal.SIGKILL), timeout=10)
+
+    def left_stopped(self, metadata: Metadata) -> t.Optional[str]:
+        """A dump that ends its tree publishes the checkpoint, then ends the tree it left stopped: a run that died in
+        between left this very tree stopped, which its checkpoint says is gone."""
+        options, process = metadata.get("options") or {}, metadata.get("process") or {}
+        st = procfs.read_stat(self.pid)
+        if options.get("leave_running") or options.get("leave_stopped") or st is None or st.exited or st.state != "T" \
+                or st.starttime != process.get("starttime"):
+            return None
+        return "end %s, which a run that died after publishing its checkpoint left stopped" % self.what
+
+    def end_left_stopped(self, timeout: float) -> None:
+        self.end(procfs.tree_identity(self.pid), timeout)
 
 
 def freeze_tree(freezer: Freezer, staging: store.Staging, pid: int, external_unix: t.Sequence[int] = (),

@@ -6,11 +6,8 @@ Each host keeps one journal per workload name in the migration directory (root-o
 atomically and flushed (file and directory) at every phase, so whichever process dies at whatever
 line, the next run reads where it stopped and finishes or undoes exactly that.
 
-Every phase reached is also a failpoint: when the file ``PHASE`` or ``NAME.PHASE`` exists in the
-root-only directory FAILPOINTS (which only tests make; a host without it pays one failed lookup a
-phase), the process that reached the phase writes ``NAME.PHASE.reached`` there (its pid) and waits
-until the failpoint file is removed. Tests use it to kill a controller, a driver, a restore or a link
-at exactly that step.
+Every phase reached is also a failpoint (storage/_failpoint.py): tests use it to kill a controller, a
+driver, a restore or a link at exactly that step.
 """
 
 from __future__ import annotations
@@ -21,19 +18,15 @@ import fcntl
 import json
 import os
 import re
-import time
 import typing as t
 
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
-from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._failpoint import failpoint
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
 
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
-FAILPOINT_POLL = 0.02
-# Kept out of the migration directory, so that arming one never makes a directory the product should make.
-FAILPOINTS = "/run/nucleus-criu-failpoints"
 
 
 def journal_name(name: str) -> str:
@@ -143,32 +136,6 @@ def read_progress(dir_fd: int, directory: str, name: str) -> t.Dict[str, t.Any]:
         return json.loads(raw.decode("utf-8")) if raw else {}
     except ValueError:
         return {}
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def failpoint(name: str, phase: str) -> None:
-    """Wait here while failpoint ``PHASE`` or ``NAME.PHASE`` is armed (tests only ever arm one). A FAILPOINTS that
-    another user could change is ignored, never trusted."""
-    try:
-        dir_fd, _real = safepath.open_dir(FAILPOINTS, "Failpoint directory", store.CHAIN_REMEDY)
-    except (FileNotFoundError, CriuError):
-        return
-    try:
-        armed = [candidate for candidate in (phase, "%s.%s" % (name, phase)) if _exists(dir_fd, candidate)]
-        if not armed:
-            return
-        store.write_file(dir_fd, "%s.%s.reached" % (name, phase), json.dumps({"pid": os.getpid()}).encode("ascii"), replace=True)
-        while any(_exists(dir_fd, candidate) for candidate in armed):
-            time.sleep(FAILPOINT_POLL)
-    finally:
-        os.close(dir_fd)
 
 
 # --- the driver lock: held by the driver for as long as it lives --------------------------------------

@@ -25,7 +25,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.migration import _rem
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils._requests import MigrateRequest
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, failpoint, read_progress
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._failpoint import failpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import DriverLock, Journal, read_progress
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._migration_status import report
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Kind
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._driver import WATCH_POLL, spawn, watch

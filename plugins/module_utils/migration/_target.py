@@ -33,7 +33,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal 
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
-from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal, failpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._failpoint import failpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import HEALTH_DELAY, CriuRuntime, Daemon
 
 # Target phases, in order. After "restored" the target has voted: only the source's decision ends it.

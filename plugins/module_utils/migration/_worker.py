@@ -21,7 +21,8 @@ from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _target as target_
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _wire as wire
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError
-from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal, failpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._failpoint import failpoint
+from ansible_collections.nucleus.criu.plugins.module_utils.migration._journal import Journal
 from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import Daemon
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._recovery import cleanup_source, end_source, never_ran, resolve
 from ansible_collections.nucleus.criu.plugins.module_utils.migration._settings import Settings

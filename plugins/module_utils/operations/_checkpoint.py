@@ -15,6 +15,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Wo
 from ansible_collections.nucleus.criu.plugins.module_utils.operations import _lifecycle as lifecycle
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _safepath as safepath
@@ -62,6 +63,19 @@ def _unchanged(result: t.Dict[str, t.Any], path: str, existing: t.Mapping[str, t
     return dict(result, changed=False, checkpoint=integrity.public(existing), actions=[], diff=diff_.diff(shown, shown))
 
 
+def _finished(workload: Workload, result: t.Dict[str, t.Any], path: str, existing: t.Mapping[str, t.Any],
+              timeout: float, check_mode: bool) -> t.Dict[str, t.Any]:
+    """DEST holds a checkpoint of this workload: nothing to do, unless the run that published it died before it ended
+    the workload (left stopped), which is then ended, as the checkpoint says it is."""
+    unchanged = _unchanged(result, path, existing)
+    action = workload.left_stopped(existing)
+    if action is None:
+        return unchanged
+    if not check_mode:
+        workload.end_left_stopped(timeout)
+    return dict(unchanged, changed=True, actions=["would " + action if check_mode else action[0].upper() + action[1:]])
+
+
 def _pruning(paths: t.Iterable[str], keep: t.Optional[int], name: str, verb: str) -> t.List[str]:
     """The actions of ``keep``: one line per older checkpoint deleted (or, in check mode, to be deleted)."""
     return ["%s the older checkpoint %s (keep %s of %s)" % (verb, path, keep, name) for path in paths]
@@ -105,8 +119,8 @@ def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.An
         result["dest"] = loc.path
         if not request.force:
             existing = existing_checkpoint(loc, workload.is_in, key, request.timeout)
-            if existing is not None:
-                return _unchanged(result, loc.path, existing)
+            if existing is not None and (check_mode or workload.left_stopped(existing) is None):
+                return _finished(workload, result, loc.path, existing, request.timeout, check_mode)
         else:
             problem = store.replace_problem(loc)
             if problem:
@@ -120,14 +134,18 @@ def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.An
             return dict(result, changed=True, actions=["would " + action] + _pruning(gone, request.keep, name, "would delete"),
                         diff=diff_.diff(diff_.checkpoints(before), {loc.path: workload.to_come(name)}))
         with store.Lock(loc, request.timeout):
-            store.remove_litter(loc)
             if not request.force:
                 existing = existing_checkpoint(loc, workload.is_in, key, request.timeout)
                 if existing is not None:
-                    return _unchanged(result, loc.path, existing)
+                    finished = _finished(workload, result, loc.path, existing, request.timeout, check_mode)
+                    seal_.forget_stopping(loc)
+                    return finished
+            resumed = seal_.resume_what_a_dead_run_stopped(loc, request.timeout)
+            store.remove_litter(loc)
+            what = _checkpointable(workload, request.criu_path) if resumed else what
             before = {loc.path: lifecycle.metadata_at(loc)}
             result.update(workload.dump(loc, request, key, algorithm))
-        actions = [action[0].upper() + action[1:]]
+        actions = resumed + [action[0].upper() + action[1:]]
         if request.keep:
             removed = lifecycle.prune(loc, name, request.keep, request.timeout, key)
             result["removed"] = list(removed)

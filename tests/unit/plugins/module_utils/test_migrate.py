@@ -7,7 +7,7 @@ import threading
 import time
 
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
-from ansible_collections.nucleus.criu.plugins.module_utils.migration import _journal as journal_module
+from ansible_collections.nucleus.criu.plugins.module_utils.storage import _failpoint as failpoint_module
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _driver as driver
 from ansible_collections.nucleus.criu.plugins.module_utils.migration import _migrate as migrate
@@ -125,18 +125,18 @@ def test_a_driver_lock_that_may_not_create_leaves_no_file(tmp_path):
 
 def test_a_failpoint_waits_while_armed_and_says_who_reached_it(tmp_path, monkeypatch):
     failpoints = tmp_path / "failpoints"
-    monkeypatch.setattr(journal_module, "FAILPOINTS", str(failpoints))
-    journal_module.failpoint("web", "frozen")  # no directory: nothing armed, nothing written
+    monkeypatch.setattr(failpoint_module, "FAILPOINTS", str(failpoints))
+    failpoint_module.failpoint("web", "frozen")  # no directory: nothing armed, nothing written
     assert not failpoints.exists()
     failpoints.mkdir(mode=0o700)
     (failpoints / "web.frozen").write_text("")
     timer = threading.Timer(0.3, lambda: os.unlink(failpoints / "web.frozen"))
     timer.start()
     started = time.monotonic()
-    journal_module.failpoint("web", "frozen")
+    failpoint_module.failpoint("web", "frozen")
     assert time.monotonic() - started >= 0.25
     assert json.loads((failpoints / "web.frozen.reached").read_text()) == {"pid": os.getpid()}
-    journal_module.failpoint("other", "frozen")  # armed for another workload only
+    failpoint_module.failpoint("other", "frozen")  # armed for another workload only
     assert not (failpoints / "other.frozen.reached").exists()
 
 
@@ -145,8 +145,8 @@ def test_a_failpoint_directory_others_can_write_is_ignored(tmp_path, monkeypatch
     failpoints.mkdir()
     os.chmod(failpoints, 0o777)
     (failpoints / "frozen").write_text("")
-    monkeypatch.setattr(journal_module, "FAILPOINTS", str(failpoints))
-    journal_module.failpoint("web", "frozen")  # returns at once: never trusted
+    monkeypatch.setattr(failpoint_module, "FAILPOINTS", str(failpoints))
+    failpoint_module.failpoint("web", "frozen")  # returns at once: never trusted
     assert not (failpoints / "web.frozen.reached").exists()
 
 
