@@ -142,7 +142,8 @@ def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.An
                     return finished
             resumed = seal_.resume_what_a_dead_run_stopped(loc, request.timeout)
             store.remove_litter(loc)
-            what = _checkpointable(workload, request.criu_path) if resumed else what
+            if resumed:
+                workload.require_checkpointable(request.criu_path)  # read again: it was stopped when first read
             before = {loc.path: lifecycle.metadata_at(loc)}
             result.update(workload.dump(loc, request, key, algorithm))
         actions = resumed + [action[0].upper() + action[1:]]
