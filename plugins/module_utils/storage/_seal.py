@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import typing as t
 import uuid
 
@@ -89,11 +90,12 @@ def forget_stopping(loc: store.Location) -> None:
 def _read_stopped(loc: store.Location) -> t.Optional[t.Dict[str, t.Any]]:
     """The record note_stopping left, when it is this user's and whole."""
     try:
-        fd = os.open(_stopped_record(loc), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=loc.parent_fd)
-    except FileNotFoundError:
+        fd = os.open(_stopped_record(loc), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=loc.parent_fd)
+    except OSError:  # none, or not a file of ours to read (a symlink is never followed): it is removed unread
         return None
     try:
-        record = json.loads(os.read(fd, 4096).decode("utf-8")) if os.fstat(fd).st_uid == os.geteuid() else None
+        st = os.fstat(fd)
+        record = json.loads(os.read(fd, 4096).decode("utf-8")) if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() else None
     except ValueError:
         record = None
     finally:
