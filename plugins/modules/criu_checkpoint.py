@@ -25,7 +25,8 @@ description:
   - Idempotent. A valid checkpoint of the same process (same pid, start time and boot) already at O(dest)
     means nothing to do; a checkpoint of another process there is an error unless O(force=true).
   - A rerun finishes what a run killed midway left. A run killed after criu's dump and before the publish left the
-    tree stopped (and its TCP connections in criu's hands), so the rerun resumes it first, then dumps it running. A run
+    tree stopped (and its TCP connections in criu's hands), so the rerun resumes it first, then dumps it running; a
+    container stopped by Podman's checkpoint is restored in place from Podman's copy first. A run
     killed after the publish and before ending the tree left the tree stopped, so the rerun ends it, as its checkpoint
     says.
 author:

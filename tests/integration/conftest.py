@@ -23,6 +23,8 @@ import typing as t
 
 import pytest
 
+# storage/_failpoint.FAILPOINTS: a host's (a test host has its own /run) steps armed by tests.
+FAILPOINTS = "/run/nucleus-criu-failpoints"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
@@ -164,6 +166,25 @@ def machine_b(machine_pair):
     if not machine_pair[1].running():
         machine_pair[1].boot()
     return machine_pair[1]
+
+
+def kill_checkpoint_at(args: t.Mapping[str, t.Any], name: str, step: str) -> None:
+    """Run criu_checkpoint (``args``, DEST named ``name``) and kill the module where it reaches ``step``."""
+    os.makedirs(FAILPOINTS, mode=0o700, exist_ok=True)
+    armed = os.path.join(FAILPOINTS, "%s.%s" % (name, step))
+    open(armed, "w").close()
+    module = subprocess.Popen([ANSIBLE, "localhost", "-m", "nucleus.criu.criu_checkpoint", "-a", json.dumps(dict(args))],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                              env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0"))
+    try:
+        stopped = wait_for(lambda: json.load(open(armed + ".reached"))["pid"], timeout=120, what="the module to reach " + step)
+        os.kill(stopped, signal.SIGKILL)  # the module (criu is done), then ansible
+        os.killpg(module.pid, signal.SIGKILL)
+    finally:
+        module.wait()
+        for path in (armed, armed + ".reached"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,

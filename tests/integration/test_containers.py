@@ -16,7 +16,7 @@ import typing as t
 
 import pytest
 
-from conftest import podman, run_module, wait_for
+from conftest import kill_checkpoint_at, podman, run_module, wait_for
 
 
 KEY = "container-test-key-0123456789"
@@ -142,7 +142,7 @@ def test_leave_running_exports_the_files_as_the_memory_knows_them(containers, ck
     dest = str(ckpt_dir / "ck")
     made = run_module("criu_checkpoint", dict(container=name, dest=dest, leave_running=True))
     assert made["changed"] and made["checkpoint"]["options"]["leave_running"], made
-    at_checkpoint = count(name)
+    at_checkpoint = wait_for(lambda: count(name), what="the container counting")  # 0 while /tmp/n is being rewritten
     assert state(name) == "running" and at_checkpoint >= 3, "the container runs on, counting from its memory"
     assert podman("container", "inspect", "--format", "{{.Id}}", name).stdout.strip() == container_id
     copy = containers.name("logging-copy")
@@ -223,6 +223,28 @@ def test_tcp_connection_kept_across_a_restore(containers, ckpt_dir):
     finally:
         client.close()
     wait_for(lambda: podman("exec", name, "cat", "/tmp/got").stdout == "before\nafter\n", what="both lines over one connection")
+
+
+def test_a_checkpoint_killed_after_podmans_export_is_finished_by_its_rerun(containers, ckpt_dir):
+    """The module dies once Podman's checkpoint stopped the container for its export, before the publish: the container
+    stays stopped (Podman keeps its checkpoint). The rerun restores it in place (same id, its count going on from its
+    memory, not from 1), then checkpoints it."""
+    name = containers.start("killed")
+    container_id = podman("container", "inspect", "--format", "{{.Id}}", name).stdout.strip()
+    dest_name = "killed-%s" % secrets.token_hex(3)
+    args = dict(container=name, dest=str(ckpt_dir / dest_name), leave_running=True)
+    wait_for(lambda: count(name) >= 40, what="the container counting for 2 s")
+    kill_checkpoint_at(args, dest_name, "dumped")
+    assert state(name) == "exited" and not (ckpt_dir / dest_name).exists(), "stopped for the export, nothing published"
+    rerun = run_module("criu_checkpoint", args)
+    assert rerun["changed"] and state(name) == "running", rerun.get("msg", rerun)
+    assert rerun["actions"][0] == ("Restored container %s in place, stopped by a run that died after Podman's checkpoint "
+                                   "into %s" % (name, ckpt_dir / dest_name)), rerun["actions"]
+    assert rerun["checkpoint"]["container"]["id"] == container_id
+    assert podman("container", "inspect", "--format", "{{.Id}}", name).stdout.strip() == container_id
+    # Its count goes on from its memory, where a container started afresh would count from 1 again.
+    assert wait_for(lambda: count(name), what="the container counting") >= 40
+    assert run_module("criu_verify", dict(path=str(ckpt_dir / dest_name)))["valid"]
 
 
 def test_leave_running_keeps_an_established_connection(containers, ckpt_dir):

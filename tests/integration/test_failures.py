@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import secrets
-import signal
 import socket
-import subprocess
-import typing as t
 
-from conftest import ANSIBLE, REPO, alive, free_port, proc_state, processes_running, run_module, tree_digest, wait_for
-from testhosts import FAILPOINTS
+from conftest import alive, free_port, kill_checkpoint_at, proc_state, processes_running, run_module, tree_digest, wait_for
 
 
 def test_failed_dump_leaves_process_running_and_no_dest(workloads, ckpt_dir, tmp_path):
@@ -84,7 +78,7 @@ def test_a_checkpoint_killed_after_the_dump_leaves_nothing_stopped_for_good(work
     answers on the same connection. (A rerun that dumped the stopped tree made a checkpoint that restored it
     stopped.)"""
     port = free_port()
-    workload = workloads("--tcp", str(port), "--mem", "512", pid_namespace=True)
+    workload = workloads("--tcp", str(port), pid_namespace=True)
     client = socket.create_connection(("127.0.0.1", port), timeout=10)
     with client:
         client.sendall(b"next\n")
@@ -131,22 +125,3 @@ def test_a_checkpoint_killed_after_the_publish_has_its_rerun_end_the_tree(worklo
     workload.adopt(restored["pid"])
     after = wait_for(lambda: workload.state()[1] > before[1] and workload.state(), what="the restored workload counting")
     assert after[0] == before[0], "the checkpoint's memory: the same token"
-
-
-def kill_checkpoint_at(args: t.Mapping[str, t.Any], name: str, step: str) -> None:
-    """Run criu_checkpoint (``args``, DEST named ``name``) and kill the module where it reaches ``step``."""
-    os.makedirs(FAILPOINTS, mode=0o700, exist_ok=True)
-    armed = os.path.join(FAILPOINTS, "%s.%s" % (name, step))
-    open(armed, "w").close()
-    module = subprocess.Popen([ANSIBLE, "localhost", "-m", "nucleus.criu.criu_checkpoint", "-a", json.dumps(dict(args))],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0"))
-    try:
-        stopped = wait_for(lambda: json.load(open(armed + ".reached"))["pid"], timeout=120, what="the module to reach " + step)
-        os.kill(stopped, signal.SIGKILL)  # the module (criu is done), then ansible
-        os.killpg(module.pid, signal.SIGKILL)
-    finally:
-        module.wait()
-        for path in (armed, armed + ".reached"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)

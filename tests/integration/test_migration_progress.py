@@ -21,6 +21,7 @@ def info(hosts: Hosts, name: str, check: bool = False, migrate_dir: str = MIGRAT
 def test_wait_false_returns_while_it_runs_and_migration_info_follows_it_to_the_end(hosts, remote):  # noqa: F811
     workload = remote("followed", "--mem 384")
     token, count = read_state(workload.state_file)
+    hosts.arm("a", "transferring", workload.name)  # held there until migration_info has seen it run
     started = hosts.migrate_module(workload, lease=LEASE, wait=False)
     assert started["changed"] and not started.get("failed"), started
     status = started["status"]
@@ -36,6 +37,7 @@ def test_wait_false_returns_while_it_runs_and_migration_info_follows_it_to_the_e
         seen.append(polled["migration"])
         if polled["migration"]["done"]:
             break
+        hosts.clear_failpoints("a")
         time.sleep(0.3)
     final = seen[-1]
     assert final["done"] and final["outcome"] == "completed" and not final["driver_running"], final

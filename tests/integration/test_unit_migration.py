@@ -20,12 +20,11 @@ import typing as t
 
 import pytest
 
-from conftest import PLAYBOOK, REPO, wait_for
+from conftest import FAILPOINTS, PLAYBOOK, REPO, wait_for
 from machines import Machine
 from test_units import COUNTER, SCRIPT, STATE, UNIT, Watch, counters, remove, show, ssh, state
 
 MIGRATIONS = "/var/lib/nucleus-criu/migrations"  # criu_migrate's default migrate_dir
-FAILPOINTS = "/run/nucleus-criu-failpoints"  # storage/_failpoint.FAILPOINTS, on the machine's own /run
 MIGRATE_KEY = "/root/.ssh/migrate_ed25519"  # machine-a's key for machine-b, as an operator sets it up
 LEASE = 30
 pytestmark = pytest.mark.xdist_group("machines")

@@ -16,14 +16,13 @@ import subprocess
 import sys
 import typing as t
 
-from conftest import REPO, proc_state, processes_running, read_state, run_module, wait_for
+from conftest import FAILPOINTS, REPO, proc_state, processes_running, read_state, run_module, wait_for
 
 TESTHOSTS = os.path.join(REPO, "scripts", "testhosts.sh")
 PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 COUNTER = os.path.join(REPO, "demo", "counter.py")
 ADDRESS = {"a": "127.0.0.2", "b": "127.0.0.3"}
 MIGRATIONS = "/var/lib/nucleus-criu/migrations"  # criu_migrate's default migrate_dir
-FAILPOINTS = "/run/nucleus-criu-failpoints"  # storage/_failpoint.FAILPOINTS
 DISK = "/run/testhost-disk"  # the tmpfs that holds what a host writes to /var/lib
 
 

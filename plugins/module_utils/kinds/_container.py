@@ -30,6 +30,7 @@ from ansible_collections.nucleus.criu.plugins.module_utils.criu._runtime import 
 from ansible_collections.nucleus.criu.plugins.module_utils.kinds._kind import Found, Freezer, Kind, Landing, Metadata, Record, TargetJournal, Workload
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _diff as diff_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _follow as follow
+from ansible_collections.nucleus.criu.plugins.module_utils.storage._failpoint import failpoint
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _restored as restored_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils._errors import CriuError, listed
@@ -368,8 +369,10 @@ class ContainerWorkload(Workload):
         staging: t.Optional[store.Staging] = None
         try:
             with seal_.staged(loc) as staging:
+                seal_.note_stopping(loc, staging, {"container": identity(found), "options": options})
                 frozen_at = procfs.utc_now()
                 podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, request.timeout)
+                failpoint(loc.name, "dumped")  # tests stop a checkpoint here, the container stopped, nothing published
                 if request.leave_running:
                     run_on(engine, found, options, request.timeout)
                 flush_started = time.monotonic()
@@ -382,7 +385,9 @@ class ContainerWorkload(Workload):
         except BaseException as exc:
             seal_.failed_dump_fate(exc, staging, loc,
                                    lambda: bring_back(engine, found, facts["starttime"], options, request.timeout))
+            seal_.forget_stopping(loc)
             raise
+        seal_.forget_stopping(loc)
         return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
 
 
@@ -562,6 +567,21 @@ class Container(Kind):
         manifest = freezer.manifest(staging.images_fd, hashed)
         criu = described.pop("criu")
         return seal_.describe(criu, freezer.name, facts, options, freezer.algorithm, manifest, described), dump_seconds
+
+    def resume_stopped(self, record: Record, loc: store.Location, timeout: float) -> t.List[str]:
+        """Stopped by Podman's checkpoint, it is restored in place from Podman's own copy, with its criu options."""
+        recorded = _recorded(record) or {}
+        engine = podman_engine(timeout)
+        found = engine.inspect(str(recorded.get("id")), timeout) if recorded.get("id") else None
+        if found is None or found["state"] == "running":
+            return []
+        problem = restore_kept(engine, found["id"], record.get("options") or {}, timeout)
+        if problem is not None:
+            raise CriuError("Container %s was stopped by a checkpoint run into %s that died before publishing it, and could "
+                            "not be restored in place: %s Run podman container restore %s."
+                            % (found["name"], loc.path, problem, found["id"]), path=loc.path)
+        return ["Restored container %s in place, stopped by a run that died after Podman's checkpoint into %s"
+                % (found["name"], loc.path)]
 
     def resume_source(self, record: Record, timeout: float) -> None:
         """Restored in place from the checkpoint Podman keeps, with the criu options it was frozen with."""

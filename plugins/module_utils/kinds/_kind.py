@@ -260,6 +260,11 @@ class Kind(abc.ABC):
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Freeze and dump the workload while its images stream to the target; its metadata and dump seconds."""
 
+    def resume_stopped(self, record: Record, loc: store.Location, timeout: float) -> t.List[str]:
+        """Bring back the workload a checkpoint run into ``loc`` stopped before it died, the checkpoint unpublished
+        (``record``: what its dump noted, _seal.note_stopping); what was done, in words."""
+        return []
+
     @abc.abstractmethod
     def resume_source(self, record: Record, timeout: float) -> None:
         """Let the frozen source run on with its memory; raise when it cannot."""

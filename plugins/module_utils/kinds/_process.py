@@ -127,7 +127,8 @@ class ProcessTree(Workload):
         try:
             with seal_.staged(loc) as staging:
                 if not options["leave_running"]:
-                    seal_.note_stopping(loc, staging, pid, st.starttime, bool(options.get("tcp_established")))
+                    seal_.note_stopping(loc, staging, {"process": {"pid": pid, "starttime": st.starttime},
+                                                       "tcp_established": bool(options.get("tcp_established"))})
                 images = Dir(staging.images_fd, os.path.join(staging.path, store.IMAGES))
                 with follow.ImageFollower(images.fd, images.path, algorithm) as follower:
                     frozen_at = procfs.utc_now()
@@ -326,6 +327,25 @@ class Process(Kind):
 
     def freeze(self, freezer: Freezer, staging: store.Staging, pid: int) -> t.Tuple[t.Dict[str, t.Any], float]:
         return freeze_tree(freezer, staging, pid)
+
+    def resume_stopped(self, record: Record, loc: store.Location, timeout: float) -> t.List[str]:
+        """The tree runs again, as a failed dump's does: its TCP connections out of criu's hands, then SIGCONT."""
+        process = record.get("process") or {}
+        pid = process.get("pid")
+        st = procfs.read_stat(pid) if isinstance(pid, int) else None
+        if st is None or st.exited or st.starttime != process.get("starttime") or st.state != "T":
+            return []
+        pid = t.cast(int, pid)
+        tree = procfs.tree_identity(pid)
+        staging = record.get("staging")
+        run_id = netlock.run_id(os.path.join(loc.parent, staging, store.DUMP_LOG)) if staging else None
+        try:
+            if record.get("tcp_established") or run_id:
+                netlock.release([member[0] for member in tree], run_id, timeout)
+        finally:
+            procfs.signal_identified(tree, signal.SIGCONT)
+        return ["Resumed pid %d and its %d descendant(s), left stopped by a run that died after criu's dump into %s"
+                % (pid, len(tree) - 1, loc.path)]
 
     def resume_source(self, record: Record, timeout: float) -> None:
         """SIGCONT to exactly the processes that were frozen, once their TCP connections are out of criu's hands (else

@@ -76,6 +76,18 @@ def _finished(workload: Workload, result: t.Dict[str, t.Any], path: str, existin
     return dict(unchanged, changed=True, actions=["would " + action if check_mode else action[0].upper() + action[1:]])
 
 
+def _bring_back_stopped(loc: store.Location, timeout: float) -> t.List[str]:
+    """A run into DEST that died between stopping its workload and publishing left it stopped (its record beside
+    DEST): it runs again before anything looks at it, as after a failed dump. What was done, in words."""
+    if seal_.read_stopped(loc) is None:
+        return []
+    with store.Lock(loc, timeout):
+        stopped = seal_.read_stopped(loc)  # again, under the lock: a run that held it may have finished meanwhile
+        resumed = kinds.of(stopped).resume_stopped(stopped, loc, timeout) if stopped else []
+        seal_.forget_stopping(loc)
+    return resumed
+
+
 def _pruning(paths: t.Iterable[str], keep: t.Optional[int], name: str, verb: str) -> t.List[str]:
     """The actions of ``keep``: one line per older checkpoint deleted (or, in check mode, to be deleted)."""
     return ["%s the older checkpoint %s (keep %s of %s)" % (verb, path, keep, name) for path in paths]
@@ -117,6 +129,7 @@ def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.An
             return dict(result, dest=dest, changed=True, actions=["would make %s and dump %s to %s" % (missing.path, what, dest)],
                         diff=diff_.diff({}, {dest: workload.to_come(name)}))
         result["dest"] = loc.path
+        existing = None
         if not request.force:
             existing = existing_checkpoint(loc, workload.is_in, key, request.timeout)
             if existing is not None and (check_mode or workload.left_stopped(existing) is None):
@@ -125,6 +138,10 @@ def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.An
             problem = store.replace_problem(loc)
             if problem:
                 raise CriuError("Refusing force=true on %s: %s" % (loc.path, problem), path=loc.path)
+        # With a published checkpoint of it at DEST, what is left is to end it (_finished, below), never to resume it.
+        resumed = [] if check_mode or existing is not None else _bring_back_stopped(loc, request.timeout)
+        if resumed:
+            workload = kind.find(request.workload, request.timeout)  # as it runs again
         exists = os.path.lexists(loc.path)
         what = _checkpointable(workload, request.criu_path)
         action = "%s %s to %s" % ("replace the checkpoint with a dump of" if exists else "dump", what, loc.path)
@@ -140,10 +157,7 @@ def checkpoint(request: CheckpointRequest, check_mode: bool) -> t.Dict[str, t.An
                     finished = _finished(workload, result, loc.path, existing, request.timeout, check_mode)
                     seal_.forget_stopping(loc)
                     return finished
-            resumed = seal_.resume_what_a_dead_run_stopped(loc, request.timeout)
             store.remove_litter(loc)
-            if resumed:
-                workload.require_checkpointable(request.criu_path)  # read again: it was stopped when first read
             before = {loc.path: lifecycle.metadata_at(loc)}
             result.update(workload.dump(loc, request, key, algorithm))
         actions = resumed + [action[0].upper() + action[1:]]

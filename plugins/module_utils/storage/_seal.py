@@ -10,12 +10,10 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import signal
 import stat
 import typing as t
 import uuid
 
-from ansible_collections.nucleus.criu.plugins.module_utils.criu import _netlock as netlock
 from ansible_collections.nucleus.criu.plugins.module_utils.criu import _options as criu_options
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _integrity as integrity
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
@@ -66,11 +64,11 @@ def _stopped_record(loc: store.Location) -> str:
     return ".%s.stopped.json" % loc.name
 
 
-def note_stopping(loc: store.Location, staging: store.Staging, pid: int, starttime: int, tcp_established: bool) -> None:
-    """Before a dump that leaves its tree stopped, beside DEST (flushed): what a rerun needs to resume the tree should
-    this run die before the checkpoint is published. A rerun that dumped the stopped tree instead would make a
-    checkpoint that restores it stopped."""
-    record = json.dumps({"pid": pid, "starttime": starttime, "staging": staging.name, "tcp_established": tcp_established})
+def note_stopping(loc: store.Location, staging: store.Staging, subject: t.Mapping[str, t.Any]) -> None:
+    """Before a dump that stops its workload, beside DEST (flushed): what a rerun needs to bring it back (``subject``:
+    what the kind records, see Kind.resume_stopped) should this run die before the checkpoint is published. A rerun
+    that dumped the stopped workload instead would make a checkpoint that restores it stopped."""
+    record = json.dumps(dict(subject, staging=staging.name))
     fd = os.open(_stopped_record(loc), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, store.FILE_MODE,
                  dir_fd=loc.parent_fd)
     try:
@@ -82,16 +80,17 @@ def note_stopping(loc: store.Location, staging: store.Staging, pid: int, startti
 
 
 def forget_stopping(loc: store.Location) -> None:
-    """The tree is resumed, ended, or left stopped as asked: nothing for a rerun to undo."""
+    """The workload is running again, ended, or left stopped as asked: nothing for a rerun to bring back."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_stopped_record(loc), dir_fd=loc.parent_fd)
 
 
-def _read_stopped(loc: store.Location) -> t.Optional[t.Dict[str, t.Any]]:
-    """The record note_stopping left, when it is this user's and whole."""
+def read_stopped(loc: store.Location) -> t.Optional[t.Dict[str, t.Any]]:
+    """The record a run that died left (note_stopping), when it is a regular file of this user's and whole; its
+    ``staging`` is the name of that run's staging directory beside DEST, or None."""
     try:
         fd = os.open(_stopped_record(loc), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=loc.parent_fd)
-    except OSError:  # none, or not a file of ours to read (a symlink is never followed): it is removed unread
+    except OSError:  # none, or not a file of ours to read (a symlink is never followed)
         return None
     try:
         st = os.fstat(fd)
@@ -100,31 +99,11 @@ def _read_stopped(loc: store.Location) -> t.Optional[t.Dict[str, t.Any]]:
         record = None
     finally:
         os.close(fd)
-    if not isinstance(record, dict) or not all(isinstance(record.get(key), int) for key in ("pid", "starttime")):
+    if not isinstance(record, dict):
         return None
     staging = str(record.get("staging") or "")
     record["staging"] = staging if staging.startswith(".") and "/" not in staging else None
     return record
-
-
-def resume_what_a_dead_run_stopped(loc: store.Location, timeout: float) -> t.List[str]:
-    """Under DEST's lock, before a dump: a run that died between criu's dump and the publish left its tree stopped
-    (and its TCP connections in criu's hands); it runs again, as a failed dump's tree does. The actions taken."""
-    record = _read_stopped(loc)
-    st = procfs.read_stat(record["pid"]) if record else None
-    actions = []
-    if record and st is not None and not st.exited and st.starttime == record["starttime"] and st.state == "T":
-        tree = procfs.tree_identity(record["pid"])
-        run_id = netlock.run_id(os.path.join(loc.parent, record["staging"], store.DUMP_LOG)) if record["staging"] else None
-        try:
-            if record.get("tcp_established") or run_id:
-                netlock.release([member[0] for member in tree], run_id, timeout)
-        finally:
-            procfs.signal_identified(tree, signal.SIGCONT)
-        actions.append("Resumed pid %d and its %d descendant(s), left stopped by a run that died after criu's dump into %s"
-                       % (record["pid"], len(tree) - 1, loc.path))
-    forget_stopping(loc)
-    return actions
 
 
 def failed_dump_fate(exc: BaseException, staging: t.Optional[store.Staging], loc: store.Location,

@@ -1,4 +1,4 @@
-"""What a dump that leaves its tree stopped records beside DEST (_seal.note_stopping), and what a rerun does with it."""
+"""What a dump that stops its workload records beside DEST (_seal.note_stopping), and what a rerun does with it."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from ansible_collections.nucleus.criu.plugins.module_utils.kinds import _registry as kinds
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _seal as seal_
 from ansible_collections.nucleus.criu.plugins.module_utils.storage import _store as store
 from ansible_collections.nucleus.criu.plugins.module_utils.system import _procfs as procfs
@@ -24,30 +25,36 @@ def stopped():
     proc.wait()
 
 
-def record(tmp_path, loc, pid, starttime):
-    """What note_stopping writes, for a run that then died (its staging left beside DEST)."""
+def noted(tmp_path, loc, pid, starttime):
+    """What a process tree's dump notes, for a run that then died (its staging left beside DEST)."""
     staging = store.Staging(loc)
-    seal_.note_stopping(loc, staging, pid, starttime, False)
+    seal_.note_stopping(loc, staging, {"process": {"pid": pid, "starttime": starttime}, "tcp_established": False})
     staging.close()
     return tmp_path / (".%s.stopped.json" % loc.name)
 
 
-def test_a_rerun_resumes_the_tree_a_dead_run_left_stopped_and_forgets_it(tmp_path, stopped):
-    with store.location(str(tmp_path / "ckpt")) as loc:
-        path = record(tmp_path, loc, stopped.pid, procfs.read_stat(stopped.pid).starttime)
-        assert json.loads(path.read_text())["pid"] == stopped.pid and oct(path.stat().st_mode & 0o777) == "0o600"
-        actions = seal_.resume_what_a_dead_run_stopped(loc, 10)
-    assert actions == ["Resumed pid %d and its 0 descendant(s), left stopped by a run that died after criu's dump into %s"
-                       % (stopped.pid, tmp_path / "ckpt")]
-    assert wait_for(lambda: procfs.read_stat(stopped.pid).state != "T") and not path.exists()
+def resume(loc):
+    record = seal_.read_stopped(loc)
+    return kinds.of(record).resume_stopped(record, loc, 10) if record else None
 
 
-@pytest.mark.parametrize("damage", ["another process", "garbage", "a symlink"])
-def test_a_record_that_names_no_tree_of_ours_resumes_nothing(tmp_path, stopped, damage):
-    """A reused pid, a torn file or a link planted beside DEST: nothing is signalled, and the record goes (the link is
-    never followed)."""
+def test_a_rerun_resumes_the_tree_a_dead_run_left_stopped(tmp_path, stopped):
     with store.location(str(tmp_path / "ckpt")) as loc:
-        path = record(tmp_path, loc, stopped.pid, procfs.read_stat(stopped.pid).starttime + (1 if damage == "another process" else 0))
+        path = noted(tmp_path, loc, stopped.pid, procfs.read_stat(stopped.pid).starttime)
+        record = json.loads(path.read_text())
+        assert record["process"]["pid"] == stopped.pid and record["staging"].startswith(".ckpt.staging-")
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert resume(loc) == ["Resumed pid %d and its 0 descendant(s), left stopped by a run that died after criu's dump "
+                               "into %s" % (stopped.pid, tmp_path / "ckpt")]
+    assert wait_for(lambda: procfs.read_stat(stopped.pid).state != "T")
+
+
+@pytest.mark.parametrize("damage, read", [("another process", True), ("garbage", False), ("a symlink", False)])
+def test_a_record_that_names_no_tree_of_ours_resumes_nothing(tmp_path, stopped, damage, read):
+    """A reused pid, a torn file or a link planted beside DEST: nothing is signalled (the link is never followed)."""
+    with store.location(str(tmp_path / "ckpt")) as loc:
+        starttime = procfs.read_stat(stopped.pid).starttime
+        path = noted(tmp_path, loc, stopped.pid, starttime + (1 if damage == "another process" else 0))
         if damage == "garbage":
             path.write_text("{")
         elif damage == "a symlink":
@@ -55,5 +62,6 @@ def test_a_record_that_names_no_tree_of_ours_resumes_nothing(tmp_path, stopped, 
             target.write_text(path.read_text())
             path.unlink()
             path.symlink_to(target)
-        assert seal_.resume_what_a_dead_run_stopped(loc, 10) == []
+        assert resume(loc) == ([] if read else None)
+        seal_.forget_stopping(loc)
     assert procfs.read_stat(stopped.pid).state == "T" and not os.path.lexists(path)
