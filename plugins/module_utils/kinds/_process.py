@@ -86,6 +86,18 @@ def resume_if_we_stopped(pid: int, st: procfs.ProcStat) -> str:
     return "The process %d is still running, untouched." % pid
 
 
+def run_again(tree: t.Sequence[t.Sequence[int]], tcp_kept: bool, criu_run_id: t.Optional[str], timeout: float) -> None:
+    """SIGCONT to exactly the processes of ``tree`` ([pid, starttime] each) that a dump left stopped, once their TCP
+    connections are out of criu's hands (else they stay dead: netlock); should that fail, they run anyway and the error
+    says so."""
+    try:
+        alive = procfs.alive_identified(tree)
+        if alive and (tcp_kept or criu_run_id):
+            netlock.release(alive, criu_run_id, timeout)
+    finally:
+        procfs.signal_identified(tree, signal.SIGCONT)
+
+
 class ProcessTree(Workload):
     """The tree rooted at ``pid``."""
 
@@ -339,24 +351,13 @@ class Process(Kind):
         tree = procfs.tree_identity(pid)
         staging = record.get("staging")
         run_id = netlock.run_id(os.path.join(loc.parent, staging, store.DUMP_LOG)) if staging else None
-        try:
-            if record.get("tcp_established") or run_id:
-                netlock.release([member[0] for member in tree], run_id, timeout)
-        finally:
-            procfs.signal_identified(tree, signal.SIGCONT)
+        run_again(tree, bool(record.get("tcp_established")), run_id, timeout)
         return ["Resumed pid %d and its %d descendant(s), left stopped by a run that died after criu's dump into %s"
                 % (pid, len(tree) - 1, loc.path)]
 
     def resume_source(self, record: Record, timeout: float) -> None:
-        """SIGCONT to exactly the processes that were frozen, once their TCP connections are out of criu's hands (else
-        they stay dead: netlock); should that fail, they run anyway and the error says so."""
-        tree = _tree(record)
-        try:
-            alive = procfs.alive_identified(tree)
-            if alive and (record.get("tcp_kept") or record.get("criu_run_id")):
-                netlock.release(alive, record.get("criu_run_id"), timeout)
-        finally:
-            procfs.signal_identified(tree, signal.SIGCONT)
+        """The frozen tree runs again (run_again)."""
+        run_again(_tree(record), bool(record.get("tcp_kept")), record.get("criu_run_id"), timeout)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         procfs.wait_gone(procfs.signal_identified(_tree(record), signal.SIGKILL), timeout=10)
