@@ -88,6 +88,8 @@ options:
       - With O(leave_running) the container stops for its export too, and is restored in place from Podman's copy at
         once, so it runs on from the same memory (same id and name, a new host PID). Podman archives a container's file
         changes after the dump, so a container left running would put newer files in the export than its memory knows.
+      - Stopped, a container holds no address in Podman's address book. Should another container be given its address
+        meanwhile, it is restored in place under a new one rather than left stopped, and the task warns.
       - The host must be able to checkpoint containers, see M(nucleus.criu.criu_info)'s O(nucleus.criu.criu_info#module:engine)
         (the C(nucleus.criu.criu) role's C(criu_containers) prepares it).
     type: str

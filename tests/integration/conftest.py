@@ -7,6 +7,7 @@ create); whatever is still running at teardown is killed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import functools
@@ -168,23 +169,45 @@ def machine_b(machine_pair):
     return machine_pair[1]
 
 
-def kill_checkpoint_at(args: t.Mapping[str, t.Any], name: str, step: str) -> None:
-    """Run criu_checkpoint (``args``, DEST named ``name``) and kill the module where it reaches ``step``."""
+@contextlib.contextmanager
+def _armed(name: str, step: str) -> t.Iterator[str]:
+    """Failpoint NAME.STEP armed inside the block (a process that reaches it waits there); yields its path, to which
+    that process adds ``.reached``."""
     os.makedirs(FAILPOINTS, mode=0o700, exist_ok=True)
     armed = os.path.join(FAILPOINTS, "%s.%s" % (name, step))
     open(armed, "w").close()
-    module = subprocess.Popen([ANSIBLE, "localhost", "-m", "nucleus.criu.criu_checkpoint", "-a", json.dumps(dict(args))],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                              env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0"))
     try:
-        stopped = wait_for(lambda: json.load(open(armed + ".reached"))["pid"], timeout=120, what="the module to reach " + step)
-        os.kill(stopped, signal.SIGKILL)  # the module (criu is done), then ansible
-        os.killpg(module.pid, signal.SIGKILL)
+        yield armed
     finally:
-        module.wait()
         for path in (armed, armed + ".reached"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def kill_checkpoint_at(args: t.Mapping[str, t.Any], name: str, step: str) -> None:
+    """Run criu_checkpoint (``args``, DEST named ``name``) and kill the module where it reaches ``step``."""
+    with _armed(name, step) as armed:
+        module = subprocess.Popen([ANSIBLE, "localhost", "-m", "nucleus.criu.criu_checkpoint", "-a", json.dumps(dict(args))],
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  env=dict(os.environ, ANSIBLE_LOCALHOST_WARNING="0"))
+        try:
+            stopped = wait_for(lambda: json.load(open(armed + ".reached"))["pid"], timeout=120, what="the module to reach " + step)
+            os.kill(stopped, signal.SIGKILL)  # the module (criu is done), then ansible
+            os.killpg(module.pid, signal.SIGKILL)
+        finally:
+            module.wait()
+
+
+def checkpoint_held_at(args: t.Mapping[str, t.Any], name: str, step: str, meanwhile: t.Callable[[], t.Any]) -> t.Dict[str, t.Any]:
+    """Run criu_checkpoint (``args``, DEST named ``name``), held where it reaches ``step`` until ``meanwhile`` has
+    run; the task result."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with _armed(name, step) as armed:
+            module = pool.submit(run_module, "criu_checkpoint", args)
+            wait_for(lambda: os.path.exists(armed + ".reached") or module.done(), timeout=120, what="the module to reach " + step)
+            assert not module.done(), module.result()
+            meanwhile()
+        return module.result()
 
 
 def run_module(module: str, args: t.Mapping[str, t.Any], check: bool = False,

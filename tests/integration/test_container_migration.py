@@ -309,6 +309,34 @@ def test_a_rolled_back_migration_resumes_the_source_container_with_its_connectio
     wait_for(lambda: lines(containers, name) > resumed + 10, what="ticks going on over the same connection")
 
 
+def test_a_rolled_back_migration_resumes_the_source_container_under_a_new_address_when_its_own_was_taken(
+        hosts, containers, tmp_path):
+    """Stopped for its export, the source container holds no address in Podman's address book: a container started
+    there while the migration runs may be given it. The rollback brings the source back under a new address, and says
+    so, where it used to end in doubt with the container stopped."""
+    containers.image_on_b(True)
+    name = "c-readdressed"
+    container_id = containers.start(name)
+    own = containers.podman("a", "container inspect --format '{{.NetworkSettings.IPAddress}}' %s" % name)
+    before = containers.count("a", name)
+    hosts.arm("b", "restoring", name)
+    controller = hosts.start_migrate(str(tmp_path / "controller.log"), **single(name))
+    restoring = hosts.reached("b", name, "restoring")
+    containers.podman("a", "run -d --name %s-thief --ip %s %s sleep 100000" % (name, own, hosts.image))
+    os.kill(restoring, signal.SIGKILL)
+    hosts.clear_failpoints("b")
+    journal = hosts.settled(name)
+    finish(controller)
+    assert journal["outcome"] == "rolled_back", journal
+    containers.runs_only_on("a", name, container_id, before)
+    new = containers.podman("a", "container inspect --format '{{.NetworkSettings.IPAddress}}' %s" % name)
+    assert new and new != own
+    said = ("it came back with the address %s: its own, %s, was given to another container while it was stopped"
+            % (new, own))
+    assert journal["source_resumed_as"] == said, journal
+    assert said in (tmp_path / "controller.log").read_text()
+
+
 def lines(containers: Containers, name: str) -> int:
     return len(containers.podman("a", "exec %s cat /tmp/got" % name, check=False).splitlines())
 

@@ -16,7 +16,7 @@ import typing as t
 
 import pytest
 
-from conftest import kill_checkpoint_at, podman, run_module, wait_for
+from conftest import checkpoint_held_at, kill_checkpoint_at, podman, run_module, wait_for
 
 
 KEY = "container-test-key-0123456789"
@@ -55,6 +55,10 @@ class Containers:
 def count(name: str) -> int:
     proc = podman("exec", name, "cat", "/tmp/n", check=False)
     return int(proc.stdout.strip() or 0) if proc.returncode == 0 else 0
+
+
+def address(name: str) -> str:
+    return podman("container", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", name).stdout.strip()
 
 
 def state(name: str) -> t.Optional[str]:
@@ -245,6 +249,62 @@ def test_a_checkpoint_killed_after_podmans_export_is_finished_by_its_rerun(conta
     # Its count goes on from its memory, where a container started afresh would count from 1 again.
     assert wait_for(lambda: count(name), what="the container counting") >= 40
     assert run_module("criu_verify", dict(path=str(ckpt_dir / dest_name)))["valid"]
+
+
+def test_a_container_whose_address_was_taken_while_stopped_comes_back_under_a_new_one(containers, ckpt_dir):
+    """Stopped by a checkpoint run that died, a container holds no address in Podman's address book: another container
+    started meanwhile may be given it (on a busy host, one restored with its own address rewinds the allocator to just
+    before it). The rerun brings it back under a new address, with its memory, and says so; it used to stay stopped."""
+    name = containers.start("readdressed")
+    own = address(name)
+    dest_name = "readdressed-%s" % secrets.token_hex(3)
+    args = dict(container=name, dest=str(ckpt_dir / dest_name), leave_running=True)
+    wait_for(lambda: count(name) >= 40, what="the container counting for 2 s")
+    kill_checkpoint_at(args, dest_name, "dumped")
+    podman("run", "-d", "--name", containers.name("thief"), "--ip", own, containers.image, "sleep", "100000")
+    rerun = run_module("criu_checkpoint", args)
+    assert rerun["changed"] and state(name) == "running", rerun.get("msg", rerun)
+    new = address(name)
+    assert new and new != own
+    assert rerun["actions"][0] == ("Restored container %s in place, stopped by a run that died after Podman's checkpoint "
+                                   "into %s; it came back with the address %s: its own, %s, was given to another container "
+                                   "while it was stopped" % (name, ckpt_dir / dest_name, new, own)), rerun["actions"]
+    assert wait_for(lambda: count(name), what="the container counting") >= 40
+
+
+def test_leave_running_under_a_new_address_warns(containers, ckpt_dir):
+    """leave_running stops the container for the export, then restores it in place: should its address be given to
+    another container in between, it runs on under a new one, and the task warns."""
+    name = containers.start("warned")
+    own = address(name)
+    dest_name = "warned-%s" % secrets.token_hex(3)
+    wait_for(lambda: count(name) >= 40, what="the container counting for 2 s")
+    made = checkpoint_held_at(dict(container=name, dest=str(ckpt_dir / dest_name), leave_running=True), dest_name, "dumped",
+                              lambda: podman("run", "-d", "--name", containers.name("thief"), "--ip", own, containers.image,
+                                             "sleep", "100000"))
+    assert made["changed"] and state(name) == "running", made.get("msg", made)
+    new = address(name)
+    assert new and new != own
+    assert made["warnings"] == ["The container %s runs on, but it came back with the address %s: its own, %s, was given "
+                                "to another container while it was stopped." % (name, new, own)], made
+    assert wait_for(lambda: count(name), what="the container counting") >= 40
+    assert run_module("criu_verify", dict(path=str(ckpt_dir / dest_name)))["valid"]
+
+
+def test_a_restore_whose_recorded_address_is_taken_names_the_remedy(containers, ckpt_dir):
+    """The checkpoint records the container's address; restored under its own name once another container holds that
+    address, Podman refuses it: the message says how to give it a new one, and that works."""
+    name = containers.start("moved-out")
+    own = address(name)
+    dest = str(ckpt_dir / "moved-out")
+    assert run_module("criu_checkpoint", dict(container=name, dest=dest))["changed"]
+    podman("rm", "--force", "--time", "0", "--", name)
+    podman("run", "-d", "--name", containers.name("thief"), "--ip", own, containers.image, "sleep", "100000")
+    refused = run_module("criu_restore", dict(src=dest))
+    assert refused["failed"] and "requested IP address %s is not available" % own in refused["msg"], refused
+    assert "restore with ignore_static_ip: true" in refused["msg"] and state(name) is None, refused["msg"]
+    restored = run_module("criu_restore", dict(src=dest, ignore_static_ip=True))
+    assert restored["changed"] and state(name) == "running" and address(name) != own, restored.get("msg", restored)
 
 
 def test_leave_running_keeps_an_established_connection(containers, ckpt_dir):

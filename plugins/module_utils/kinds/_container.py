@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import signal
 import socket
@@ -165,22 +166,38 @@ def export(engine: podman.Podman, found: t.Mapping[str, t.Any], images_fd: int, 
 
 
 SETTLE_SECONDS = 10.0
+# Podman (CNI host-local) refusing a restore the address it recorded: another container holds it now.
+ADDRESS_TAKEN = re.compile(r"requested IP address (\S+) is not available")
 
 
 def restore_kept(engine: podman.Podman, container_id: str, options: t.Mapping[str, t.Any], timeout: float) -> t.Optional[str]:
     """Restore a container stopped by a checkpoint in place, from the copy Podman keeps in its own storage
     (``--keep``), once Podman has seen it stop (its state lags its main process by a moment: it refuses a restore
-    until then). None when it runs again, else Podman's reason."""
+    until then). Stopped, it holds no address in Podman's address book: should another container have been given it
+    meanwhile, it comes back under a new one rather than stay stopped. Raises Podman's reason when it cannot run
+    again; returns None, or the words for its new address."""
     deadline = time.monotonic() + SETTLE_SECONDS
+    taken: t.Optional[str] = None
     while True:
         try:
             engine.restore_in_place(container_id, options, timeout)
-            return None
+            break
         except CriuError as exc:
             if "running or paused" in exc.msg and time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
-            return exc.msg
+            if taken is not None:
+                raise CriuError("its address %s was given to another container while it was stopped, and with a new "
+                                "one: %s" % (taken, exc.msg)) from exc
+            address = ADDRESS_TAKEN.search(exc.msg)
+            if address is None:
+                raise
+            taken = address.group(1)
+            options = dict(options, ignore_static_ip=True)
+    if taken is None:
+        return None
+    return ("it came back with the address %s: its own, %s, was given to another container while it was stopped"
+            % (", ".join(engine.addresses(container_id, timeout)) or "none", taken))
 
 
 def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: int, options: t.Mapping[str, t.Any],
@@ -191,35 +208,43 @@ def bring_back(engine: podman.Podman, found: t.Mapping[str, t.Any], starttime: i
     running = engine.inspect(found["id"], timeout)
     if running is not None and running["state"] == "running":
         return "The container %s runs again, restored in place from the checkpoint." % found["name"]
-    problem = restore_kept(engine, found["id"], options, timeout)
-    if problem is not None:
+    try:
+        readdressed = restore_kept(engine, found["id"], options, timeout)
+    except CriuError as exc:
         return ("The container %s was stopped by the checkpoint and could not be brought back: %s Run podman container "
-                "restore %s." % (found["name"], problem, found["id"]))
-    return "The container %s was brought back from Podman's own copy of the checkpoint (podman container restore)." % found["name"]
+                "restore %s." % (found["name"], exc.msg, found["id"]))
+    return ("The container %s was brought back from Podman's own copy of the checkpoint (podman container restore)%s."
+            % (found["name"], "; " + readdressed if readdressed else ""))
 
 
-def run_on(engine: podman.Podman, found: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any], timeout: float) -> None:
+def run_on(engine: podman.Podman, found: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
+           timeout: float) -> t.Optional[str]:
     """leave_running for a container: it was stopped for a consistent export (see Podman.checkpoint) and runs on from
-    the same memory, restored in place, before the export is hashed: the hashing is not downtime."""
-    problem = restore_kept(engine, found["id"], options, timeout)
-    if problem is not None:
+    the same memory, restored in place, before the export is hashed: the hashing is not downtime. A warning when it
+    runs on under a new address."""
+    try:
+        readdressed = restore_kept(engine, found["id"], options, timeout)
+    except CriuError as exc:
         raise CriuError("The container %s was stopped for its export and could not be restored in place: %s"
-                        % (found["name"], problem))
+                        % (found["name"], exc.msg)) from exc
+    return "The container %s runs on, but %s." % (found["name"], readdressed) if readdressed else None
 
 
-def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any], timeout: float) -> None:
+def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], options: t.Mapping[str, t.Any],
+           timeout: float) -> t.Optional[str]:
     """A migration's source container runs again, with its memory: untouched if it still runs, else restored in
-    place from Podman's own copy of the checkpoint. Raises when it cannot be."""
+    place from Podman's own copy of the checkpoint. Raises when it cannot be; says so when it has a new address."""
     found = engine.inspect(recorded["id"], timeout)
     if found is None:
         raise CriuError("The source container %s (%s) is gone from this host: nothing here can bring it back."
                         % (recorded["name"], recorded["id"][:12]))
     if found["state"] == "running":
-        return
-    problem = restore_kept(engine, recorded["id"], options, timeout)
-    if problem is not None:
+        return None
+    try:
+        return restore_kept(engine, recorded["id"], options, timeout)
+    except CriuError as exc:
         raise CriuError("The source container %s could not be restored in place: %s Run podman container restore %s."
-                        % (recorded["name"], problem, recorded["id"]))
+                        % (recorded["name"], exc.msg, recorded["id"])) from exc
 
 
 def identity(found: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
@@ -373,8 +398,7 @@ class ContainerWorkload(Workload):
                 frozen_at = procfs.utc_now()
                 podman_stats, dump_seconds = export(engine, found, staging.images_fd, options, request.timeout)
                 failpoint(loc.name, "dumped")  # tests stop a checkpoint here, the container stopped, nothing published
-                if request.leave_running:
-                    run_on(engine, found, options, request.timeout)
+                readdressed = run_on(engine, found, options, request.timeout) if request.leave_running else None
                 flush_started = time.monotonic()
                 manifest = seal_.flushed_manifest(staging.images_fd, algorithm)
                 metadata = seal_.describe(recorded.pop("criu"), request.name or loc.name, facts, options, algorithm, manifest,
@@ -388,7 +412,8 @@ class ContainerWorkload(Workload):
             seal_.forget_stopping(loc)
             raise
         seal_.forget_stopping(loc)
-        return seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
+        result = seal_.dump_result(metadata, frozen_at, dump_seconds, fsync_seconds, podman=podman_stats)
+        return dict(result, warnings=[readdressed]) if readdressed else result
 
 
 def _recorded(record: Record) -> t.Dict[str, t.Any]:
@@ -575,17 +600,18 @@ class Container(Kind):
         found = engine.inspect(str(recorded.get("id")), timeout) if recorded.get("id") else None
         if found is None or found["state"] == "running":
             return []
-        problem = restore_kept(engine, found["id"], record.get("options") or {}, timeout)
-        if problem is not None:
-            raise CriuError("Container %s was stopped by a checkpoint run into %s that died before publishing it, and could "
-                            "not be restored in place: %s Run podman container restore %s."
-                            % (found["name"], loc.path, problem, found["id"]), path=loc.path)
-        return ["Restored container %s in place, stopped by a run that died after Podman's checkpoint into %s"
-                % (found["name"], loc.path)]
+        try:
+            readdressed = restore_kept(engine, found["id"], record.get("options") or {}, timeout)
+        except CriuError as exc:
+            raise CriuError("Container %s was stopped by a checkpoint run into %s that died before publishing it, and "
+                            "could not be restored in place: %s Run podman container restore %s."
+                            % (found["name"], loc.path, exc.msg, found["id"]), path=loc.path) from exc
+        return ["Restored container %s in place, stopped by a run that died after Podman's checkpoint into %s%s"
+                % (found["name"], loc.path, "; " + readdressed if readdressed else "")]
 
-    def resume_source(self, record: Record, timeout: float) -> None:
+    def resume_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """Restored in place from the checkpoint Podman keeps, with the criu options it was frozen with."""
-        resume(podman_engine(timeout), _recorded(record), (record.get("settings") or {}).get("criu") or {}, timeout)
+        return resume(podman_engine(timeout), _recorded(record), (record.get("settings") or {}).get("criu") or {}, timeout)
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """Stopped by its checkpoint, it is removed with the copy Podman keeps, so that no restore can bring it back."""

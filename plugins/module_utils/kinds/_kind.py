@@ -266,8 +266,9 @@ class Kind(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def resume_source(self, record: Record, timeout: float) -> None:
-        """Let the frozen source run on with its memory; raise when it cannot."""
+    def resume_source(self, record: Record, timeout: float) -> t.Optional[str]:
+        """Let the frozen source run on with its memory; raise when it cannot. How it runs otherwise than before, if
+        it does (a container under a new address), in words."""
 
     def release(self, record: Record, timeout: float) -> None:
         """Undo what a migration did to the source's workload before its freeze (a unit's hold and boot start), when

@@ -65,6 +65,9 @@ _HINTS = (
     (re.compile(r"image not known|unable to find .*image"),
      "The container's image is not on this host; an export does not hold its base image. Load it first (podman load, "
      "podman pull or podman import under the same id)."),
+    (re.compile(r"requested IP address \S+ is not available"),
+     "Another container on this host holds the address the checkpoint records: free it, or restore with "
+     "ignore_static_ip: true (criu_restore) to give the container a new one."),
     (re.compile(r"Network is unreachable"),
      "The container's network did not come back as it was: TCP connections restore on a bridge network, not with --network none."),
 )
@@ -128,6 +131,13 @@ def stats_of(output: str) -> t.Dict[str, t.Any]:
     return stats if isinstance(stats, dict) else {}
 
 
+def restore_flags(options: t.Mapping[str, t.Any]) -> t.List[str]:
+    """Podman's restore flags for ``options``: the criu options it passes, and whether to give up the container's
+    recorded address (``ignore_static_ip``) and MAC (``ignore_static_mac``) for new ones."""
+    return criu_options.podman_flags(options) + [flag for name, flag in (
+        ("ignore_static_ip", "--ignore-static-ip"), ("ignore_static_mac", "--ignore-static-mac")) if options.get(name)]
+
+
 class Podman(t.NamedTuple):
     """The podman binary the modules run (its real path, checked) and its version."""
 
@@ -172,15 +182,20 @@ class Podman(t.NamedTuple):
     def restore_in_place(self, container_id: str, options: t.Mapping[str, t.Any], timeout: float) -> None:
         """Bring a container back from the checkpoint Podman keeps in its own storage after an export, with the criu
         options it was checkpointed with (Podman does not remember them)."""
-        run([self.path, "container", "restore"] + criu_options.podman_flags(options) + ["--", container_id], timeout)
+        run([self.path, "container", "restore"] + restore_flags(options) + ["--", container_id], timeout)
+
+    def addresses(self, container_id: str, timeout: float) -> t.List[str]:
+        """The container's IP addresses on its networks (a restore without its static address gets new ones)."""
+        output, _seconds = run([self.path, "container", "inspect", "--format", "json", "--", container_id], timeout)
+        networks = (json.loads(output)[0].get("NetworkSettings") or {}).get("Networks") or {}
+        return sorted(network["IPAddress"] for network in networks.values() if network.get("IPAddress"))
 
     def restore_import(self, import_fd: int, name: t.Optional[str], options: t.Mapping[str, t.Any], timeout: float,
                        on_spawn: t.Optional[t.Callable[[int], None]] = None) -> t.Tuple[t.Dict[str, t.Any], float]:
         """Create and restore a container from the export open as ``import_fd``, named ``name`` (None: as it was)."""
         argv = [self.path, "container", "restore", "--import", "/proc/self/fd/%d" % import_fd, "--print-stats"]
         argv += ["--name", name] if name else []
-        argv += criu_options.podman_flags(options) + [flag for name_, flag in (
-            ("ignore_static_ip", "--ignore-static-ip"), ("ignore_static_mac", "--ignore-static-mac")) if options.get(name_)]
+        argv += restore_flags(options)
         output, seconds = run(argv, timeout, pass_fds=[import_fd], on_spawn=on_spawn)
         return stats_of(output), seconds
 

@@ -355,9 +355,10 @@ class Process(Kind):
         return ["Resumed pid %d and its %d descendant(s), left stopped by a run that died after criu's dump into %s"
                 % (pid, len(tree) - 1, loc.path)]
 
-    def resume_source(self, record: Record, timeout: float) -> None:
-        """The frozen tree runs again (run_again)."""
+    def resume_source(self, record: Record, timeout: float) -> t.Optional[str]:
+        """The frozen tree runs again (run_again), as it was."""
         run_again(_tree(record), bool(record.get("tcp_kept")), record.get("criu_run_id"), timeout)
+        return None
 
     def end_source(self, record: Record, timeout: float) -> t.Optional[str]:
         procfs.wait_gone(procfs.signal_identified(_tree(record), signal.SIGKILL), timeout=10)

@@ -528,10 +528,11 @@ class Unit(Process):
         return freeze_tree(freezer, staging, pid, external_unix=sorted(set(stdio.values())),
                            recorded={"unit": {"name": name, "control_group": unit.get("control_group"), "stdio": stdio}})
 
-    def resume_source(self, record: Record, timeout: float) -> None:
+    def resume_source(self, record: Record, timeout: float) -> t.Optional[str]:
         """The frozen tree runs on as the unit's MainPID; the unit's Restart= and boot start are its own again."""
         super().resume_source(record, timeout)
         self.release(record, timeout)
+        return None
 
     def release(self, record: Record, timeout: float) -> None:
         """The unit's own Restart= and boot start again. A source whose copy was lost meanwhile (its host crashed,

@@ -83,9 +83,10 @@ def failure_message(journal: Journal) -> t.Optional[str]:
             target_state = "; the target's stopped copy is removed by the next run (target unreachable now)"
         else:
             target_state = "; nothing was restored on the target (unreachable now), and the next run clears what it received"
+        resumed_as = "; %s" % data["source_resumed_as"] if data.get("source_resumed_as") else ""
         return ("Migration of %s to %s failed in phase %s: %s Rolled back: the workload runs again on %s (%s) with its "
-                "memory intact%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
-                                      data.get("source"), workload, target_state))
+                "memory intact%s%s." % (data["name"], data["target"]["label"], _failed_phase(data), data.get("error"),
+                                        data.get("source"), workload, resumed_as, target_state))
     return ("Migration of %s is in doubt: %s. Source %s: %s %s. Target %s: see its journal %s. Once the target is "
             "reachable, rerun the same command: it reads both journals and finishes or undoes the migration."
             % (data["name"], data.get("error"), data.get("source"), workload,

@@ -33,8 +33,11 @@ def _timeout(journal: Journal) -> float:
 
 
 def resume_source(journal: Journal) -> None:
-    """Let the frozen source run on, with its memory intact, as its kind does it. Raises when that cannot be done."""
-    kinds.of(journal.data).resume_source(journal.data, _timeout(journal))
+    """Let the frozen source run on, with its memory intact, as its kind does it. Raises when that cannot be done.
+    How it runs otherwise than before (a container under a new address) goes into the journal with its next record."""
+    changed = kinds.of(journal.data).resume_source(journal.data, _timeout(journal))
+    if changed:
+        journal.data["source_resumed_as"] = changed
 
 
 def end_source(journal: Journal) -> None:

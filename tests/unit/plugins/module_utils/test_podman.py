@@ -293,3 +293,52 @@ def test_what_runc_has_criu_load_must_be_roots(monkeypatch, tmp_path):
     with pytest.raises(CriuError, match="is a symlink"):
         container.require_running(dict(RUNNING, criu_config=None), "web")
     assert any("is a symlink" in p for p in container.target_problems(Images({"localhost/web:1": "1" * 64}), WEB, False, 10)[0])
+
+
+class StandInEngine:
+    """Podman's in-place restore, answering from a script: each call takes the next answer (an error message, or
+    None for a restore that worked), and remembers the options it was given."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.given = []
+
+    def restore_in_place(self, container_id, options, timeout):
+        self.given.append(dict(options))
+        answer = self.answers.pop(0)
+        if answer is not None:
+            raise CriuError(answer)
+
+    def addresses(self, container_id, timeout):
+        return ["10.88.0.9"]
+
+
+TAKEN = "cni plugin bridge failed: failed to allocate for range 0: requested IP address 10.88.0.5 is not available in range set"
+
+
+def test_a_container_whose_address_was_taken_comes_back_under_a_new_one():
+    engine = StandInEngine(TAKEN, None)
+    said = container.restore_kept(engine, "c0ffee", {"tcp_established": False}, 5)
+    assert said == "it came back with the address 10.88.0.9: its own, 10.88.0.5, was given to another container while it was stopped"
+    assert engine.given == [{"tcp_established": False}, {"tcp_established": False, "ignore_static_ip": True}]
+    assert container.restore_kept(StandInEngine(None), "c0ffee", {}, 5) is None
+
+
+def test_a_restore_that_fails_under_a_new_address_too_says_both():
+    engine = StandInEngine(TAKEN, "criu: Can't bind inet socket: Cannot assign requested address")
+    with pytest.raises(CriuError) as raised:
+        container.restore_kept(engine, "c0ffee", {"tcp_established": True}, 5)
+    assert raised.value.msg == ("its address 10.88.0.5 was given to another container while it was stopped, and with a new "
+                                "one: criu: Can't bind inet socket: Cannot assign requested address")
+
+
+def test_other_failures_are_not_retried_under_a_new_address():
+    engine = StandInEngine("criu: Restoring FAILED", None)
+    with pytest.raises(CriuError, match="Restoring FAILED"):
+        container.restore_kept(engine, "c0ffee", {}, 5)
+    assert len(engine.given) == 1
+
+
+def test_restore_flags_give_up_the_recorded_address_when_asked():
+    assert podman.restore_flags({"tcp_established": True, "ignore_static_ip": True}) == ["--tcp-established", "--ignore-static-ip"]
+    assert podman.restore_flags({"ignore_static_mac": True}) == ["--ignore-static-mac"]
