@@ -247,6 +247,17 @@ def resume(engine: podman.Podman, recorded: t.Mapping[str, t.Any], options: t.Ma
                         % (recorded["name"], exc.msg, recorded["id"])) from exc
 
 
+def remove_half_made(engine: podman.Podman, name: str, failure: CriuError, timeout: float) -> None:
+    """After a failed restore: the name was free at the preflight, so what holds it now is this restore's copy, dead or
+    half started. Left there, it would run beside a retry's copy, or block it under the same name. Should the removal
+    fail too, ``failure`` (the restore's own reason, which stays the error) says so."""
+    try:
+        engine.remove(name, timeout)
+    except CriuError as removal:
+        failure.msg += (" The half-made container %s could not be removed either (%s): remove it (podman rm --force %s) "
+                        "before a retry." % (name, removal.msg.rstrip(". "), name))
+
+
 def identity(found: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     """What a migration's journal keeps of a container: enough to find it again, its image for the target, and its
     labels (a drain's rerun finds by them the containers an earlier run moved away)."""
@@ -485,10 +496,8 @@ class Container(Kind):
         try:
             restored, podman_stats, seconds = restore_export(engine, checkpoint.images_fd, name, metadata["container"]["name"],
                                                              options, timeout)
-        except CriuError:
-            # The name was free at the preflight: what holds it now is this restore's copy, dead or half started.
-            # Left there, it would run beside a retry's copy, or block it under the same name.
-            engine.remove(name, timeout)
+        except CriuError as exc:
+            remove_half_made(engine, name, exc, timeout)
             raise
         record = restored_.restore_record(metadata["id"], restored["pid"], procfs.utc_now(), container_id=restored["id"],
                                           container_name=restored["name"])

@@ -342,3 +342,18 @@ def test_other_failures_are_not_retried_under_a_new_address():
 def test_restore_flags_give_up_the_recorded_address_when_asked():
     assert podman.restore_flags({"tcp_established": True, "ignore_static_ip": True}) == ["--tcp-established", "--ignore-static-ip"]
     assert podman.restore_flags({"ignore_static_mac": True}) == ["--ignore-static-mac"]
+
+
+class UnremovableEngine:
+    """A Podman whose removal of a container fails."""
+
+    def remove(self, container_id, timeout):
+        raise CriuError("/usr/bin/podman container rm exited with 125: Error: container state improper.")
+
+
+def test_a_failed_removal_of_a_half_made_copy_keeps_the_restores_reason():
+    failure = CriuError("criu: Restoring FAILED.")
+    container.remove_half_made(UnremovableEngine(), "web-copy", failure, 5)
+    assert failure.msg == ("criu: Restoring FAILED. The half-made container web-copy could not be removed either "
+                           "(/usr/bin/podman container rm exited with 125: Error: container state improper): remove it "
+                           "(podman rm --force web-copy) before a retry.")
