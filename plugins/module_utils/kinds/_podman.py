@@ -150,15 +150,22 @@ class Podman(t.NamedTuple):
         output, _seconds = run([real, "--version"], timeout)
         return cls(real, output.strip().rsplit(" ", 1)[-1])
 
-    def inspect(self, name: str, timeout: float) -> t.Optional[t.Dict[str, t.Any]]:
-        """The container's identity and state, None when there is no container of that name or id."""
+    def _inspected(self, name: str, timeout: float) -> t.Optional[t.Dict[str, t.Any]]:
+        """Podman's own view of the container (``podman container inspect``), None when there is no container of that
+        name or id."""
         try:
             output, _seconds = run([self.path, "container", "inspect", "--format", "json", "--", name], timeout)
         except PodmanError as exc:
             if "no such container" in exc.msg:
                 return None
             raise
-        found = json.loads(output)[0]
+        return t.cast(t.Dict[str, t.Any], json.loads(output)[0])
+
+    def inspect(self, name: str, timeout: float) -> t.Optional[t.Dict[str, t.Any]]:
+        """The container's identity and state, None when there is no container of that name or id."""
+        found = self._inspected(name, timeout)
+        if found is None:
+            return None
         state = found.get("State", {})
         running = state.get("Status") == "running"
         return {"id": found.get("Id"), "name": found.get("Name"), "state": state.get("Status"),
@@ -186,8 +193,7 @@ class Podman(t.NamedTuple):
 
     def addresses(self, container_id: str, timeout: float) -> t.List[str]:
         """The container's IP addresses on its networks (a restore without its static address gets new ones)."""
-        output, _seconds = run([self.path, "container", "inspect", "--format", "json", "--", container_id], timeout)
-        networks = (json.loads(output)[0].get("NetworkSettings") or {}).get("Networks") or {}
+        networks = ((self._inspected(container_id, timeout) or {}).get("NetworkSettings") or {}).get("Networks") or {}
         return sorted(network["IPAddress"] for network in networks.values() if network.get("IPAddress"))
 
     def restore_import(self, import_fd: int, name: t.Optional[str], options: t.Mapping[str, t.Any], timeout: float,
