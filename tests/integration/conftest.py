@@ -325,9 +325,13 @@ class Workload:
             argv = ["unshare", "--pid", "--net", "--fork", "setsid", "sh", "-c", 'ip link set lo up && exec "$0" "$@"'] + argv
         elif pid_namespace:
             argv = ["unshare", "--pid", "--fork", "setsid"] + argv
+        # A working directory of its own: criu mounts a proc in a dumped task's working directory under one fixed
+        # name, so two dumps at once (other workers' tests) of tasks sharing one collide.
+        cwd = state_file + ".cwd"
+        os.makedirs(cwd, exist_ok=True)
         # A session of its own: no shell job, and our own session is never part of the dump.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
         self.pid = self.proc.pid
         if pid_namespace or net_namespace:
             self.pid = wait_for(lambda: self._only_child(self.proc.pid), what="namespace init")

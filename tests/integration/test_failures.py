@@ -125,3 +125,17 @@ def test_a_checkpoint_killed_after_the_publish_has_its_rerun_end_the_tree(worklo
     workload.adopt(restored["pid"])
     after = wait_for(lambda: workload.state()[1] > before[1] and workload.state(), what="the restored workload counting")
     assert after[0] == before[0], "the checkpoint's memory: the same token"
+
+
+def test_a_dump_blocked_by_criu_s_proc_mount_point_names_the_directory_to_remove(workloads, ckpt_dir):
+    # A workload in its own PID namespace without its own /proc: criu mounts one in its working directory, under the
+    # name proc.crtools. One there already (another dump at that moment, or one a killed criu left) stops the dump.
+    workload = workloads(pid_namespace=True, minimum=3)
+    leftover = os.path.join(os.readlink("/proc/%d/cwd" % workload.pid), "proc.crtools")
+    os.mkdir(leftover, 0o700)
+    dest = ckpt_dir / "blocked"
+    result = run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest)))
+    assert result["failed"] and "remove the empty directory proc.crtools" in result["msg"], result
+    assert not dest.exists() and alive(workload.pid)
+    os.rmdir(leftover)
+    assert run_module("criu_checkpoint", dict(pid=workload.pid, dest=str(dest), leave_running=True))["changed"]

@@ -47,7 +47,9 @@ _HINTS = (
     (re.compile(r"[Cc]an't get /proc fd"),
      "criu could not mount a /proc of the workload's PID namespace in its working directory: another dump of a "
      "workload with the same working directory was doing the same at that moment (criu uses one fixed name there, "
-     "proc.crtools). Run it again, or give workloads checkpointed at the same time working directories of their own."),
+     "proc.crtools). Run it again, or give workloads checkpointed at the same time working directories of their own. "
+     "If it fails the same way again, a criu killed midway left that directory behind: remove the empty directory "
+     "proc.crtools from the working directory of the workload's processes (ls -l /proc/PID/cwd)."),
     (re.compile(r"file locks are hold by dumping tasks|--file-locks"),
      "The process holds file locks (flock, POSIX or OFD locks, leases): set file_locks=true to checkpoint them; their "
      "files must be at the same paths when it is restored."),
