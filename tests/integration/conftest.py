@@ -326,9 +326,9 @@ class Workload:
         elif pid_namespace:
             argv = ["unshare", "--pid", "--fork", "setsid"] + argv
         # A working directory of its own: criu mounts a proc in a dumped task's working directory under one fixed
-        # name, so two dumps at once (other workers' tests) of tasks sharing one collide.
-        cwd = state_file + ".cwd"
-        os.makedirs(cwd, exist_ok=True)
+        # name, so two dumps at once (other workers' tests) of tasks sharing one collide. Its name holds nothing of
+        # the arguments (a test passes a secret in one).
+        cwd = tempfile.mkdtemp(prefix="cwd-", dir=os.path.dirname(state_file))
         # A session of its own: no shell job, and our own session is never part of the dump.
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
