@@ -9,7 +9,8 @@ root (criu needs a proper mount tree: under a chroot ``criu check`` fails), then
 stays, and ``boot()`` starts it again from it.
 
 What the harness does is test infrastructure only: the root from Debian's packages (mmdebstrap), an ssh key, the
-network, the units masked that would write this machine's global kernel state (the machines share its kernel), and,
+network, the units masked that would write this machine's global kernel state (the machines share its kernel) and
+the settings their systemd writes itself read-only, and,
 while the CRIU image is built, an apt proxy on the bridge (the machines have no route out: the proxy fetches only
 from the Debian mirrors the machine's own apt sources name). The role does the install, exactly as on a user's host.
 
@@ -86,6 +87,12 @@ read -r go
 mount --make-rprivate /
 mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
+# systemd as PID 1 raises fs.file-max and fs.nr_open to their maximum at every boot, for this machine's whole kernel
+# (the units that would write other global settings are masked): read-only inside, as container managers make them.
+for setting in fs/file-max fs/nr_open; do
+  mount --bind "$root/proc/sys/$setting" "$root/proc/sys/$setting"
+  mount -o remount,bind,ro "$root/proc/sys/$setting"
+done
 mount -t sysfs sysfs "$root/sys"
 mount -t tmpfs -o mode=0755,nosuid tmpfs "$root/dev"
 for node in null zero full random urandom tty; do
