@@ -138,6 +138,8 @@ def run_drain(inventory_path: str, check: bool = False, **extra: t.Any) -> t.Tup
         stats = played(proc).get("global_custom_stats", {})
     except ValueError as exc:
         raise AssertionError("no JSON from the drain (rc %d): %s %s" % (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])) from exc
+    if "drain_report" not in stats and not check:
+        raise AssertionError("the drain set no report (rc %d): %s %s" % (proc.returncode, proc.stdout[-6000:], proc.stderr[-3000:]))
     return proc, stats.get("drain_report", {})
 
 
