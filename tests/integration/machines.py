@@ -9,8 +9,8 @@ root (criu needs a proper mount tree: under a chroot ``criu check`` fails), then
 stays, and ``boot()`` starts it again from it.
 
 What the harness does is test infrastructure only: the root from Debian's packages (mmdebstrap), an ssh key, the
-network, the units masked that would write this machine's global kernel state (the machines share its kernel) and
-the settings their systemd writes itself read-only, and,
+network, the units masked that would write this machine's global kernel state (the machines share its kernel), the
+two settings their systemd writes itself (fs.file-max, fs.nr_open) made read-only inside, and,
 while the CRIU image is built, an apt proxy on the bridge (the machines have no route out: the proxy fetches only
 from the Debian mirrors the machine's own apt sources name). The role does the install, exactly as on a user's host.
 
